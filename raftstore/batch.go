@@ -1,0 +1,123 @@
+package raftstore
+
+import (
+	"context"
+	"sync"
+)
+
+// batcher coalesces concurrent requests into one flush: one Raft log entry
+// (one fsync) on the leader, one RPC on a follower. It never waits for a
+// batch to fill: a flush starts as soon as a flush slot is free, carrying
+// everything that queued while the previous flushes were running. Under no
+// load a request is flushed alone, at once; under load batches grow by
+// themselves.
+type batcher[Req, Res any] struct {
+	in       chan *pending[Req, Res]
+	slots    chan struct{}
+	maxBatch int
+	flush    func(reqs []Req) ([]Res, error)
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	// batchSize, if set, is told the size of every flushed batch.
+	batchSize func(int)
+}
+
+type pending[Req, Res any] struct {
+	reqs []Req
+	res  []Res
+	err  error
+	done chan struct{}
+}
+
+func newBatcher[Req, Res any](maxBatch, inFlight int, flush func([]Req) ([]Res, error)) *batcher[Req, Res] {
+	b := &batcher[Req, Res]{
+		in:       make(chan *pending[Req, Res], 4*maxBatch),
+		slots:    make(chan struct{}, inFlight),
+		maxBatch: maxBatch,
+		flush:    flush,
+		stop:     make(chan struct{}),
+	}
+	b.wg.Add(1)
+	go b.loop()
+	return b
+}
+
+// do submits reqs (kept together in one flush) and waits for their results.
+func (b *batcher[Req, Res]) do(ctx context.Context, reqs []Req) ([]Res, error) {
+	p := &pending[Req, Res]{reqs: reqs, done: make(chan struct{})}
+	select {
+	case b.in <- p:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.stop:
+		return nil, ErrClosed
+	}
+	select {
+	case <-p.done:
+		return p.res, p.err
+	case <-b.stop:
+		return nil, ErrClosed
+	}
+}
+
+func (b *batcher[Req, Res]) loop() {
+	defer b.wg.Done()
+	for {
+		var first *pending[Req, Res]
+		select {
+		case first = <-b.in:
+		case <-b.stop:
+			return
+		}
+		select {
+		case b.slots <- struct{}{}:
+		case <-b.stop:
+			return
+		}
+		batch := []*pending[Req, Res]{first}
+		n := len(first.reqs)
+	drain:
+		for n < b.maxBatch {
+			select {
+			case p := <-b.in:
+				batch = append(batch, p)
+				n += len(p.reqs)
+			default:
+				break drain
+			}
+		}
+		b.wg.Add(1)
+		go b.run(batch, n)
+	}
+}
+
+func (b *batcher[Req, Res]) run(batch []*pending[Req, Res], n int) {
+	defer b.wg.Done()
+	defer func() { <-b.slots }()
+	if b.batchSize != nil {
+		b.batchSize(n)
+	}
+	reqs := make([]Req, 0, n)
+	for _, p := range batch {
+		reqs = append(reqs, p.reqs...)
+	}
+	res, err := b.flush(reqs)
+	if err == nil && len(res) != len(reqs) {
+		err = ErrUnavailable
+	}
+	off := 0
+	for _, p := range batch {
+		if err != nil {
+			p.err = err
+		} else {
+			p.res = res[off : off+len(p.reqs)]
+		}
+		off += len(p.reqs)
+		close(p.done)
+	}
+}
+
+func (b *batcher[Req, Res]) close() {
+	close(b.stop)
+	b.wg.Wait()
+}

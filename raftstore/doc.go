@@ -1,0 +1,54 @@
+// Package raftstore is raftquota's replicated quota engine: a state machine
+// of upload tokens, replicated with hashicorp/raft, that any node can ask to
+// consume and that never admits past a limit.
+//
+// # How a consume is decided
+//
+// A consume is one command in the Raft log. The leader stamps its clock into
+// the command and appends it; once a quorum has it on disk, every node's FSM
+// applies it in log order: look up the token, renew its window if the
+// stamped time has passed it, check both limits, charge or deny. Because
+// decisions are made by applying the log in order, two concurrent consumes
+// can never both see the last unit: the second is applied after the first.
+// This is what the seed system's read-check-write over several storage calls
+// lacked.
+//
+// The FSM is deterministic. Time enters only as the leader's stamp (and never
+// moves backwards in the FSM, even if a new leader's clock is behind);
+// nothing in Apply reads a clock, draws randomness or ranges over a map.
+// Snapshots encode tokens by name and dedup entries oldest first, so nodes
+// that applied the same log write byte-identical snapshots.
+//
+// # Exactly-once charging
+//
+// Every write carries a request id. The FSM remembers the first outcome of
+// each id in a bounded LRU table (Config.DedupSize entries, part of every
+// snapshot): a repeated id gets the first outcome and charges nothing. A
+// Raft apply that fails with ErrLeadershipLost or a timeout may still have
+// been committed, so the store retries such failures with the same id until
+// the request's deadline: the retry either finds the first outcome or is
+// the first. Refund(id) gives back what one allowed consume took, at most
+// once; a refund that reaches the log before its consume leaves a tombstone
+// so the consume charges nothing.
+//
+// # Any node serves
+//
+// A follower forwards operations to the leader over net/rpc, multiplexed on
+// the Raft port: each connection's first byte says whether it carries Raft
+// or forwarding traffic. Consumes are coalesced: concurrent consumes on the
+// leader go into one log entry (one fsync for the batch), and concurrent
+// consumes on a follower go to the leader in one RPC, where they merge with
+// the leader's own. A batch is flushed as soon as a flush slot is free, so a
+// lone request never waits for a batch to fill.
+//
+// Reads (Token, Tokens, Check) are linearizable: they run on the leader
+// after a Raft barrier that was issued after the read began, and concurrent
+// reads share one barrier.
+//
+// # Storage
+//
+// Each node keeps its log and stable store in raft-boltdb/v2 (DataDir/raft.db,
+// behind a log cache) and snapshots in DataDir/snapshots. A new data dir
+// bootstraps the cluster from Config.Peers (or alone, with no peers); a data
+// dir with state simply rejoins.
+package raftstore

@@ -1,0 +1,94 @@
+package raftstore
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by the store. Compare with errors.Is.
+var (
+	// ErrNotFound: the named token does not exist.
+	ErrNotFound = errors.New("token not found")
+	// ErrExists: a token with that name already exists.
+	ErrExists = errors.New("token already exists")
+	// ErrInvalid: the request was rejected before anything was applied.
+	ErrInvalid = errors.New("invalid request")
+	// ErrUnavailable: no leader could be reached with a quorum before the
+	// deadline. For a consume this may be ambiguous: retrying with the same
+	// request id is safe and returns the first outcome if there was one.
+	ErrUnavailable = errors.New("quota cluster unavailable")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("quota store closed")
+
+	// errNotLeader: this node cannot serve the operation; nothing was applied.
+	errNotLeader = errors.New("not the leader")
+)
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Error codes carry errors over the forwarding RPC and through the FSM.
+type errCode uint8
+
+const (
+	codeOK errCode = iota
+	codeNotFound
+	codeExists
+	codeInvalid
+	codeNotLeader
+	codeUnavailable
+	codeClosed
+)
+
+func codeOf(err error) errCode {
+	switch {
+	case err == nil:
+		return codeOK
+	case errors.Is(err, ErrNotFound):
+		return codeNotFound
+	case errors.Is(err, ErrExists):
+		return codeExists
+	case errors.Is(err, ErrInvalid):
+		return codeInvalid
+	case errors.Is(err, errNotLeader):
+		return codeNotLeader
+	case errors.Is(err, ErrClosed):
+		return codeClosed
+	default:
+		return codeUnavailable
+	}
+}
+
+// errorFrom rebuilds an error from its code and message.
+func errorFrom(code errCode, msg string) error {
+	var base error
+	switch code {
+	case codeOK:
+		return nil
+	case codeNotFound:
+		base = ErrNotFound
+	case codeExists:
+		base = ErrExists
+	case codeInvalid:
+		base = ErrInvalid
+	case codeNotLeader:
+		base = errNotLeader
+	case codeClosed:
+		base = ErrClosed
+	default:
+		base = ErrUnavailable
+	}
+	if msg == "" || msg == base.Error() {
+		return base
+	}
+	return &codedError{base: base, msg: msg}
+}
+
+type codedError struct {
+	base error
+	msg  string
+}
+
+func (e *codedError) Error() string { return e.msg }
+func (e *codedError) Unwrap() error { return e.base }

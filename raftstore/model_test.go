@@ -1,0 +1,163 @@
+package raftstore
+
+import (
+	"testing"
+
+	"pgregory.net/rapid"
+)
+
+// quotaModel is the contract's token model written as plainly as possible,
+// with none of the FSM's machinery: the property test checks the FSM agrees
+// with it on every step of random histories.
+type quotaModel struct {
+	tokens  map[string]*modelToken
+	charges map[RequestID]*modelCharge
+	gens    int
+}
+
+type modelToken struct {
+	limit, count, bytesLimit, bytes int64
+	revoked                         bool
+	gen                             int
+}
+
+type modelCharge struct {
+	name                 string
+	gen                  int
+	units, bytes         int64
+	allowed, refunded    bool
+	refundedBeforeCharge bool
+}
+
+func (m *quotaModel) full(t *modelToken) bool {
+	return (t.limit > 0 && t.count >= t.limit) || (t.bytesLimit > 0 && t.bytes >= t.bytesLimit)
+}
+
+func (m *quotaModel) consume(id RequestID, name string, units, bytes int64) bool {
+	if c, ok := m.charges[id]; ok {
+		return c.allowed && !c.refundedBeforeCharge
+	}
+	t := m.tokens[name]
+	ok := t != nil && !t.revoked && !m.full(t) &&
+		(t.limit == 0 || t.count+units <= t.limit) &&
+		(t.bytesLimit == 0 || t.bytes+bytes <= t.bytesLimit)
+	c := &modelCharge{name: name, units: units, bytes: bytes, allowed: ok}
+	if ok {
+		t.count += units
+		t.bytes += bytes
+		c.gen = t.gen
+	}
+	m.charges[id] = c
+	return ok
+}
+
+func (m *quotaModel) refund(id RequestID) {
+	c, ok := m.charges[id]
+	if !ok {
+		m.charges[id] = &modelCharge{refundedBeforeCharge: true}
+		return
+	}
+	if !c.allowed || c.refunded || c.refundedBeforeCharge {
+		return
+	}
+	c.refunded = true
+	if t := m.tokens[c.name]; t != nil && t.gen == c.gen {
+		t.count = max(0, t.count-c.units)
+		t.bytes = max(0, t.bytes-c.bytes)
+	}
+}
+
+func TestFSMAgreesWithModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		tf := &testFSM{t: t, f: newFSM(1<<16, nopLogger())}
+		m := &quotaModel{tokens: map[string]*modelToken{}, charges: map[RequestID]*modelCharge{}}
+		names := []string{"a", "b", "c"}
+		var ids []RequestID
+		name := rapid.SampledFrom(names)
+		steps := rapid.IntRange(1, 200).Draw(rt, "steps")
+		for i := 0; i < steps; i++ {
+			n := name.Draw(rt, "name")
+			switch rapid.IntRange(0, 9).Draw(rt, "op") {
+			case 0:
+				limit := rapid.Int64Range(0, 5).Draw(rt, "limit")
+				blimit := rapid.Int64Range(0, 50).Draw(rt, "bytes_limit")
+				res := tf.create(t0, TokenSpec{Name: n, UsageLimit: limit, BytesLimit: blimit})
+				_, exists := m.tokens[n]
+				if exists != (res.Err != nil) {
+					rt.Fatalf("create %s: err %v, model exists %v", n, res.Err, exists)
+				}
+				if !exists {
+					m.gens++
+					m.tokens[n] = &modelToken{limit: limit, bytesLimit: blimit, gen: m.gens}
+				}
+			case 1, 2, 3, 4:
+				var id RequestID
+				if len(ids) > 0 && rapid.Bool().Draw(rt, "retry") {
+					id = rapid.SampledFrom(ids).Draw(rt, "id")
+				} else {
+					id = NewRequestID()
+					ids = append(ids, id)
+				}
+				units := rapid.Int64Range(0, 3).Draw(rt, "units")
+				bytes := rapid.Int64Range(0, 20).Draw(rt, "bytes")
+				d := tf.consumeID(t0, id, n, units, bytes)
+				if want := m.consume(id, n, units, bytes); d.Allowed != want {
+					rt.Fatalf("consume %s %d/%d: allowed %v, model %v (%+v)", n, units, bytes, d.Allowed, want, d)
+				}
+			case 5:
+				if len(ids) == 0 || rapid.Bool().Draw(rt, "unknown_refund") {
+					id := NewRequestID()
+					ids = append(ids, id)
+					tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+					m.refund(id)
+				} else {
+					id := rapid.SampledFrom(ids).Draw(rt, "refund_id")
+					tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+					m.refund(id)
+				}
+			case 6:
+				limit := rapid.Int64Range(0, 6).Draw(rt, "new_limit")
+				tf.apply(&command{Op: opUpdate, Time: t0.UnixNano(), ID: NewRequestID(), Name: n, Update: &LimitUpdate{UsageLimit: &limit}})
+				if tok := m.tokens[n]; tok != nil {
+					tok.limit = limit
+				}
+			case 7:
+				o := rapid.SampledFrom([]op{opRevoke, opReactivate}).Draw(rt, "status_op")
+				tf.op(t0, o, n)
+				if tok := m.tokens[n]; tok != nil {
+					tok.revoked = o == opRevoke
+				}
+			case 8:
+				tf.op(t0, opReset, n)
+				if tok := m.tokens[n]; tok != nil {
+					tok.count, tok.bytes = 0, 0
+				}
+			case 9:
+				tf.op(t0, opDelete, n)
+				delete(m.tokens, n)
+			}
+			for _, n := range names {
+				got, ok := tf.f.token(n)
+				want := m.tokens[n]
+				if ok != (want != nil) {
+					rt.Fatalf("token %s exists=%v, model %v", n, ok, want != nil)
+				}
+				if !ok {
+					continue
+				}
+				if got.UsageCount != want.count || got.BytesUsed != want.bytes {
+					rt.Fatalf("token %s usage %d/%d, model %d/%d", n, got.UsageCount, got.BytesUsed, want.count, want.bytes)
+				}
+				wantStatus := StatusActive
+				if want.revoked {
+					wantStatus = StatusRevoked
+				} else if m.full(want) {
+					wantStatus = StatusExhausted
+				}
+				if got.Status != wantStatus {
+					rt.Fatalf("token %s status %s, model %s", n, got.Status, wantStatus)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,319 @@
+package raftstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Consume charges req.Units and req.Bytes to req.Token if the token allows
+// it, as one step of the replicated log. The same req.ID never charges
+// twice: a retry returns the first decision with Duplicate set. An error
+// means no decision was learned; retrying with the same req.ID is safe.
+func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Decision, error) {
+	if err := req.Validate(); err != nil {
+		return Decision{}, err
+	}
+	var d Decision
+	err := s.do(ctx, func(ctx context.Context) error {
+		b := s.forwardConsumes
+		if s.IsLeader() {
+			b = s.leaderConsumes
+		}
+		res, err := b.do(ctx, []ConsumeRequest{req})
+		if err == nil {
+			d = res[0]
+		}
+		return err
+	})
+	return d, err
+}
+
+// forwardConsumeBatch sends a batch of consumes to the leader in one RPC.
+func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
+	_, addr, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	if addr == s.Addr() {
+		return nil, errNotLeader // we are about to lead, or just stopped
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
+	defer cancel()
+	s.forwarded.Add(uint64(len(reqs)))
+	var out ConsumeReply
+	if err := s.forward.call(ctx, addr, "Consume", &ConsumeArgs{Reqs: reqs}, &out); err != nil {
+		return nil, err
+	}
+	if err := errorFrom(errCode(out.Code), out.Msg); err != nil {
+		return nil, err
+	}
+	return out.Decisions, nil
+}
+
+// Check decides a consume exactly as Consume would at this moment, from
+// linearizable state, but charges nothing.
+func (s *Store) Check(ctx context.Context, token string, units, bytes int64) (Decision, error) {
+	req := ConsumeRequest{ID: RequestID{1}, Token: token, Units: units, Bytes: bytes}
+	if err := req.Validate(); err != nil {
+		return Decision{}, err
+	}
+	var out ReadReply
+	err := s.read(ctx, &ReadArgs{Kind: readCheck, Check: req}, &out)
+	return out.Decision, err
+}
+
+// Refund gives back what the allowed consume with this id took, at most
+// once. Refunding an id whose consume has not been applied yet makes that
+// consume charge nothing if it is applied later.
+func (s *Store) Refund(ctx context.Context, id RequestID) error {
+	if id.IsZero() {
+		return invalidf("refund needs a request id")
+	}
+	_, err := s.write(ctx, &command{Op: opRefund, ID: id})
+	return err
+}
+
+// CreateToken adds a token. ErrExists if the name is taken.
+func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (*Token, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	return s.write(ctx, &command{Op: opCreate, ID: NewRequestID(), Spec: &spec})
+}
+
+// UpdateLimits changes a token's limits, expiry or metadata. An exhausted
+// token whose new limits leave room becomes active again.
+func (s *Store) UpdateLimits(ctx context.Context, name string, u LimitUpdate) (*Token, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := u.Validate(); err != nil {
+		return nil, err
+	}
+	return s.write(ctx, &command{Op: opUpdate, ID: NewRequestID(), Name: name, Update: &u})
+}
+
+// Revoke stops a token from being used until it is reactivated.
+func (s *Store) Revoke(ctx context.Context, name string) (*Token, error) {
+	return s.nameOp(ctx, opRevoke, name)
+}
+
+// Reactivate undoes a revoke (the token is exhausted again if it has no room).
+func (s *Store) Reactivate(ctx context.Context, name string) (*Token, error) {
+	return s.nameOp(ctx, opReactivate, name)
+}
+
+// Reset sets a token's usage back to zero.
+func (s *Store) Reset(ctx context.Context, name string) (*Token, error) {
+	return s.nameOp(ctx, opReset, name)
+}
+
+// DeleteToken removes a token. Its request ids stay deduplicated.
+func (s *Store) DeleteToken(ctx context.Context, name string) error {
+	_, err := s.nameOp(ctx, opDelete, name)
+	return err
+}
+
+func (s *Store) nameOp(ctx context.Context, o op, name string) (*Token, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	return s.write(ctx, &command{Op: o, ID: NewRequestID(), Name: name})
+}
+
+// write proposes c on the leader, forwarding when this node is not it.
+// c.ID is fixed before the first try, so retries are deduplicated.
+func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
+	var tok *Token
+	err := s.do(ctx, func(ctx context.Context) error {
+		if s.IsLeader() {
+			res, err := s.applyLocal(c)
+			if err != nil {
+				return err
+			}
+			tok = res.Token
+			return res.Err
+		}
+		_, addr, err := s.leader()
+		if err != nil {
+			return err
+		}
+		b, err := encodeCommand(c)
+		if err != nil {
+			return err
+		}
+		s.forwarded.Add(1)
+		var out WriteReply
+		if err := s.forward.call(ctx, addr, "Write", &WriteArgs{Cmd: b}, &out); err != nil {
+			return err
+		}
+		tok = out.Token
+		return errorFrom(errCode(out.Code), out.Msg)
+	})
+	return tok, err
+}
+
+// Token returns a token as of now (a linearizable read).
+func (s *Store) Token(ctx context.Context, name string) (*Token, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	var out ReadReply
+	err := s.read(ctx, &ReadArgs{Kind: readToken, Name: name}, &out)
+	return out.Token, err
+}
+
+// Tokens lists every token by name (a linearizable read).
+func (s *Store) Tokens(ctx context.Context) ([]Token, error) {
+	var out ReadReply
+	err := s.read(ctx, &ReadArgs{Kind: readList}, &out)
+	return out.Tokens, err
+}
+
+// read serves a read on the leader after a read barrier, which makes it
+// linearizable: the barrier is committed after the read began, and the
+// leader has applied everything up to it.
+func (s *Store) read(ctx context.Context, args *ReadArgs, out *ReadReply) error {
+	return s.do(ctx, func(ctx context.Context) error {
+		*out = ReadReply{}
+		args.At = s.cfg.Clock().UnixNano()
+		if s.IsLeader() {
+			return (&Quota{s: s}).readLocal(ctx, args, out)
+		}
+		_, addr, err := s.leader()
+		if err != nil {
+			return err
+		}
+		s.forwarded.Add(1)
+		if err := s.forward.call(ctx, addr, "Read", args, out); err != nil {
+			return err
+		}
+		return errorFrom(errCode(out.Code), out.Msg)
+	})
+}
+
+// --- membership ---
+
+// Join adds a voter (id at address) to the cluster.
+func (s *Store) Join(ctx context.Context, id, address string) error {
+	if id == "" || address == "" {
+		return invalidf("a member needs an id and an address")
+	}
+	return s.member(ctx, &MemberArgs{Add: true, ID: id, Address: address})
+}
+
+// Remove takes a server out of the cluster.
+func (s *Store) Remove(ctx context.Context, id string) error {
+	if id == "" {
+		return invalidf("a member needs an id")
+	}
+	return s.member(ctx, &MemberArgs{ID: id})
+}
+
+func (s *Store) member(ctx context.Context, args *MemberArgs) error {
+	return s.do(ctx, func(ctx context.Context) error {
+		if s.IsLeader() {
+			return s.changeMember(args)
+		}
+		_, addr, err := s.leader()
+		if err != nil {
+			return err
+		}
+		var out WriteReply
+		if err := s.forward.call(ctx, addr, "Member", args, &out); err != nil {
+			return err
+		}
+		return errorFrom(errCode(out.Code), out.Msg)
+	})
+}
+
+func (s *Store) changeMember(args *MemberArgs) error {
+	if !s.IsLeader() {
+		return errNotLeader
+	}
+	var f raft.IndexFuture
+	if args.Add {
+		f = s.raft.AddVoter(raft.ServerID(args.ID), raft.ServerAddress(args.Address), 0, s.cfg.ApplyTimeout)
+	} else {
+		known := false
+		for _, srv := range s.configuration() {
+			known = known || string(srv.ID) == args.ID
+		}
+		if !known {
+			return fmt.Errorf("%w: no member %q", ErrNotFound, args.ID)
+		}
+		f = s.raft.RemoveServer(raft.ServerID(args.ID), 0, s.cfg.ApplyTimeout)
+	}
+	if err := f.Error(); err != nil {
+		return raftError(err)
+	}
+	return nil
+}
+
+func (s *Store) configuration() []raft.Server {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	return f.Configuration().Servers
+}
+
+// Node is one member as the cluster sees it.
+type Node struct {
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	Suffrage string `json:"suffrage"`
+	// State is the node's own report (Leader, Follower, Candidate), or
+	// "unreachable" when it did not answer.
+	State string `json:"state"`
+}
+
+// ClusterInfo describes the cluster from this node's point of view.
+type ClusterInfo struct {
+	Leader        string `json:"leader"`
+	LeaderAddress string `json:"leader_address"`
+	Nodes         []Node `json:"nodes"`
+	CommitIndex   uint64 `json:"commit_index"`
+	AppliedIndex  uint64 `json:"applied_index"`
+}
+
+// Cluster reports the members and each one's state, asking each peer
+// directly (briefly; an unresponsive one is "unreachable").
+func (s *Store) Cluster(ctx context.Context) ClusterInfo {
+	addr, id := s.raft.LeaderWithID()
+	info := ClusterInfo{
+		Leader:        string(id),
+		LeaderAddress: string(addr),
+		CommitIndex:   s.raft.CommitIndex(),
+		AppliedIndex:  s.raft.AppliedIndex(),
+	}
+	servers := s.configuration()
+	info.Nodes = make([]Node, len(servers))
+	done := make(chan struct{}, len(servers))
+	for i, srv := range servers {
+		info.Nodes[i] = Node{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()}
+		if string(srv.ID) == s.cfg.NodeID {
+			info.Nodes[i].State = s.State()
+			done <- struct{}{}
+			continue
+		}
+		go func(n *Node) {
+			defer func() { done <- struct{}{} }()
+			cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer cancel()
+			var out StatusReply
+			if err := s.forward.call(cctx, n.Address, "Status", &Empty{}, &out); err != nil {
+				n.State = "unreachable"
+				return
+			}
+			n.State = out.State
+		}(&info.Nodes[i])
+	}
+	for range servers {
+		<-done
+	}
+	return info
+}

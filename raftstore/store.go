@@ -1,0 +1,558 @@
+package raftstore
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.uber.org/zap"
+)
+
+// Peer is one voting member of the cluster.
+type Peer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+}
+
+// Config sets up a node. NodeID, DataDir and BindAddr are required.
+type Config struct {
+	// NodeID names this node in the cluster; it must never change for a data dir.
+	NodeID string
+	// DataDir holds the Raft log (raft.db) and snapshots. Created if missing.
+	DataDir string
+	// BindAddr is the TCP address Raft and forwarding listen on, e.g. 127.0.0.1:7001.
+	BindAddr string
+	// AdvertiseAddr is the address peers dial; BindAddr when empty.
+	AdvertiseAddr string
+	// Peers is the initial voter set used to bootstrap a new cluster. It must
+	// be the same on every node and include this node. Empty means a
+	// single-node cluster of this node alone.
+	Peers []Peer
+	// NoBootstrap leaves a fresh node waiting to be added by an existing
+	// cluster's leader (POST /quota/cluster/members) instead of bootstrapping.
+	NoBootstrap bool
+
+	// Raft timings. Zero takes the default, tuned for a LAN.
+	HeartbeatTimeout   time.Duration // default 500ms
+	ElectionTimeout    time.Duration // default 500ms
+	LeaderLeaseTimeout time.Duration // default 250ms
+	CommitTimeout      time.Duration // default 5ms
+	// ApplyTimeout bounds one Raft apply or forwarded call. Default 2s.
+	ApplyTimeout time.Duration
+	// RequestTimeout bounds a whole operation, retries included, when the
+	// caller's context has no deadline. Default 5s.
+	RequestTimeout time.Duration
+	// SnapshotThreshold is how many log entries trigger a snapshot. Default 8192.
+	SnapshotThreshold uint64
+	// SnapshotInterval is how often to check whether to snapshot. Default 30s.
+	SnapshotInterval time.Duration
+
+	// DedupSize is how many request ids the FSM remembers. Default DefaultDedupSize.
+	DedupSize int
+	// MaxBatch caps how many consumes go in one log entry. Default 1024.
+	MaxBatch int
+
+	// Stream replaces the plain TCP transport (e.g. with TLS). It must listen
+	// on BindAddr. When set, BindAddr and AdvertiseAddr are not used to listen.
+	Stream raft.StreamLayer
+	// Clock stamps time into commands while this node leads. Default time.Now.
+	Clock func() time.Time
+	// Logger receives the store's and Raft's logs. Default: no logs.
+	Logger *zap.Logger
+	// OnBatch, if set, is told the size of every consume batch this node
+	// sends to the log or forwards to the leader.
+	OnBatch func(size int, forwarded bool)
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.HeartbeatTimeout, 500*time.Millisecond)
+	def(&c.ElectionTimeout, 500*time.Millisecond)
+	def(&c.LeaderLeaseTimeout, 250*time.Millisecond)
+	def(&c.CommitTimeout, 5*time.Millisecond)
+	def(&c.ApplyTimeout, 2*time.Second)
+	def(&c.RequestTimeout, 5*time.Second)
+	def(&c.SnapshotInterval, 30*time.Second)
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.DedupSize <= 0 {
+		c.DedupSize = DefaultDedupSize
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1024
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Validate reports the first thing wrong with the config.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return fmt.Errorf("node id is required")
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("data dir is required")
+	}
+	if c.Stream == nil {
+		if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
+			return fmt.Errorf("raft address %q: %v", c.BindAddr, err)
+		}
+	}
+	if len(c.Peers) > 0 {
+		self := false
+		seen := map[string]bool{}
+		for _, p := range c.Peers {
+			if p.ID == "" || p.Address == "" {
+				return fmt.Errorf("every peer needs an id and an address")
+			}
+			if seen[p.ID] {
+				return fmt.Errorf("peer id %q is listed twice", p.ID)
+			}
+			seen[p.ID] = true
+			if _, _, err := net.SplitHostPort(p.Address); err != nil {
+				return fmt.Errorf("peer %s address %q: %v", p.ID, p.Address, err)
+			}
+			self = self || p.ID == c.NodeID
+		}
+		if !self {
+			return fmt.Errorf("peers must include this node (%s)", c.NodeID)
+		}
+	}
+	return nil
+}
+
+// Store is one node of the replicated quota cluster. Every method is safe for
+// concurrent use and may be called on any node: followers forward to the
+// leader.
+type Store struct {
+	cfg    Config
+	logger *zap.Logger
+
+	fsm       *fsm
+	raft      *raft.Raft
+	bolt      *raftboltdb.BoltStore
+	mux       *mux
+	transport *raft.NetworkTransport
+	forward   *forwarder
+
+	leaderConsumes  *batcher[ConsumeRequest, Decision]
+	forwardConsumes *batcher[ConsumeRequest, Decision]
+	barriers        *batcher[struct{}, struct{}]
+
+	observer      *raft.Observer
+	leaderChanges atomic.Uint64
+	forwarded     atomic.Uint64
+
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
+}
+
+// Open starts a node: it opens (or creates) the data dir, starts Raft and the
+// forwarding server, and bootstraps a new cluster when the data dir is empty
+// and bootstrapping is on. It does not wait for a leader; see WaitForLeader.
+func Open(cfg Config) (*Store, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "snapshots"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	if err := claimDataDir(cfg.DataDir, cfg.NodeID); err != nil {
+		return nil, err
+	}
+	s := &Store{cfg: cfg, logger: cfg.Logger, closed: make(chan struct{})}
+	s.fsm = newFSM(cfg.DedupSize, cfg.Logger)
+	if err := s.start(); err != nil {
+		s.shutdown()
+		return nil, err
+	}
+	return s, nil
+}
+
+// claimDataDir records which node owns a data dir, so a dir is never opened
+// under another node's id (that would fork the cluster's history).
+func claimDataDir(dir, id string) error {
+	path := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if got := strings.TrimSpace(string(b)); got != id {
+			return fmt.Errorf("data dir %s belongs to node %q, not %q: use another data dir or the same node id", dir, got, id)
+		}
+		return nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.WriteFile(path, []byte(id+"\n"), 0o600)
+}
+
+func (s *Store) start() error {
+	cfg := s.cfg
+	hl := newHCLog(s.logger.Named("raft"))
+
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+	}
+	s.bolt = bolt
+	logs, err := raft.NewLogCache(512, bolt)
+	if err != nil {
+		return err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hl)
+	if err != nil {
+		return fmt.Errorf("opening snapshot store: %w", err)
+	}
+
+	stream := cfg.Stream
+	if stream == nil {
+		stream, err = NewTCPStreamLayer(cfg.BindAddr, cfg.AdvertiseAddr)
+		if err != nil {
+			return err
+		}
+	}
+	s.mux = newMux(stream, s.logger)
+	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  s.mux.raft,
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hl,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.Logger = hl
+
+	if !cfg.NoBootstrap {
+		has, err := raft.HasExistingState(logs, bolt, snaps)
+		if err != nil {
+			return err
+		}
+		if !has {
+			servers := []raft.Server{{ID: rc.LocalID, Address: s.transport.LocalAddr(), Suffrage: raft.Voter}}
+			if len(cfg.Peers) > 0 {
+				servers = servers[:0]
+				for _, p := range cfg.Peers {
+					servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address), Suffrage: raft.Voter})
+				}
+			}
+			if err := raft.BootstrapCluster(rc, logs, bolt, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
+				return fmt.Errorf("bootstrapping cluster: %w", err)
+			}
+			s.logger.Info("bootstrapped new cluster", zap.Int("voters", len(servers)))
+		}
+	}
+
+	r, err := raft.NewRaft(rc, s.fsm, logs, bolt, snaps, s.transport)
+	if err != nil {
+		return fmt.Errorf("starting raft: %w", err)
+	}
+	s.raft = r
+
+	s.leaderConsumes = newBatcher(cfg.MaxBatch, 4, s.applyConsumes)
+	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
+	s.forwardConsumes = newBatcher(cfg.MaxBatch, 4, s.forwardConsumeBatch)
+	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
+	s.barriers = newBatcher(1<<16, 1, s.barrier)
+	s.forward = newForwarder(s)
+
+	obsCh := make(chan raft.Observation, 16)
+	s.observer = raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	r.RegisterObserver(s.observer)
+	s.wg.Add(1)
+	go s.watchLeader(obsCh)
+	return nil
+}
+
+func (s *Store) onBatch(n int, forwarded bool) {
+	if s.cfg.OnBatch != nil {
+		s.cfg.OnBatch(n, forwarded)
+	}
+}
+
+// watchLeader counts leader changes, and on becoming leader of a cluster
+// that has no fingerprint secret yet, proposes one.
+func (s *Store) watchLeader(ch chan raft.Observation) {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.closed:
+			return
+		case o := <-ch:
+			lo := o.Data.(raft.LeaderObservation)
+			s.leaderChanges.Add(1)
+			s.logger.Info("raft leader changed", zap.String("leader_id", string(lo.LeaderID)), zap.String("leader_address", string(lo.LeaderAddr)))
+			if string(lo.LeaderID) == s.cfg.NodeID && s.fsm.secretKey() == nil {
+				secret := make([]byte, 32)
+				rand.Read(secret)
+				if _, err := s.applyLocal(&command{Op: opSetSecret, Secret: secret}); err != nil {
+					s.logger.Warn("proposing fingerprint secret", zap.Error(err))
+				}
+			}
+		}
+	}
+}
+
+// Close leaves the cluster gracefully: it hands leadership to another voter
+// when it can, then stops Raft and closes the data dir. Safe to call twice.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.shutdown() })
+	return s.closeErr
+}
+
+func (s *Store) shutdown() error {
+	select {
+	case <-s.closed:
+	default:
+		close(s.closed)
+	}
+	var errs []error
+	if s.leaderConsumes != nil {
+		s.leaderConsumes.close()
+		s.forwardConsumes.close()
+		s.barriers.close()
+	}
+	if s.raft != nil {
+		if s.raft.State() == raft.Leader && s.voters() > 1 {
+			if err := s.raft.LeadershipTransfer().Error(); err != nil {
+				s.logger.Info("leadership transfer before shutdown failed", zap.Error(err))
+			}
+		}
+		if s.observer != nil {
+			s.raft.DeregisterObserver(s.observer)
+		}
+		if err := s.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.wg.Wait()
+	if s.forward != nil {
+		s.forward.close()
+	}
+	if s.transport != nil {
+		s.transport.Close()
+	}
+	if s.mux != nil {
+		s.mux.close()
+	}
+	if s.forward != nil {
+		s.forward.wg.Wait() // its accept loop ends with the mux
+	}
+	if s.bolt != nil {
+		if err := s.bolt.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Store) voters() int {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	n := 0
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter {
+			n++
+		}
+	}
+	return n
+}
+
+// NodeID returns this node's id.
+func (s *Store) NodeID() string { return s.cfg.NodeID }
+
+// Addr returns the address peers reach this node's Raft at.
+func (s *Store) Addr() string { return string(s.transport.LocalAddr()) }
+
+// IsLeader reports whether this node is the Raft leader right now.
+func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// State returns this node's Raft state: Leader, Follower, Candidate or Shutdown.
+func (s *Store) State() string { return s.raft.State().String() }
+
+// LeaderChanges counts the leader changes this node has observed.
+func (s *Store) LeaderChanges() uint64 { return s.leaderChanges.Load() }
+
+// Forwarded counts the operations this node forwarded to the leader.
+func (s *Store) Forwarded() uint64 { return s.forwarded.Load() }
+
+// WaitForLeader blocks until the cluster has a leader this node knows of.
+func (s *Store) WaitForLeader(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := s.raft.LeaderWithID(); addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no leader elected: %v", ErrUnavailable, ctx.Err())
+		case <-s.closed:
+			return ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+// Fingerprint returns a short keyed hash of a token name, safe to log: the
+// key is a random secret replicated in the cluster's state, so a dictionary
+// of likely tokens cannot be reversed from logs. Until the first leader has
+// stored the secret, a built-in key is used.
+func (s *Store) Fingerprint(name string) string { return fingerprint(s.fsm.secretKey(), name) }
+
+var defaultFingerprintKey = []byte("raftquota fingerprint key before the cluster secret is set")
+
+func fingerprint(secret []byte, name string) string {
+	if secret == nil {
+		secret = defaultFingerprintKey
+	}
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(name))
+	return hex.EncodeToString(m.Sum(nil)[:8])
+}
+
+// --- leader-side operations ---
+
+// applyLocal stamps the leader's time into c and proposes it to the log.
+func (s *Store) applyLocal(c *command) (*applyResult, error) {
+	c.Time = s.cfg.Clock().UnixNano()
+	b, err := encodeCommand(c)
+	if err != nil {
+		return nil, err
+	}
+	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		return nil, raftError(err)
+	}
+	res, ok := f.Response().(*applyResult)
+	if !ok {
+		return nil, fmt.Errorf("%w: unexpected apply response %T", ErrUnavailable, f.Response())
+	}
+	return res, nil
+}
+
+func (s *Store) applyConsumes(reqs []ConsumeRequest) ([]Decision, error) {
+	res, err := s.applyLocal(&command{Op: opConsume, Consumes: reqs})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Decisions, nil
+}
+
+// barrier waits until everything committed before it is applied here. One
+// barrier serves every read that was waiting when it was issued.
+func (s *Store) barrier([]struct{}) ([]struct{}, error) {
+	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
+		return nil, raftError(err)
+	}
+	return nil, nil
+}
+
+// readBarrier makes the next local read linearizable. Only the leader can.
+func (s *Store) readBarrier(ctx context.Context) error {
+	if !s.IsLeader() {
+		return errNotLeader
+	}
+	_, err := s.barriers.do(ctx, nil)
+	return err
+}
+
+// raftError maps raft's errors onto ours, keeping them wrapped so the retry
+// policy can tell what may have been applied.
+func raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %v", errNotLeader, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrClosed
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// retryable reports whether an operation may be tried again. Every write
+// carries a request id that the FSM deduplicates, so trying again is safe
+// even after an ambiguous failure (leadership lost, timeout, broken
+// connection): if the first try was applied, the retry returns its outcome.
+func retryable(err error) bool {
+	return errors.Is(err, errNotLeader) || errors.Is(err, ErrUnavailable)
+}
+
+// do runs fn until it succeeds, fails for good, or ctx ends. Without a
+// deadline in ctx, RequestTimeout bounds it.
+func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancel()
+	}
+	backoff := 5 * time.Millisecond
+	for {
+		err := fn(ctx)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if errors.Is(err, ErrUnavailable) {
+				return err
+			}
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		case <-s.closed:
+			t.Stop()
+			return ErrClosed
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 100*time.Millisecond)
+	}
+}
+
+// leader returns the leader's id and address, or errNotLeader-wrapped
+// unavailability when there is none yet.
+func (s *Store) leader() (string, string, error) {
+	addr, id := s.raft.LeaderWithID()
+	if addr == "" {
+		return "", "", fmt.Errorf("%w: no leader known", ErrUnavailable)
+	}
+	return string(id), string(addr), nil
+}

@@ -1,0 +1,321 @@
+package raftstore
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Status is the lifecycle state of a token.
+type Status string
+
+// Token statuses. Expiry is not a status: an expired token keeps its status
+// and is denied with reason "expired".
+const (
+	StatusActive    Status = "active"
+	StatusExhausted Status = "exhausted"
+	StatusRevoked   Status = "revoked"
+)
+
+// Reason says why a consume was denied. It is empty when the consume was allowed.
+type Reason string
+
+// Denial reasons, as the contract names them.
+const (
+	ReasonUnknown        Reason = "unknown"
+	ReasonRevoked        Reason = "revoked"
+	ReasonExpired        Reason = "expired"
+	ReasonExhausted      Reason = "exhausted"
+	ReasonBytesExhausted Reason = "bytes_exhausted"
+	// ReasonRefunded answers a consume whose request id was refunded before
+	// the consume reached the log: it charges nothing and is not allowed.
+	ReasonRefunded Reason = "refunded"
+)
+
+// MaxNameLength is the longest token name accepted.
+const MaxNameLength = 128
+
+// Token is one quota: how much may be uploaded with it and how much has been.
+// Limits of 0 mean unlimited. All times come from timestamps the Raft leader
+// stamped into the log, never from the clock of the node that applies them.
+type Token struct {
+	Name       string            `json:"name"`
+	UsageLimit int64             `json:"usage_limit"`
+	UsageCount int64             `json:"usage_count"`
+	BytesLimit int64             `json:"bytes_limit"`
+	BytesUsed  int64             `json:"bytes_used"`
+	Status     Status            `json:"status"`
+	CreatedBy  string            `json:"created_by,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	ExpiresAt  *time.Time        `json:"expires_at,omitempty"`
+	RenewEvery Duration          `json:"renew_every,omitempty"`
+	// WindowStart is the start of the current renewal window (renew_every only).
+	WindowStart *time.Time `json:"window_start,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	// Generation tells apart tokens that reuse a deleted token's name, so a
+	// late refund never credits the newer one.
+	Generation uint64 `json:"generation"`
+}
+
+// Remaining returns the uploads left, or -1 when the count is unlimited.
+func (t *Token) Remaining() int64 { return remaining(t.UsageLimit, t.UsageCount) }
+
+// BytesRemaining returns the bytes left, or -1 when bytes are unlimited.
+func (t *Token) BytesRemaining() int64 { return remaining(t.BytesLimit, t.BytesUsed) }
+
+// WindowEnd returns when the current renewal window ends, or the zero time
+// when the token does not renew.
+func (t *Token) WindowEnd() time.Time {
+	if t.RenewEvery <= 0 || t.WindowStart == nil {
+		return time.Time{}
+	}
+	return t.WindowStart.Add(time.Duration(t.RenewEvery))
+}
+
+func remaining(limit, used int64) int64 {
+	if limit == 0 {
+		return -1
+	}
+	if used >= limit {
+		return 0
+	}
+	return limit - used
+}
+
+// clone returns a copy that shares nothing mutable with t. Metadata maps are
+// never mutated in place, so sharing them is safe.
+func (t *Token) clone() *Token {
+	c := *t
+	return &c
+}
+
+// TokenSpec is what a caller gives to create a token.
+type TokenSpec struct {
+	Name       string            `json:"name"`
+	UsageLimit int64             `json:"usage_limit"`
+	BytesLimit int64             `json:"bytes_limit"`
+	CreatedBy  string            `json:"created_by,omitempty"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	ExpiresAt  *time.Time        `json:"expires_at,omitempty"`
+	RenewEvery Duration          `json:"renew_every,omitempty"`
+}
+
+// Validate reports the first thing wrong with the spec, in words for the user.
+func (s *TokenSpec) Validate() error {
+	if err := ValidateName(s.Name); err != nil {
+		return err
+	}
+	if s.UsageLimit < 0 {
+		return invalidf("usage_limit must be 0 (unlimited) or more, got %d", s.UsageLimit)
+	}
+	if s.BytesLimit < 0 {
+		return invalidf("bytes_limit must be 0 (unlimited) or more, got %d", s.BytesLimit)
+	}
+	if s.RenewEvery < 0 {
+		return invalidf("renew_every must not be negative")
+	}
+	if s.RenewEvery > 0 && s.RenewEvery < Duration(time.Second) {
+		return invalidf("renew_every must be at least 1s, got %s", time.Duration(s.RenewEvery))
+	}
+	if len(s.CreatedBy) > 256 {
+		return invalidf("created_by is longer than 256 bytes")
+	}
+	return validateMetadata(s.Metadata)
+}
+
+func validateMetadata(m map[string]string) error {
+	if len(m) > 64 {
+		return invalidf("metadata has %d entries; at most 64 are allowed", len(m))
+	}
+	for k, v := range m {
+		if k == "" || len(k) > 128 {
+			return invalidf("metadata keys must be 1-128 bytes")
+		}
+		if len(v) > 1024 {
+			return invalidf("metadata value for %q is longer than 1024 bytes", k)
+		}
+	}
+	return nil
+}
+
+// LimitUpdate changes a token's limits or expiry. Nil fields are left alone.
+type LimitUpdate struct {
+	UsageLimit *int64             `json:"usage_limit,omitempty"`
+	BytesLimit *int64             `json:"bytes_limit,omitempty"`
+	ExpiresAt  *time.Time         `json:"expires_at,omitempty"`
+	RenewEvery *Duration          `json:"renew_every,omitempty"`
+	Metadata   *map[string]string `json:"metadata,omitempty"`
+}
+
+// Validate reports the first thing wrong with the update.
+func (u *LimitUpdate) Validate() error {
+	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil {
+		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every or metadata")
+	}
+	if u.UsageLimit != nil && *u.UsageLimit < 0 {
+		return invalidf("usage_limit must be 0 (unlimited) or more, got %d", *u.UsageLimit)
+	}
+	if u.BytesLimit != nil && *u.BytesLimit < 0 {
+		return invalidf("bytes_limit must be 0 (unlimited) or more, got %d", *u.BytesLimit)
+	}
+	if u.RenewEvery != nil && *u.RenewEvery != 0 && *u.RenewEvery < Duration(time.Second) {
+		return invalidf("renew_every must be 0 (never) or at least 1s")
+	}
+	if u.Metadata != nil {
+		return validateMetadata(*u.Metadata)
+	}
+	return nil
+}
+
+// ValidateName checks a token name: 1-128 characters of A-Z a-z 0-9 _ - .
+// The message never echoes the name, since a name is a secret.
+func ValidateName(name string) error {
+	if name == "" {
+		return invalidf("token name is empty")
+	}
+	if len(name) > MaxNameLength {
+		return invalidf("token name is longer than %d characters", MaxNameLength)
+	}
+	for i := 0; i < len(name); i++ {
+		if !nameByte(name[i]) {
+			return invalidf("token name may only hold A-Z a-z 0-9 _ - . (bad character at position %d)", i+1)
+		}
+	}
+	return nil
+}
+
+func nameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
+}
+
+// Duration is a time.Duration that reads and writes JSON as "1h30m" (a
+// number is taken as nanoseconds).
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a Go duration string such as "24h" or a number of nanoseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("invalid duration %q: use a form like \"1h\" or \"30m\"", s)
+		}
+		*d = Duration(v)
+		return nil
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return fmt.Errorf("invalid duration %s: use a form like \"1h\"", b)
+	}
+	*d = Duration(n)
+	return nil
+}
+
+// Decision is the answer to a consume or a check.
+type Decision struct {
+	Allowed bool   `json:"allowed"`
+	Reason  Reason `json:"reason,omitempty"`
+	// Duplicate is true when the request id had been seen: the first outcome
+	// is repeated and nothing was charged this time.
+	Duplicate  bool   `json:"duplicate,omitempty"`
+	Status     Status `json:"status,omitempty"`
+	UsageLimit int64  `json:"usage_limit"`
+	UsageCount int64  `json:"usage_count"`
+	BytesLimit int64  `json:"bytes_limit"`
+	BytesUsed  int64  `json:"bytes_used"`
+	// ResetAt is when the current renewal window ends (unix nanoseconds), 0 if never.
+	ResetAt int64 `json:"reset_at,omitempty"`
+}
+
+func decisionFor(t *Token) Decision {
+	d := Decision{Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed}
+	if end := t.WindowEnd(); !end.IsZero() {
+		d.ResetAt = end.UnixNano()
+	}
+	return d
+}
+
+// renew moves a token's window forward when now has passed its end, and
+// returns whether usage was reset. Windows are aligned to the first window's
+// start, so a late request never shifts the boundaries.
+func renew(t *Token, now time.Time) bool {
+	if t.RenewEvery <= 0 {
+		return false
+	}
+	if t.WindowStart == nil {
+		ws := now
+		t.WindowStart = &ws
+		return false
+	}
+	period := time.Duration(t.RenewEvery)
+	elapsed := now.Sub(*t.WindowStart)
+	if elapsed < period {
+		return false
+	}
+	ws := t.WindowStart.Add(elapsed / period * period)
+	t.WindowStart = &ws
+	t.UsageCount, t.BytesUsed = 0, 0
+	if t.Status == StatusExhausted {
+		t.Status = StatusActive
+	}
+	return true
+}
+
+// decide says whether units and bytes may be charged to t at now. It does not
+// change t; the caller charges on an allowed decision. t must already have
+// been renewed for now.
+func decide(t *Token, units, bytes int64, now time.Time) Reason {
+	switch {
+	case t == nil:
+		return ReasonUnknown
+	case t.Status == StatusRevoked:
+		return ReasonRevoked
+	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+		return ReasonExpired
+	}
+	countFull := t.UsageLimit > 0 && (t.UsageCount > t.UsageLimit-units)
+	bytesFull := t.BytesLimit > 0 && (t.BytesUsed > t.BytesLimit-bytes)
+	if t.Status == StatusExhausted && !countFull && !bytesFull {
+		// Exhausted by the other dimension, or by a zero-cost request.
+		if t.BytesLimit > 0 && t.BytesUsed >= t.BytesLimit {
+			return ReasonBytesExhausted
+		}
+		return ReasonExhausted
+	}
+	if countFull {
+		return ReasonExhausted
+	}
+	if bytesFull {
+		return ReasonBytesExhausted
+	}
+	return ""
+}
+
+// settle recomputes exhausted/active from usage and limits. Revoked stays revoked.
+func settle(t *Token) {
+	if t.Status == StatusRevoked {
+		return
+	}
+	full := (t.UsageLimit > 0 && t.UsageCount >= t.UsageLimit) || (t.BytesLimit > 0 && t.BytesUsed >= t.BytesLimit)
+	if full {
+		t.Status = StatusExhausted
+	} else {
+		t.Status = StatusActive
+	}
+}
+
+// overLimit reports whether usage is above a limit (possible only after a
+// limit was lowered).
+func overLimit(t *Token) bool {
+	return (t.UsageLimit > 0 && t.UsageCount > t.UsageLimit) || (t.BytesLimit > 0 && t.BytesUsed > t.BytesLimit)
+}
