@@ -1,0 +1,113 @@
+package raftstore
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// BenchmarkConsume measures consumes/s on a 3-node in-process cluster, with
+// clients spread over all nodes (so two thirds are forwarded) against one
+// unlimited token. Run:
+//
+//	go test -run '^$' -bench Consume -benchtime 5s ./raftstore
+func BenchmarkConsume(b *testing.B) {
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("nodes=3/clients=%d", clients), func(b *testing.B) {
+			c := newTestCluster(b, 3)
+			ctx := context.Background()
+			if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "bench"}); err != nil {
+				b.Fatal(err)
+			}
+			var n atomic.Int64
+			b.ResetTimer()
+			start := time.Now()
+			if clients == 1 {
+				for i := 0; i < b.N; i++ {
+					if _, err := c.nodes[i%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
+				return
+			}
+			b.SetParallelism(clients / runtime.GOMAXPROCS(0))
+			b.RunParallel(func(pb *testing.PB) {
+				s := c.nodes[int(n.Add(1))%3]
+				for pb.Next() {
+					if _, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
+		})
+	}
+}
+
+// BenchmarkApplyBatch measures the FSM applying one log entry of 256 consumes.
+func BenchmarkApplyBatch(b *testing.B) {
+	f := newFSM(DefaultDedupSize, nopLogger())
+	tf := &testFSM{t: b, f: f}
+	tf.create(t0, TokenSpec{Name: "bench"})
+	reqs := make([]ConsumeRequest, 256)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		for j := range reqs {
+			reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}
+		}
+		data, _ := encodeCommand(&command{Op: opConsume, Time: t0.UnixNano(), Consumes: reqs})
+		f.Apply(&raft.Log{Index: uint64(i + 2), Data: data})
+	}
+}
+
+// BenchmarkCommandCodec measures encoding and decoding a 64-consume batch.
+func BenchmarkCommandCodec(b *testing.B) {
+	reqs := make([]ConsumeRequest, 64)
+	for j := range reqs {
+		reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: "some-token-name", Units: 1, Bytes: 1 << 20}
+	}
+	c := &command{Op: opConsume, Time: t0.UnixNano(), Consumes: reqs}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		data, err := encodeCommand(c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := decodeCommand(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDedupMemory reports the heap cost of one dedup entry.
+func BenchmarkDedupMemory(b *testing.B) {
+	const n = 200_000
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f := newFSM(n, nopLogger())
+		tf := &testFSM{t: b, f: f}
+		tf.create(t0, TokenSpec{Name: "bench"})
+		reqs := make([]ConsumeRequest, 1000)
+		for k := 0; k < n/len(reqs); k++ {
+			for j := range reqs {
+				reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}
+			}
+			f.mu.Lock()
+			f.applyConsumes(reqs, t0)
+			f.mu.Unlock()
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/entry")
+		runtime.KeepAlive(f)
+	}
+}

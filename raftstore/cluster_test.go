@@ -1,0 +1,391 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+)
+
+// testCluster is n real nodes in this process, on 127.0.0.1 TCP with their
+// own data dirs.
+type testCluster struct {
+	t     testing.TB
+	dir   string
+	peers []Peer
+	nodes []*Store
+	log   *zap.Logger
+}
+
+func newTestCluster(t testing.TB, n int) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop()}
+	if testing.Verbose() {
+		c.log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	// Listen first on free ports, so every node knows its peers' addresses.
+	layers := make([]raft.StreamLayer, n)
+	for i := range layers {
+		l, err := NewTCPStreamLayer("127.0.0.1:0", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers[i] = l
+		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
+	}
+	for i := range c.nodes {
+		c.open(i, layers[i])
+	}
+	t.Cleanup(c.closeAll)
+	c.waitLeader()
+	return c
+}
+
+func (c *testCluster) config(i int) Config {
+	return Config{
+		NodeID:   c.peers[i].ID,
+		DataDir:  filepath.Join(c.dir, c.peers[i].ID),
+		BindAddr: c.peers[i].Address,
+		Peers:    c.peers,
+		Logger:   c.log.Named(c.peers[i].ID),
+	}
+}
+
+func (c *testCluster) open(i int, layer raft.StreamLayer) {
+	c.t.Helper()
+	cfg := c.config(i)
+	cfg.Stream = layer
+	s, err := Open(cfg)
+	if err != nil {
+		c.t.Fatalf("opening %s: %v", cfg.NodeID, err)
+	}
+	c.nodes[i] = s
+}
+
+// reopen starts node i again from its data dir on its old address.
+func (c *testCluster) reopen(i int) { c.open(i, nil) }
+
+func (c *testCluster) stop(i int) {
+	if c.nodes[i] != nil {
+		c.nodes[i].Close()
+	}
+}
+
+func (c *testCluster) closeAll() {
+	for i := range c.nodes {
+		c.stop(i)
+	}
+}
+
+func (c *testCluster) waitLeader() *Store {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, s := range c.nodes {
+			if s != nil && s.IsLeader() {
+				return s
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.t.Fatal("no leader elected")
+	return nil
+}
+
+func (c *testCluster) leaderIndex() int {
+	l := c.waitLeader()
+	for i, s := range c.nodes {
+		if s == l {
+			return i
+		}
+	}
+	return -1
+}
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestThreeNodesNeverOverAdmit(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	follower := c.nodes[(c.leaderIndex()+1)%3]
+	if _, err := follower.CreateToken(ctx, TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
+		t.Fatal(err)
+	}
+	var allowed, denied atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		go func(s *Store) {
+			defer wg.Done()
+			d, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "hot", Units: 1})
+			switch {
+			case err != nil:
+				t.Errorf("consume: %v", err)
+			case d.Allowed:
+				allowed.Add(1)
+			case d.Reason == ReasonExhausted:
+				denied.Add(1)
+			default:
+				t.Errorf("unexpected decision %+v", d)
+			}
+		}(c.nodes[i%3])
+	}
+	wg.Wait()
+	if allowed.Load() != 100 || denied.Load() != 900 {
+		t.Fatalf("allowed %d denied %d, want exactly 100 and 900", allowed.Load(), denied.Load())
+	}
+	for _, s := range c.nodes {
+		tok, err := s.Token(ctx, "hot")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.UsageCount != 100 || tok.Status != StatusExhausted {
+			t.Fatalf("%s sees usage %d status %s", s.NodeID(), tok.UsageCount, tok.Status)
+		}
+	}
+}
+
+func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 90*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.leaderIndex()
+	var allowed, started atomic.Int64
+	var wg sync.WaitGroup
+	killed := make(chan struct{})
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s := c.nodes[i%3]
+			if started.Add(1) == 300 {
+				c.stop(leader)
+				close(killed)
+			}
+			rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			d, err := s.Consume(rctx, ConsumeRequest{ID: NewRequestID(), Token: "hot", Units: 1})
+			if err == nil && d.Allowed {
+				allowed.Add(1)
+			}
+		}(i)
+		if i%50 == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wg.Wait()
+	<-killed
+	survivor := c.nodes[(leader+1)%3]
+	tok, err := survivor.Token(ctx, "hot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("answered allowed %d, final usage %d", allowed.Load(), tok.UsageCount)
+	if allowed.Load() > 100 || tok.UsageCount > 100 {
+		t.Fatalf("over-admitted: %d answered allowed, usage %d, limit 100", allowed.Load(), tok.UsageCount)
+	}
+	if tok.UsageCount < allowed.Load() {
+		t.Fatalf("lost charges: %d answered allowed but usage is %d", allowed.Load(), tok.UsageCount)
+	}
+	if allowed.Load() == 0 {
+		t.Fatal("nothing was admitted: the test proved nothing")
+	}
+}
+
+func TestRestartedClusterKeepsUsage(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.nodes[1].CreateToken(ctx, TokenSpec{Name: "keep", UsageLimit: 10, BytesLimit: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 7; i++ {
+		if d, err := c.nodes[i%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "keep", Units: 1, Bytes: 10}); err != nil || !d.Allowed {
+			t.Fatalf("consume %d: %+v %v", i, d, err)
+		}
+	}
+	// Force a snapshot on one node so restore from snapshot is exercised too.
+	if err := c.nodes[0].raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	c.closeAll()
+	for i := range c.nodes {
+		c.reopen(i)
+	}
+	c.waitLeader()
+	for _, s := range c.nodes {
+		tok, err := s.Token(ctx, "keep")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.UsageCount != 7 || tok.BytesUsed != 70 {
+			t.Fatalf("%s after restart: usage %d bytes %d, want 7 and 70", s.NodeID(), tok.UsageCount, tok.BytesUsed)
+		}
+	}
+}
+
+func TestRetryAfterLeadershipChangeChargesOnce(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "once", UsageLimit: 5}); err != nil {
+		t.Fatal(err)
+	}
+	id := NewRequestID()
+	old := c.leaderIndex()
+	first, err := c.nodes[old].Consume(ctx, ConsumeRequest{ID: id, Token: "once", Units: 2})
+	if err != nil || !first.Allowed {
+		t.Fatalf("first: %+v %v", first, err)
+	}
+	if err := c.nodes[old].raft.LeadershipTransfer().Error(); err != nil {
+		t.Fatal(err)
+	}
+	for c.leaderIndex() == old {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, s := range c.nodes { // the retry lands on every node, new leader included
+		d, err := s.Consume(ctx, ConsumeRequest{ID: id, Token: "once", Units: 2})
+		if err != nil || !d.Allowed || !d.Duplicate {
+			t.Fatalf("retry on %s: %+v %v", s.NodeID(), d, err)
+		}
+	}
+	tok, err := c.nodes[old].Token(ctx, "once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.UsageCount != 2 {
+		t.Fatalf("usage %d, want 2", tok.UsageCount)
+	}
+}
+
+func TestAnyNodeServesEveryOperation(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	f := c.nodes[(c.leaderIndex()+1)%3]
+	if _, err := f.CreateToken(ctx, TokenSpec{Name: "t1", UsageLimit: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.CreateToken(ctx, TokenSpec{Name: "t1"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate create via follower: %v", err)
+	}
+	if _, err := f.Token(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing token via follower: %v", err)
+	}
+	id := NewRequestID()
+	if d, _ := f.Consume(ctx, ConsumeRequest{ID: id, Token: "t1", Units: 2}); !d.Allowed {
+		t.Fatal("consume denied")
+	}
+	if d, err := f.Check(ctx, "t1", 1, 0); err != nil || d.Allowed || d.Reason != ReasonExhausted {
+		t.Fatalf("check: %+v %v", d, err)
+	}
+	if err := f.Refund(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := f.Check(ctx, "t1", 1, 0); err != nil || !d.Allowed {
+		t.Fatalf("check after refund: %+v %v", d, err)
+	}
+	if tok, err := f.Token(ctx, "t1"); err != nil || tok.UsageCount != 0 {
+		t.Fatalf("check must not charge: %+v %v", tok, err)
+	}
+	limit := int64(9)
+	if tok, err := f.UpdateLimits(ctx, "t1", LimitUpdate{UsageLimit: &limit}); err != nil || tok.UsageLimit != 9 {
+		t.Fatalf("update: %+v %v", tok, err)
+	}
+	for _, step := range []func(context.Context, string) (*Token, error){f.Revoke, f.Reactivate, f.Reset} {
+		if _, err := step(ctx, "t1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if toks, err := f.Tokens(ctx); err != nil || len(toks) != 1 {
+		t.Fatalf("list: %v %v", toks, err)
+	}
+	if err := f.DeleteToken(ctx, "t1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.DeleteToken(ctx, "t1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	if f.Fingerprint("x") != c.nodes[c.leaderIndex()].Fingerprint("x") {
+		t.Fatal("nodes disagree on fingerprints")
+	}
+	info := f.Cluster(ctx)
+	if len(info.Nodes) != 3 || info.Leader == "" {
+		t.Fatalf("cluster info %+v", info)
+	}
+	for _, n := range info.Nodes {
+		if n.State != "Leader" && n.State != "Follower" {
+			t.Fatalf("node %s state %q", n.ID, n.State)
+		}
+	}
+}
+
+func TestJoinAndRemoveMember(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	l, err := NewTCPStreamLayer("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n4, err := Open(Config{NodeID: "node4", DataDir: filepath.Join(c.dir, "node4"), Stream: l, NoBootstrap: true, Logger: c.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n4.Close()
+	follower := c.nodes[(c.leaderIndex()+1)%3]
+	if err := follower.Join(ctx, "node4", n4.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n4.CreateToken(ctx, TokenSpec{Name: "via4", UsageLimit: 1}); err != nil {
+		t.Fatalf("new member cannot serve: %v", err)
+	}
+	if err := follower.Remove(ctx, "node4"); err != nil {
+		t.Fatal(err)
+	}
+	if err := follower.Remove(ctx, "node4"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removing twice: %v", err)
+	}
+	if got := len(follower.Cluster(ctx).Nodes); got != 3 {
+		t.Fatalf("%d members after remove, want 3", got)
+	}
+}
+
+func TestNoQuorumIsUnavailable(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "q", UsageLimit: 5}); err != nil {
+		t.Fatal(err)
+	}
+	l := c.leaderIndex()
+	c.stop((l + 1) % 3)
+	c.stop((l + 2) % 3)
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := c.nodes[l].Consume(rctx, ConsumeRequest{ID: NewRequestID(), Token: "q", Units: 1})
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("consume without quorum: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestDataDirBelongsToOneNode(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{NodeID: "a", DataDir: dir, BindAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(Config{NodeID: "b", DataDir: dir, BindAddr: "127.0.0.1:0"}); err == nil {
+		t.Fatal("opened another node's data dir")
+	}
+}
