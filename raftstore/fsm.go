@@ -154,7 +154,9 @@ func (f *fsm) applyConsumes(reqs []ConsumeRequest, now time.Time) []Decision {
 
 func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 	t := f.tokens[r.Token]
-	if e, ok := f.dedup.Peek(r.ID); ok {
+	// A refunded charge's id may charge again: the client retries an upload
+	// that failed, with the same idempotency key.
+	if e, ok := f.dedup.Peek(r.ID); ok && !(e.Op == opConsume && e.Refunded) {
 		var d Decision
 		if t != nil {
 			d = decisionFor(t)

@@ -156,6 +156,11 @@ func TestRefund(t *testing.T) {
 	if tok.UsageCount != 0 || tok.BytesUsed != 0 || tok.Status != StatusActive {
 		t.Fatalf("after refund %+v", tok)
 	}
+	// The refunded id charges again when the client retries the upload.
+	if d := tf.consumeID(t0, id, "a", 1, 10); !d.Allowed || d.Duplicate {
+		t.Fatalf("retry after refund = %+v", d)
+	}
+	tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
 
 	// Refunding a denied consume gives nothing back.
 	tf.consume(t0, "a", 1, 0)

@@ -34,7 +34,7 @@ func (m *quotaModel) full(t *modelToken) bool {
 }
 
 func (m *quotaModel) consume(id RequestID, name string, units, bytes int64) bool {
-	if c, ok := m.charges[id]; ok {
+	if c, ok := m.charges[id]; ok && !c.refunded {
 		return c.allowed && !c.refundedBeforeCharge
 	}
 	t := m.tokens[name]

@@ -235,10 +235,12 @@ type Decision struct {
 	BytesUsed  int64  `json:"bytes_used"`
 	// ResetAt is when the current renewal window ends (unix nanoseconds), 0 if never.
 	ResetAt int64 `json:"reset_at,omitempty"`
+	// RenewEvery is the token's renewal window, 0 if it never renews.
+	RenewEvery Duration `json:"renew_every,omitempty"`
 }
 
 func decisionFor(t *Token) Decision {
-	d := Decision{Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed}
+	d := Decision{Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, RenewEvery: t.RenewEvery}
 	if end := t.WindowEnd(); !end.IsZero() {
 		d.ResetAt = end.UnixNano()
 	}

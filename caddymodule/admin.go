@@ -1,0 +1,255 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI serves token and cluster management under /quota/ on Caddy's
+// admin endpoint, on every node (followers forward to the leader). Reads
+// are linearizable; errors are JSON ({"error": "..."}); a rejected request
+// changes nothing.
+//
+//	POST   /quota/tokens                      create (201; 409 exists; 400 bad input)
+//	GET    /quota/tokens                      list
+//	GET    /quota/tokens/{name}               one token, with remaining (404)
+//	PATCH  /quota/tokens/{name}               update usage_limit, bytes_limit, expires_at, renew_every, metadata
+//	POST   /quota/tokens/{name}/revoke        also /reactivate and /reset
+//	DELETE /quota/tokens/{name}               204
+//	GET    /quota/cluster                     leader, members and their state, indexes
+//	POST   /quota/cluster/members             {"id","address"}: add a voter
+//	DELETE /quota/cluster/members/{id}        remove a member
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.quota",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/quota/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+// maxAdminBody caps a request body; tokens are small.
+const maxAdminBody = 1 << 20
+
+// adminTimeout bounds one admin operation, retries included.
+const adminTimeout = 10 * time.Second
+
+// TokenView is a token as the admin API shows it.
+type TokenView struct {
+	raftstore.Token
+	// Remaining is the uploads left; null when unlimited.
+	Remaining *int64 `json:"remaining"`
+	// BytesRemaining is the bytes left; null when unlimited.
+	BytesRemaining *int64 `json:"bytes_remaining"`
+	Expired        bool   `json:"expired"`
+}
+
+func viewOf(t *raftstore.Token) TokenView {
+	v := TokenView{Token: *t}
+	if r := t.Remaining(); r >= 0 {
+		v.Remaining = &r
+	}
+	if r := t.BytesRemaining(); r >= 0 {
+		v.BytesRemaining = &r
+	}
+	v.Expired = t.ExpiresAt != nil && !time.Now().Before(*t.ExpiresAt)
+	return v
+}
+
+func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	store := currentStore()
+	if store == nil {
+		return apiError(http.StatusServiceUnavailable, errors.New("the quota app is not running in this Caddy instance"))
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
+	defer cancel()
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/quota/"), "/"), "/")
+	switch {
+	case parts[0] == "tokens" && len(parts) == 1:
+		return a.tokens(ctx, store, w, r)
+	case parts[0] == "tokens" && len(parts) == 2:
+		return a.token(ctx, store, w, r, parts[1])
+	case parts[0] == "tokens" && len(parts) == 3:
+		return a.tokenAction(ctx, store, w, r, parts[1], parts[2])
+	case parts[0] == "cluster" && len(parts) == 1:
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(r, "GET")
+		}
+		return writeJSON(w, http.StatusOK, store.Cluster(ctx))
+	case parts[0] == "cluster" && len(parts) >= 2 && parts[1] == "members":
+		return a.members(ctx, store, w, r, parts[2:])
+	}
+	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
+}
+
+func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet:
+		toks, err := s.Tokens(ctx)
+		if err != nil {
+			return storeError(err)
+		}
+		views := make([]TokenView, len(toks))
+		for i := range toks {
+			views[i] = viewOf(&toks[i])
+		}
+		return writeJSON(w, http.StatusOK, views)
+	case http.MethodPost:
+		var spec raftstore.TokenSpec
+		if err := decodeBody(r, &spec); err != nil {
+			return err
+		}
+		t, err := s.CreateToken(ctx, spec)
+		if err != nil {
+			return storeError(err)
+		}
+		return writeJSON(w, http.StatusCreated, viewOf(t))
+	}
+	return methodNotAllowed(r, "GET, POST")
+}
+
+func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, name string) error {
+	var t *raftstore.Token
+	var err error
+	switch r.Method {
+	case http.MethodGet:
+		t, err = s.Token(ctx, name)
+	case http.MethodPatch:
+		var u raftstore.LimitUpdate
+		if err := decodeBody(r, &u); err != nil {
+			return err
+		}
+		t, err = s.UpdateLimits(ctx, name, u)
+	case http.MethodDelete:
+		if err := s.DeleteToken(ctx, name); err != nil {
+			return storeError(err)
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	default:
+		return methodNotAllowed(r, "GET, PATCH, DELETE")
+	}
+	if err != nil {
+		return storeError(err)
+	}
+	return writeJSON(w, http.StatusOK, viewOf(t))
+}
+
+func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, name, action string) error {
+	actions := map[string]func(context.Context, string) (*raftstore.Token, error){
+		"revoke": s.Revoke, "reactivate": s.Reactivate, "reset": s.Reset,
+	}
+	do, ok := actions[action]
+	if !ok {
+		return apiError(http.StatusNotFound, fmt.Errorf("unknown token action %q: use revoke, reactivate or reset", action))
+	}
+	if r.Method != http.MethodPost {
+		return methodNotAllowed(r, "POST")
+	}
+	t, err := do(ctx, name)
+	if err != nil {
+		return storeError(err)
+	}
+	return writeJSON(w, http.StatusOK, viewOf(t))
+}
+
+// memberRequest is the body of POST /quota/cluster/members.
+type memberRequest struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+}
+
+func (a AdminAPI) members(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, rest []string) error {
+	switch {
+	case len(rest) == 0 && r.Method == http.MethodPost:
+		var m memberRequest
+		if err := decodeBody(r, &m); err != nil {
+			return err
+		}
+		if err := s.Join(ctx, m.ID, m.Address); err != nil {
+			return storeError(err)
+		}
+		return writeJSON(w, http.StatusOK, s.Cluster(ctx))
+	case len(rest) == 1 && r.Method == http.MethodDelete:
+		if err := s.Remove(ctx, rest[0]); err != nil {
+			return storeError(err)
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	case len(rest) == 0:
+		return methodNotAllowed(r, "POST")
+	case len(rest) == 1:
+		return methodNotAllowed(r, "DELETE")
+	}
+	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
+}
+
+// decodeBody reads one JSON object, rejecting unknown fields, trailing data
+// and bodies over maxAdminBody.
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", maxAdminBody))
+		}
+		if errors.Is(err, io.EOF) {
+			return apiError(http.StatusBadRequest, errors.New("request body is empty; send a JSON object"))
+		}
+		return apiError(http.StatusBadRequest, fmt.Errorf("invalid JSON body: %v", err))
+	}
+	if dec.More() {
+		return apiError(http.StatusBadRequest, errors.New("request body has data after the JSON object"))
+	}
+	return nil
+}
+
+func storeError(err error) error {
+	switch {
+	case errors.Is(err, raftstore.ErrNotFound):
+		return apiError(http.StatusNotFound, err)
+	case errors.Is(err, raftstore.ErrExists):
+		return apiError(http.StatusConflict, err)
+	case errors.Is(err, raftstore.ErrInvalid):
+		return apiError(http.StatusBadRequest, err)
+	}
+	return apiError(http.StatusServiceUnavailable, err)
+}
+
+func apiError(status int, err error) error {
+	return caddy.APIError{HTTPStatus: status, Err: err, Message: err.Error()}
+}
+
+func methodNotAllowed(r *http.Request, allow string) error {
+	return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed here; use %s", r.Method, allow))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = AdminAPI{}

@@ -1,0 +1,232 @@
+// Package caddymodule plugs raftquota into Caddy: the "quota" app that owns
+// this instance's Raft node, the "quota" HTTP handler that gates uploads,
+// the admin API under /quota/, the Caddyfile global option and directive,
+// and metrics.
+package caddymodule
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// The Raft node outlives config reloads: it lives in this pool, keyed by a
+// constant since one Caddy process embeds one node.
+var (
+	nodes   = caddy.NewUsagePool()
+	nodeKey = "raftquota-node"
+	// current is the running node, for the admin API and metrics, which are
+	// not tied to one config's app instance.
+	current atomic.Pointer[node]
+)
+
+// node is a running store and the settings it was opened with.
+type node struct {
+	store    *raftstore.Store
+	identity identity
+}
+
+// identity is what a config reload cannot change without a restart.
+type identity struct {
+	NodeID, DataDir, RaftAddress, Advertise string
+}
+
+func (n *node) Destruct() error {
+	current.CompareAndSwap(n, nil)
+	return n.store.Close()
+}
+
+// App is the quota app: it runs this Caddy instance's Raft node, which holds
+// a replica of every token. Every instance of a cluster runs one; any of them
+// serves uploads and the admin API.
+//
+// The node starts when the config starts and is kept across config reloads
+// (it is never restarted by a reload); `caddy validate` does not start it.
+type App struct {
+	// NodeID names this node in the cluster. Default "node1". It cannot
+	// change for a data dir.
+	NodeID string `json:"node_id,omitempty"`
+
+	// DataDir holds the Raft log and snapshots. Default: "quota/<node_id>"
+	// under Caddy's data directory.
+	DataDir string `json:"data_dir,omitempty"`
+
+	// RaftAddress is the host:port this node's Raft (and forwarding between
+	// nodes) listens on. Default "127.0.0.1:7000".
+	RaftAddress string `json:"raft_address,omitempty"`
+
+	// AdvertiseAddress is the address peers dial, when it differs from
+	// RaftAddress (e.g. RaftAddress binds 0.0.0.0).
+	AdvertiseAddress string `json:"advertise_address,omitempty"`
+
+	// Peers is the initial set of voters, the same on every node, this one
+	// included. Used only to bootstrap a new cluster from empty data dirs.
+	// Empty: a single-node cluster.
+	Peers []raftstore.Peer `json:"peers,omitempty"`
+
+	// Join makes a node with an empty data dir wait to be added to an
+	// existing cluster (POST /quota/cluster/members on any member) instead
+	// of bootstrapping one.
+	Join bool `json:"join,omitempty"`
+
+	// Raft timings; defaults suit a LAN: heartbeat 500ms, election 500ms,
+	// leader lease 250ms, commit 5ms.
+	HeartbeatTimeout   caddy.Duration `json:"heartbeat_timeout,omitempty"`
+	ElectionTimeout    caddy.Duration `json:"election_timeout,omitempty"`
+	LeaderLeaseTimeout caddy.Duration `json:"leader_lease_timeout,omitempty"`
+	CommitTimeout      caddy.Duration `json:"commit_timeout,omitempty"`
+
+	// ApplyTimeout bounds one write to the Raft log. Default 2s.
+	ApplyTimeout caddy.Duration `json:"apply_timeout,omitempty"`
+
+	// SnapshotThreshold is how many log entries trigger a snapshot. Default 8192.
+	SnapshotThreshold uint64 `json:"snapshot_threshold,omitempty"`
+
+	// DedupSize is how many request ids each node remembers so a retried
+	// request is never charged twice. Each costs about 200 bytes of memory.
+	// Default 1048576 (about 200 MB when full).
+	DedupSize int `json:"dedup_size,omitempty"`
+
+	// MaxBatch caps how many consumes share one log entry. Default 1024.
+	MaxBatch int `json:"max_batch,omitempty"`
+
+	cfg    raftstore.Config
+	logger *zap.Logger
+	// node is set by Start; a pointer so App values can be copied.
+	node *atomic.Pointer[node]
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "quota",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision checks the config and works out defaults. It starts nothing:
+// Caddy provisions a new config before stopping the old one, and also when
+// only validating.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.node = new(atomic.Pointer[node])
+	if a.NodeID == "" {
+		a.NodeID = "node1"
+	}
+	if a.DataDir == "" {
+		a.DataDir = filepath.Join(caddy.AppDataDir(), "quota", a.NodeID)
+	}
+	if a.RaftAddress == "" {
+		a.RaftAddress = "127.0.0.1:7000"
+	}
+	if a.DedupSize < 0 || a.MaxBatch < 0 {
+		return fmt.Errorf("quota: dedup_size and max_batch must not be negative")
+	}
+	repl := caddy.NewReplacer()
+	a.DataDir = repl.ReplaceKnown(a.DataDir, "")
+	a.cfg = raftstore.Config{
+		NodeID:             a.NodeID,
+		DataDir:            a.DataDir,
+		BindAddr:           a.RaftAddress,
+		AdvertiseAddr:      a.AdvertiseAddress,
+		Peers:              a.Peers,
+		NoBootstrap:        a.Join,
+		HeartbeatTimeout:   time.Duration(a.HeartbeatTimeout),
+		ElectionTimeout:    time.Duration(a.ElectionTimeout),
+		LeaderLeaseTimeout: time.Duration(a.LeaderLeaseTimeout),
+		CommitTimeout:      time.Duration(a.CommitTimeout),
+		ApplyTimeout:       time.Duration(a.ApplyTimeout),
+		SnapshotThreshold:  a.SnapshotThreshold,
+		DedupSize:          a.DedupSize,
+		MaxBatch:           a.MaxBatch,
+		Logger:             a.logger,
+		OnBatch:            observeBatch,
+	}
+	if err := a.cfg.Validate(); err != nil {
+		return fmt.Errorf("quota: %w", err)
+	}
+	if running := current.Load(); running != nil && running.identity != a.identity() {
+		return fmt.Errorf("quota: the running node is %+v; changing node_id, data_dir, raft_address or advertise_address needs a restart of Caddy, not a reload",
+			running.identity)
+	}
+	registerMetrics(ctx)
+	return nil
+}
+
+func (a *App) identity() identity {
+	return identity{NodeID: a.NodeID, DataDir: a.DataDir, RaftAddress: a.RaftAddress, Advertise: a.AdvertiseAddress}
+}
+
+// Start opens the node, or takes over the one a previous config opened.
+func (a *App) Start() error {
+	v, loaded, err := nodes.LoadOrNew(nodeKey, func() (caddy.Destructor, error) {
+		s, err := raftstore.Open(a.cfg)
+		if err != nil {
+			return nil, err
+		}
+		n := &node{store: s, identity: a.identity()}
+		current.Store(n)
+		return n, nil
+	})
+	if err != nil {
+		return fmt.Errorf("quota: starting raft node: %w", err)
+	}
+	n := v.(*node)
+	if n.identity != a.identity() {
+		nodes.Delete(nodeKey)
+		return fmt.Errorf("quota: the running node is %+v; changing it needs a restart of Caddy", n.identity)
+	}
+	a.node.Store(n)
+	if !loaded {
+		a.logger.Info("raft node started",
+			zap.String("node_id", a.NodeID), zap.String("raft_address", n.store.Addr()), zap.String("data_dir", a.DataDir))
+	}
+	return nil
+}
+
+// Stop lets go of the node. It closes only when no config holds it, i.e. on
+// shutdown, never on a reload.
+func (a *App) Stop() error {
+	if a.node == nil || a.node.Swap(nil) == nil {
+		return nil
+	}
+	_, err := nodes.Delete(nodeKey)
+	return err
+}
+
+// store returns the running store, or nil before Start.
+func (a *App) store() *raftstore.Store {
+	if a.node == nil {
+		return nil
+	}
+	if n := a.node.Load(); n != nil {
+		return n.store
+	}
+	return nil
+}
+
+// currentStore is the running node's store, for modules not tied to an app
+// instance (the admin API).
+func currentStore() *raftstore.Store {
+	if n := current.Load(); n != nil {
+		return n.store
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Destructor  = (*node)(nil)
+)

@@ -1,0 +1,243 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("quota", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("quota", parseDirective)
+	// After authentication (so unauthenticated requests are never charged),
+	// before handle/route blocks and reverse_proxy.
+	httpcaddyfile.RegisterDirectiveOrder("quota", httpcaddyfile.After, "forward_auth")
+}
+
+// parseGlobalOption parses the quota global option:
+//
+//	quota {
+//	    node_id              <id>
+//	    data_dir             <path>
+//	    raft_address         <host:port>
+//	    advertise_address    <host:port>
+//	    peer                 <id> <host:port>     # once per voter, this node included
+//	    join
+//	    heartbeat_timeout    <duration>
+//	    election_timeout     <duration>
+//	    leader_lease_timeout <duration>
+//	    commit_timeout       <duration>
+//	    apply_timeout        <duration>
+//	    snapshot_threshold   <entries>
+//	    dedup_size           <entries>
+//	    max_batch            <consumes>
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	d.Next() // the option name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "node_id":
+			if err := oneArg(d, &app.NodeID); err != nil {
+				return nil, err
+			}
+		case "data_dir":
+			if err := oneArg(d, &app.DataDir); err != nil {
+				return nil, err
+			}
+		case "raft_address":
+			if err := oneArg(d, &app.RaftAddress); err != nil {
+				return nil, err
+			}
+		case "advertise_address":
+			if err := oneArg(d, &app.AdvertiseAddress); err != nil {
+				return nil, err
+			}
+		case "peer":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return nil, d.Errf("peer takes an id and an address: peer <id> <host:port>")
+			}
+			app.Peers = append(app.Peers, raftstore.Peer{ID: args[0], Address: args[1]})
+		case "join":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.Join = true
+		case "heartbeat_timeout":
+			if err := durationArg(d, &app.HeartbeatTimeout); err != nil {
+				return nil, err
+			}
+		case "election_timeout":
+			if err := durationArg(d, &app.ElectionTimeout); err != nil {
+				return nil, err
+			}
+		case "leader_lease_timeout":
+			if err := durationArg(d, &app.LeaderLeaseTimeout); err != nil {
+				return nil, err
+			}
+		case "commit_timeout":
+			if err := durationArg(d, &app.CommitTimeout); err != nil {
+				return nil, err
+			}
+		case "apply_timeout":
+			if err := durationArg(d, &app.ApplyTimeout); err != nil {
+				return nil, err
+			}
+		case "snapshot_threshold":
+			var n int64
+			if err := intArg(d, &n, 1); err != nil {
+				return nil, err
+			}
+			app.SnapshotThreshold = uint64(n)
+		case "dedup_size":
+			var n int64
+			if err := intArg(d, &n, 1); err != nil {
+				return nil, err
+			}
+			app.DedupSize = int(n)
+		case "max_batch":
+			var n int64
+			if err := intArg(d, &n, 1); err != nil {
+				return nil, err
+			}
+			app.MaxBatch = int(n)
+		default:
+			return nil, d.Errf("unrecognized quota option %q", d.Val())
+		}
+	}
+	return httpcaddyfile.App{Name: "quota", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// parseDirective parses the quota directive:
+//
+//	quota [<matcher>] {
+//	    key             <placeholder>
+//	    cost            <units>
+//	    bytes           <placeholder>
+//	    charge_on       success|attempt
+//	    idempotency_key <placeholder>
+//	    on_unavailable  deny|allow
+//	    check_only
+//	    dry_run
+//	    timeout         <duration>
+//	}
+func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	q := new(Handler)
+	return q, q.UnmarshalCaddyfile(h.Dispenser)
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens.
+func (q *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.Errf("quota takes its settings in a block, e.g. quota { key {http.request.header.X-Quota-Token} }")
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "key":
+			if err := oneArg(d, &q.Key); err != nil {
+				return err
+			}
+		case "cost":
+			if err := intArg(d, &q.Cost, 1); err != nil {
+				return err
+			}
+		case "bytes":
+			if err := oneArg(d, &q.Bytes); err != nil {
+				return err
+			}
+		case "charge_on":
+			if err := oneArg(d, &q.ChargeOn); err != nil {
+				return err
+			}
+			if q.ChargeOn != "success" && q.ChargeOn != "attempt" {
+				return d.Errf("charge_on must be success or attempt, got %q", q.ChargeOn)
+			}
+		case "idempotency_key":
+			if err := oneArg(d, &q.IdempotencyKey); err != nil {
+				return err
+			}
+		case "on_unavailable":
+			if err := oneArg(d, &q.OnUnavailable); err != nil {
+				return err
+			}
+			if q.OnUnavailable != "deny" && q.OnUnavailable != "allow" {
+				return d.Errf("on_unavailable must be deny or allow, got %q", q.OnUnavailable)
+			}
+		case "check_only":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			q.CheckOnly = true
+		case "dry_run":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			q.DryRun = true
+		case "timeout":
+			if err := durationArg(d, &q.Timeout); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized quota subdirective %q", d.Val())
+		}
+	}
+	if q.Key == "" {
+		return d.Err("quota needs a key, e.g. key {http.request.header.X-Quota-Token}")
+	}
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.Errf("%s needs a value", name)
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes one value", name)
+	}
+	return nil
+}
+
+func intArg(d *caddyfile.Dispenser, dst *int64, minimum int64) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < minimum {
+		return d.Errf("%s must be a whole number of at least %d, got %q", name, minimum, s)
+	}
+	*dst = n
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil || v <= 0 {
+		return d.Errf("%s must be a positive duration such as 500ms or 2s, got %q", name, s)
+	}
+	*dst = caddy.Duration(v)
+	return nil
+}
+
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

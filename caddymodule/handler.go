@@ -1,0 +1,372 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler gates requests on a replicated quota. Each request is charged to
+// the token its key names, as one linearizable step of the cluster's log: no
+// request is ever admitted past a token's limit, however many run at once
+// and on whichever node. Allowed requests go on to the next handler
+// (usually reverse_proxy to storage); denied ones get 401, 403 or 429 with
+// RateLimit headers and an RFC 9457 problem body; when the cluster has no
+// quorum the answer is 503 with Retry-After (or, with on_unavailable allow,
+// the request passes).
+//
+// Sets placeholders for later handlers and logs: {http.quota.decision}
+// (allowed, denied, unavailable), {http.quota.reason}, {http.quota.remaining},
+// {http.quota.limit} and {http.quota.token_fingerprint}.
+type Handler struct {
+	// Key is where the token is read from, usually a header placeholder such
+	// as {http.request.header.X-Quota-Token}. Required. A missing, empty or
+	// malformed key gets 401 without asking the cluster.
+	Key string `json:"key,omitempty"`
+
+	// Cost is how many uploads one request counts as. Default 1.
+	Cost int64 `json:"cost,omitempty"`
+
+	// Bytes is a placeholder giving the bytes to charge, typically
+	// {http.request.header.Content-Length}. When set, a request without a
+	// value gets 411, and a body longer than the value is cut off (the
+	// request then fails and, with charge_on success, is refunded).
+	Bytes string `json:"bytes,omitempty"`
+
+	// ChargeOn is "success" (default) or "attempt". With success the charge
+	// is taken before forwarding and refunded when the next handler fails or
+	// answers with a status of 400 or more, so failed uploads do not use
+	// quota. With attempt every allowed request counts.
+	ChargeOn string `json:"charge_on,omitempty"`
+
+	// IdempotencyKey is a placeholder for a per-request key, such as
+	// {http.request.header.Idempotency-Key} or a path segment. Requests with
+	// the same token and key are charged once; a repeat is let through
+	// without another charge.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+
+	// OnUnavailable is what happens when the cluster cannot decide (no
+	// quorum, timeout): "deny" (default, 503 with Retry-After) or "allow"
+	// (pass the request, logging each one at WARN).
+	OnUnavailable string `json:"on_unavailable,omitempty"`
+
+	// CheckOnly denies exactly as a consume would, from linearizable state,
+	// but charges nothing: for the routes that lead up to the charging one.
+	CheckOnly bool `json:"check_only,omitempty"`
+
+	// DryRun decides, logs and counts, but never blocks.
+	DryRun bool `json:"dry_run,omitempty"`
+
+	// Timeout bounds how long a request waits for the cluster's decision,
+	// retries included. Default 3s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	app    *App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.quota",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and finds the quota app (loading it with its
+// defaults when the config has none, for the single-node embedded setup).
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Cost == 0 {
+		h.Cost = 1
+	}
+	if h.ChargeOn == "" {
+		h.ChargeOn = "success"
+	}
+	if h.OnUnavailable == "" {
+		h.OnUnavailable = "deny"
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(3 * time.Second)
+	}
+	app, err := ctx.App("quota")
+	if err != nil {
+		return fmt.Errorf("quota: loading quota app: %v", err)
+	}
+	h.app = app.(*App)
+	registerMetrics(ctx)
+	return nil
+}
+
+// Validate reports a config mistake in words for the user.
+func (h *Handler) Validate() error {
+	if strings.TrimSpace(h.Key) == "" {
+		return fmt.Errorf("quota: key is required, e.g. key {http.request.header.X-Quota-Token}")
+	}
+	if h.Cost < 0 {
+		return fmt.Errorf("quota: cost must be at least 1, got %d", h.Cost)
+	}
+	if h.ChargeOn != "success" && h.ChargeOn != "attempt" {
+		return fmt.Errorf("quota: charge_on must be success or attempt, got %q", h.ChargeOn)
+	}
+	if h.OnUnavailable != "deny" && h.OnUnavailable != "allow" {
+		return fmt.Errorf("quota: on_unavailable must be deny or allow, got %q", h.OnUnavailable)
+	}
+	if h.Timeout < 0 {
+		return fmt.Errorf("quota: timeout must be positive")
+	}
+	return nil
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	key := repl.ReplaceAll(h.Key, "")
+	if key == "" {
+		return h.deny(w, r, repl, http.StatusUnauthorized, "missing-key", "Missing quota token", "The request carries no quota token.", "", nil)
+	}
+	if raftstore.ValidateName(key) != nil {
+		return h.deny(w, r, repl, http.StatusUnauthorized, "invalid-key", "Invalid quota token", "The quota token is not well-formed.", "", nil)
+	}
+	var bytes int64
+	if h.Bytes != "" {
+		v := repl.ReplaceAll(h.Bytes, "")
+		if v == "" {
+			return h.deny(w, r, repl, http.StatusLengthRequired, "length-required", "Length required", "This route charges bytes and needs the upload's length up front.", "", nil)
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return h.deny(w, r, repl, http.StatusBadRequest, "bad-length", "Bad length", "The upload's declared length is not a non-negative integer.", "", nil)
+		}
+		bytes = n
+		// A body longer than what was charged must not get through.
+		r.Body = http.MaxBytesReader(w, r.Body, n)
+	}
+
+	store := h.app.store()
+	if store == nil {
+		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
+	}
+	fp := store.Fingerprint(key) // the raw key is never logged
+	repl.Set("http.quota.token_fingerprint", fp)
+
+	id := raftstore.NewRequestID()
+	if h.IdempotencyKey != "" {
+		if ik := repl.ReplaceAll(h.IdempotencyKey, ""); ik != "" {
+			id = raftstore.DeriveRequestID(key, ik)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
+	start := time.Now()
+	var d raftstore.Decision
+	var err error
+	if h.CheckOnly {
+		d, err = store.Check(ctx, key, h.Cost, bytes)
+	} else {
+		d, err = store.Consume(ctx, raftstore.ConsumeRequest{ID: id, Token: key, Units: h.Cost, Bytes: bytes})
+	}
+	cancel()
+	consumeSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return h.unavailable(w, r, next, repl, fp, err)
+	}
+
+	setDecisionPlaceholders(repl, d)
+	setRateLimitHeaders(w.Header(), d, time.Now())
+	if !d.Allowed {
+		return h.exceeded(w, r, next, repl, fp, d)
+	}
+	countDecision("allowed", "")
+
+	if h.CheckOnly || h.ChargeOn == "attempt" || d.Duplicate {
+		// A duplicate was charged (and, if it failed, refunded) by its first
+		// request; refunding here would give back a successful upload.
+		return next.ServeHTTP(w, r)
+	}
+	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+	err = next.ServeHTTP(rec, r)
+	if err != nil || rec.Status() >= 400 {
+		h.refund(store, id, fp, rec.Status(), err)
+	}
+	return err
+}
+
+// refund gives back a charge whose upload failed. It runs on its own
+// deadline: the client may already be gone.
+func (h *Handler) refund(store *raftstore.Store, id raftstore.RequestID, fp string, status int, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+	defer cancel()
+	fields := []zap.Field{zap.String("token_fingerprint", fp), zap.Int("status", status)}
+	if cause != nil {
+		fields = append(fields, zap.NamedError("cause", cause))
+	}
+	if err := store.Refund(ctx, id); err != nil {
+		h.logger.Error("refunding failed upload", append(fields, zap.Error(err))...)
+		return
+	}
+	refunds.Inc()
+	h.logger.Debug("refunded failed upload", fields...)
+}
+
+func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, d raftstore.Decision) error {
+	h.logger.Warn("quota exceeded",
+		zap.String("token_fingerprint", fp),
+		zap.String("reason", string(d.Reason)),
+		zap.Int64("usage_count", d.UsageCount),
+		zap.Int64("usage_limit", d.UsageLimit),
+		zap.Int64("bytes_used", d.BytesUsed),
+		zap.Int64("bytes_limit", d.BytesLimit),
+		zap.Bool("check_only", h.CheckOnly),
+		zap.Bool("dry_run", h.DryRun),
+		zap.String("remote_ip", remoteIP(r)),
+		zap.String("route", r.Method+" "+r.URL.Path))
+	if h.DryRun {
+		countDecision("dry_run", string(d.Reason))
+		return next.ServeHTTP(w, r)
+	}
+	countDecision("denied", string(d.Reason))
+	switch d.Reason {
+	case raftstore.ReasonExhausted:
+		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted",
+			"This token has no uploads left.", d.Reason, &d)
+	case raftstore.ReasonBytesExhausted:
+		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes-exhausted", "Byte quota exhausted",
+			"This upload would exceed the token's byte quota.", d.Reason, &d)
+	case raftstore.ReasonRevoked:
+		return h.deny(w, r, repl, http.StatusForbidden, "revoked", "Token revoked", "This token has been revoked.", d.Reason, nil)
+	case raftstore.ReasonExpired:
+		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Token expired", "This token has expired.", d.Reason, nil)
+	case raftstore.ReasonRefunded:
+		return h.deny(w, r, repl, http.StatusConflict, "refunded", "Request refunded",
+			"This request's idempotency key belongs to a charge that was refunded while still in flight; retry with the same key.", d.Reason, nil)
+	default:
+		return h.deny(w, r, repl, http.StatusForbidden, "unknown", "Unknown token", "No such token.", raftstore.ReasonUnknown, nil)
+	}
+}
+
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, err error) error {
+	countDecision("unavailable", "")
+	if h.OnUnavailable == "allow" {
+		repl.Set("http.quota.decision", "unavailable")
+		h.logger.Warn("quota cluster unavailable; letting the request through (on_unavailable allow)",
+			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", r.Method+" "+r.URL.Path), zap.Error(err))
+		return next.ServeHTTP(w, r)
+	}
+	h.logger.Error("quota cluster unavailable",
+		zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", r.Method+" "+r.URL.Path), zap.Error(err))
+	w.Header().Set("Retry-After", "1")
+	return h.deny(w, r, repl, http.StatusServiceUnavailable, "unavailable", "Quota service unavailable",
+		"The quota cluster could not decide in time; retry shortly.", "", nil)
+}
+
+// problem is an RFC 9457 problem details body.
+type problem struct {
+	Type     string           `json:"type"`
+	Title    string           `json:"title"`
+	Status   int              `json:"status"`
+	Detail   string           `json:"detail"`
+	Instance string           `json:"instance,omitempty"`
+	Reason   raftstore.Reason `json:"reason,omitempty"`
+	Limit    *int64           `json:"usage_limit,omitempty"`
+	Used     *int64           `json:"usage_count,omitempty"`
+	BLimit   *int64           `json:"bytes_limit,omitempty"`
+	BUsed    *int64           `json:"bytes_used,omitempty"`
+}
+
+// deny writes a problem+json answer. Nothing in it names the token.
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, status int, kind, title, detail string, reason raftstore.Reason, d *raftstore.Decision) error {
+	if status == http.StatusServiceUnavailable {
+		repl.Set("http.quota.decision", "unavailable")
+	} else {
+		repl.Set("http.quota.decision", "denied")
+	}
+	repl.Set("http.quota.reason", kind)
+	p := problem{Type: "urn:raftquota:problem:" + kind, Title: title, Status: status, Detail: detail, Instance: r.URL.Path, Reason: reason}
+	if d != nil {
+		p.Limit, p.Used, p.BLimit, p.BUsed = &d.UsageLimit, &d.UsageCount, &d.BytesLimit, &d.BytesUsed
+		if d.ResetAt > 0 && status == http.StatusTooManyRequests {
+			secs := max(1, int64(time.Until(time.Unix(0, d.ResetAt)).Seconds()+0.999))
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		}
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(p)
+}
+
+func setDecisionPlaceholders(repl *caddy.Replacer, d raftstore.Decision) {
+	if d.Allowed {
+		repl.Set("http.quota.decision", "allowed")
+	} else {
+		repl.Set("http.quota.decision", "denied")
+		repl.Set("http.quota.reason", string(d.Reason))
+	}
+	repl.Set("http.quota.limit", d.UsageLimit)
+	repl.Set("http.quota.remaining", remaining(d.UsageLimit, d.UsageCount))
+}
+
+func remaining(limit, used int64) int64 {
+	if limit == 0 {
+		return -1
+	}
+	return max(0, limit-used)
+}
+
+// setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and RateLimit
+// fields: one item for uploads and one (qu="content-bytes") for bytes, for
+// the limits the token has.
+func setRateLimitHeaders(hdr http.Header, d raftstore.Decision, now time.Time) {
+	var window, reset string
+	if d.RenewEvery > 0 {
+		window = ";w=" + strconv.FormatInt(int64(time.Duration(d.RenewEvery).Seconds()), 10)
+	}
+	if d.ResetAt > 0 {
+		left := max(0, int64(time.Unix(0, d.ResetAt).Sub(now).Seconds()+0.999))
+		reset = ";t=" + strconv.FormatInt(left, 10)
+	}
+	var policy, state []string
+	if d.UsageLimit > 0 {
+		policy = append(policy, fmt.Sprintf(`"uploads";q=%d%s`, d.UsageLimit, window))
+		state = append(state, fmt.Sprintf(`"uploads";r=%d%s`, remaining(d.UsageLimit, d.UsageCount), reset))
+	}
+	if d.BytesLimit > 0 {
+		policy = append(policy, fmt.Sprintf(`"bytes";q=%d;qu="content-bytes"%s`, d.BytesLimit, window))
+		state = append(state, fmt.Sprintf(`"bytes";r=%d%s`, remaining(d.BytesLimit, d.BytesUsed), reset))
+	}
+	if len(policy) > 0 {
+		hdr.Set("RateLimit-Policy", strings.Join(policy, ", "))
+		hdr.Set("RateLimit", strings.Join(state, ", "))
+	}
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

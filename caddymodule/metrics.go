@@ -1,0 +1,91 @@
+package caddymodule
+
+import (
+	"errors"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Collectors are package-level so counts survive config reloads; Caddy's
+// registry is new on each config load, so every load registers them again.
+var (
+	decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "raftquota",
+		Name:      "decisions_total",
+		Help:      "Quota decisions by result (allowed, denied, dry_run, unavailable) and denial reason.",
+	}, []string{"result", "reason"})
+	consumeSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "raftquota",
+		Name:      "consume_duration_seconds",
+		Help:      "Time to get a decision from the cluster, retries included.",
+		Buckets:   []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
+	refunds = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftquota",
+		Name:      "refunds_total",
+		Help:      "Charges given back because the upload failed.",
+	})
+	batchSizes = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "raftquota",
+		Name:      "batch_size",
+		Help:      "Consumes per Raft log entry (forwarded=false) or per forwarded RPC (forwarded=true).",
+		Buckets:   prometheus.ExponentialBuckets(1, 2, 11),
+	}, []string{"forwarded"})
+	raftLeader = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "raft_leader",
+		Help:      "1 if this node is the Raft leader, else 0.",
+	}, func() float64 {
+		if s := currentStore(); s != nil && s.IsLeader() {
+			return 1
+		}
+		return 0
+	})
+	leaderChanges = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "raftquota",
+		Name:      "raft_leader_changes_total",
+		Help:      "Leader changes this node has observed since it started.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.LeaderChanges())
+		}
+		return 0
+	})
+	forwarded = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "raftquota",
+		Name:      "forwarded_operations_total",
+		Help:      "Operations this node forwarded to the leader.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.Forwarded())
+		}
+		return 0
+	})
+)
+
+func registerMetrics(ctx caddy.Context) {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return
+	}
+	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				ctx.Logger().Warn("registering quota metric", zap.Error(err))
+			}
+		}
+	}
+}
+
+func countDecision(result, reason string) { decisions.WithLabelValues(result, reason).Inc() }
+
+func observeBatch(n int, fwd bool) {
+	label := "false"
+	if fwd {
+		label = "true"
+	}
+	batchSizes.WithLabelValues(label).Observe(float64(n))
+}

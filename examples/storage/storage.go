@@ -1,0 +1,117 @@
+// Package storage is the examples' storage backend: a small S3-compatible
+// object store (github.com/johannesboyne/gofakes3 over a bbolt file) served
+// by Caddy as the handler http.handlers.s3_storage. Buckets are created on
+// first upload; objects are read back with GET /{bucket}/{object}
+// (path-style). It is there so `go run ./cmd/caddy run` and the three-node
+// example have real storage behind the quota gate; point reverse_proxy at
+// your own S3-compatible storage in production.
+package storage
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3bolt"
+	bolt "go.etcd.io/bbolt"
+)
+
+func init() {
+	caddy.RegisterModule(S3Storage{})
+	httpcaddyfile.RegisterHandlerDirective("s3_storage", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		s := new(S3Storage)
+		return s, s.UnmarshalCaddyfile(h.Dispenser)
+	})
+	httpcaddyfile.RegisterDirectiveOrder("s3_storage", httpcaddyfile.Before, "file_server")
+}
+
+// The database file stays open across config reloads (bbolt locks it).
+var dbs = caddy.NewUsagePool()
+
+type db struct {
+	bolt    *bolt.DB
+	backend *s3bolt.Backend
+}
+
+func (d db) Destruct() error { return d.bolt.Close() }
+
+// S3Storage serves an S3-compatible object store from one bbolt file.
+type S3Storage struct {
+	// Path is the database file. Default "s3.db" under Caddy's data directory.
+	Path string `json:"path,omitempty"`
+
+	handler http.Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (S3Storage) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.s3_storage", New: func() caddy.Module { return new(S3Storage) }}
+}
+
+// Provision opens (or shares) the database file.
+func (s *S3Storage) Provision(ctx caddy.Context) error {
+	if s.Path == "" {
+		s.Path = filepath.Join(caddy.AppDataDir(), "s3.db")
+	}
+	path, err := filepath.Abs(s.Path)
+	if err != nil {
+		return err
+	}
+	s.Path = path
+	v, _, err := dbs.LoadOrNew(path, func() (caddy.Destructor, error) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+		if err != nil {
+			return nil, fmt.Errorf("opening storage %s: %w", path, err)
+		}
+		return db{bolt: b, backend: s3bolt.New(b)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	faker := gofakes3.New(v.(db).backend, gofakes3.WithAutoBucket(true), gofakes3.WithTimeSkewLimit(0))
+	s.handler = faker.Server()
+	return nil
+}
+
+// Cleanup lets go of the database file.
+func (s *S3Storage) Cleanup() error {
+	_, err := dbs.Delete(s.Path)
+	return err
+}
+
+func (s *S3Storage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	s.handler.ServeHTTP(w, r)
+	return nil
+}
+
+// UnmarshalCaddyfile parses:
+//
+//	s3_storage [<path>]
+func (s *S3Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		s.Path = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*S3Storage)(nil)
+	_ caddy.CleanerUpper          = (*S3Storage)(nil)
+	_ caddyhttp.MiddlewareHandler = (*S3Storage)(nil)
+	_ caddyfile.Unmarshaler       = (*S3Storage)(nil)
+)
