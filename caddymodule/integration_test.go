@@ -1,0 +1,504 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// One Caddy runs in this test process (caddytest starts it), and so one
+// Raft node, kept across every config the tests load: that is the reload
+// behaviour under test. These are fixed for the whole package.
+var (
+	testDir   string
+	adminPort int
+	httpPort  int
+	raftPort  int
+	backend   *testBackend
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	testDir, err = os.MkdirTemp("", "raftquota-caddy-test-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_DATA_HOME", filepath.Join(testDir, "xdg-data"))
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(testDir, "xdg-config"))
+	adminPort, httpPort, raftPort = freePort(), freePort(), freePort()
+	backend = newTestBackend()
+	code := m.Run()
+	backend.srv.Close()
+	os.RemoveAll(testDir)
+	os.Exit(code)
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// testBackend stands in for storage: it stores PUT bodies and fails any
+// path containing /fail with a 500.
+type testBackend struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	objects map[string][]byte
+	puts    atomic.Int64
+}
+
+func newTestBackend() *testBackend {
+	b := &testBackend{objects: map[string][]byte{}}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if strings.Contains(r.URL.Path, "/fail") {
+			http.Error(w, "storage failed", http.StatusInternalServerError)
+			return
+		}
+		b.puts.Add(1)
+		b.mu.Lock()
+		b.objects[r.URL.Path] = body
+		b.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	return b
+}
+
+func (b *testBackend) has(path string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.objects[path]
+	return ok
+}
+
+// config is the Caddyfile every test loads, with its own site routes.
+func config(quotaExtra, routes string) string {
+	return fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	persist_config off
+	log default {
+		output file %s
+		level INFO
+		exclude admin.api
+	}
+	log admin_api {
+		include admin.api
+		level WARN
+	}
+	quota {
+		node_id test1
+		data_dir %s
+		raft_address 127.0.0.1:%d
+		%s
+	}
+}
+
+:%d {
+	bind 127.0.0.1
+	%s
+}
+`, adminPort, httpPort, filepath.Join(testDir, "caddy.log"), filepath.Join(testDir, "raft"), raftPort, quotaExtra, httpPort, routes)
+}
+
+// uploadRoutes gates /up/* (charging), /check/* (check_only), /dry/*
+// (dry_run), /idem/* (idempotent on the object name) and /bytes/* (bytes).
+func uploadRoutes() string {
+	up := backend.srv.Listener.Addr().String()
+	return fmt.Sprintf(`
+	handle_path /up/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+		}
+		reverse_proxy %[1]s
+	}
+	handle_path /bytes/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			bytes {http.request.header.Content-Length}
+		}
+		reverse_proxy %[1]s
+	}
+	handle_path /check/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			check_only
+		}
+		respond "checked" 200
+	}
+	handle_path /dry/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			dry_run
+		}
+		respond "dry" 200
+	}
+	handle_path /idem/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			idempotency_key {path}
+		}
+		reverse_proxy %[1]s
+	}
+	handle /attempt/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			charge_on attempt
+		}
+		reverse_proxy %[1]s
+	}`, up)
+}
+
+func startCaddy(t *testing.T) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tester.InitServer(config("", uploadRoutes()), "caddyfile")
+	return tester
+}
+
+func admin(t *testing.T, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", adminPort, path), strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if len(bytes.TrimSpace(raw)) > 0 && raw[0] == '{' {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			t.Fatalf("%s %s: bad JSON %q", method, path, raw)
+		}
+	}
+	return resp.StatusCode, out
+}
+
+func mustCreate(t *testing.T, body string) {
+	t.Helper()
+	if code, out := admin(t, "POST", "/quota/tokens", body); code != http.StatusCreated {
+		t.Fatalf("create %s: %d %v", body, code, out)
+	}
+}
+
+func upload(t *testing.T, path, token, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path), strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("X-Quota-Token", token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+func usage(t *testing.T, token string) float64 {
+	t.Helper()
+	code, out := admin(t, "GET", "/quota/tokens/"+token, "")
+	if code != http.StatusOK {
+		t.Fatalf("get %s: %d %v", token, code, out)
+	}
+	return out["usage_count"].(float64)
+}
+
+func TestAllowedUploadReachesStorageAndLimitHolds(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-allowed","usage_limit":2}`)
+	for i := 0; i < 2; i++ {
+		if resp := upload(t, fmt.Sprintf("/up/b/obj%d", i), "tok-allowed", "data"); resp.StatusCode != 200 {
+			t.Fatalf("upload %d: %d", i, resp.StatusCode)
+		}
+	}
+	if !backend.has("/b/obj0") || !backend.has("/b/obj1") {
+		t.Fatal("allowed uploads did not reach storage (prefix stripped)")
+	}
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/up/b/obj2", httpPort), strings.NewReader("x"))
+	req.Header.Set("X-Quota-Token", "tok-allowed")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p map[string]any
+	json.NewDecoder(resp.Body).Decode(&p)
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("over limit: %d, want 429", resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Errorf("content type %q", ct)
+	}
+	if got := resp.Header.Get("RateLimit-Policy"); got != `"uploads";q=2` {
+		t.Errorf("RateLimit-Policy %q", got)
+	}
+	if got := resp.Header.Get("RateLimit"); got != `"uploads";r=0` {
+		t.Errorf("RateLimit %q", got)
+	}
+	if p["status"] != float64(429) || p["reason"] != "exhausted" || p["type"] != "urn:raftquota:problem:exhausted" {
+		t.Errorf("problem body %v", p)
+	}
+	if backend.has("/b/obj2") {
+		t.Fatal("denied upload reached storage")
+	}
+}
+
+func TestDenialStatuses(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-revoked","usage_limit":5}`)
+	mustCreate(t, `{"name":"tok-expired","usage_limit":5,"expires_at":"2020-01-01T00:00:00Z"}`)
+	mustCreate(t, `{"name":"tok-bytes","bytes_limit":10}`)
+	if code, _ := admin(t, "POST", "/quota/tokens/tok-revoked/revoke", ""); code != 200 {
+		t.Fatalf("revoke: %d", code)
+	}
+	tests := []struct {
+		name, path, token, body string
+		want                    int
+	}{
+		{"no key", "/up/b/o", "", "x", http.StatusUnauthorized},
+		{"malformed key", "/up/b/o", "bad key!", "x", http.StatusUnauthorized},
+		{"overlong key", "/up/b/o", strings.Repeat("k", 129), "x", http.StatusUnauthorized},
+		{"unknown token", "/up/b/o", "no-such-token", "x", http.StatusForbidden},
+		{"revoked", "/up/b/o", "tok-revoked", "x", http.StatusForbidden},
+		{"expired", "/up/b/o", "tok-expired", "x", http.StatusForbidden},
+		{"bytes fit", "/bytes/b/fits", "tok-bytes", "0123456789", http.StatusOK},
+		{"bytes exhausted", "/bytes/b/over", "tok-bytes", "x", http.StatusTooManyRequests},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if resp := upload(t, tt.path, tt.token, tt.body); resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+		})
+	}
+	resp := upload(t, "/bytes/b/over2", "tok-bytes", "x")
+	if got := resp.Header.Get("RateLimit-Policy"); got != `"bytes";q=10;qu="content-bytes"` {
+		t.Errorf("byte RateLimit-Policy %q", got)
+	}
+}
+
+func TestChunkedUploadOnByteRouteNeedsLength(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-len","bytes_limit":100}`)
+	pr, pw := io.Pipe()
+	go func() { pw.Write([]byte("abc")); pw.Close() }()
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/bytes/b/chunked", httpPort), pr)
+	req.Header.Set("X-Quota-Token", "tok-len")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusLengthRequired {
+		t.Fatalf("chunked upload: %d, want 411", resp.StatusCode)
+	}
+}
+
+func TestFailedUploadIsRefunded(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-refund","usage_limit":1}`)
+	if resp := upload(t, "/up/b/fail", "tok-refund", "x"); resp.StatusCode != 500 {
+		t.Fatalf("failing upstream: %d", resp.StatusCode)
+	}
+	if u := usage(t, "tok-refund"); u != 0 {
+		t.Fatalf("usage %v after a failed upload, want 0", u)
+	}
+	if resp := upload(t, "/up/b/ok", "tok-refund", "x"); resp.StatusCode != 200 {
+		t.Fatalf("the refunded unit could not be used: %d", resp.StatusCode)
+	}
+	// charge_on attempt keeps the charge.
+	mustCreate(t, `{"name":"tok-attempt","usage_limit":5}`)
+	upload(t, "/attempt/fail", "tok-attempt", "x")
+	if u := usage(t, "tok-attempt"); u != 1 {
+		t.Fatalf("charge_on attempt: usage %v, want 1", u)
+	}
+}
+
+func TestIdempotencyKeyChargesOnce(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-idem","usage_limit":5}`)
+	before := backend.puts.Load()
+	for i := 0; i < 3; i++ {
+		if resp := upload(t, "/idem/transfer-42", "tok-idem", "x"); resp.StatusCode != 200 {
+			t.Fatalf("attempt %d: %d", i, resp.StatusCode)
+		}
+	}
+	if u := usage(t, "tok-idem"); u != 1 {
+		t.Fatalf("usage %v after three calls with one idempotency key, want 1", u)
+	}
+	if backend.puts.Load()-before != 3 {
+		t.Fatal("repeats were not passed through")
+	}
+	upload(t, "/idem/transfer-43", "tok-idem", "x")
+	if u := usage(t, "tok-idem"); u != 2 {
+		t.Fatalf("another key: usage %v, want 2", u)
+	}
+}
+
+func TestCheckOnlyAndDryRun(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-check","usage_limit":1}`)
+	for i := 0; i < 3; i++ {
+		if resp := upload(t, "/check/x", "tok-check", ""); resp.StatusCode != 200 {
+			t.Fatalf("check_only %d: %d", i, resp.StatusCode)
+		}
+	}
+	if u := usage(t, "tok-check"); u != 0 {
+		t.Fatalf("check_only charged: usage %v", u)
+	}
+	upload(t, "/up/b/use", "tok-check", "x")
+	if resp := upload(t, "/check/x", "tok-check", ""); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("check_only on exhausted token: %d, want 429", resp.StatusCode)
+	}
+	if resp := upload(t, "/dry/x", "tok-check", ""); resp.StatusCode != 200 {
+		t.Fatalf("dry_run blocked: %d", resp.StatusCode)
+	}
+	if resp := upload(t, "/dry/x", "no-such-token", ""); resp.StatusCode != 200 {
+		t.Fatalf("dry_run blocked an unknown token: %d", resp.StatusCode)
+	}
+}
+
+func TestReloadKeepsUsageAndDoesNotRestartRaft(t *testing.T) {
+	tester := startCaddy(t)
+	mustCreate(t, `{"name":"tok-reload","usage_limit":10}`)
+	upload(t, "/up/b/r1", "tok-reload", "x")
+	before := current.Load()
+	if before == nil {
+		t.Fatal("no node running")
+	}
+	tester.InitServer(config("", uploadRoutes()+"\n\trespond /other 204"), "caddyfile")
+	if after := current.Load(); after != before {
+		t.Fatal("config reload restarted the Raft node")
+	}
+	if u := usage(t, "tok-reload"); u != 1 {
+		t.Fatalf("usage %v after reload, want 1", u)
+	}
+	if resp := upload(t, "/up/b/r2", "tok-reload", "x"); resp.StatusCode != 200 {
+		t.Fatalf("upload after reload: %d", resp.StatusCode)
+	}
+}
+
+func TestReloadChangingNodeIDIsRefused(t *testing.T) {
+	startCaddy(t)
+	cfg := strings.Replace(config("", uploadRoutes()), "node_id test1", "node_id other", 1)
+	resp, err := http.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "text/caddyfile", strings.NewReader(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == 200 || !strings.Contains(string(body), "needs a restart") {
+		t.Fatalf("reload with a new node_id: %d %s", resp.StatusCode, body)
+	}
+	if u := upload(t, "/up/b/still", "no-such-token", "x"); u.StatusCode != http.StatusForbidden {
+		t.Fatalf("old config stopped serving: %d", u.StatusCode)
+	}
+}
+
+func TestAdminAPI(t *testing.T) {
+	startCaddy(t)
+	tests := []struct {
+		method, path, body string
+		want               int
+		check              func(map[string]any) bool
+	}{
+		{"POST", "/quota/tokens", `{"name":"adm-1","usage_limit":3,"bytes_limit":100,"created_by":"ops","metadata":{"team":"a"}}`, 201,
+			func(m map[string]any) bool { return m["remaining"] == float64(3) && m["status"] == "active" }},
+		{"POST", "/quota/tokens", `{"name":"adm-1"}`, 409, nil},
+		{"POST", "/quota/tokens", `{"name":"bad name"}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":"adm-2","usage_limit":-1}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":"adm-2","surprise":1}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":`, 400, nil},
+		{"POST", "/quota/tokens", ``, 400, nil},
+		{"POST", "/quota/tokens", `{"name":"adm-3"} {}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":"adm-4","renew_every":"soon"}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":"` + strings.Repeat("a", 2<<20) + `"}`, 413, nil},
+		{"GET", "/quota/tokens/adm-1", "", 200, func(m map[string]any) bool { return m["name"] == "adm-1" && m["bytes_remaining"] == float64(100) }},
+		{"GET", "/quota/tokens/missing", "", 404, func(m map[string]any) bool { return m["error"] != "" }},
+		{"PATCH", "/quota/tokens/adm-1", `{"usage_limit":7}`, 200, func(m map[string]any) bool { return m["usage_limit"] == float64(7) }},
+		{"PATCH", "/quota/tokens/adm-1", `{}`, 400, nil},
+		{"PATCH", "/quota/tokens/missing", `{"usage_limit":1}`, 404, nil},
+		{"POST", "/quota/tokens/adm-1/revoke", "", 200, func(m map[string]any) bool { return m["status"] == "revoked" }},
+		{"POST", "/quota/tokens/adm-1/reactivate", "", 200, func(m map[string]any) bool { return m["status"] == "active" }},
+		{"POST", "/quota/tokens/adm-1/reset", "", 200, func(m map[string]any) bool { return m["usage_count"] == float64(0) }},
+		{"POST", "/quota/tokens/adm-1/explode", "", 404, nil},
+		{"GET", "/quota/tokens/adm-1/revoke", "", 405, nil},
+		{"PUT", "/quota/tokens", "", 405, nil},
+		{"GET", "/quota/cluster", "", 200, func(m map[string]any) bool {
+			nodes, _ := m["nodes"].([]any)
+			return m["leader"] == "test1" && len(nodes) == 1 && m["commit_index"].(float64) > 0
+		}},
+		{"POST", "/quota/cluster/members", `{"id":""}`, 400, nil},
+		{"DELETE", "/quota/cluster/members/ghost", "", 404, nil},
+		{"DELETE", "/quota/tokens/adm-1", "", 204, nil},
+		{"DELETE", "/quota/tokens/adm-1", "", 404, nil},
+		{"GET", "/quota/nothing", "", 404, nil},
+	}
+	for _, tt := range tests {
+		code, out := admin(t, tt.method, tt.path, tt.body)
+		if code != tt.want {
+			t.Errorf("%s %s %.60s: %d %v, want %d", tt.method, tt.path, tt.body, code, out, tt.want)
+			continue
+		}
+		if tt.check != nil && !tt.check(out) {
+			t.Errorf("%s %s: unexpected body %v", tt.method, tt.path, out)
+		}
+		if code >= 400 && (out == nil || out["error"] == "") {
+			t.Errorf("%s %s: error without a JSON message: %v", tt.method, tt.path, out)
+		}
+	}
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/quota/tokens", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("list: %d %v", resp.StatusCode, err)
+	}
+}
+
+func TestRawTokenNeverLogged(t *testing.T) {
+	startCaddy(t)
+	const planted = "planted-secret-token-4f9a1c"
+	mustCreate(t, `{"name":"`+planted+`","usage_limit":1}`)
+	upload(t, "/up/b/p1", planted, "x")
+	upload(t, "/up/b/p2", planted, "x") // exceeded: logged at WARN
+	upload(t, "/dry/p3", planted, "")
+	admin(t, "GET", "/quota/tokens/"+planted, "")
+	admin(t, "POST", "/quota/tokens/"+planted+"/revoke", "")
+	upload(t, "/up/b/p4", planted, "x")
+	upload(t, "/up/b/p5", planted+"-unknown", "x")
+	logs, err := os.ReadFile(filepath.Join(testDir, "caddy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(logs, []byte("quota exceeded")) {
+		t.Fatal("no exceedance was logged: the check below would prove nothing")
+	}
+	if bytes.Contains(logs, []byte(planted)) {
+		t.Fatal("a raw token appears in the logs")
+	}
+}
