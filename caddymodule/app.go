@@ -120,6 +120,20 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.node = new(atomic.Pointer[node])
+	if err := a.provisionConfig(); err != nil {
+		return err
+	}
+	a.cfg.Logger = a.logger
+	if running := current.Load(); running != nil && running.identity != a.identity() {
+		return fmt.Errorf("quota: the running node is %+v; changing node_id, data_dir, raft_address or advertise_address needs a restart of Caddy, not a reload",
+			running.identity)
+	}
+	registerMetrics(ctx)
+	return nil
+}
+
+// provisionConfig fills in defaults and builds the store's config.
+func (a *App) provisionConfig() error {
 	if a.NodeID == "" {
 		a.NodeID = "node1"
 	}
@@ -132,8 +146,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.DedupSize < 0 || a.MaxBatch < 0 {
 		return fmt.Errorf("quota: dedup_size and max_batch must not be negative")
 	}
-	repl := caddy.NewReplacer()
-	a.DataDir = repl.ReplaceKnown(a.DataDir, "")
+	a.DataDir = caddy.NewReplacer().ReplaceKnown(a.DataDir, "")
 	a.cfg = raftstore.Config{
 		NodeID:             a.NodeID,
 		DataDir:            a.DataDir,
@@ -149,17 +162,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		SnapshotThreshold:  a.SnapshotThreshold,
 		DedupSize:          a.DedupSize,
 		MaxBatch:           a.MaxBatch,
-		Logger:             a.logger,
 		OnBatch:            observeBatch,
 	}
 	if err := a.cfg.Validate(); err != nil {
 		return fmt.Errorf("quota: %w", err)
 	}
-	if running := current.Load(); running != nil && running.identity != a.identity() {
-		return fmt.Errorf("quota: the running node is %+v; changing node_id, data_dir, raft_address or advertise_address needs a restart of Caddy, not a reload",
-			running.identity)
-	}
-	registerMetrics(ctx)
 	return nil
 }
 

@@ -1,0 +1,112 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+// TestCaddyfileAdapt checks each testdata/caddyfile_adapt/*.caddyfiletest:
+// the Caddyfile above the dashes must adapt to exactly the JSON below them.
+// Run with UPDATE_GOLDEN=1 to rewrite the JSON after a deliberate change.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, want, ok := strings.Cut(string(data), "\n----------\n")
+			if os.Getenv("UPDATE_GOLDEN") != "" {
+				got, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": f})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out bytes.Buffer
+				json.Indent(&out, got, "", "\t")
+				os.WriteFile(f, []byte(strings.TrimRight(input, "\n")+"\n----------\n"+out.String()+"\n"), 0o644)
+				return
+			}
+			if !ok {
+				t.Fatalf("%s has no ---------- separator", f)
+			}
+			if !caddytest.CompareAdapt(t, f, input+"\n", "caddyfile", strings.TrimRight(want, "\n")) {
+				t.Fail()
+			}
+		})
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	tests := []struct{ name, input, want string }{
+		{"global option with args", "{\n quota extra\n}", "wrong argument count"},
+		{"unknown global option", "{\n quota {\n  bogus 1\n }\n}", `unrecognized quota option "bogus"`},
+		{"node_id without value", "{\n quota {\n  node_id\n }\n}", "node_id needs a value"},
+		{"node_id with two values", "{\n quota {\n  node_id a b\n }\n}", "node_id takes one value"},
+		{"peer needs two args", "{\n quota {\n  peer node1\n }\n}", "peer takes an id and an address"},
+		{"join takes no args", "{\n quota {\n  join now\n }\n}", "wrong argument count"},
+		{"bad duration", "{\n quota {\n  heartbeat_timeout soon\n }\n}", "heartbeat_timeout must be a positive duration"},
+		{"negative duration", "{\n quota {\n  apply_timeout -1s\n }\n}", "apply_timeout must be a positive duration"},
+		{"bad dedup size", "{\n quota {\n  dedup_size 0\n }\n}", "dedup_size must be a whole number of at least 1"},
+		{"bad max batch", "{\n quota {\n  max_batch many\n }\n}", "max_batch must be a whole number"},
+		{"bad snapshot threshold", "{\n quota {\n  snapshot_threshold -5\n }\n}", "snapshot_threshold must be a whole number"},
+		{"directive without key", ":80 {\n quota {\n  cost 1\n }\n}", "quota needs a key"},
+		{"directive inline arg", ":80 {\n quota /x token\n}", "quota takes its settings in a block"},
+		{"unknown subdirective", ":80 {\n quota {\n  key {http.request.header.X}\n  colour blue\n }\n}", `unrecognized quota subdirective "colour"`},
+		{"bad cost", ":80 {\n quota {\n  key {http.request.header.X}\n  cost 0\n }\n}", "cost must be a whole number of at least 1"},
+		{"bad charge_on", ":80 {\n quota {\n  key {http.request.header.X}\n  charge_on later\n }\n}", "charge_on must be success or attempt"},
+		{"bad on_unavailable", ":80 {\n quota {\n  key {http.request.header.X}\n  on_unavailable maybe\n }\n}", "on_unavailable must be deny or allow"},
+		{"check_only takes no args", ":80 {\n quota {\n  key {http.request.header.X}\n  check_only yes\n }\n}", "wrong argument count"},
+		{"bad timeout", ":80 {\n quota {\n  key {http.request.header.X}\n  timeout 0s\n }\n}", "timeout must be a positive duration"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tt.input), nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// Provisioning (what `caddy validate` runs) rejects bad settings with clear
+// messages, and never starts the node.
+func TestAppProvisionRejectsBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		app  App
+		want string
+	}{
+		{"peers without self", App{NodeID: "n1", RaftAddress: "127.0.0.1:1", Peers: peers("n2", "n3")}, "peers must include this node"},
+		{"duplicate peer", App{NodeID: "n1", RaftAddress: "127.0.0.1:1", Peers: peers("n1", "n1")}, "listed twice"},
+		{"bad raft address", App{NodeID: "n1", RaftAddress: "nowhere"}, "raft address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.app.provisionConfig()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func peers(ids ...string) []raftstore.Peer {
+	out := make([]raftstore.Peer, len(ids))
+	for i, id := range ids {
+		out[i] = raftstore.Peer{ID: id, Address: "127.0.0.1:700" + string(rune('1'+i))}
+	}
+	return out
+}
