@@ -238,6 +238,5 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	return nil
 }
 
-
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
