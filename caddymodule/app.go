@@ -74,6 +74,11 @@ type App struct {
 	// Empty: a single-node cluster.
 	Peers []raftstore.Peer `json:"peers,omitempty"`
 
+	// DialAddresses overrides, for this node only, where it dials a peer
+	// (by id), e.g. through NAT or a proxy. Peers keep their advertised
+	// addresses in the cluster's configuration.
+	DialAddresses map[string]string `json:"dial_addresses,omitempty"`
+
 	// Join makes a node with an empty data dir wait to be added to an
 	// existing cluster (POST /quota/cluster/members on any member) instead
 	// of bootstrapping one.
@@ -153,6 +158,7 @@ func (a *App) provisionConfig() error {
 		BindAddr:           a.RaftAddress,
 		AdvertiseAddr:      a.AdvertiseAddress,
 		Peers:              a.Peers,
+		DialAddresses:      a.DialAddresses,
 		NoBootstrap:        a.Join,
 		HeartbeatTimeout:   time.Duration(a.HeartbeatTimeout),
 		ElectionTimeout:    time.Duration(a.ElectionTimeout),

@@ -28,6 +28,7 @@ func init() {
 //	    raft_address         <host:port>
 //	    advertise_address    <host:port>
 //	    peer                 <id> <host:port>     # once per voter, this node included
+//	    dial                 <id> <host:port>     # reach peer <id> here instead (NAT, proxy)
 //	    join
 //	    heartbeat_timeout    <duration>
 //	    election_timeout     <duration>
@@ -68,6 +69,15 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, d.Errf("peer takes an id and an address: peer <id> <host:port>")
 			}
 			app.Peers = append(app.Peers, raftstore.Peer{ID: args[0], Address: args[1]})
+		case "dial":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return nil, d.Errf("dial takes a peer id and an address: dial <id> <host:port>")
+			}
+			if app.DialAddresses == nil {
+				app.DialAddresses = map[string]string{}
+			}
+			app.DialAddresses[args[0]] = args[1]
 		case "join":
 			if d.NextArg() {
 				return nil, d.ArgErr()

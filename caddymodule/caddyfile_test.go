@@ -56,6 +56,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"node_id without value", "{\n quota {\n  node_id\n }\n}", "node_id needs a value"},
 		{"node_id with two values", "{\n quota {\n  node_id a b\n }\n}", "node_id takes one value"},
 		{"peer needs two args", "{\n quota {\n  peer node1\n }\n}", "peer takes an id and an address"},
+		{"dial needs two args", "{\n quota {\n  dial node1\n }\n}", "dial takes a peer id and an address"},
 		{"join takes no args", "{\n quota {\n  join now\n }\n}", "wrong argument count"},
 		{"bad duration", "{\n quota {\n  heartbeat_timeout soon\n }\n}", "heartbeat_timeout must be a positive duration"},
 		{"negative duration", "{\n quota {\n  apply_timeout -1s\n }\n}", "apply_timeout must be a positive duration"},

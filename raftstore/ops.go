@@ -37,7 +37,7 @@ func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
 	if err != nil {
 		return nil, err
 	}
-	if addr == s.Addr() {
+	if id, _, _ := s.leader(); id == s.cfg.NodeID {
 		return nil, errNotLeader // we are about to lead, or just stopped
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
@@ -305,7 +305,7 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 			cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 			defer cancel()
 			var out StatusReply
-			if err := s.forward.call(cctx, n.Address, "Status", &Empty{}, &out); err != nil {
+			if err := s.forward.call(cctx, s.dialAddr(n.ID, n.Address), "Status", &Empty{}, &out); err != nil {
 				n.State = "unreachable"
 				return
 			}

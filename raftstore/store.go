@@ -41,6 +41,10 @@ type Config struct {
 	// be the same on every node and include this node. Empty means a
 	// single-node cluster of this node alone.
 	Peers []Peer
+	// DialAddresses overrides, for this node only, the address it dials to
+	// reach a peer (by id): for NAT, or a proxy in between. Raft's
+	// configuration keeps the peers' own addresses.
+	DialAddresses map[string]string
 	// NoBootstrap leaves a fresh node waiting to be added by an existing
 	// cluster's leader (POST /quota/cluster/members) instead of bootstrapping.
 	NoBootstrap bool
@@ -138,6 +142,11 @@ func (c *Config) Validate() error {
 		}
 		if !self {
 			return fmt.Errorf("peers must include this node (%s)", c.NodeID)
+		}
+	}
+	for id, a := range c.DialAddresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("dial address for %s %q: %v", id, a, err)
 		}
 	}
 	return nil
@@ -238,10 +247,11 @@ func (s *Store) start() error {
 	}
 	s.mux = newMux(stream, s.logger)
 	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  s.mux.raft,
-		MaxPool: 3,
-		Timeout: 10 * time.Second,
-		Logger:  hl,
+		Stream:                s.mux.raft,
+		MaxPool:               3,
+		Timeout:               10 * time.Second,
+		Logger:                hl,
+		ServerAddressProvider: dialProvider(cfg.DialAddresses),
 	})
 
 	rc := raft.DefaultConfig()
@@ -547,12 +557,30 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) erro
 	}
 }
 
-// leader returns the leader's id and address, or errNotLeader-wrapped
+// leader returns the leader's id and the address to dial it at, or
 // unavailability when there is none yet.
 func (s *Store) leader() (string, string, error) {
 	addr, id := s.raft.LeaderWithID()
 	if addr == "" {
 		return "", "", fmt.Errorf("%w: no leader known", ErrUnavailable)
 	}
-	return string(id), string(addr), nil
+	return string(id), s.dialAddr(string(id), string(addr)), nil
+}
+
+// dialAddr is where this node dials peer id, advertised at addr.
+func (s *Store) dialAddr(id, addr string) string {
+	if a, ok := s.cfg.DialAddresses[id]; ok {
+		return a
+	}
+	return addr
+}
+
+// dialProvider makes Raft's transport dial peers at their overrides.
+type dialProvider map[string]string
+
+func (d dialProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a, ok := d[string(id)]; ok {
+		return raft.ServerAddress(a), nil
+	}
+	return "", fmt.Errorf("no dial override for %s", id)
 }

@@ -1,0 +1,332 @@
+package robustness
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the real cmd/caddy, built once for the package by TestMain.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "raftquota-robustness-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "caddy")
+	build := exec.Command("go", "build", "-o", binary, "../cmd/caddy")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building caddy:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const nodes = 3
+
+// cluster is three real Caddy processes with raftquota plus the storage
+// backend, configured from examples/three-node with every port moved to a
+// free one and a fault proxy on every directed Raft link.
+type cluster struct {
+	t       *testing.T
+	dir     string
+	ports   map[string]string // contract port -> free port
+	proxies [nodes][nodes]*faultProxy
+	procs   [nodes + 1]*exec.Cmd // the nodes, then storage
+	logs    [nodes + 1]*os.File
+}
+
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+func newCluster(t *testing.T) *cluster {
+	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
+	for i := 1; i <= nodes; i++ {
+		for _, p := range []string{"808", "202", "700"} {
+			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
+		}
+	}
+	for i := 0; i < nodes; i++ {
+		for j := 0; j < nodes; j++ {
+			if i != j {
+				c.proxies[i][j] = newFaultProxy(t, "127.0.0.1:"+c.ports[fmt.Sprintf("700%d", j+1)])
+			}
+		}
+	}
+	for i := 0; i < nodes; i++ {
+		c.writeConfig(i)
+	}
+	c.writeFile("storage.Caddyfile", c.template("storage.Caddyfile"))
+	t.Cleanup(c.stopAll)
+	c.startStorage()
+	for i := 0; i < nodes; i++ {
+		c.start(i)
+	}
+	c.waitHealthy(30 * time.Second)
+	return c
+}
+
+func (c *cluster) template(name string) string {
+	b, err := os.ReadFile(filepath.Join("..", "examples", "three-node", name))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	s := string(b)
+	for from, to := range c.ports {
+		s = strings.ReplaceAll(s, ":"+from, ":"+to)
+	}
+	return s
+}
+
+func (c *cluster) writeFile(name, content string) {
+	if err := os.WriteFile(filepath.Join(c.dir, name), []byte(content), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// writeConfig makes node i dial every peer through its proxy.
+func (c *cluster) writeConfig(i int) {
+	s := c.template(fmt.Sprintf("node%d.Caddyfile", i+1))
+	var dials strings.Builder
+	for j := 0; j < nodes; j++ {
+		if j != i {
+			fmt.Fprintf(&dials, "\t\tdial node%d %s\n", j+1, c.proxies[i][j].addr())
+		}
+	}
+	marker := fmt.Sprintf("\t\tpeer node3 127.0.0.1:%s\n", c.ports["7003"])
+	if !strings.Contains(s, marker) {
+		c.t.Fatalf("node%d.Caddyfile has no peer node3 line to put dial lines after", i+1)
+	}
+	s = strings.Replace(s, marker, marker+dials.String(), 1)
+	c.writeFile(fmt.Sprintf("node%d.Caddyfile", i+1), s)
+}
+
+func (c *cluster) run(slot int, config string) {
+	cmd := exec.Command(binary, "run", "--config", filepath.Join(c.dir, config), "--adapter", "caddyfile")
+	cmd.Dir = c.dir
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg"))
+	if c.logs[slot] == nil {
+		f, err := os.Create(filepath.Join(c.dir, config+".log"))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.logs[slot] = f
+	}
+	cmd.Stdout, cmd.Stderr = c.logs[slot], c.logs[slot]
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.procs[slot] = cmd
+}
+
+func (c *cluster) startStorage() { c.run(nodes, "storage.Caddyfile") }
+
+func (c *cluster) start(i int) { c.run(i, fmt.Sprintf("node%d.Caddyfile", i+1)) }
+
+// kill stops node i with SIGKILL: no leadership transfer, no clean close.
+func (c *cluster) kill(i int) {
+	if p := c.procs[i]; p != nil {
+		p.Process.Kill()
+		p.Wait()
+		c.procs[i] = nil
+	}
+}
+
+func (c *cluster) restart(i int) {
+	c.kill(i)
+	c.start(i)
+}
+
+func (c *cluster) freeze(i int) { c.procs[i].Process.Signal(syscall.SIGSTOP) }
+func (c *cluster) thaw(i int)   { c.procs[i].Process.Signal(syscall.SIGCONT) }
+
+// partition cuts node i off from both peers, in both directions.
+func (c *cluster) partition(i int) {
+	for j := 0; j < nodes; j++ {
+		if j != i {
+			c.proxies[i][j].block()
+			c.proxies[j][i].block()
+		}
+	}
+}
+
+func (c *cluster) heal(i int) {
+	for j := 0; j < nodes; j++ {
+		if j != i {
+			c.proxies[i][j].unblock()
+			c.proxies[j][i].unblock()
+		}
+	}
+}
+
+func (c *cluster) stopAll() {
+	for i, p := range c.procs {
+		if p == nil {
+			continue
+		}
+		p.Process.Signal(syscall.SIGCONT)
+		p.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.Process.Kill()
+			<-done
+		}
+		c.procs[i] = nil
+	}
+	for i, f := range c.logs {
+		if f == nil {
+			continue
+		}
+		f.Close()
+		if c.t.Failed() {
+			b, _ := os.ReadFile(f.Name())
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			c.t.Logf("--- log of process %d (tail) ---\n%s", i, b)
+		}
+	}
+}
+
+func (c *cluster) httpURL(i int) string  { return "http://127.0.0.1:" + c.ports[fmt.Sprintf("808%d", i+1)] }
+func (c *cluster) adminURL(i int) string { return "http://127.0.0.1:" + c.ports[fmt.Sprintf("202%d", i+1)] }
+func (c *cluster) storageURL() string    { return "http://127.0.0.1:" + c.ports["9000"] }
+
+type clusterInfo struct {
+	Leader string `json:"leader"`
+	Nodes  []struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	} `json:"nodes"`
+}
+
+func (c *cluster) info(i int) (clusterInfo, error) {
+	var ci clusterInfo
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get(c.adminURL(i) + "/quota/cluster")
+	if err != nil {
+		return ci, err
+	}
+	defer resp.Body.Close()
+	return ci, json.NewDecoder(resp.Body).Decode(&ci)
+}
+
+// leader returns the index of the node every live node agrees leads.
+func (c *cluster) leader() int {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for i := 0; i < nodes; i++ {
+			if c.procs[i] == nil {
+				continue
+			}
+			if ci, err := c.info(i); err == nil && ci.Leader != "" {
+				var n int
+				fmt.Sscanf(ci.Leader, "node%d", &n)
+				return n - 1
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatal("no leader")
+	return -1
+}
+
+// waitHealthy waits until every node reports all three members reachable.
+func (c *cluster) waitHealthy(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		healthy := 0
+		for i := 0; i < nodes; i++ {
+			ci, err := c.info(i)
+			if err != nil || ci.Leader == "" {
+				continue
+			}
+			ok := len(ci.Nodes) == nodes
+			for _, n := range ci.Nodes {
+				ok = ok && (n.State == "Leader" || n.State == "Follower")
+			}
+			if ok {
+				healthy++
+			}
+		}
+		if healthy == nodes {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatal("cluster did not become healthy")
+}
+
+func (c *cluster) createToken(name string, limit int) {
+	body := fmt.Sprintf(`{"name":%q,"usage_limit":%d}`, name, limit)
+	resp, err := http.Post(c.adminURL(0)+"/quota/tokens", "application/json", strings.NewReader(body))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		b, _ := io.ReadAll(resp.Body)
+		c.t.Fatalf("creating %s: %d %s", name, resp.StatusCode, b)
+	}
+}
+
+func (c *cluster) usage(name string) int {
+	for attempt := 0; attempt < 50; attempt++ {
+		for i := 0; i < nodes; i++ {
+			resp, err := http.Get(c.adminURL(i) + "/quota/tokens/" + name)
+			if err != nil {
+				continue
+			}
+			var tok struct {
+				UsageCount int `json:"usage_count"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&tok)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == 200 {
+				return tok.UsageCount
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c.t.Fatalf("could not read usage of %s", name)
+	return -1
+}
+
+// stored counts the objects in the backend whose names start with prefix.
+func (c *cluster) stored(bucket, prefix string) int {
+	resp, err := http.Get(c.storageURL() + "/" + bucket + "?prefix=" + prefix + "&max-keys=100000")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusNotFound {
+		return 0
+	}
+	if resp.StatusCode != http.StatusOK {
+		c.t.Fatalf("listing bucket: %d %s", resp.StatusCode, b)
+	}
+	return strings.Count(string(b), "<Key>")
+}
