@@ -210,9 +210,13 @@ func (c *cluster) stopAll() {
 	}
 }
 
-func (c *cluster) httpURL(i int) string  { return "http://127.0.0.1:" + c.ports[fmt.Sprintf("808%d", i+1)] }
-func (c *cluster) adminURL(i int) string { return "http://127.0.0.1:" + c.ports[fmt.Sprintf("202%d", i+1)] }
-func (c *cluster) storageURL() string    { return "http://127.0.0.1:" + c.ports["9000"] }
+func (c *cluster) httpURL(i int) string {
+	return "http://127.0.0.1:" + c.ports[fmt.Sprintf("808%d", i+1)]
+}
+func (c *cluster) adminURL(i int) string {
+	return "http://127.0.0.1:" + c.ports[fmt.Sprintf("202%d", i+1)]
+}
+func (c *cluster) storageURL() string { return "http://127.0.0.1:" + c.ports["9000"] }
 
 type clusterInfo struct {
 	Leader string `json:"leader"`
