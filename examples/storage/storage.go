@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -48,6 +50,16 @@ type S3Storage struct {
 	Path string `json:"path,omitempty"`
 
 	handler http.Handler
+	backend *s3bolt.Backend
+	buckets *bucketCache
+}
+
+// bucketCache serialises creating buckets on first upload: gofakes3's own
+// auto-create races when the first uploads to a bucket run at once (some of
+// them get NoSuchBucket).
+type bucketCache struct {
+	mu    sync.Mutex
+	known sync.Map
 }
 
 // CaddyModule returns the Caddy module information.
@@ -78,7 +90,9 @@ func (s *S3Storage) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	faker := gofakes3.New(v.(db).backend, gofakes3.WithAutoBucket(true), gofakes3.WithTimeSkewLimit(0))
+	s.backend = v.(db).backend
+	s.buckets = new(bucketCache)
+	faker := gofakes3.New(s.backend, gofakes3.WithAutoBucket(true), gofakes3.WithTimeSkewLimit(0))
 	s.handler = faker.Server()
 	return nil
 }
@@ -90,7 +104,33 @@ func (s *S3Storage) Cleanup() error {
 }
 
 func (s *S3Storage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.Method == http.MethodPut {
+		if bucket, _, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/"); ok && bucket != "" {
+			if err := s.ensureBucket(bucket); err != nil {
+				return caddyhttp.Error(http.StatusInternalServerError, err)
+			}
+		}
+	}
 	s.handler.ServeHTTP(w, r)
+	return nil
+}
+
+func (s *S3Storage) ensureBucket(name string) error {
+	if _, ok := s.buckets.known.Load(name); ok {
+		return nil
+	}
+	s.buckets.mu.Lock()
+	defer s.buckets.mu.Unlock()
+	exists, err := s.backend.BucketExists(name)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		if err := s.backend.CreateBucket(name); err != nil && !gofakes3.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	s.buckets.known.Store(name, struct{}{})
 	return nil
 }
 
