@@ -356,8 +356,13 @@ func TestJoinAndRemoveMember(t *testing.T) {
 	if err := follower.Remove(ctx, "node4"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("removing twice: %v", err)
 	}
-	if got := len(follower.Cluster(ctx).Nodes); got != 3 {
-		t.Fatalf("%d members after remove, want 3", got)
+	// A follower learns of the new configuration shortly after the leader.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(follower.Cluster(ctx).Nodes) != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d members after remove, want 3", len(follower.Cluster(ctx).Nodes))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
