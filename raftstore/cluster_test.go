@@ -23,11 +23,13 @@ type testCluster struct {
 	peers []Peer
 	nodes []*Store
 	log   *zap.Logger
+	// skew shifts each node's clock, for the clock-skew tests.
+	skew []atomic.Int64
 }
 
 func newTestCluster(t testing.TB, n int) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop()}
+	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop(), skew: make([]atomic.Int64, n)}
 	if testing.Verbose() {
 		c.log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
@@ -56,6 +58,7 @@ func (c *testCluster) config(i int) Config {
 		BindAddr: c.peers[i].Address,
 		Peers:    c.peers,
 		Logger:   c.log.Named(c.peers[i].ID),
+		Clock:    func() time.Time { return time.Now().Add(time.Duration(c.skew[i].Load())) },
 	}
 }
 
@@ -392,5 +395,56 @@ func TestDataDirBelongsToOneNode(t *testing.T) {
 	s.Close()
 	if _, err := Open(Config{NodeID: "b", DataDir: dir, BindAddr: "127.0.0.1:0"}); err == nil {
 		t.Fatal("opened another node's data dir")
+	}
+}
+
+// transferTo makes node i the leader.
+func (c *testCluster) transferTo(i int) {
+	c.t.Helper()
+	for c.leaderIndex() != i {
+		l := c.nodes[c.leaderIndex()]
+		l.raft.LeadershipTransferToServer(raft.ServerID(c.peers[i].ID), raft.ServerAddress(c.peers[i].Address)).Error()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestSkewedLeaderNeverRenewsEarlyOrTwice(t *testing.T) {
+	for _, skew := range []time.Duration{time.Hour, -10 * time.Minute} {
+		t.Run(fmt.Sprintf("skew=%s", skew), func(t *testing.T) {
+			c := newTestCluster(t, 3)
+			ctx := ctxT(t, 60*time.Second)
+			fast := (c.leaderIndex() + 1) % 3
+			c.skew[fast].Store(int64(skew))
+			c.transferTo((fast + 1) % 3) // a correct clock leads first
+
+			const window = 2 * time.Second
+			if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "w", UsageLimit: 1, RenewEvery: Duration(window)}); err != nil {
+				t.Fatal(err)
+			}
+			consume := func() Decision {
+				t.Helper()
+				d, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "w", Units: 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return d
+			}
+			if !consume().Allowed {
+				t.Fatal("first consume denied")
+			}
+			c.transferTo(fast)
+			if d := consume(); d.Allowed {
+				t.Fatalf("the skewed leader (%s) renewed the window early: %+v", skew, d)
+			}
+			time.Sleep(window + 300*time.Millisecond)
+			if d := consume(); !d.Allowed {
+				t.Fatalf("the window did not renew on time under the skewed leader (%s): %+v", skew, d)
+			}
+			c.skew[fast].Store(0)
+			c.transferTo((fast + 1) % 3)
+			if d := consume(); d.Allowed {
+				t.Fatalf("the window renewed twice: %+v", d)
+			}
+		})
 	}
 }

@@ -78,6 +78,8 @@ type StatusReply struct {
 	State        string
 	CommitIndex  uint64
 	AppliedIndex uint64
+	// Now is the node's clock (unix nanoseconds), for the leader's clock sync.
+	Now int64
 }
 
 // Empty is an RPC argument or reply that carries nothing.
@@ -172,6 +174,7 @@ func (q *Quota) Status(_ *Empty, out *StatusReply) error {
 	out.State = q.s.State()
 	out.CommitIndex = q.s.raft.CommitIndex()
 	out.AppliedIndex = q.s.raft.AppliedIndex()
+	out.Now = q.s.cfg.Clock().UnixNano()
 	return nil
 }
 

@@ -72,7 +72,9 @@ type Config struct {
 	// Stream replaces the plain TCP transport (e.g. with TLS). It must listen
 	// on BindAddr. When set, BindAddr and AdvertiseAddr are not used to listen.
 	Stream raft.StreamLayer
-	// Clock stamps time into commands while this node leads. Default time.Now.
+	// Clock is this node's wall clock. Default time.Now. While the node
+	// leads, commands are stamped with it corrected to the cluster's median
+	// clock (see clock.go).
 	Clock func() time.Time
 	// Logger receives the store's and Raft's logs. Default: no logs.
 	Logger *zap.Logger
@@ -171,6 +173,7 @@ type Store struct {
 	barriers        *batcher[struct{}, struct{}]
 
 	observer      *raft.Observer
+	clock         clockSync
 	leaderChanges atomic.Uint64
 	forwarded     atomic.Uint64
 
@@ -325,6 +328,7 @@ func (s *Store) watchLeader(ch chan raft.Observation) {
 		case o := <-ch:
 			lo := o.Data.(raft.LeaderObservation)
 			s.leaderChanges.Add(1)
+			s.clock.invalidate()
 			s.logger.Info("raft leader changed", zap.String("leader_id", string(lo.LeaderID)), zap.String("leader_address", string(lo.LeaderAddr)))
 			if string(lo.LeaderID) == s.cfg.NodeID && s.fsm.secretKey() == nil {
 				secret := make([]byte, 32)
@@ -461,7 +465,7 @@ func fingerprint(secret []byte, name string) string {
 
 // applyLocal stamps the leader's time into c and proposes it to the log.
 func (s *Store) applyLocal(c *command) (*applyResult, error) {
-	c.Time = s.cfg.Clock().UnixNano()
+	c.Time = s.clock.stamp(s)
 	b, err := encodeCommand(c)
 	if err != nil {
 		return nil, err
