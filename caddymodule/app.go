@@ -6,6 +6,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -33,12 +34,14 @@ var (
 // node is a running store and the settings it was opened with.
 type node struct {
 	store    *raftstore.Store
+	tls      *raftstore.TLSStreamLayer // nil when plaintext
 	identity identity
 }
 
 // identity is what a config reload cannot change without a restart.
 type identity struct {
 	NodeID, DataDir, RaftAddress, Advertise string
+	TLS                                     bool
 }
 
 func (n *node) Destruct() error {
@@ -78,6 +81,17 @@ type App struct {
 	// (by id), e.g. through NAT or a proxy. Peers keep their advertised
 	// addresses in the cluster's configuration.
 	DialAddresses map[string]string `json:"dial_addresses,omitempty"`
+
+	// TLS makes nodes authenticate each other with certificates from one
+	// cluster CA (mutual TLS 1.3) on the Raft port. Required for a cluster
+	// unless Plaintext is set. `caddy quota certs` makes the files. A config
+	// reload re-reads the files, so certificates rotate without a restart.
+	TLS *raftstore.TLSFiles `json:"tls,omitempty"`
+
+	// Plaintext accepts Raft and forwarding traffic from anyone who can
+	// reach raft_address. Only for a private network you trust; a
+	// single node on a loopback address needs neither this nor TLS.
+	Plaintext bool `json:"plaintext,omitempty"`
 
 	// Join makes a node with an empty data dir wait to be added to an
 	// existing cluster (POST /quota/cluster/members on any member) instead
@@ -173,21 +187,59 @@ func (a *App) provisionConfig() error {
 	if err := a.cfg.Validate(); err != nil {
 		return fmt.Errorf("quota: %w", err)
 	}
+	if a.TLS != nil {
+		if a.Plaintext {
+			return fmt.Errorf("quota: tls and plaintext exclude each other")
+		}
+		if err := raftstore.CheckTLS(*a.TLS); err != nil {
+			return fmt.Errorf("quota: tls: %w", err)
+		}
+		return nil
+	}
+	if a.Plaintext {
+		return nil
+	}
+	if len(a.Peers) > 0 || a.Join {
+		return fmt.Errorf("quota: cluster nodes must authenticate each other: set tls <cert> <key> <ca> (caddy quota certs makes them), or plaintext to accept any peer that can reach %s", a.RaftAddress)
+	}
+	if host, _, _ := net.SplitHostPort(a.RaftAddress); !isLoopback(host) {
+		return fmt.Errorf("quota: raft_address %s is not a loopback address: set tls <cert> <key> <ca>, or plaintext to accept any peer that can reach it", a.RaftAddress)
+	}
 	return nil
 }
 
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 func (a *App) identity() identity {
-	return identity{NodeID: a.NodeID, DataDir: a.DataDir, RaftAddress: a.RaftAddress, Advertise: a.AdvertiseAddress}
+	return identity{NodeID: a.NodeID, DataDir: a.DataDir, RaftAddress: a.RaftAddress, Advertise: a.AdvertiseAddress, TLS: a.TLS != nil}
 }
 
 // Start opens the node, or takes over the one a previous config opened.
 func (a *App) Start() error {
 	v, loaded, err := nodes.LoadOrNew(nodeKey, func() (caddy.Destructor, error) {
-		s, err := raftstore.Open(a.cfg)
+		n := &node{identity: a.identity()}
+		cfg := a.cfg
+		if a.TLS != nil {
+			l, err := raftstore.NewTLSStreamLayer(a.RaftAddress, a.AdvertiseAddress, *a.TLS)
+			if err != nil {
+				return nil, err
+			}
+			n.tls, cfg.Stream = l, l
+		}
+		s, err := raftstore.Open(cfg)
 		if err != nil {
+			if n.tls != nil {
+				n.tls.Close()
+			}
 			return nil, err
 		}
-		n := &node{store: s, identity: a.identity()}
+		n.store = s
 		current.Store(n)
 		return n, nil
 	})
@@ -198,6 +250,13 @@ func (a *App) Start() error {
 	if n.identity != a.identity() {
 		nodes.Delete(nodeKey)
 		return fmt.Errorf("quota: the running node is %+v; changing it needs a restart of Caddy", n.identity)
+	}
+	if loaded && n.tls != nil {
+		if err := n.tls.Reload(*a.TLS); err != nil {
+			nodes.Delete(nodeKey)
+			return fmt.Errorf("quota: reloading tls files: %w", err)
+		}
+		a.logger.Info("reloaded tls certificates for new connections between nodes")
 	}
 	a.node.Store(n)
 	if !loaded {

@@ -30,6 +30,8 @@ func init() {
 //	    peer                 <id> <host:port>     # once per voter, this node included
 //	    dial                 <id> <host:port>     # reach peer <id> here instead (NAT, proxy)
 //	    join
+//	    tls                  <cert_file> <key_file> <ca_file>
+//	    plaintext
 //	    heartbeat_timeout    <duration>
 //	    election_timeout     <duration>
 //	    leader_lease_timeout <duration>
@@ -78,6 +80,17 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				app.DialAddresses = map[string]string{}
 			}
 			app.DialAddresses[args[0]] = args[1]
+		case "tls":
+			args := d.RemainingArgs()
+			if len(args) != 3 {
+				return nil, d.Errf("tls takes three files: tls <cert_file> <key_file> <ca_file>")
+			}
+			app.TLS = &raftstore.TLSFiles{CertFile: args[0], KeyFile: args[1], CAFile: args[2]}
+		case "plaintext":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.Plaintext = true
 		case "join":
 			if d.NextArg() {
 				return nil, d.ArgErr()

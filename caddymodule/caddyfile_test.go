@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/raftquota/raftquota/internal/clustercert"
 	"github.com/raftquota/raftquota/raftstore"
 )
 
@@ -57,6 +59,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"node_id with two values", "{\n quota {\n  node_id a b\n }\n}", "node_id takes one value"},
 		{"peer needs two args", "{\n quota {\n  peer node1\n }\n}", "peer takes an id and an address"},
 		{"dial needs two args", "{\n quota {\n  dial node1\n }\n}", "dial takes a peer id and an address"},
+		{"tls needs three files", "{\n quota {\n  tls cert.pem key.pem\n }\n}", "tls takes three files"},
+		{"plaintext takes no args", "{\n quota {\n  plaintext yes\n }\n}", "wrong argument count"},
 		{"join takes no args", "{\n quota {\n  join now\n }\n}", "wrong argument count"},
 		{"bad duration", "{\n quota {\n  heartbeat_timeout soon\n }\n}", "heartbeat_timeout must be a positive duration"},
 		{"negative duration", "{\n quota {\n  apply_timeout -1s\n }\n}", "apply_timeout must be a positive duration"},
@@ -93,6 +97,11 @@ func TestAppProvisionRejectsBadConfig(t *testing.T) {
 		{"peers without self", App{NodeID: "n1", RaftAddress: "127.0.0.1:1", Peers: peers("n2", "n3")}, "peers must include this node"},
 		{"duplicate peer", App{NodeID: "n1", RaftAddress: "127.0.0.1:1", Peers: peers("n1", "n1")}, "listed twice"},
 		{"bad raft address", App{NodeID: "n1", RaftAddress: "nowhere"}, "raft address"},
+		{"cluster without tls", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Peers: peers("n1", "n2")}, "cluster nodes must authenticate each other"},
+		{"join without tls", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Join: true}, "cluster nodes must authenticate each other"},
+		{"single node off loopback", App{NodeID: "n1", RaftAddress: "0.0.0.0:7001", AdvertiseAddress: "10.0.0.1:7001"}, "not a loopback address"},
+		{"tls files missing", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", TLS: &raftstore.TLSFiles{CertFile: "nope.pem", KeyFile: "nope-key.pem", CAFile: "ca.pem"}}, "loading node certificate"},
+		{"tls and plaintext", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Plaintext: true, TLS: &raftstore.TLSFiles{CertFile: "a", KeyFile: "b", CAFile: "c"}}, "exclude each other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,4 +119,21 @@ func peers(ids ...string) []raftstore.Peer {
 		out[i] = raftstore.Peer{ID: id, Address: "127.0.0.1:700" + string(rune('1'+i))}
 	}
 	return out
+}
+
+func TestAppProvisionAcceptsSafeNetworkSettings(t *testing.T) {
+	dir := t.TempDir()
+	if err := clustercert.Generate(dir, []clustercert.Node{{ID: "n1", Hosts: []string{"127.0.0.1"}}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	f := clustercert.NodeFiles(dir, "n1")
+	for name, app := range map[string]App{
+		"single loopback node":   {NodeID: "n1", RaftAddress: "127.0.0.1:7001"},
+		"cluster with tls":       {NodeID: "n1", RaftAddress: "127.0.0.1:7001", Peers: peers("n1", "n2"), TLS: &raftstore.TLSFiles{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}},
+		"cluster with plaintext": {NodeID: "n1", RaftAddress: "127.0.0.1:7001", Peers: peers("n1", "n2"), Plaintext: true},
+	} {
+		if err := app.provisionConfig(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }

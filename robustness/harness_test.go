@@ -76,6 +76,10 @@ func newCluster(t *testing.T) *cluster {
 		c.writeConfig(i)
 	}
 	c.writeFile("storage.Caddyfile", c.template("storage.Caddyfile"))
+	certs := exec.Command(binary, "quota", "certs", "--dir", filepath.Join(c.dir, "data", "certs"), "node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1")
+	if out, err := certs.CombinedOutput(); err != nil {
+		t.Fatalf("caddy quota certs: %v\n%s", err, out)
+	}
 	t.Cleanup(c.stopAll)
 	c.startStorage()
 	for i := 0; i < nodes; i++ {

@@ -87,6 +87,10 @@ func TestThreeNodeExample(t *testing.T) {
 		})
 		return cmd
 	}
+	certs := exec.Command(bin, "quota", "certs", "--dir", filepath.Join(dir, "data", "certs"), "node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1")
+	if out, err := certs.CombinedOutput(); err != nil {
+		t.Fatalf("caddy quota certs: %v\n%s", err, out)
+	}
 	start("storage.Caddyfile")
 	nodes := []*exec.Cmd{start("node1.Caddyfile"), start("node2.Caddyfile"), start("node3.Caddyfile")}
 

@@ -22,6 +22,11 @@ if [[ -z "$caddy" ]]; then
 	caddy="$here/data/caddy"
 fi
 
+if [[ ! -f data/certs/ca.pem ]]; then
+	echo "making the cluster CA and node certificates in data/certs..." >&2
+	"$caddy" quota certs --dir data/certs node1=127.0.0.1 node2=127.0.0.1 node3=127.0.0.1 >/dev/null
+fi
+
 pids=()
 stop() {
 	trap - INT TERM EXIT

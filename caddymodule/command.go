@@ -1,0 +1,174 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/raftquota/raftquota/internal/clustercert"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "quota",
+		Usage: "certs|token|cluster ...",
+		Short: "Makes cluster certificates and manages raftquota tokens",
+		Long: `
+Makes the certificates a raftquota cluster's nodes use to authenticate each
+other, and manages tokens through a running node's admin API, so operators
+need no hand-written curl.
+
+  caddy quota certs --dir certs node1=127.0.0.1 node2=127.0.0.1 node3=127.0.0.1
+  caddy quota token create team-a --limit 100 [--bytes-limit N] [--renew-every 24h]
+  caddy quota token show team-a
+  caddy quota token list
+  caddy quota token update-limit team-a --limit 200
+  caddy quota token revoke|reactivate|reset|delete team-a
+  caddy quota cluster
+
+Token and cluster commands talk to the admin endpoint given by --address
+(default: Caddy's, localhost:2019).`,
+		CobraFunc: quotaCommand,
+	})
+}
+
+func quotaCommand(cmd *cobra.Command) {
+	var address string
+	cmd.PersistentFlags().StringVar(&address, "address", "", "admin API address of a running node (default localhost:2019)")
+
+	certs := &cobra.Command{
+		Use:   "certs --dir DIR ID=HOST[,HOST...] ...",
+		Short: "Makes a cluster CA (or reuses the one in DIR) and a certificate per node",
+		Args:  cobra.MinimumNArgs(1),
+	}
+	dir := certs.Flags().String("dir", "certs", "folder for ca.pem, ca-key.pem, ID.pem and ID-key.pem")
+	valid := certs.Flags().Duration("valid", 365*24*time.Hour, "how long node certificates are valid")
+	certs.RunE = func(_ *cobra.Command, args []string) error {
+		var nodes []clustercert.Node
+		for _, a := range args {
+			id, hosts, ok := strings.Cut(a, "=")
+			if !ok || id == "" || hosts == "" {
+				return fmt.Errorf("node %q: write ID=HOST[,HOST...], e.g. node1=127.0.0.1", a)
+			}
+			nodes = append(nodes, clustercert.Node{ID: id, Hosts: strings.Split(hosts, ",")})
+		}
+		if err := clustercert.Generate(*dir, nodes, *valid); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			f := clustercert.NodeFiles(*dir, n.ID)
+			fmt.Printf("%s: tls %s %s %s\n", n.ID, f.Cert, f.Key, f.CA)
+		}
+		return nil
+	}
+
+	token := &cobra.Command{Use: "token", Short: "Manages tokens through the admin API"}
+
+	create := &cobra.Command{Use: "create NAME", Short: "Creates a token", Args: cobra.ExactArgs(1)}
+	limit := create.Flags().Int64("limit", 0, "uploads allowed (0 = unlimited)")
+	bytesLimit := create.Flags().Int64("bytes-limit", 0, "bytes allowed (0 = unlimited)")
+	renew := create.Flags().Duration("renew-every", 0, "reset usage at every window of this length")
+	expires := create.Flags().String("expires-at", "", "RFC 3339 time after which the token is refused")
+	createdBy := create.Flags().String("created-by", "", "who made it")
+	create.RunE = func(_ *cobra.Command, args []string) error {
+		body := map[string]any{"name": args[0], "usage_limit": *limit, "bytes_limit": *bytesLimit}
+		if *renew > 0 {
+			body["renew_every"] = renew.String()
+		}
+		if *expires != "" {
+			if _, err := time.Parse(time.RFC3339, *expires); err != nil {
+				return fmt.Errorf("--expires-at: %v", err)
+			}
+			body["expires_at"] = *expires
+		}
+		if *createdBy != "" {
+			body["created_by"] = *createdBy
+		}
+		return adminCall(address, http.MethodPost, "/quota/tokens", body)
+	}
+
+	update := &cobra.Command{Use: "update-limit NAME", Short: "Changes a token's limits", Args: cobra.ExactArgs(1)}
+	newLimit := update.Flags().Int64("limit", -1, "new upload limit (0 = unlimited)")
+	newBytes := update.Flags().Int64("bytes-limit", -1, "new byte limit (0 = unlimited)")
+	update.RunE = func(_ *cobra.Command, args []string) error {
+		body := map[string]any{}
+		if *newLimit >= 0 {
+			body["usage_limit"] = *newLimit
+		}
+		if *newBytes >= 0 {
+			body["bytes_limit"] = *newBytes
+		}
+		if len(body) == 0 {
+			return errors.New("give --limit and/or --bytes-limit")
+		}
+		return adminCall(address, http.MethodPatch, "/quota/tokens/"+url.PathEscape(args[0]), body)
+	}
+
+	token.AddCommand(create, update,
+		&cobra.Command{Use: "show NAME", Short: "Shows a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			return adminCall(address, http.MethodGet, "/quota/tokens/"+url.PathEscape(args[0]), nil)
+		}},
+		&cobra.Command{Use: "list", Short: "Lists tokens", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
+			return adminCall(address, http.MethodGet, "/quota/tokens", nil)
+		}},
+		&cobra.Command{Use: "delete NAME", Short: "Deletes a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			return adminCall(address, http.MethodDelete, "/quota/tokens/"+url.PathEscape(args[0]), nil)
+		}},
+	)
+	for _, action := range []string{"revoke", "reactivate", "reset"} {
+		token.AddCommand(&cobra.Command{Use: action + " NAME", Short: "Runs " + action + " on a token", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				return adminCall(address, http.MethodPost, "/quota/tokens/"+url.PathEscape(args[0])+"/"+action, nil)
+			}})
+	}
+
+	cluster := &cobra.Command{Use: "cluster", Short: "Shows the leader and members", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
+		return adminCall(address, http.MethodGet, "/quota/cluster", nil)
+	}}
+	cmd.AddCommand(certs, token, cluster)
+}
+
+// adminCall sends one request to the admin API and prints the answer.
+func adminCall(address, method, path string, body any) error {
+	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
+	if err != nil {
+		return err
+	}
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(b)
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, path, nil, r)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(out)) == 0 {
+		fmt.Println("ok")
+		return nil
+	}
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, out, "", "  ") == nil {
+		out = pretty.Bytes()
+	}
+	_, err = os.Stdout.Write(append(bytes.TrimSpace(out), '\n'))
+	return err
+}
