@@ -225,7 +225,14 @@ func (h *Handler) refund(store *raftstore.Store, id raftstore.RequestID, fp stri
 }
 
 func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, d raftstore.Decision) error {
-	h.logger.Warn("quota exceeded",
+	// Limit exceedances are what operators watch for, at WARN. Unknown,
+	// revoked and expired tokens are ordinary refusals (and a flood of
+	// random keys must not flood the log at WARN), so they go at INFO.
+	level, msg := zap.InfoLevel, "quota denied"
+	if d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted {
+		level, msg = zap.WarnLevel, "quota exceeded"
+	}
+	h.logger.Log(level, msg,
 		zap.String("token_fingerprint", fp),
 		zap.String("reason", string(d.Reason)),
 		zap.Int64("usage_count", d.UsageCount),

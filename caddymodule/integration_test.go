@@ -161,6 +161,13 @@ func uploadRoutes() string {
 		}
 		reverse_proxy %[1]s
 	}
+	handle_path /declared/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			bytes {http.request.header.X-Upload-Size}
+		}
+		reverse_proxy %[1]s
+	}
 	handle /attempt/* {
 		quota {
 			key {http.request.header.X-Quota-Token}
@@ -398,6 +405,16 @@ func TestReloadKeepsUsageAndDoesNotRestartRaft(t *testing.T) {
 	if resp := upload(t, "/up/b/r2", "tok-reload", "x"); resp.StatusCode != 200 {
 		t.Fatalf("upload after reload: %d", resp.StatusCode)
 	}
+	// The new config's metrics registry has the collectors again.
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(metrics, []byte("raftquota_raft_leader 1")) {
+		t.Fatal("quota metrics missing after a reload")
+	}
 }
 
 func TestReloadChangingNodeIDIsRefused(t *testing.T) {
@@ -500,5 +517,17 @@ func TestRawTokenNeverLogged(t *testing.T) {
 	}
 	if bytes.Contains(logs, []byte(planted)) {
 		t.Fatal("a raw token appears in the logs")
+	}
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(metrics, []byte(`raftquota_decisions_total{reason="exhausted",result="denied"}`)) {
+		t.Fatalf("quota metrics missing from /metrics:\n%.2000s", metrics)
+	}
+	if bytes.Contains(metrics, []byte(planted)) {
+		t.Fatal("a raw token appears in the metrics")
 	}
 }

@@ -176,6 +176,12 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		t.UpdatedAt = now
 	}
 	reason := decide(t, r.Units, r.Bytes, now)
+	if reason == ReasonUnknown {
+		// Remember nothing about tokens that do not exist: a flood of random
+		// keys must not fill the table. A retry is decided afresh, which
+		// cannot charge twice since this attempt charged nothing.
+		return Decision{Reason: ReasonUnknown}
+	}
 	entry := dedupEntry{Op: opConsume, Reason: reason, Token: r.Token}
 	if reason == "" {
 		t.UsageCount = addSat(t.UsageCount, r.Units)

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -415,3 +416,24 @@ func TestAddSatDoesNotWrap(t *testing.T) {
 }
 
 func nopLogger() *zap.Logger { return zap.NewNop() }
+
+func TestUnknownTokenFloodCreatesNoState(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.create(t0, TokenSpec{Name: "real", UsageLimit: 1})
+	before := snapshotBytes(t, tf.f)
+	reqs := make([]ConsumeRequest, 500)
+	for round := 0; round < 20; round++ {
+		for i := range reqs {
+			reqs[i] = ConsumeRequest{ID: NewRequestID(), Token: fmt.Sprintf("random-%d-%d", round, i), Units: 1}
+		}
+		res := tf.apply(&command{Op: opConsume, Time: t0.UnixNano(), Consumes: reqs})
+		for _, d := range res.Decisions {
+			if d.Allowed || d.Reason != ReasonUnknown {
+				t.Fatalf("unknown token decided %+v", d)
+			}
+		}
+	}
+	if after := snapshotBytes(t, tf.f); !bytes.Equal(before, after) {
+		t.Fatalf("10,000 unknown-token consumes changed the state (dedup entries: %d)", tf.f.dedup.Len())
+	}
+}

@@ -38,6 +38,9 @@ func (m *quotaModel) consume(id RequestID, name string, units, bytes int64) bool
 		return c.allowed && !c.refundedBeforeCharge
 	}
 	t := m.tokens[name]
+	if t == nil {
+		return false // nothing is remembered about unknown tokens
+	}
 	ok := t != nil && !t.revoked && !m.full(t) &&
 		(t.limit == 0 || t.count+units <= t.limit) &&
 		(t.bytesLimit == 0 || t.bytes+bytes <= t.bytesLimit)

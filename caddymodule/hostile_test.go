@@ -1,0 +1,182 @@
+package caddymodule
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawRequest writes a request by hand (to lie about lengths, or stop
+// mid-body) and returns the status line's code, or 0 if none came back.
+func rawRequest(t *testing.T, req string, closeWrite bool) int {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	if closeWrite {
+		conn.(*net.TCPConn).CloseWrite()
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestHostileKeysAreRefusedWithoutTouchingTheCluster(t *testing.T) {
+	startCaddy(t)
+	for _, key := range []string{
+		strings.Repeat("a", 129),
+		"tök",           // non-ASCII
+		"a\tb",          // control byte
+		"../etc/passwd", // path characters
+		"a b",
+		"%00",
+	} {
+		req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/up/b/o", httpPort), strings.NewReader("x"))
+		req.Header["X-Quota-Token"] = []string{key}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%q: %v", key, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("key %q: %d, want 401", key, resp.StatusCode)
+		}
+	}
+}
+
+func TestHostileLengths(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-len-1","bytes_limit":1000}`)
+	put := func(path, size, body string) int {
+		req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path), strings.NewReader(body))
+		req.Header.Set("X-Quota-Token", "tok-len-1")
+		if size != "" {
+			req.Header.Set("X-Upload-Size", size)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	bytesUsed := func() float64 {
+		_, out := admin(t, "GET", "/quota/tokens/tok-len-1", "")
+		return out["bytes_used"].(float64)
+	}
+	for _, tt := range []struct {
+		size string
+		want int
+	}{
+		{"-1", 400},
+		{"-9223372036854775808", 400},
+		{"99999999999999999999", 400}, // overflows int64
+		{"1e3", 400},
+		{"9223372036854775807", 429}, // the largest int64 must not wrap into room
+		{"", 411},
+	} {
+		if got := put("/declared/b/x", tt.size, "x"); got != tt.want {
+			t.Errorf("declared size %q: %d, want %d", tt.size, got, tt.want)
+		}
+	}
+	if u := bytesUsed(); u != 0 {
+		t.Fatalf("refused requests charged %v bytes", u)
+	}
+
+	// A body longer than the declared size is cut off; the upload fails and
+	// its charge is given back.
+	if got := put("/declared/b/long", "3", "0123456789"); got < 400 {
+		t.Errorf("body longer than declared: %d, want a failure", got)
+	}
+	if backend.has("/b/long") {
+		t.Error("a body longer than its declared size was stored")
+	}
+	if u := bytesUsed(); u != 0 {
+		t.Fatalf("a cut-off upload left %v bytes charged", u)
+	}
+
+	// Content-Length promising more than is sent, then the client stops:
+	// the upload fails and nothing stays charged.
+	code := rawRequest(t, fmt.Sprintf("PUT /bytes/b/short HTTP/1.1\r\nHost: x\r\nX-Quota-Token: tok-len-1\r\nContent-Length: 500\r\n\r\n%s", strings.Repeat("z", 20)), true)
+	if code == http.StatusOK {
+		t.Error("an upload cut off mid-body succeeded")
+	}
+	time.Sleep(200 * time.Millisecond) // the refund follows the failed proxy
+	if u := bytesUsed(); u != 0 {
+		t.Fatalf("an upload cut off mid-body left %v bytes charged", u)
+	}
+
+	// Content-Length smaller than what is sent: exactly the declared bytes
+	// are charged and stored; the rest is not part of this request.
+	code = rawRequest(t, "PUT /bytes/b/exact HTTP/1.1\r\nHost: x\r\nX-Quota-Token: tok-len-1\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcdEXTRA", false)
+	if code != http.StatusOK {
+		t.Fatalf("short Content-Length: %d", code)
+	}
+	backend.mu.Lock()
+	stored := string(backend.objects["/b/exact"])
+	backend.mu.Unlock()
+	if stored != "abcd" || bytesUsed() != 4 {
+		t.Fatalf("stored %q with %v bytes charged, want \"abcd\" and 4", stored, bytesUsed())
+	}
+}
+
+func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
+	startCaddy(t)
+	before := len(listTokens(t))
+	for i := 0; i < 300; i++ {
+		if resp := upload(t, "/up/b/flood", fmt.Sprintf("random-key-%d", i), "x"); resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("unknown token: %d", resp.StatusCode)
+		}
+	}
+	if after := len(listTokens(t)); after != before {
+		t.Fatalf("tokens %d -> %d after a flood of unknown keys", before, after)
+	}
+}
+
+func listTokens(t *testing.T) []any {
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/quota/tokens", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []any
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+func TestAdminAPIIsNotOnTheSite(t *testing.T) {
+	startCaddy(t)
+	for _, path := range []string{"/quota/tokens", "/quota/cluster"} {
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path), "application/json", strings.NewReader(`{"name":"sneaky"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// Caddy answers an unrouted path with an empty 200; the admin API
+		// would have answered with JSON.
+		if resp.StatusCode == http.StatusCreated || len(body) > 0 {
+			t.Fatalf("%s answered %d %q on the public site", path, resp.StatusCode, body)
+		}
+	}
+	if code, _ := admin(t, "GET", "/quota/tokens/sneaky", ""); code != http.StatusNotFound {
+		t.Fatalf("a token was created through the public site (%d)", code)
+	}
+}
