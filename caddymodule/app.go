@@ -139,6 +139,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.node = new(atomic.Pointer[node])
+	registerMetrics(ctx)
 	if err := a.provisionConfig(); err != nil {
 		return err
 	}
@@ -147,7 +148,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("quota: the running node is %+v; changing node_id, data_dir, raft_address or advertise_address needs a restart of Caddy, not a reload",
 			running.identity)
 	}
-	registerMetrics(ctx)
 	return nil
 }
 

@@ -43,11 +43,36 @@ func init() {
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
+	durations := map[string]*caddy.Duration{
+		"heartbeat_timeout":    &app.HeartbeatTimeout,
+		"election_timeout":     &app.ElectionTimeout,
+		"leader_lease_timeout": &app.LeaderLeaseTimeout,
+		"commit_timeout":       &app.CommitTimeout,
+		"apply_timeout":        &app.ApplyTimeout,
+	}
+	var snapshotThreshold, dedupSize, maxBatch int64
+	counts := map[string]*int64{
+		"snapshot_threshold": &snapshotThreshold,
+		"dedup_size":         &dedupSize,
+		"max_batch":          &maxBatch,
+	}
 	d.Next() // the option name
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
 	for d.NextBlock(0) {
+		if dst, ok := durations[d.Val()]; ok {
+			if err := durationArg(d, dst); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if dst, ok := counts[d.Val()]; ok {
+			if err := intArg(d, dst, 1); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch d.Val() {
 		case "node_id":
 			if err := oneArg(d, &app.NodeID); err != nil {
@@ -96,48 +121,11 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.Join = true
-		case "heartbeat_timeout":
-			if err := durationArg(d, &app.HeartbeatTimeout); err != nil {
-				return nil, err
-			}
-		case "election_timeout":
-			if err := durationArg(d, &app.ElectionTimeout); err != nil {
-				return nil, err
-			}
-		case "leader_lease_timeout":
-			if err := durationArg(d, &app.LeaderLeaseTimeout); err != nil {
-				return nil, err
-			}
-		case "commit_timeout":
-			if err := durationArg(d, &app.CommitTimeout); err != nil {
-				return nil, err
-			}
-		case "apply_timeout":
-			if err := durationArg(d, &app.ApplyTimeout); err != nil {
-				return nil, err
-			}
-		case "snapshot_threshold":
-			var n int64
-			if err := intArg(d, &n, 1); err != nil {
-				return nil, err
-			}
-			app.SnapshotThreshold = uint64(n)
-		case "dedup_size":
-			var n int64
-			if err := intArg(d, &n, 1); err != nil {
-				return nil, err
-			}
-			app.DedupSize = int(n)
-		case "max_batch":
-			var n int64
-			if err := intArg(d, &n, 1); err != nil {
-				return nil, err
-			}
-			app.MaxBatch = int(n)
 		default:
 			return nil, d.Errf("unrecognized quota option %q", d.Val())
 		}
 	}
+	app.SnapshotThreshold, app.DedupSize, app.MaxBatch = uint64(snapshotThreshold), int(dedupSize), int(maxBatch)
 	return httpcaddyfile.App{Name: "quota", Value: caddyconfig.JSON(app, nil)}, nil
 }
 

@@ -406,13 +406,7 @@ func TestReloadKeepsUsageAndDoesNotRestartRaft(t *testing.T) {
 		t.Fatalf("upload after reload: %d", resp.StatusCode)
 	}
 	// The new config's metrics registry has the collectors again.
-	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !bytes.Contains(metrics, []byte("raftquota_raft_leader 1")) {
+	if !bytes.Contains(scrapeMetrics(t), []byte("raftquota_raft_leader 1")) {
 		t.Fatal("quota metrics missing after a reload")
 	}
 }
@@ -518,16 +512,25 @@ func TestRawTokenNeverLogged(t *testing.T) {
 	if bytes.Contains(logs, []byte(planted)) {
 		t.Fatal("a raw token appears in the logs")
 	}
-	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	metrics := scrapeMetrics(t)
 	if !bytes.Contains(metrics, []byte(`raftquota_decisions_total{reason="exhausted",result="denied"}`)) {
 		t.Fatalf("quota metrics missing from /metrics:\n%.2000s", metrics)
 	}
 	if bytes.Contains(metrics, []byte(planted)) {
 		t.Fatal("a raw token appears in the metrics")
 	}
+}
+
+func scrapeMetrics(t *testing.T) []byte {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v %s", resp.StatusCode, err, b)
+	}
+	return b
 }
