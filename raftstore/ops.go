@@ -317,3 +317,17 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	}
 	return info
 }
+
+// Snapshot makes this node write a snapshot of its state now (Raft also
+// does so on its own, every SnapshotThreshold entries) and returns how long
+// it took.
+func (s *Store) Snapshot() (time.Duration, error) {
+	start := time.Now()
+	if err := s.raft.Snapshot().Error(); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// AppliedIndex is the last log index this node has applied.
+func (s *Store) AppliedIndex() uint64 { return s.raft.AppliedIndex() }

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// caddyCluster is real Caddy processes: a storage backend, and in front of
+// it either plain reverse_proxy or 1 or 3 quota nodes.
+type caddyCluster struct {
+	name    string
+	dir     string
+	bin     string
+	procs   []*exec.Cmd
+	fronts  []string // http://127.0.0.1:port of each front node
+	admin   string
+	storage string
+}
+
+func buildCaddy(dir string) (string, error) {
+	bin := filepath.Join(dir, "caddy")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return bin, cmd.Run()
+}
+
+func (c *caddyCluster) start(name, config string) error {
+	path := filepath.Join(c.dir, name+".Caddyfile")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command(c.bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Dir = c.dir
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg"))
+	logf, err := os.Create(filepath.Join(c.dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	c.procs = append(c.procs, cmd)
+	return nil
+}
+
+func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+
+// newCaddyCluster starts mode "plain", "quota1" or "quota3".
+func newCaddyCluster(bin, dir, mode string) (*caddyCluster, error) {
+	c := &caddyCluster{dir: dir, bin: bin, storage: freeAddr()}
+	storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage %s\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
+	if err := c.start("storage", storage); err != nil {
+		return nil, err
+	}
+	site := func(front string, gate bool) string {
+		q := ""
+		if gate {
+			q = "\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t}\n"
+		}
+		return fmt.Sprintf(":%s {\n\tbind 127.0.0.1\n\thandle_path /upload/* {\n%s\t\treverse_proxy %s\n\t}\n}\n", port(front), q, c.storage)
+	}
+	switch mode {
+	case "plain":
+		c.name = "Caddy reverse_proxy (no quota)"
+		front := freeAddr()
+		c.fronts = []string{"http://" + front}
+		if err := c.start("plain", "{\n\tadmin off\n\tpersist_config off\n}\n"+site(front, false)); err != nil {
+			return c, err
+		}
+	case "quota1":
+		c.name = "Caddy + quota, 1 node"
+		front, admin, raftAddr := freeAddr(), freeAddr(), freeAddr()
+		c.fronts, c.admin = []string{"http://" + front}, "http://"+admin
+		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n\t}\n}\n", admin, filepath.Join(dir, "raft1"), raftAddr)
+		if err := c.start("node1", cfg+site(front, true)); err != nil {
+			return c, err
+		}
+	case "quota3":
+		c.name = "Caddy + quota, 3 nodes (mTLS)"
+		certs := exec.Command(bin, "quota", "certs", "--dir", filepath.Join(dir, "certs"), "node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1")
+		if out, err := certs.CombinedOutput(); err != nil {
+			return c, fmt.Errorf("making certificates: %v: %s", err, out)
+		}
+		var raftAddrs, peers []string
+		for i := 1; i <= 3; i++ {
+			a := freeAddr()
+			raftAddrs = append(raftAddrs, a)
+			peers = append(peers, fmt.Sprintf("\t\tpeer node%d %s\n", i, a))
+		}
+		for i := 1; i <= 3; i++ {
+			front, admin := freeAddr(), freeAddr()
+			c.fronts = append(c.fronts, "http://"+front)
+			if i == 1 {
+				c.admin = "http://" + admin
+			}
+			certDir := filepath.Join(dir, "certs")
+			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n\t}\n}\n",
+				admin, i, filepath.Join(dir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir)
+			if err := c.start(fmt.Sprintf("node%d", i), cfg+site(front, true)); err != nil {
+				return c, err
+			}
+		}
+	}
+	return c, c.ready()
+}
+
+// ready waits until an upload goes through every front.
+func (c *caddyCluster) ready() error {
+	if c.admin != "" {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Post(c.admin+"/quota/tokens", "application/json", strings.NewReader(`{"name":"bench-token"}`))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusConflict {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: could not create the token", c.name)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	for _, f := range c.fronts {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if err := c.upload(context.Background(), http.DefaultClient, f, "warmup", []byte("x")); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				return fmt.Errorf("%s: %v", c.name, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func (c *caddyCluster) upload(ctx context.Context, cl *http.Client, front, object string, body []byte) error {
+	req, _ := http.NewRequestWithContext(ctx, "PUT", front+"/upload/bench/"+object, bytes.NewReader(body))
+	req.Header.Set("X-Quota-Token", "bench-token")
+	resp, err := cl.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func (c *caddyCluster) close() { stopAll(c.procs) }

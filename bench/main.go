@@ -1,0 +1,189 @@
+// Command bench measures raftquota against what users would pick instead,
+// on this machine in one run, and writes a Markdown table and a chart.
+//
+//	go run ./bench -out bench/results            # the full run (about 15 minutes)
+//	go run ./bench -smoke                        # a few seconds: keeps the tool working
+//
+// Tier 1 is the decision engine alone: raftquota (3 nodes and 1 node, called
+// through its Go API, followers forwarding over its RPC), an etcd 3-member
+// cluster (read + Txn on ModRevision, retried), and Redis with appendfsync
+// always (EVALSHA). Tier 2 is uploads through real Caddy processes: plain
+// reverse_proxy, then the quota handler on 1 and 3 nodes. Scale fills one
+// node with tokens and dedup entries and times snapshot, restore and a
+// follower's catch-up. etcd and redis-server come from Debian's etcd-server
+// and redis-server packages; a system whose binary is missing is skipped
+// with a note.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+func main() {
+	out := flag.String("out", "bench/results", "folder for results.md and tier1.png")
+	cell := flag.Duration("duration", 5*time.Second, "how long each measurement runs")
+	smoke := flag.Bool("smoke", false, "tiny run: one client count, short cells, small scale")
+	skipScale := flag.Bool("skip-scale", false, "skip the scale measurements")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tier-1 raftquota 3-node hot run at 64 clients")
+	flag.Parse()
+
+	clients := []int{1, 16, 64, 256}
+	tier2Clients := []int{1, 16, 64}
+	scaleSizes := []int{100_000, 1_000_000}
+	spreadKeys := 10_000
+	catchUpBehind := 50_000
+	if *smoke {
+		clients, tier2Clients, scaleSizes, spreadKeys, catchUpBehind = []int{16}, []int{16}, []int{1000}, 100, 1000
+		*cell = 300 * time.Millisecond
+	}
+	work, err := os.MkdirTemp("", "raftquota-bench-")
+	check(err)
+	defer os.RemoveAll(work)
+
+	type step struct {
+		label string
+		est   time.Duration
+		run   func()
+	}
+	var steps []step
+	var tier1, tier2 []result
+	var scales []scaleResult
+	var catchUp string
+	var notes []string
+
+	// Tier 1.
+	factories := []struct {
+		name string
+		make func(dir string) (system, error)
+	}{
+		{"raftquota 3-node", func(dir string) (system, error) { return newRaftquota(3, dir) }},
+		{"raftquota 1-node", func(dir string) (system, error) { return newRaftquota(1, dir) }},
+		{"etcd 3-member CAS", func(dir string) (system, error) { return newEtcd(dir) }},
+		{"Redis 1-node fsync always", func(dir string) (system, error) { return newRedis(dir) }},
+	}
+	for i, f := range factories {
+		for _, wl := range []struct {
+			name string
+			keys int
+		}{{"hot", 1}, {"spread", spreadKeys}} {
+			steps = append(steps, step{fmt.Sprintf("tier 1: %s, %s", f.name, wl.name), time.Duration(len(clients)) * (*cell + time.Second), func() {
+				dir := filepath.Join(work, fmt.Sprintf("t1-%d-%s", i, wl.name))
+				os.MkdirAll(dir, 0o755)
+				sys, err := f.make(dir)
+				if err != nil {
+					notes = append(notes, fmt.Sprintf("%s skipped: %v", f.name, err))
+					fmt.Fprintf(os.Stderr, "  skipped: %v\n", err)
+					return
+				}
+				defer sys.close()
+				check(sys.setup(wl.keys))
+				for _, n := range clients {
+					fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
+					stopProfile := func() {}
+					if *cpuprofile != "" && i == 0 && wl.name == "hot" && n == 64 {
+						stopProfile = startProfile(*cpuprofile)
+					}
+					r := closedLoop(n, *cell, func(ctx context.Context, c int) (int, error) {
+						return sys.consume(ctx, (c*7919+int(time.Now().UnixNano()))%wl.keys)
+					})
+					stopProfile()
+					r.Tier, r.System, r.Workload = "1", sys.name(), wl.name
+					tier1 = append(tier1, r)
+					fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
+				}
+			}})
+		}
+	}
+
+	// Tier 2.
+	var bin string
+	steps = append(steps, step{"building cmd/caddy", 30 * time.Second, func() {
+		bin, err = buildCaddy(work)
+		check(err)
+	}})
+	for _, mode := range []string{"plain", "quota1", "quota3"} {
+		for _, size := range []int{1 << 10, 1 << 20} {
+			label := "1 KiB"
+			if size == 1<<20 {
+				label = "1 MiB"
+			}
+			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s bodies", mode, label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
+				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%d", mode, size))
+				os.MkdirAll(dir, 0o755)
+				c, err := newCaddyCluster(bin, dir, mode)
+				if c != nil {
+					defer c.close()
+				}
+				check(err)
+				body := make([]byte, size)
+				for _, n := range tier2Clients {
+					fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
+					cl := httpClient(n)
+					r := closedLoop(n, *cell, func(ctx context.Context, i int) (int, error) {
+						return 0, c.upload(ctx, cl, c.fronts[i%len(c.fronts)], fmt.Sprintf("c%d", i), body)
+					})
+					r.Tier, r.System, r.Workload = "2", c.name, label
+					tier2 = append(tier2, r)
+					fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
+				}
+			}})
+		}
+	}
+
+	// Scale.
+	if !*skipScale {
+		for _, n := range scaleSizes {
+			steps = append(steps, step{fmt.Sprintf("scale: %d tokens", n), time.Duration(n/5000) * time.Second, func() {
+				dir := filepath.Join(work, fmt.Sprintf("scale-%d", n))
+				r, err := measureScale(dir, n, func(s string) { fmt.Fprintf(os.Stderr, "  %s...\n", s) })
+				check(err)
+				scales = append(scales, r)
+				fmt.Fprintf(os.Stderr, "  → RSS +%.0f MB, snapshot %s, restore %s\n", r.RSSMB, r.Snapshot.Round(time.Millisecond), r.Restore.Round(time.Millisecond))
+			}})
+		}
+		steps = append(steps, step{fmt.Sprintf("catch-up after %d missed consumes", catchUpBehind), 20 * time.Second, func() {
+			d, err := measureCatchUp(filepath.Join(work, "catchup"), catchUpBehind)
+			check(err)
+			catchUp = fmt.Sprintf("A follower stopped while %d consumes were applied caught up %s after it was restarted (3 nodes, in one process).", catchUpBehind, d.Round(time.Millisecond))
+			fmt.Fprintf(os.Stderr, "  → %s\n", d.Round(time.Millisecond))
+		}})
+	}
+
+	var total time.Duration
+	for _, s := range steps {
+		total += s.est
+	}
+	start := time.Now()
+	done := time.Duration(0)
+	for i, s := range steps {
+		left := total - done
+		fmt.Fprintf(os.Stderr, "[%d/%d] %s (about %s left)\n", i+1, len(steps), s.label, left.Round(time.Second))
+		s.run()
+		done += s.est
+	}
+
+	host, _ := os.Hostname()
+	env := fmt.Sprintf("Measured %s on %s: %d CPUs, %s, %s/%s; %s per cell; run took %s.",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, *cell, time.Since(start).Round(time.Second))
+	if len(notes) > 0 {
+		env += "\n\n" + strings.Join(notes, "\n")
+	}
+	md, err := writeReport(*out, env, tier1, tier2, scales, catchUp)
+	check(err)
+	fmt.Println(md)
+	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(*out, "results.md"))
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
+
+// writeReport writes results.md and tier1.png into dir.
+func writeReport(dir string, env string, tier1, tier2 []result, scales []scaleResult, catchUp string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n\n", env)
+	if len(tier1) > 0 {
+		b.WriteString("### Tier 1: linearizable \"consume 1 if remaining ≥ 1\"\n\n")
+		b.WriteString("| system | workload | clients | ops/s | p50 ms | p99 ms | retries/op | errors |\n|---|---|---|---|---|---|---|---|\n")
+		for _, r := range tier1 {
+			retries := "—"
+			if strings.HasPrefix(r.System, "etcd") && r.Ops > 0 {
+				retries = fmt.Sprintf("%.2f", float64(r.Retries)/float64(r.Ops))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), retries, r.Errors)
+		}
+		b.WriteString("\n![Tier 1, hot token](tier1.png)\n\n")
+		if err := chart(filepath.Join(dir, "tier1.png"), tier1, "hot"); err != nil {
+			return "", err
+		}
+	}
+	if len(tier2) > 0 {
+		b.WriteString("### Tier 2: uploads end to end through Caddy\n\n")
+		b.WriteString("| system | body | clients | ops/s | p50 ms | p99 ms | vs plain Caddy | errors |\n|---|---|---|---|---|---|---|---|\n")
+		plain := map[string]float64{}
+		for _, r := range tier2 {
+			if strings.HasPrefix(r.System, "Caddy reverse_proxy") {
+				plain[fmt.Sprintf("%s/%d", r.Workload, r.Clients)] = r.opsPerSec()
+			}
+		}
+		for _, r := range tier2 {
+			ratio := "—"
+			if p := plain[fmt.Sprintf("%s/%d", r.Workload, r.Clients)]; p > 0 {
+				ratio = fmt.Sprintf("%.2f×", r.opsPerSec()/p)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
+		}
+		b.WriteString("\n")
+	}
+	if len(scales) > 0 || catchUp != "" {
+		b.WriteString("### Scale: one node\n\n| tokens | dedup entries | RSS growth MB | Go heap MB | fill s | snapshot s | restore s |\n|---|---|---|---|---|---|---|\n")
+		for _, s := range scales {
+			fmt.Fprintf(&b, "| %d | %d | %.0f | %.0f | %.1f | %.2f | %.2f |\n", s.Tokens, s.DedupEntries, s.RSSMB, s.HeapMB, s.FillSeconds, s.Snapshot.Seconds(), s.Restore.Seconds())
+		}
+		if catchUp != "" {
+			fmt.Fprintf(&b, "\n%s\n", catchUp)
+		}
+	}
+	md := b.String()
+	return md, os.WriteFile(filepath.Join(dir, "results.md"), []byte(md), 0o644)
+}
+
+// chart draws ops/s against clients, one line per system, for a workload.
+func chart(path string, rs []result, workload string) error {
+	p := plot.New()
+	p.Title.Text = "Tier 1, " + workload + " token: decisions per second"
+	p.X.Label.Text = "concurrent clients"
+	p.Y.Label.Text = "ops/s (log scale)"
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	by := map[string]plotter.XYs{}
+	var names []string
+	for _, r := range rs {
+		if r.Workload != workload || r.Ops == 0 {
+			continue
+		}
+		if _, ok := by[r.System]; !ok {
+			names = append(names, r.System)
+		}
+		by[r.System] = append(by[r.System], plotter.XY{X: float64(r.Clients), Y: math.Max(1, r.opsPerSec())})
+	}
+	sort.Strings(names)
+	palette := []color.RGBA{{0x1f, 0x77, 0xb4, 255}, {0xd6, 0x27, 0x28, 255}, {0x2c, 0xa0, 0x2c, 255}, {0xff, 0x7f, 0x0e, 255}, {0x94, 0x67, 0xbd, 255}}
+	for i, name := range names {
+		line, points, err := plotter.NewLinePoints(by[name])
+		if err != nil {
+			return err
+		}
+		c := palette[i%len(palette)]
+		line.Color, points.Color = c, c
+		line.Width = vg.Points(2)
+		p.Add(line, points)
+		p.Legend.Add(name, line, points)
+	}
+	return p.Save(8*vg.Inch, 5*vg.Inch, path)
+}

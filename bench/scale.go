@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+type scaleResult struct {
+	Tokens        int
+	DedupEntries  int
+	RSSMB         float64 // growth of this process's RSS while the node filled
+	HeapMB        float64 // live Go heap after filling
+	FillSeconds   float64
+	Snapshot      time.Duration
+	Restore       time.Duration // Open of a node from its data dir, snapshot restore included
+	CatchUp       time.Duration
+	CatchUpBehind int
+}
+
+func rssMB() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func settle() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// openOne opens a single node from dir and returns it once it leads, with
+// how long Open took (Raft restores the latest snapshot inside Open).
+func openOne(dir string) (*raftstore.Store, time.Duration, error) {
+	l, err := raftstore.NewTCPStreamLayer("127.0.0.1:0", "")
+	if err != nil {
+		return nil, 0, err
+	}
+	t0 := time.Now()
+	s, err := raftstore.Open(raftstore.Config{NodeID: "node1", DataDir: dir, Stream: l, Logger: zap.NewNop(), SnapshotThreshold: 1 << 62})
+	if err != nil {
+		return nil, 0, err
+	}
+	opened := time.Since(t0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return s, opened, s.WaitForLeader(ctx)
+}
+
+// parallel runs f(i) for i in [0,n) on workers goroutines.
+func parallel(n, workers int, f func(i int) error) error {
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || firstErr.Load() != nil {
+					return
+				}
+				if err := f(i); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// measureScale fills one node with n tokens and n dedup entries, then times
+// a snapshot and a restart from it.
+func measureScale(dir string, n int, progress func(string)) (scaleResult, error) {
+	r := scaleResult{Tokens: n, DedupEntries: min(n, raftstore.DefaultDedupSize)}
+	settle()
+	base := rssMB()
+	s, _, err := openOne(dir)
+	if err != nil {
+		return r, err
+	}
+	ctx := context.Background()
+	start := time.Now()
+	progress(fmt.Sprintf("creating %d tokens", n))
+	if err := parallel(n, 256, func(i int) error {
+		_, err := s.CreateToken(ctx, raftstore.TokenSpec{Name: keyName(i), UsageLimit: plenty})
+		return err
+	}); err != nil {
+		s.Close()
+		return r, err
+	}
+	progress(fmt.Sprintf("%d consumes to fill the dedup table", n))
+	if err := parallel(n, 256, func(i int) error {
+		_, err := s.Consume(ctx, raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: keyName(i), Units: 1})
+		return err
+	}); err != nil {
+		s.Close()
+		return r, err
+	}
+	r.FillSeconds = time.Since(start).Seconds()
+	settle()
+	r.RSSMB = rssMB() - base
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	r.HeapMB = float64(ms.HeapAlloc) / (1 << 20)
+
+	progress("snapshot")
+	if r.Snapshot, err = s.Snapshot(); err != nil {
+		s.Close()
+		return r, err
+	}
+	s.Close()
+	progress("restore")
+	s, r.Restore, err = openOne(dir)
+	if err != nil {
+		return r, err
+	}
+	tok, err := s.Token(ctx, keyName(n-1))
+	s.Close()
+	if err != nil || tok.UsageCount != 1 {
+		return r, fmt.Errorf("after restore: %+v %v", tok, err)
+	}
+	return r, nil
+}
+
+// measureCatchUp stops one of three nodes, runs behind consumes, restarts
+// it and times how long it takes to apply what it missed.
+func measureCatchUp(dir string, behind int) (time.Duration, error) {
+	var peers []raftstore.Peer
+	layers := make([]raft.StreamLayer, 3)
+	for i := range layers {
+		l, err := raftstore.NewTCPStreamLayer("127.0.0.1:0", "")
+		if err != nil {
+			return 0, err
+		}
+		layers[i] = l
+		peers = append(peers, raftstore.Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
+	}
+	cfg := func(i int) raftstore.Config {
+		return raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), BindAddr: peers[i].Address, Peers: peers, Logger: zap.NewNop()}
+	}
+	nodes := make([]*raftstore.Store, 3)
+	defer func() {
+		for _, s := range nodes {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}()
+	for i := range nodes {
+		c := cfg(i)
+		c.Stream = layers[i]
+		s, err := raftstore.Open(c)
+		if err != nil {
+			return 0, err
+		}
+		nodes[i] = s
+	}
+	ctx := context.Background()
+	if err := nodes[0].WaitForLeader(ctx); err != nil {
+		return 0, err
+	}
+	if _, err := nodes[0].CreateToken(ctx, raftstore.TokenSpec{Name: "catchup"}); err != nil {
+		return 0, err
+	}
+	lagger := 2
+	if nodes[2].IsLeader() {
+		lagger = 1
+	}
+	nodes[lagger].Close()
+	nodes[lagger] = nil
+	live := nodes[(lagger+1)%3]
+	if err := parallel(behind, 64, func(int) error {
+		_, err := live.Consume(ctx, raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: "catchup", Units: 1})
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	target := live.AppliedIndex()
+	t0 := time.Now()
+	s, err := raftstore.Open(cfg(lagger))
+	if err != nil {
+		return 0, err
+	}
+	nodes[lagger] = s
+	for s.AppliedIndex() < target {
+		if time.Since(t0) > 2*time.Minute {
+			return 0, fmt.Errorf("node did not catch up")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(t0), nil
+}

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+// A tier-1 system decides "consume 1 if at least 1 remains" on a key,
+// linearizably, for one of nkeys keys.
+type system interface {
+	name() string
+	setup(nkeys int) error
+	consume(ctx context.Context, key int) (retries int, err error)
+	close()
+}
+
+const plenty = 1 << 40 // limits that never run out during a run
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// --- raftquota ---
+
+type raftquotaSystem struct {
+	n     int
+	dir   string
+	nodes []*raftstore.Store
+}
+
+func newRaftquota(n int, dir string) (*raftquotaSystem, error) {
+	s := &raftquotaSystem{n: n, dir: dir}
+	var peers []raftstore.Peer
+	tcp := make([]raft.StreamLayer, n)
+	for i := range tcp {
+		l, err := raftstore.NewTCPStreamLayer("127.0.0.1:0", "")
+		if err != nil {
+			return nil, err
+		}
+		tcp[i] = l
+		peers = append(peers, raftstore.Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
+	}
+	for i := range tcp {
+		cfg := raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), Stream: tcp[i], Logger: zap.NewNop()}
+		if n > 1 {
+			cfg.Peers = peers
+		}
+		st, err := raftstore.Open(cfg)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		s.nodes = append(s.nodes, st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return s, s.nodes[0].WaitForLeader(ctx)
+}
+
+func (s *raftquotaSystem) name() string { return fmt.Sprintf("raftquota %d-node", s.n) }
+
+func (s *raftquotaSystem) setup(nkeys int) error {
+	ctx := context.Background()
+	for k := 0; k < nkeys; k++ {
+		if _, err := s.nodes[k%s.n].CreateToken(ctx, raftstore.TokenSpec{Name: keyName(k), UsageLimit: plenty}); err != nil && !errors.Is(err, raftstore.ErrExists) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *raftquotaSystem) consume(ctx context.Context, key int) (int, error) {
+	d, err := s.nodes[key%s.n].Consume(ctx, raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: keyName(key), Units: 1})
+	if err == nil && !d.Allowed {
+		err = fmt.Errorf("denied: %s", d.Reason)
+	}
+	return 0, err
+}
+
+func (s *raftquotaSystem) close() {
+	for _, n := range s.nodes {
+		n.Close()
+	}
+}
+
+func keyName(k int) string { return "k" + strconv.Itoa(k) }
+
+// --- etcd: 3 members, read + Txn(ModRevision) compare-and-swap ---
+
+type etcdSystem struct {
+	procs []*exec.Cmd
+	cli   *clientv3.Client
+}
+
+func newEtcd(dir string) (*etcdSystem, error) {
+	if _, err := exec.LookPath("etcd"); err != nil {
+		return nil, errors.New("etcd not installed (Debian package etcd-server)")
+	}
+	s := &etcdSystem{}
+	type member struct{ name, peer, client string }
+	var ms []member
+	cluster := ""
+	for i := 1; i <= 3; i++ {
+		m := member{name: fmt.Sprintf("e%d", i), peer: freeAddr(), client: freeAddr()}
+		ms = append(ms, m)
+		if cluster != "" {
+			cluster += ","
+		}
+		cluster += fmt.Sprintf("%s=http://%s", m.name, m.peer)
+	}
+	var endpoints []string
+	for _, m := range ms {
+		cmd := exec.Command("etcd", "--name", m.name, "--data-dir", filepath.Join(dir, m.name),
+			"--listen-peer-urls", "http://"+m.peer, "--initial-advertise-peer-urls", "http://"+m.peer,
+			"--listen-client-urls", "http://"+m.client, "--advertise-client-urls", "http://"+m.client,
+			"--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "bench",
+			"--log-level", "error")
+		logf, _ := os.Create(filepath.Join(dir, m.name+".log"))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			s.close()
+			return nil, err
+		}
+		s.procs = append(s.procs, cmd)
+		endpoints = append(endpoints, "http://"+m.client)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	s.cli = cli
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Put(ctx, "ready", "1")
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			s.close()
+			return nil, fmt.Errorf("etcd cluster did not come up: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (s *etcdSystem) name() string { return "etcd 3-member CAS" }
+
+func (s *etcdSystem) setup(nkeys int) error {
+	for k := 0; k < nkeys; k++ {
+		if _, err := s.cli.Put(context.Background(), keyName(k), strconv.Itoa(plenty)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *etcdSystem) consume(ctx context.Context, key int) (int, error) {
+	k := keyName(key)
+	for retries := 0; ; retries++ {
+		resp, err := s.cli.Get(ctx, k)
+		if err != nil {
+			return retries, err
+		}
+		if len(resp.Kvs) == 0 {
+			return retries, errors.New("missing key")
+		}
+		kv := resp.Kvs[0]
+		v, _ := strconv.ParseInt(string(kv.Value), 10, 64)
+		if v < 1 {
+			return retries, errors.New("denied")
+		}
+		txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(k, strconv.FormatInt(v-1, 10))).Commit()
+		if err != nil {
+			return retries, err
+		}
+		if txn.Succeeded {
+			return retries, nil
+		}
+	}
+}
+
+func (s *etcdSystem) close() {
+	if s.cli != nil {
+		s.cli.Close()
+	}
+	stopAll(s.procs)
+}
+
+// --- Redis: one node, appendfsync always, EVALSHA Lua decrement ---
+
+type redisSystem struct {
+	proc *exec.Cmd
+	cli  *redis.Client
+	sha  string
+}
+
+const decrScript = `local v = tonumber(redis.call('GET', KEYS[1]))
+if v and v >= 1 then redis.call('DECRBY', KEYS[1], 1) return 1 end
+return 0`
+
+func newRedis(dir string) (*redisSystem, error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, errors.New("redis-server not installed (Debian package redis-server)")
+	}
+	addr := freeAddr()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", dir,
+		"--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no", "--loglevel", "warning")
+	logf, _ := os.Create(filepath.Join(dir, "redis.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &redisSystem{proc: cmd, cli: redis.NewClient(&redis.Options{Addr: addr, PoolSize: 300})}
+	deadline := time.Now().Add(20 * time.Second)
+	for s.cli.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			s.close()
+			return nil, errors.New("redis did not come up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	sha, err := s.cli.ScriptLoad(context.Background(), decrScript).Result()
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	s.sha = sha
+	return s, nil
+}
+
+func (s *redisSystem) name() string { return "Redis 1-node fsync always" }
+
+func (s *redisSystem) setup(nkeys int) error {
+	pipe := s.cli.Pipeline()
+	for k := 0; k < nkeys; k++ {
+		pipe.Set(context.Background(), keyName(k), plenty, 0)
+	}
+	_, err := pipe.Exec(context.Background())
+	return err
+}
+
+func (s *redisSystem) consume(ctx context.Context, key int) (int, error) {
+	v, err := s.cli.EvalSha(ctx, s.sha, []string{keyName(key)}).Int()
+	if err == nil && v != 1 {
+		err = errors.New("denied")
+	}
+	return 0, err
+}
+
+func (s *redisSystem) close() {
+	if s.cli != nil {
+		s.cli.Close()
+	}
+	stopAll([]*exec.Cmd{s.proc})
+}
+
+func stopAll(procs []*exec.Cmd) {
+	for _, p := range procs {
+		if p == nil || p.Process == nil {
+			continue
+		}
+		p.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.Process.Kill()
+			<-done
+		}
+	}
+}
