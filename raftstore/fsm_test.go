@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"io"
 	"testing"
 	"time"
@@ -435,5 +437,35 @@ func TestUnknownTokenFloodCreatesNoState(t *testing.T) {
 	}
 	if after := snapshotBytes(t, tf.f); !bytes.Equal(before, after) {
 		t.Fatalf("10,000 unknown-token consumes changed the state (dedup entries: %d)", tf.f.dedup.Len())
+	}
+}
+
+func TestConsumeBatchCodecRoundTrip(t *testing.T) {
+	c := &command{Op: opConsume, Time: -5, Consumes: []ConsumeRequest{
+		{ID: NewRequestID(), Token: "a", Units: 1, Bytes: 0},
+		{ID: NewRequestID(), Token: strings.Repeat("z", MaxNameLength), Units: 1<<63 - 1, Bytes: -1 << 63},
+		{ID: RequestID{}, Token: "", Units: 0, Bytes: 7},
+	}}
+	b, err := encodeCommand(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != codecBinaryConsume {
+		t.Fatalf("consume batch encoded as version %d", b[0])
+	}
+	got, err := decodeCommand(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Fatalf("round trip:\n%+v\n%+v", got, c)
+	}
+	for i := 1; i < len(b); i++ { // every truncation fails cleanly
+		if _, err := decodeCommand(b[:i]); err == nil {
+			t.Fatalf("truncated to %d bytes decoded", i)
+		}
+	}
+	if _, err := decodeCommand(append(b, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
 	}
 }

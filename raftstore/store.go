@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 )
 
@@ -227,7 +228,12 @@ func (s *Store) start() error {
 	cfg := s.cfg
 	hl := newHCLog(s.logger.Named("raft"))
 
-	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+	bolt, err := raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(cfg.DataDir, "raft.db"),
+		// The freelist is rebuilt on open instead of written on every
+		// commit: less to write per fsync (hashicorp's advice for raft logs).
+		BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
+	})
 	if err != nil {
 		return fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
 	}
@@ -293,9 +299,9 @@ func (s *Store) start() error {
 	}
 	s.raft = r
 
-	s.leaderConsumes = newBatcher(cfg.MaxBatch, 4, s.applyConsumes)
+	s.leaderConsumes = newBatcher(cfg.MaxBatch, 1, s.applyConsumes)
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
-	s.forwardConsumes = newBatcher(cfg.MaxBatch, 4, s.forwardConsumeBatch)
+	s.forwardConsumes = newBatcher(cfg.MaxBatch, 2, s.forwardConsumeBatch)
 	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
 	s.barriers = newBatcher(1<<16, 1, s.barrier)
 	s.forward = newForwarder(s)
