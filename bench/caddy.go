@@ -58,7 +58,7 @@ func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 // newCaddyCluster starts mode "plain", "quota1" or "quota3".
 func newCaddyCluster(bin, dir, mode string) (*caddyCluster, error) {
 	c := &caddyCluster{dir: dir, bin: bin, storage: freeAddr()}
-	storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage %s\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
+	storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage {\n\t\tpath %s\n\t}\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
 	if err := c.start("storage", storage); err != nil {
 		return nil, err
 	}

@@ -80,12 +80,13 @@ func (s *raftquotaSystem) name() string { return fmt.Sprintf("raftquota %d-node"
 
 func (s *raftquotaSystem) setup(nkeys int) error {
 	ctx := context.Background()
-	for k := 0; k < nkeys; k++ {
-		if _, err := s.nodes[k%s.n].CreateToken(ctx, raftstore.TokenSpec{Name: keyName(k), UsageLimit: plenty}); err != nil && !errors.Is(err, raftstore.ErrExists) {
-			return err
+	return parallel(nkeys, 64, func(k int) error {
+		_, err := s.nodes[k%s.n].CreateToken(ctx, raftstore.TokenSpec{Name: keyName(k), UsageLimit: plenty})
+		if errors.Is(err, raftstore.ErrExists) {
+			return nil
 		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (s *raftquotaSystem) consume(ctx context.Context, key int) (int, error) {
@@ -168,12 +169,10 @@ func newEtcd(dir string) (*etcdSystem, error) {
 func (s *etcdSystem) name() string { return "etcd 3-member CAS" }
 
 func (s *etcdSystem) setup(nkeys int) error {
-	for k := 0; k < nkeys; k++ {
-		if _, err := s.cli.Put(context.Background(), keyName(k), strconv.Itoa(plenty)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return parallel(nkeys, 64, func(k int) error {
+		_, err := s.cli.Put(context.Background(), keyName(k), strconv.Itoa(plenty))
+		return err
+	})
 }
 
 func (s *etcdSystem) consume(ctx context.Context, key int) (int, error) {

@@ -1,8 +1,6 @@
 package raftstore
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -423,24 +421,19 @@ func (f *fsm) secretKey() []byte {
 }
 
 // Snapshots. Snapshot copies the state under the lock (quick); Persist
-// encodes the copy while Apply goes on. The encoding is deterministic:
-// tokens by name, dedup entries oldest first, so two nodes with the same
-// state write the same bytes.
-
-const snapshotVersion = 1
+// encodes the copy while Apply goes on (snapshot.go has the format). The
+// encoding is deterministic: tokens by name, dedup entries oldest first, so
+// two nodes with the same state write the same bytes.
 
 type snapshotHeader struct {
-	Version int    `json:"version"`
-	Secret  []byte `json:"secret,omitempty"`
-	Now     int64  `json:"now"`
-	Gen     uint64 `json:"generation"`
-	Tokens  int    `json:"tokens"`
-	Dedup   int    `json:"dedup"`
+	Secret []byte
+	Now    int64
+	Gen    uint64
 }
 
 type snapshotDedup struct {
-	ID RequestID  `json:"id"`
-	E  dedupEntry `json:"e"`
+	ID RequestID
+	E  dedupEntry
 }
 
 type fsmSnapshot struct {
@@ -449,22 +442,22 @@ type fsmSnapshot struct {
 	dedup  []snapshotDedup
 }
 
+// Snapshot copies the state; it runs with Apply stopped, so it only copies.
+// Sorting and encoding happen in Persist, concurrently with Apply.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	s := &fsmSnapshot{header: snapshotHeader{Version: snapshotVersion, Secret: f.secret, Now: f.now, Gen: f.generation}}
+	s := &fsmSnapshot{header: snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation}}
 	s.tokens = make([]Token, 0, len(f.tokens))
 	for _, t := range f.tokens {
 		s.tokens = append(s.tokens, *t)
 	}
-	slices.SortFunc(s.tokens, func(a, b Token) int { return strings.Compare(a.Name, b.Name) })
 	keys := f.dedup.Keys() // oldest first
 	s.dedup = make([]snapshotDedup, len(keys))
 	for i, k := range keys {
 		e, _ := f.dedup.Peek(k)
 		s.dedup[i] = snapshotDedup{ID: k, E: e}
 	}
-	s.header.Tokens, s.header.Dedup = len(s.tokens), len(s.dedup)
 	return s, nil
 }
 
@@ -476,59 +469,17 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
-func (s *fsmSnapshot) write(w io.Writer) error {
-	bw := bufio.NewWriterSize(w, 1<<16)
-	enc := json.NewEncoder(bw)
-	if err := enc.Encode(&s.header); err != nil {
-		return err
-	}
-	for i := range s.tokens {
-		if err := enc.Encode(&s.tokens[i]); err != nil {
-			return err
-		}
-	}
-	for i := range s.dedup {
-		if err := enc.Encode(&s.dedup[i]); err != nil {
-			return err
-		}
-	}
-	return bw.Flush()
-}
-
 func (s *fsmSnapshot) Release() {}
 
 // Restore replaces the whole state with a snapshot's.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	dec := json.NewDecoder(bufio.NewReaderSize(rc, 1<<16))
-	var h snapshotHeader
-	if err := dec.Decode(&h); err != nil {
-		return fmt.Errorf("reading snapshot header: %w", err)
-	}
-	if h.Version != snapshotVersion {
-		return fmt.Errorf("unknown snapshot version %d", h.Version)
-	}
-	tokens := make(map[string]*Token, h.Tokens)
-	for i := 0; i < h.Tokens; i++ {
-		t := new(Token)
-		if err := dec.Decode(t); err != nil {
-			return fmt.Errorf("reading snapshot token %d: %w", i, err)
-		}
-		tokens[t.Name] = t
-	}
-	dedup, _ := simplelru.NewLRU[RequestID, dedupEntry](f.dedupSize, nil)
-	for i := 0; i < h.Dedup; i++ {
-		var d snapshotDedup
-		if err := dec.Decode(&d); err != nil {
-			return fmt.Errorf("reading snapshot dedup entry %d: %w", i, err)
-		}
-		if t := tokens[d.E.Token]; t != nil {
-			d.E.Token = t.Name
-		}
-		dedup.Add(d.ID, d.E)
+	n, err := readSnapshot(rc, f.dedupSize)
+	if err != nil {
+		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.tokens, f.dedup, f.secret, f.now, f.generation = tokens, dedup, h.Secret, h.Now, h.Gen
+	f.tokens, f.dedup, f.secret, f.now, f.generation = n.tokens, n.dedup, n.secret, n.now, n.generation
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -337,9 +338,17 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 }
 
 func TestRestoreRejectsGarbage(t *testing.T) {
-	f := newFSM(10, zap.NewNop())
-	for _, in := range []string{"", "{", `{"version":99}`, `{"version":1,"tokens":2}` + "\n{}\n"} {
-		if err := f.Restore(io.NopCloser(bytes.NewReader([]byte(in)))); err == nil {
+	tf := newTestFSM(t)
+	tf.create(t0, TokenSpec{Name: "a", UsageLimit: 3, Metadata: map[string]string{"k": "v"}})
+	tf.consume(t0, "a", 1, 0)
+	good := snapshotBytes(t, tf.f)
+	inputs := [][]byte{nil, []byte("RQS"), []byte("RQS\x09"), []byte("{}"), append(slices.Clone(good), 0)}
+	for i := 0; i < len(good); i++ {
+		inputs = append(inputs, good[:i]) // every truncation
+	}
+	for _, in := range inputs {
+		f := newFSM(10, zap.NewNop())
+		if err := f.Restore(io.NopCloser(bytes.NewReader(in))); err == nil {
 			t.Errorf("Restore(%q) succeeded", in)
 		}
 	}

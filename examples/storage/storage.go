@@ -136,7 +136,13 @@ func (s *S3Storage) ensureBucket(name string) error {
 
 // UnmarshalCaddyfile parses:
 //
-//	s3_storage [<path>]
+//	s3_storage [<relative path>]
+//	s3_storage {
+//	    path <path>
+//	}
+//
+// An absolute path must go in the block: Caddy reads a first argument that
+// starts with / as a path matcher.
 func (s *S3Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
@@ -144,6 +150,20 @@ func (s *S3Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if d.NextArg() {
 		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "path":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			s.Path = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized s3_storage option %q", d.Val())
+		}
 	}
 	return nil
 }
