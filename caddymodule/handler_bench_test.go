@@ -57,7 +57,7 @@ func BenchmarkHandler(b *testing.B) {
 			req := httptest.NewRequest("PUT", "/bucket/object", http.NoBody)
 			req.Header.Set("X-Quota-Token", "bench-token")
 			req.Header.Set("Content-Length", "1024")
-			repl := caddy.NewReplacer()
+			repl := caddyhttp.NewTestReplacer(req) // the server's request placeholders
 			req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))
 			w := httptest.NewRecorder()
 			if err := h.ServeHTTP(w, req, next); err != nil || w.Code != http.StatusOK {

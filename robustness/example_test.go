@@ -3,6 +3,7 @@ package robustness
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -53,6 +54,25 @@ func TestThreeNodeExample(t *testing.T) {
 	}
 	if n := c.stored("example", "obj-"); n != 25 {
 		t.Fatalf("%d objects stored, want 25", n)
+	}
+	// What was admitted reads back whole from storage.
+	read := 0
+	for i := 0; i < 120 && read == 0; i++ {
+		resp, err := http.Get(fmt.Sprintf("%s/example/obj-%03d", c.storageURL(), i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			if string(body) != fmt.Sprintf("payload %d", i) {
+				t.Fatalf("object %d reads back as %q", i, body)
+			}
+			read++
+		}
+	}
+	if read == 0 {
+		t.Fatal("no admitted object could be read back")
 	}
 	if n := c.usage("example-token"); n != 25 {
 		t.Fatalf("usage %d, want 25", n)
