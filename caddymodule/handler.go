@@ -242,7 +242,7 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 		zap.Bool("check_only", h.CheckOnly),
 		zap.Bool("dry_run", h.DryRun),
 		zap.String("remote_ip", remoteIP(r)),
-		zap.String("route", r.Method+" "+r.URL.Path))
+		zap.String("route", route(r)))
 	if h.DryRun {
 		countDecision("dry_run", string(d.Reason))
 		return next.ServeHTTP(w, r)
@@ -272,11 +272,11 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddy
 	if h.OnUnavailable == "allow" {
 		repl.Set("http.quota.decision", "unavailable")
 		h.logger.Warn("quota cluster unavailable; letting the request through (on_unavailable allow)",
-			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", r.Method+" "+r.URL.Path), zap.Error(err))
+			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)), zap.Error(err))
 		return next.ServeHTTP(w, r)
 	}
 	h.logger.Error("quota cluster unavailable",
-		zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", r.Method+" "+r.URL.Path), zap.Error(err))
+		zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)), zap.Error(err))
 	w.Header().Set("Retry-After", "1")
 	return h.deny(w, r, repl, http.StatusServiceUnavailable, "unavailable", "Quota service unavailable",
 		"The quota cluster could not decide in time; retry shortly.", "", nil)
@@ -304,7 +304,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 		repl.Set("http.quota.decision", "denied")
 	}
 	repl.Set("http.quota.reason", kind)
-	p := problem{Type: "urn:raftquota:problem:" + kind, Title: title, Status: status, Detail: detail, Instance: r.URL.Path, Reason: reason}
+	p := problem{Type: "urn:raftquota:problem:" + kind, Title: title, Status: status, Detail: detail, Instance: originalPath(r), Reason: reason}
 	if d != nil {
 		p.Limit, p.Used, p.BLimit, p.BUsed = &d.UsageLimit, &d.UsageCount, &d.BytesLimit, &d.BytesUsed
 		if d.ResetAt > 0 && status == http.StatusTooManyRequests {
@@ -361,6 +361,19 @@ func setRateLimitHeaders(hdr http.Header, d raftstore.Decision, now time.Time) {
 		hdr.Set("RateLimit-Policy", strings.Join(policy, ", "))
 		hdr.Set("RateLimit", strings.Join(state, ", "))
 	}
+}
+
+// route is the request's method and path as the client sent them, before
+// handle_path or rewrites changed it.
+func route(r *http.Request) string {
+	return r.Method + " " + originalPath(r)
+}
+
+func originalPath(r *http.Request) string {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		return orig.URL.Path
+	}
+	return r.URL.Path
 }
 
 func remoteIP(r *http.Request) string {

@@ -264,7 +264,7 @@ func TestAllowedUploadReachesStorageAndLimitHolds(t *testing.T) {
 	if got := resp.Header.Get("RateLimit"); got != `"uploads";r=0` {
 		t.Errorf("RateLimit %q", got)
 	}
-	if p["status"] != float64(429) || p["reason"] != "exhausted" || p["type"] != "urn:raftquota:problem:exhausted" {
+	if p["status"] != float64(429) || p["reason"] != "exhausted" || p["type"] != "urn:raftquota:problem:exhausted" || p["instance"] != "/up/b/obj2" {
 		t.Errorf("problem body %v", p)
 	}
 	if backend.has("/b/obj2") {
