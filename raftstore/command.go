@@ -110,6 +110,11 @@ func (r *ConsumeRequest) Validate() error {
 	if r.ID.IsZero() {
 		return invalidf("consume needs a request id")
 	}
+	return r.validateCharge()
+}
+
+// validateCharge checks what a check and a consume share: the name and the amounts.
+func (r *ConsumeRequest) validateCharge() error {
 	if err := ValidateName(r.Token); err != nil {
 		return err
 	}

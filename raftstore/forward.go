@@ -52,8 +52,6 @@ type ReadArgs struct {
 	Kind  uint8
 	Name  string
 	Check ConsumeRequest
-	// At is the caller's clock for checks (unix nanoseconds).
-	At int64
 }
 
 // ReadReply answers ReadArgs.
@@ -155,7 +153,8 @@ func (q *Quota) readLocal(ctx context.Context, args *ReadArgs, out *ReadReply) e
 	case readList:
 		out.Tokens = q.s.fsm.list()
 	case readCheck:
-		out.Decision = q.s.fsm.check(&args.Check, time.Unix(0, args.At))
+		// Judged at the time the leader would stamp into a consume now.
+		out.Decision = q.s.fsm.check(&args.Check, time.Unix(0, q.s.clock.stamp(q.s)))
 	default:
 		return fmt.Errorf("%w: unknown read kind %d", ErrInvalid, args.Kind)
 	}

@@ -56,8 +56,8 @@ func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
 // Check decides a consume exactly as Consume would at this moment, from
 // linearizable state, but charges nothing.
 func (s *Store) Check(ctx context.Context, token string, units, bytes int64) (Decision, error) {
-	req := ConsumeRequest{ID: RequestID{1}, Token: token, Units: units, Bytes: bytes}
-	if err := req.Validate(); err != nil {
+	req := ConsumeRequest{Token: token, Units: units, Bytes: bytes}
+	if err := req.validateCharge(); err != nil {
 		return Decision{}, err
 	}
 	var out ReadReply
@@ -179,7 +179,6 @@ func (s *Store) Tokens(ctx context.Context) ([]Token, error) {
 func (s *Store) read(ctx context.Context, args *ReadArgs, out *ReadReply) error {
 	return s.do(ctx, func(ctx context.Context) error {
 		*out = ReadReply{}
-		args.At = s.cfg.Clock().UnixNano()
 		if s.IsLeader() {
 			return (&Quota{s: s}).readLocal(ctx, args, out)
 		}
