@@ -25,40 +25,28 @@ type fault struct {
 	do   func(c *cluster)
 }
 
-func faultKillLeader(c *cluster) {
-	l := c.leader()
-	c.kill(l)
-	time.Sleep(2 * time.Second)
-	c.start(l)
+// Whom a fault hits: the leader, or one of the followers.
+func leader(c *cluster) int    { return c.leader() }
+func follower(c *cluster) int  { return (c.leader() + 1) % nodes }
+func follower2(c *cluster) int { return (c.leader() + 2) % nodes }
+
+// hold picks a node, breaks it, waits, and mends it.
+func hold(pick func(*cluster) int, breakIt, mend func(*cluster, int), d time.Duration) func(*cluster) {
+	return func(c *cluster) {
+		i := pick(c)
+		breakIt(c, i)
+		time.Sleep(d)
+		mend(c, i)
+	}
 }
 
-func faultPartitionLeader(c *cluster) {
-	l := c.leader()
-	c.partition(l)
-	time.Sleep(3 * time.Second)
-	c.heal(l)
-}
-
-func faultFreezeFollower(c *cluster) {
-	f := (c.leader() + 1) % nodes
-	c.freeze(f)
-	time.Sleep(2 * time.Second)
-	c.thaw(f)
-}
-
-func faultKillFollower(c *cluster) {
-	f := (c.leader() + 2) % nodes
-	c.kill(f)
-	time.Sleep(time.Second)
-	c.start(f)
-}
-
-func faultFreezeLeader(c *cluster) {
-	l := c.leader()
-	c.freeze(l)
-	time.Sleep(2 * time.Second)
-	c.thaw(l)
-}
+var (
+	faultKillLeader      = hold(leader, (*cluster).kill, (*cluster).start, 2*time.Second)
+	faultPartitionLeader = hold(leader, (*cluster).partition, (*cluster).heal, 3*time.Second)
+	faultFreezeFollower  = hold(follower, (*cluster).freeze, (*cluster).thaw, 2*time.Second)
+	faultKillFollower    = hold(follower2, (*cluster).kill, (*cluster).start, time.Second)
+	faultFreezeLeader    = hold(leader, (*cluster).freeze, (*cluster).thaw, 2*time.Second)
+)
 
 var shortSchedule = []fault{
 	{"kill -9 the leader, restart it", faultKillLeader},
@@ -99,7 +87,8 @@ func runFaults(t *testing.T, schedule []fault, duration time.Duration) {
 		name := fmt.Sprintf("rb-token-%d", i)
 		limits[name] = 60
 		if i >= 3 {
-			limits[name] = 400
+			// Enough for the whole run at ~20 uploads/s per token.
+			limits[name] = max(400, int(duration.Seconds())*20)
 		}
 		tokens = append(tokens, name)
 		c.createToken(name, limits[name])
