@@ -306,6 +306,26 @@ func TestDenialStatuses(t *testing.T) {
 	}
 }
 
+func TestRenewingTokenTellsWhenToRetry(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-window","usage_limit":1,"renew_every":"1h"}`)
+	upload(t, "/up/b/w1", "tok-window", "x")
+	resp := upload(t, "/up/b/w2", "tok-window", "x")
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("second upload in the window: %d", resp.StatusCode)
+	}
+	if got := resp.Header.Get("RateLimit-Policy"); got != `"uploads";q=1;w=3600` {
+		t.Errorf("RateLimit-Policy %q", got)
+	}
+	var secs int
+	if _, err := fmt.Sscanf(resp.Header.Get("Retry-After"), "%d", &secs); err != nil || secs < 3500 || secs > 3600 {
+		t.Errorf("Retry-After %q, want the window's end (~3600s)", resp.Header.Get("Retry-After"))
+	}
+	if rl := resp.Header.Get("RateLimit"); !strings.HasPrefix(rl, `"uploads";r=0;t=`) {
+		t.Errorf("RateLimit %q", rl)
+	}
+}
+
 func TestChunkedUploadOnByteRouteNeedsLength(t *testing.T) {
 	startCaddy(t)
 	mustCreate(t, `{"name":"tok-len","bytes_limit":100}`)

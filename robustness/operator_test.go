@@ -2,6 +2,7 @@ package robustness
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,5 +99,106 @@ func TestCertificateRotationByReload(t *testing.T) {
 		if out, err := c.quota(i, "token", "show", "rot-token"); err != nil {
 			t.Fatalf("node%d after rotation: %v\n%s", i+1, err, out)
 		}
+	}
+}
+
+// TestJoinThroughAdminAPI adds a fourth node, started with `join`, through
+// POST /quota/cluster/members on a node, uploads through it, and removes it.
+func TestJoinThroughAdminAPI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary")
+	}
+	c := newCluster(t)
+	c.createToken("join-token", 10)
+	certDir := filepath.Join(c.dir, "data", "certs")
+	if out, err := exec.Command(binary, "quota", "certs", "--dir", certDir, "node4=127.0.0.1").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	raftAddr, httpPort, adminPort := "127.0.0.1:"+freePort(t), freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%s
+	persist_config off
+	storage file_system ./data/node4/caddy
+	quota {
+		node_id node4
+		data_dir ./data/node4/raft
+		raft_address %s
+		join
+		tls ./data/certs/node4.pem ./data/certs/node4-key.pem ./data/certs/ca.pem
+	}
+}
+
+:%s {
+	bind 127.0.0.1
+	handle_path /upload/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+		}
+		reverse_proxy 127.0.0.1:%s
+	}
+}
+`, adminPort, raftAddr, httpPort, c.ports["9000"])
+	c.writeFile("node4.Caddyfile", cfg)
+	cmd := exec.Command(binary, "run", "--config", filepath.Join(c.dir, "node4.Caddyfile"), "--adapter", "caddyfile")
+	cmd.Dir = c.dir
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg4"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg4"))
+	logf, err := os.Create(filepath.Join(c.dir, "node4.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("--- node4 log ---\n%s", b)
+		}
+	}()
+
+	admin := func(method, url, body string) int {
+		req, _ := http.NewRequest(method, url, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Ask a node that is not the leader, so the join is forwarded.
+	asked := c.adminURL((c.leader() + 1) % nodes)
+	deadline := time.Now().Add(30 * time.Second)
+	for admin("POST", asked+"/quota/cluster/members", fmt.Sprintf(`{"id":"node4","address":%q}`, raftAddr)) != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("join did not succeed")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var status int
+	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		req, _ := http.NewRequest("PUT", "http://127.0.0.1:"+httpPort+"/upload/joined/obj", strings.NewReader("x"))
+		req.Header.Set("X-Quota-Token", "join-token")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if status = resp.StatusCode; status == http.StatusOK {
+				break
+			}
+		}
+	}
+	if status != http.StatusOK {
+		t.Fatalf("upload through the joined node: %d", status)
+	}
+	if got := c.usage("join-token"); got != 1 {
+		t.Fatalf("usage %d after one upload through node4", got)
+	}
+	if code := admin("DELETE", asked+"/quota/cluster/members/node4", ""); code != http.StatusNoContent {
+		t.Fatalf("removing node4: %d", code)
+	}
+	if code := admin("DELETE", asked+"/quota/cluster/members/node4", ""); code != http.StatusNotFound {
+		t.Fatalf("removing node4 twice: %d", code)
 	}
 }
