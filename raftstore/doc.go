@@ -16,7 +16,7 @@
 // The FSM is deterministic. Time enters only as the leader's stamp (and never
 // moves backwards in the FSM, even if a new leader's clock is behind);
 // nothing in Apply reads a clock, draws randomness or ranges over a map.
-// Snapshots encode tokens by name and dedup entries oldest first, so nodes
+// Snapshots encode tokens in creation order and dedup entries oldest first, so nodes
 // that applied the same log write byte-identical snapshots.
 //
 // # Exactly-once charging

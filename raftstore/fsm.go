@@ -422,7 +422,7 @@ func (f *fsm) secretKey() []byte {
 
 // Snapshots. Snapshot copies the state under the lock (quick); Persist
 // encodes the copy while Apply goes on (snapshot.go has the format). The
-// encoding is deterministic: tokens by name, dedup entries oldest first, so
+// encoding is deterministic: tokens in creation order, dedup entries oldest first, so
 // two nodes with the same state write the same bytes.
 
 type snapshotHeader struct {
