@@ -112,8 +112,8 @@ type App struct {
 	SnapshotThreshold uint64 `json:"snapshot_threshold,omitempty"`
 
 	// DedupSize is how many request ids each node remembers so a retried
-	// request is never charged twice. Each costs about 200 bytes of memory.
-	// Default 1048576 (about 200 MB when full).
+	// request is never charged twice. Each costs about 165 bytes of memory.
+	// Default 1048576 (about 170 MB when full).
 	DedupSize int `json:"dedup_size,omitempty"`
 
 	// MaxBatch caps how many consumes share one log entry. Default 1024.

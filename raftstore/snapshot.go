@@ -104,7 +104,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.byte(byte(e.Op))
 		sw.byte(byte(e.Code))
 		sw.byte(flags)
-		sw.str(string(e.Reason))
+		sw.byte(byte(e.Reason))
 		sw.str(e.Token)
 		sw.varint(e.Units)
 		sw.varint(e.Bytes)
@@ -249,7 +249,6 @@ func readSnapshot(r io.Reader, dedupSize int) (*fsm, error) {
 		t.Generation = sr.uvarint()
 		f.tokens[t.Name] = t
 	}
-	reasons := map[string]Reason{}
 	for i := uint64(0); i < ndedup && sr.err == nil; i++ {
 		var id RequestID
 		if _, err := io.ReadFull(sr.r, id[:]); err != nil {
@@ -259,13 +258,7 @@ func readSnapshot(r io.Reader, dedupSize int) (*fsm, error) {
 		e := dedupEntry{Op: op(sr.byte()), Code: errCode(sr.byte())}
 		flags := sr.byte()
 		e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
-		reason := sr.str()
-		r, ok := reasons[reason]
-		if !ok {
-			r = Reason(reason)
-			reasons[reason] = r
-		}
-		e.Reason = r
+		e.Reason = reasonCode(sr.byte())
 		e.Token = sr.str()
 		if t := f.tokens[e.Token]; t != nil {
 			e.Token = t.Name
