@@ -6,8 +6,10 @@ package caddymodule
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +38,9 @@ type node struct {
 	store    *raftstore.Store
 	tls      *raftstore.TLSStreamLayer // nil when plaintext
 	identity identity
+	// cfg is what the node was opened with, to tell a reload which of its
+	// changes wait for a restart.
+	cfg raftstore.Config
 }
 
 // identity is what a config reload cannot change without a restart.
@@ -223,7 +228,7 @@ func (a *App) identity() identity {
 // Start opens the node, or takes over the one a previous config opened.
 func (a *App) Start() error {
 	v, loaded, err := nodes.LoadOrNew(nodeKey, func() (caddy.Destructor, error) {
-		n := &node{identity: a.identity()}
+		n := &node{identity: a.identity(), cfg: a.cfg}
 		cfg := a.cfg
 		if a.TLS != nil {
 			l, err := raftstore.NewTLSStreamLayer(a.RaftAddress, a.AdvertiseAddress, *a.TLS)
@@ -251,6 +256,12 @@ func (a *App) Start() error {
 		nodes.Delete(nodeKey)
 		return fmt.Errorf("quota: the running node is %+v; changing it needs a restart of Caddy", n.identity)
 	}
+	if loaded {
+		if changed := restartOnly(n.cfg, a.cfg); len(changed) > 0 {
+			a.logger.Warn("quota settings changed by this reload take effect after a restart of Caddy",
+				zap.Strings("settings", changed))
+		}
+	}
 	if loaded && n.tls != nil {
 		if err := n.tls.Reload(*a.TLS); err != nil {
 			nodes.Delete(nodeKey)
@@ -264,6 +275,29 @@ func (a *App) Start() error {
 			zap.String("node_id", a.NodeID), zap.String("raft_address", n.store.Addr()), zap.String("data_dir", a.DataDir))
 	}
 	return nil
+}
+
+// restartOnly names the settings that differ between the running node's
+// config and a new one but are only read when the node opens.
+func restartOnly(running, next raftstore.Config) []string {
+	var changed []string
+	add := func(name string, differs bool) {
+		if differs {
+			changed = append(changed, name)
+		}
+	}
+	add("peers", !slices.Equal(running.Peers, next.Peers))
+	add("dial", !maps.Equal(running.DialAddresses, next.DialAddresses))
+	add("join", running.NoBootstrap != next.NoBootstrap)
+	add("heartbeat_timeout", running.HeartbeatTimeout != next.HeartbeatTimeout)
+	add("election_timeout", running.ElectionTimeout != next.ElectionTimeout)
+	add("leader_lease_timeout", running.LeaderLeaseTimeout != next.LeaderLeaseTimeout)
+	add("commit_timeout", running.CommitTimeout != next.CommitTimeout)
+	add("apply_timeout", running.ApplyTimeout != next.ApplyTimeout)
+	add("snapshot_threshold", running.SnapshotThreshold != next.SnapshotThreshold)
+	add("dedup_size", running.DedupSize != next.DedupSize)
+	add("max_batch", running.MaxBatch != next.MaxBatch)
+	return changed
 }
 
 // Stop lets go of the node. It closes only when no config holds it, i.e. on

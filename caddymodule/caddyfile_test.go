@@ -137,3 +137,19 @@ func TestAppProvisionAcceptsSafeNetworkSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestReloadNamesSettingsThatWaitForARestart(t *testing.T) {
+	base := raftstore.Config{NodeID: "n1", Peers: peers("n1", "n2"), DedupSize: 10}
+	next := base
+	next.Peers = peers("n1", "n2", "n3")
+	next.DedupSize = 20
+	next.HeartbeatTimeout = time.Second
+	got := restartOnly(base, next)
+	want := []string{"peers", "heartbeat_timeout", "dedup_size"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("restartOnly = %v, want %v", got, want)
+	}
+	if got := restartOnly(base, base); len(got) != 0 {
+		t.Fatalf("unchanged config reported %v", got)
+	}
+}
