@@ -43,12 +43,11 @@ func freeAddr() string {
 
 type raftquotaSystem struct {
 	n     int
-	dir   string
 	nodes []*raftstore.Store
 }
 
 func newRaftquota(n int, dir string) (*raftquotaSystem, error) {
-	s := &raftquotaSystem{n: n, dir: dir}
+	s := &raftquotaSystem{n: n}
 	var peers []raftstore.Peer
 	tcp := make([]raft.StreamLayer, n)
 	for i := range tcp {

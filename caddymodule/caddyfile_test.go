@@ -20,17 +20,9 @@ import (
 // the Caddyfile above the dashes must adapt to exactly the JSON below them.
 // Run with UPDATE_GOLDEN=1 to rewrite the JSON after a deliberate change.
 func TestCaddyfileAdapt(t *testing.T) {
-	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no golden files: %v", err)
-	}
-	for _, f := range files {
+	for _, g := range goldenFiles(t) {
+		f, input, want, ok := g.path, g.input, g.want, g.ok
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			input, want, ok := strings.Cut(string(data), "\n----------\n")
 			if os.Getenv("UPDATE_GOLDEN") != "" {
 				got, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": f})
 				if err != nil {
@@ -49,6 +41,30 @@ func TestCaddyfileAdapt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// golden is one testdata/caddyfile_adapt file: a Caddyfile, a line of
+// dashes, and the JSON it adapts to.
+type golden struct {
+	path, input, want string
+	ok                bool // has the separator
+}
+
+func goldenFiles(t testing.TB) []golden {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden files: %v", err)
+	}
+	out := make([]golden, len(files))
+	for i, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i].path = f
+		out[i].input, out[i].want, out[i].ok = strings.Cut(string(data), "\n----------\n")
+	}
+	return out
 }
 
 func TestCaddyfileErrors(t *testing.T) {

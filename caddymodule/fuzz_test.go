@@ -3,8 +3,6 @@ package caddymodule
 import (
 	"bytes"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,11 +14,8 @@ import (
 // FuzzCaddyfile adapts arbitrary Caddyfiles built around the quota global
 // option and directive: the parser may reject them, never panic.
 func FuzzCaddyfile(f *testing.F) {
-	files, _ := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
-	for _, name := range files {
-		b, _ := os.ReadFile(name)
-		in, _, _ := strings.Cut(string(b), "\n----------\n")
-		f.Add(in)
+	for _, g := range goldenFiles(f) {
+		f.Add(g.input)
 	}
 	f.Add("{\n\tquota {\n\t\tpeer\n\t}\n}")
 	f.Add(":80 {\n\tquota {\n\t\tkey\n\t\tcost 99999999999999999999\n\t}\n}")

@@ -109,8 +109,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("quota: loading quota app: %v", err)
 	}
-	h.app = app.(*App)
-	registerMetrics(ctx)
+	h.app = app.(*App) // provisioning the app registered the metrics
 	return nil
 }
 
@@ -326,14 +325,7 @@ func setDecisionPlaceholders(repl *caddy.Replacer, d raftstore.Decision) {
 		repl.Set("http.quota.reason", string(d.Reason))
 	}
 	repl.Set("http.quota.limit", d.UsageLimit)
-	repl.Set("http.quota.remaining", remaining(d.UsageLimit, d.UsageCount))
-}
-
-func remaining(limit, used int64) int64 {
-	if limit == 0 {
-		return -1
-	}
-	return max(0, limit-used)
+	repl.Set("http.quota.remaining", d.Remaining())
 }
 
 // setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and RateLimit
@@ -351,11 +343,11 @@ func setRateLimitHeaders(hdr http.Header, d raftstore.Decision, now time.Time) {
 	var policy, state []string
 	if d.UsageLimit > 0 {
 		policy = append(policy, fmt.Sprintf(`"uploads";q=%d%s`, d.UsageLimit, window))
-		state = append(state, fmt.Sprintf(`"uploads";r=%d%s`, remaining(d.UsageLimit, d.UsageCount), reset))
+		state = append(state, fmt.Sprintf(`"uploads";r=%d%s`, d.Remaining(), reset))
 	}
 	if d.BytesLimit > 0 {
 		policy = append(policy, fmt.Sprintf(`"bytes";q=%d;qu="content-bytes"%s`, d.BytesLimit, window))
-		state = append(state, fmt.Sprintf(`"bytes";r=%d%s`, remaining(d.BytesLimit, d.BytesUsed), reset))
+		state = append(state, fmt.Sprintf(`"bytes";r=%d%s`, d.BytesRemaining(), reset))
 	}
 	if len(policy) > 0 {
 		hdr.Set("RateLimit-Policy", strings.Join(policy, ", "))

@@ -415,8 +415,8 @@ func (f *fsm) list() []Token {
 	return out
 }
 
-// check decides a consume without charging. at is the reader's time, raised
-// to the FSM's latest stamp so a slow clock cannot see an old window.
+// check decides a consume without charging, at the time the leader would
+// stamp now, raised to the FSM's latest stamp so time never goes back.
 func (f *fsm) check(r *ConsumeRequest, at time.Time) Decision {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

@@ -33,11 +33,11 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Decision, erro
 
 // forwardConsumeBatch sends a batch of consumes to the leader in one RPC.
 func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
-	_, addr, err := s.leader()
+	id, addr, err := s.leader()
 	if err != nil {
 		return nil, err
 	}
-	if id, _, _ := s.leader(); id == s.cfg.NodeID {
+	if id == s.cfg.NodeID {
 		return nil, errNotLeader // we are about to lead, or just stopped
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)

@@ -239,6 +239,14 @@ type Decision struct {
 	RenewEvery Duration `json:"renew_every,omitempty"`
 }
 
+// Remaining returns the uploads left after this decision, or -1 when the
+// count is unlimited.
+func (d Decision) Remaining() int64 { return remaining(d.UsageLimit, d.UsageCount) }
+
+// BytesRemaining returns the bytes left after this decision, or -1 when
+// bytes are unlimited.
+func (d Decision) BytesRemaining() int64 { return remaining(d.BytesLimit, d.BytesUsed) }
+
 func decisionFor(t *Token) Decision {
 	d := Decision{Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, RenewEvery: t.RenewEvery}
 	if end := t.WindowEnd(); !end.IsZero() {

@@ -287,6 +287,34 @@ func (c *cluster) waitHealthy(d time.Duration) {
 	c.t.Fatal("cluster did not become healthy")
 }
 
+// spawn runs the binary with args outside the cluster's slots (an extra
+// node, a differently configured Caddy), with its own XDG dirs under dir,
+// and kills it when the test ends, showing its log if the test failed.
+func spawn(t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	xdg := filepath.Join(dir, "xdg-"+name)
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+xdg, "XDG_CONFIG_HOME="+xdg)
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("--- %s log ---\n%s", name, b)
+		}
+	})
+}
+
 func (c *cluster) createToken(name string, limit int) {
 	body := fmt.Sprintf(`{"name":%q,"usage_limit":%d}`, name, limit)
 	resp, err := http.Post(c.adminURL(0)+"/quota/tokens", "application/json", strings.NewReader(body))

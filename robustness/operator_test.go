@@ -2,6 +2,7 @@ package robustness
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -139,26 +140,7 @@ func TestJoinThroughAdminAPI(t *testing.T) {
 }
 `, adminPort, raftAddr, httpPort, c.ports["9000"])
 	c.writeFile("node4.Caddyfile", cfg)
-	cmd := exec.Command(binary, "run", "--config", filepath.Join(c.dir, "node4.Caddyfile"), "--adapter", "caddyfile")
-	cmd.Dir = c.dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg4"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg4"))
-	logf, err := os.Create(filepath.Join(c.dir, "node4.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("--- node4 log ---\n%s", b)
-		}
-	}()
+	spawn(t, c.dir, "node4", "run", "--config", filepath.Join(c.dir, "node4.Caddyfile"), "--adapter", "caddyfile")
 
 	admin := func(method, url, body string) int {
 		req, _ := http.NewRequest(method, url, strings.NewReader(body))
@@ -200,5 +182,31 @@ func TestJoinThroughAdminAPI(t *testing.T) {
 	}
 	if code := admin("DELETE", asked+"/quota/cluster/members/node4", ""); code != http.StatusNotFound {
 		t.Fatalf("removing node4 twice: %d", code)
+	}
+}
+
+// TestValidateDoesNotStartRaft checks `caddy validate` on a config with a
+// quota node: it must neither bind the Raft port nor touch the data dir.
+func TestValidateDoesNotStartRaft(t *testing.T) {
+	dir := t.TempDir()
+	taken, err := net.Listen("tcp", "127.0.0.1:0") // a validate that bound the port would fail
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dataDir := filepath.Join(dir, "raft")
+	cfg := fmt.Sprintf("{\n\tadmin off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n\t}\n}\n:%s {\n\tbind 127.0.0.1\n\tquota {\n\t\tkey {http.request.header.X-Quota-Token}\n\t}\n\trespond 200\n}\n",
+		dataDir, taken.Addr(), freePort(t))
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "validate", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(dir, "xdg"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+		t.Fatalf("validate touched the data dir: %v", err)
 	}
 }
