@@ -1,0 +1,261 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Fixtures of every on-disk format this package has shipped live under
+// testdata/formats/<name>. Each holds a data dir whose raft.db carries every
+// command op, a snapshot of the same state, and want.json: what the public
+// API answered when the fixture was written. Every later build must read
+// them to the same answers; formats are never dropped, only added.
+//
+// Write a new fixture only when a format changes, with a new name:
+//
+//	go test ./raftstore -run TestWriteFormatFixture -write-fixture v3
+var writeFixture = flag.String("write-fixture", "", "write testdata/formats/NAME from this build's code")
+
+// fixtureNames lists the fixtures every build must read.
+var fixtureNames = []string{"v2"}
+
+// fixtureState is what the public API says about a fixture's state.
+type fixtureState struct {
+	Tokens map[string]*Token `json:"tokens"`
+	// Replays are consumes already applied, with their first outcome: a
+	// build that reads the fixture must answer them as duplicates.
+	Replays []fixtureReplay `json:"replays"`
+}
+
+type fixtureReplay struct {
+	Req     ConsumeRequest `json:"req"`
+	Allowed bool           `json:"allowed"`
+}
+
+// fixtureNamesOfTokens are the token names the fixture workload uses.
+var fixtureTokenNames = []string{"plain", "bytes", "renewing", "expiring", "revoked", "reactivated", "reset", "raised", "deleted", "meta.data_x-1"}
+
+// fixtureWorkload runs every command op against s and returns the consumes
+// whose outcomes a reader must remember.
+func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
+	ctx := ctxT(t, 30*time.Second)
+	far := time.Date(2099, 1, 2, 3, 4, 5, 0, time.UTC)
+	past := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+	specs := []TokenSpec{
+		{Name: "plain", UsageLimit: 3},
+		{Name: "bytes", BytesLimit: 1000},
+		{Name: "renewing", UsageLimit: 2, RenewEvery: Duration(time.Hour)},
+		{Name: "expiring", UsageLimit: 5, ExpiresAt: &far},
+		{Name: "revoked", UsageLimit: 5},
+		{Name: "reactivated", UsageLimit: 5},
+		{Name: "reset", UsageLimit: 2},
+		{Name: "raised", UsageLimit: 1},
+		{Name: "deleted", UsageLimit: 1},
+		{Name: "meta.data_x-1", UsageLimit: 10, BytesLimit: 10, CreatedBy: "fixture", Metadata: map[string]string{"team": "a", "env": "test"}},
+	}
+	for _, sp := range specs {
+		if _, err := s.CreateToken(ctx, sp); err != nil {
+			t.Fatalf("create %s: %v", sp.Name, err)
+		}
+	}
+	var replays []fixtureReplay
+	consume := func(name string, units, bytes int64) RequestID {
+		req := ConsumeRequest{ID: NewRequestID(), Token: name, Units: units, Bytes: bytes}
+		d, err := s.Consume(ctx, req)
+		if err != nil {
+			t.Fatalf("consume %s: %v", name, err)
+		}
+		if d.Reason != ReasonUnknown {
+			replays = append(replays, fixtureReplay{Req: req, Allowed: d.Allowed})
+		}
+		return req.ID
+	}
+	for range 4 {
+		consume("plain", 1, 0) // the fourth is exhausted
+	}
+	consume("bytes", 1, 600)
+	consume("bytes", 1, 600) // bytes_exhausted
+	refunded := consume("bytes", 1, 100)
+	if err := s.Refund(ctx, refunded); err != nil {
+		t.Fatal(err)
+	}
+	replays = replays[:len(replays)-1] // a refunded id may charge again
+	tomb := NewRequestID()
+	if err := s.Refund(ctx, tomb); err != nil { // before its consume: a tombstone
+		t.Fatal(err)
+	}
+	consume("renewing", 2, 0)
+	consume("expiring", 1, 0)
+	consume("revoked", 1, 0)
+	consume("reactivated", 1, 0)
+	consume("reset", 2, 0)
+	consume("raised", 1, 0)
+	consume("meta.data_x-1", 1, 5)
+	consume("nosuch", 1, 0) // unknown: remembers nothing
+	if _, err := s.Revoke(ctx, "revoked"); err != nil {
+		t.Fatal(err)
+	}
+	consume("revoked", 1, 0)
+	if _, err := s.Revoke(ctx, "reactivated"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reactivate(ctx, "reactivated"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reset(ctx, "reset"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateLimits(ctx, "raised", LimitUpdate{UsageLimit: i64(10), ExpiresAt: &past}); err != nil {
+		t.Fatal(err)
+	}
+	consume("raised", 1, 0) // expired
+	if err := s.DeleteToken(ctx, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	return replays
+}
+
+// readFixtureState asks s, through its public API, for everything a fixture
+// records.
+func readFixtureState(t *testing.T, s *Store) map[string]*Token {
+	ctx := ctxT(t, 30*time.Second)
+	out := map[string]*Token{}
+	for _, name := range fixtureTokenNames {
+		tok, err := s.Token(ctx, name)
+		if err != nil {
+			out[name] = nil
+			continue
+		}
+		out[name] = tok
+	}
+	return out
+}
+
+func openFixtureNode(t *testing.T, dir string) *Store {
+	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.WaitForLeader(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestWriteFormatFixture(t *testing.T) {
+	if *writeFixture == "" {
+		t.Skip("run with -write-fixture NAME to write a new format fixture")
+	}
+	root := filepath.Join("testdata", "formats", *writeFixture)
+	if _, err := os.Stat(root); err == nil {
+		t.Fatalf("%s exists: fixtures are never rewritten, pick a new name", root)
+	}
+	dir := filepath.Join(root, "datadir")
+	s := openFixtureNode(t, dir)
+	// The fingerprint secret is proposed by the first leader; wait for it so
+	// the log holds that op too.
+	for deadline := time.Now().Add(10 * time.Second); s.fsm.secretKey() == nil; {
+		if time.Now().After(deadline) {
+			t.Fatal("no fingerprint secret")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	replays := fixtureWorkload(t, s)
+	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays}
+	snap, err := s.fsm.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := snap.(*fsmSnapshot).write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "snapshot.bin"), buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.MarshalIndent(want, "", "  ")
+	if err := os.WriteFile(filepath.Join(root, "want.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	os.RemoveAll(filepath.Join(dir, "snapshots"))
+	t.Logf("wrote %s", root)
+}
+
+// TestEveryShippedFormatStillLoads opens each fixture's data dir (replaying
+// its log) and restores its snapshot, and checks both give the answers the
+// build that wrote them gave.
+func TestEveryShippedFormatStillLoads(t *testing.T) {
+	for _, name := range fixtureNames {
+		t.Run(name, func(t *testing.T) {
+			root := filepath.Join("testdata", "formats", name)
+			var want fixtureState
+			b, err := os.ReadFile(filepath.Join(root, "want.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(b, &want); err != nil {
+				t.Fatal(err)
+			}
+
+			// The log, replayed by a node opened on a copy of the data dir.
+			dir := t.TempDir()
+			if err := os.CopyFS(dir, os.DirFS(filepath.Join(root, "datadir"))); err != nil {
+				t.Fatal(err)
+			}
+			s := openFixtureNode(t, dir)
+			compareFixture(t, "log", want, readFixtureState(t, s))
+			checkReplays(t, "log", s, want.Replays)
+			s.Close()
+
+			// The snapshot, restored into a node's FSM.
+			snap, err := os.ReadFile(filepath.Join(root, "snapshot.bin"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s2 := openFixtureNode(t, t.TempDir())
+			if err := s2.fsm.Restore(io.NopCloser(bytes.NewReader(snap))); err != nil {
+				t.Fatalf("restoring %s snapshot: %v", name, err)
+			}
+			compareFixture(t, "snapshot", want, readFixtureState(t, s2))
+			checkReplays(t, "snapshot", s2, want.Replays)
+		})
+	}
+}
+
+func compareFixture(t *testing.T, from string, want fixtureState, got map[string]*Token) {
+	t.Helper()
+	for _, name := range fixtureTokenNames {
+		w, _ := json.Marshal(want.Tokens[name])
+		g, _ := json.Marshal(got[name])
+		if !bytes.Equal(w, g) {
+			t.Errorf("%s: token %s:\n got %s\nwant %s", from, name, g, w)
+		}
+	}
+}
+
+func checkReplays(t *testing.T, from string, s *Store, replays []fixtureReplay) {
+	t.Helper()
+	if len(replays) == 0 {
+		t.Fatal("fixture has no replays")
+	}
+	for _, r := range replays {
+		d, err := s.Consume(context.Background(), r.Req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.Duplicate || d.Allowed != r.Allowed {
+			t.Errorf("%s: replayed consume of %s: got %+v, want a duplicate with allowed=%v", from, r.Req.Token, d, r.Allowed)
+		}
+	}
+}
