@@ -18,6 +18,10 @@ type batcher[Req, Res any] struct {
 	flush    func(reqs []Req) ([]Res, error)
 	stop     chan struct{}
 	wg       sync.WaitGroup
+	// mu orders do's sends before close: once closed is set, nothing more
+	// enters in, so close can answer everything that did.
+	mu     sync.RWMutex
+	closed bool
 	// batchSize, if set, is told the size of every flushed batch.
 	batchSize func(int)
 }
@@ -43,21 +47,24 @@ func newBatcher[Req, Res any](maxBatch, inFlight int, flush func([]Req) ([]Res, 
 }
 
 // do submits reqs (kept together in one flush) and waits for their results.
+// Once queued, reqs are answered by their flush, never abandoned: an
+// answer of ErrClosed means they were not sent.
 func (b *batcher[Req, Res]) do(ctx context.Context, reqs []Req) ([]Res, error) {
 	p := &pending[Req, Res]{reqs: reqs, done: make(chan struct{})}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return nil, ErrClosed
+	}
 	select {
 	case b.in <- p:
 	case <-ctx.Done():
+		b.mu.RUnlock()
 		return nil, ctx.Err()
-	case <-b.stop:
-		return nil, ErrClosed
 	}
-	select {
-	case <-p.done:
-		return p.res, p.err
-	case <-b.stop:
-		return nil, ErrClosed
-	}
+	b.mu.RUnlock()
+	<-p.done
+	return p.res, p.err
 }
 
 func (b *batcher[Req, Res]) loop() {
@@ -72,6 +79,8 @@ func (b *batcher[Req, Res]) loop() {
 		select {
 		case b.slots <- struct{}{}:
 		case <-b.stop:
+			first.err = ErrClosed
+			close(first.done)
 			return
 		}
 		batch := []*pending[Req, Res]{first}
@@ -117,7 +126,21 @@ func (b *batcher[Req, Res]) run(batch []*pending[Req, Res], n int) {
 	}
 }
 
+// close waits for the flushes in progress and answers what was queued but
+// not flushed with ErrClosed.
 func (b *batcher[Req, Res]) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
 	close(b.stop)
 	b.wg.Wait()
+	for {
+		select {
+		case p := <-b.in:
+			p.err = ErrClosed
+			close(p.done)
+		default:
+			return
+		}
+	}
 }

@@ -55,7 +55,7 @@ func BenchmarkConsume(b *testing.B) {
 
 // BenchmarkApplyBatch measures the FSM applying one log entry of 256 consumes.
 func BenchmarkApplyBatch(b *testing.B) {
-	f := newFSM(DefaultDedupSize, nopLogger())
+	f := fsmWithDedup(DefaultDedupSize, nopLogger())
 	tf := &testFSM{t: b, f: f}
 	tf.create(t0, TokenSpec{Name: "bench"})
 	reqs := make([]ConsumeRequest, 256)
@@ -95,7 +95,7 @@ func BenchmarkDedupMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		f := newFSM(n, nopLogger())
+		f := fsmWithDedup(n, nopLogger())
 		tf := &testFSM{t: b, f: f}
 		tf.create(t0, TokenSpec{Name: "bench"})
 		reqs := make([]ConsumeRequest, 1000)
@@ -104,7 +104,7 @@ func BenchmarkDedupMemory(b *testing.B) {
 				reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}
 			}
 			f.mu.Lock()
-			f.applyConsumes(reqs, t0)
+			f.applyConsumes(&command{Consumes: reqs}, t0)
 			f.mu.Unlock()
 		}
 		runtime.GC()
@@ -119,16 +119,16 @@ func BenchmarkDedupMemory(b *testing.B) {
 // half. Run: go test -run '^$' -bench SnapshotRoundTrip -benchtime 1x ./raftstore
 func BenchmarkSnapshotRoundTrip(b *testing.B) {
 	const n = 1_000_000
-	f := newFSM(n, nopLogger())
+	f := fsmWithDedup(n, nopLogger())
 	for i := 0; i < n; i++ {
-		f.applyCreate(&TokenSpec{Name: fmt.Sprintf("token-%07d", i), UsageLimit: 1 << 40}, t0)
+		f.applyCreate(&command{Spec: &TokenSpec{Name: fmt.Sprintf("token-%07d", i), UsageLimit: 1 << 40}}, t0)
 	}
 	reqs := make([]ConsumeRequest, 1000)
 	for k := 0; k < n/len(reqs); k++ {
 		for j := range reqs {
 			reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: fmt.Sprintf("token-%07d", k*len(reqs)+j), Units: 1}
 		}
-		f.applyConsumes(reqs, t0)
+		f.applyConsumes(&command{Consumes: reqs}, t0)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -140,7 +140,7 @@ func BenchmarkSnapshotRoundTrip(b *testing.B) {
 		}
 		written := time.Since(start)
 		start = time.Now()
-		g := newFSM(n, nopLogger())
+		g := fsmWithDedup(n, nopLogger())
 		if err := g.Restore(io.NopCloser(&buf)); err != nil {
 			b.Fatal(err)
 		}

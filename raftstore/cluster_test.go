@@ -25,13 +25,24 @@ type testCluster struct {
 	log   *zap.Logger
 	// skew shifts each node's clock, for the clock-skew tests.
 	skew []atomic.Int64
+	// tweak, if set, changes node i's config before it opens.
+	tweak func(i int, cfg *Config)
 }
 
 func newTestCluster(t testing.TB, n int) *testCluster {
+	return newTestClusterWith(t, n, nil, nil)
+}
+
+// newTestClusterWith starts n nodes logging to log (nil: nowhere, or the
+// test log at WARN when verbose), each config changed by tweak.
+func newTestClusterWith(t testing.TB, n int, log *zap.Logger, tweak func(i int, cfg *Config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop(), skew: make([]atomic.Int64, n)}
+	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop(), skew: make([]atomic.Int64, n), tweak: tweak}
 	if testing.Verbose() {
 		c.log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	if log != nil {
+		c.log = log
 	}
 	// Listen first on free ports, so every node knows its peers' addresses.
 	layers := make([]raft.StreamLayer, n)
@@ -66,6 +77,9 @@ func (c *testCluster) open(i int, layer raft.StreamLayer) {
 	c.t.Helper()
 	cfg := c.config(i)
 	cfg.Stream = layer
+	if c.tweak != nil {
+		c.tweak(i, &cfg)
+	}
 	s, err := Open(cfg)
 	if err != nil {
 		c.t.Fatalf("opening %s: %v", cfg.NodeID, err)

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // RequestID names one request for deduplication. The same id never charges
@@ -57,7 +59,8 @@ func (id *RequestID) UnmarshalText(b []byte) error {
 	return err
 }
 
-// op is the kind of a Raft command.
+// op is the kind of a Raft command. Values are written in the log: never
+// renumber or reuse one.
 type op uint8
 
 const (
@@ -70,31 +73,46 @@ const (
 	opReset
 	opDelete
 	opSetSecret
+	opSetDedupSize
 )
 
+// commandDef is how the FSM applies one op.
+type commandDef struct {
+	name  string
+	apply func(f *fsm, c *command, now time.Time) *applyResult
+	// dedup: the command's ID is remembered generically, so a retry gets
+	// the first outcome (admin commands). Consumes and refunds keep their
+	// own, richer entries.
+	dedup bool
+}
+
+// commands is every op this build can apply. The log may only hold these:
+// an op missing here halts the node rather than be skipped (see fsm.halt).
+var commands = map[op]commandDef{
+	opCreate:       {"create", (*fsm).applyCreate, true},
+	opConsume:      {"consume", (*fsm).applyConsumes, false},
+	opRefund:       {"refund", (*fsm).applyRefund, false},
+	opUpdate:       {"update_limit", (*fsm).applyUpdate, true},
+	opRevoke:       {"revoke", (*fsm).applyStatus, true},
+	opReactivate:   {"reactivate", (*fsm).applyStatus, true},
+	opReset:        {"reset", (*fsm).applyStatus, true},
+	opDelete:       {"delete", (*fsm).applyDelete, true},
+	opSetSecret:    {"set_secret", (*fsm).applySetSecret, false},
+	opSetDedupSize: {"set_dedup_size", (*fsm).applySetDedupSize, false},
+}
+
 func (o op) String() string {
-	switch o {
-	case opCreate:
-		return "create"
-	case opConsume:
-		return "consume"
-	case opRefund:
-		return "refund"
-	case opUpdate:
-		return "update_limit"
-	case opRevoke:
-		return "revoke"
-	case opReactivate:
-		return "reactivate"
-	case opReset:
-		return "reset"
-	case opDelete:
-		return "delete"
-	case opSetSecret:
-		return "set_secret"
+	if d, ok := commands[o]; ok {
+		return d.name
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
+
+// Bounds of the replicated dedup size.
+const (
+	MinDedupSize = 1024
+	MaxDedupSize = 1 << 26
+)
 
 // ConsumeRequest asks to charge units and bytes to a token, once per ID.
 type ConsumeRequest struct {
@@ -138,6 +156,8 @@ type command struct {
 	Update   *LimitUpdate     `json:"update,omitempty"`
 	Consumes []ConsumeRequest `json:"consumes,omitempty"`
 	Secret   []byte           `json:"secret,omitempty"`
+	// DedupSize is the new capacity of the dedup table (set_dedup_size).
+	DedupSize int `json:"dedup_size,omitempty"`
 }
 
 // The first byte of every encoded command names its encoding, so the format
@@ -228,23 +248,39 @@ func decodeConsumes(b []byte) (*command, error) {
 	return c, nil
 }
 
+// errUnknownCommand marks a log entry this build cannot read: written by a
+// newer version, or corrupt.
+var errUnknownCommand = errors.New("unknown command")
+
+// decodeCommand reads one log entry. Anything it does not fully understand
+// (an encoding, an op, a field) is an error: an old node must not apply a
+// newer command by the parts it knows.
 func decodeCommand(b []byte) (*command, error) {
 	if len(b) == 0 {
-		return nil, fmt.Errorf("empty command")
+		return nil, fmt.Errorf("%w: empty entry", errUnknownCommand)
 	}
 	switch b[0] {
 	case codecBinaryConsume:
-		return decodeConsumes(b[1:])
+		c, err := decodeConsumes(b[1:])
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errUnknownCommand, err)
+		}
+		return c, nil
 	case codecJSON:
 	default:
-		return nil, fmt.Errorf("unknown command encoding version %d", b[0])
+		return nil, fmt.Errorf("%w: encoding version %d", errUnknownCommand, b[0])
 	}
 	var c command
-	if err := json.Unmarshal(b[1:], &c); err != nil {
-		return nil, fmt.Errorf("decoding command: %w", err)
+	dec := json.NewDecoder(bytes.NewReader(b[1:]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUnknownCommand, err)
 	}
-	if c.Op < opCreate || c.Op > opSetSecret {
-		return nil, fmt.Errorf("unknown command op %d", c.Op)
+	if dec.More() {
+		return nil, fmt.Errorf("%w: data after the command", errUnknownCommand)
+	}
+	if _, ok := commands[c.Op]; !ok {
+		return nil, fmt.Errorf("%w: op %d", errUnknownCommand, c.Op)
 	}
 	return &c, nil
 }

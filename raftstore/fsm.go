@@ -6,9 +6,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 )
@@ -65,49 +65,90 @@ type applyResult struct {
 // Apply or Restore, and depends only on the state and the command, so all
 // nodes that apply the same log hold the same state.
 type fsm struct {
-	mu        sync.RWMutex
-	tokens    map[string]*Token
-	dedup     *simplelru.LRU[RequestID, dedupEntry]
-	dedupSize int
-	secret    []byte
+	mu     sync.RWMutex
+	tokens *tokenTable
+	dedup  *dedupTable
+	secret []byte
 	// now is the latest leader timestamp applied. Time never moves backwards
 	// in the FSM even if a new leader's clock is behind the old one's.
 	now int64
 	// generation counts token creations.
 	generation uint64
 
+	// halted is set when a log entry cannot be applied (written by a newer
+	// version, or corrupt): the node stops applying rather than diverge.
+	halted atomic.Pointer[haltError]
+	// stop ends a halted Apply when the node shuts down.
+	stop     chan struct{}
+	stopOnce sync.Once
+	onHalt   func(error)
+
 	logger *zap.Logger
 }
 
-func newFSM(dedupSize int, logger *zap.Logger) *fsm {
-	if dedupSize <= 0 {
-		dedupSize = DefaultDedupSize
-	}
-	f := &fsm{dedupSize: dedupSize, logger: logger}
+func newFSM(logger *zap.Logger) *fsm {
+	f := &fsm{logger: logger, stop: make(chan struct{})}
 	f.reset()
 	return f
 }
 
 func (f *fsm) reset() {
-	f.tokens = make(map[string]*Token)
-	f.dedup, _ = simplelru.NewLRU[RequestID, dedupEntry](f.dedupSize, nil)
+	f.tokens = newTokenTable(0)
+	f.dedup = newDedupTable(DefaultDedupSize)
 	f.secret = nil
 	f.now = 0
 	f.generation = 0
 }
 
-// Apply decodes a log entry and applies it. A command that cannot be decoded
-// is logged and skipped on every node alike.
+// haltError says which log entry stopped the node and why.
+type haltError struct {
+	Index uint64
+	Err   error
+}
+
+func (h *haltError) Error() string {
+	return fmt.Sprintf("cannot apply log entry %d: %v", h.Index, h.Err)
+}
+
+func (h *haltError) Unwrap() error { return h.Err }
+
+// Apply decodes a log entry and applies it. An entry this build cannot
+// decode halts the node: skipping it would let this replica diverge from
+// the ones that understood it.
 func (f *fsm) Apply(l *raft.Log) any {
 	c, err := decodeCommand(l.Data)
 	if err != nil {
-		f.logger.Error("skipping undecodable log entry", zap.Uint64("index", l.Index), zap.Error(err))
-		return &applyResult{Err: err}
+		f.halt(l.Index, err)
+		return &applyResult{Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.apply(c)
 }
+
+// halt stops applying: it logs why once and blocks the FSM until the node
+// shuts down, so no later entry is applied on top of a missing one.
+func (f *fsm) halt(index uint64, err error) {
+	h := &haltError{Index: index, Err: err}
+	if f.halted.CompareAndSwap(nil, h) {
+		f.logger.Error("this node stopped applying the replicated log: an entry was written by a newer version of raftquota, or is corrupt; upgrade this node (or restore it from a backup) and start it again",
+			zap.Uint64("index", index), zap.Error(err))
+		if f.onHalt != nil {
+			go f.onHalt(h)
+		}
+	}
+	<-f.stop
+}
+
+// haltedErr returns why the node halted, or nil.
+func (f *fsm) haltedErr() error {
+	if h := f.halted.Load(); h != nil {
+		return h
+	}
+	return nil
+}
+
+func (f *fsm) shutdown() { f.stopOnce.Do(func() { close(f.stop) }) }
 
 // apply runs one command against the state. The caller holds f.mu.
 func (f *fsm) apply(c *command) *applyResult {
@@ -115,35 +156,14 @@ func (f *fsm) apply(c *command) *applyResult {
 		f.now = c.Time
 	}
 	now := time.Unix(0, f.now).UTC()
-	if c.Op == opConsume {
-		return &applyResult{Decisions: f.applyConsumes(c.Consumes, now)}
-	}
-	if c.Op == opSetSecret {
-		if f.secret == nil && len(c.Secret) > 0 {
-			f.secret = slices.Clone(c.Secret)
-		}
-		return &applyResult{}
-	}
-	if c.Op == opRefund {
-		// A refund is keyed by its consume's id and deduplicated there.
-		return f.applyRefund(c.ID, now)
+	def := commands[c.Op]
+	if !def.dedup {
+		return def.apply(f, c, now)
 	}
 	if e, ok := f.dedup.Peek(c.ID); ok && !c.ID.IsZero() {
 		return f.replay(c, e)
 	}
-	var res *applyResult
-	switch c.Op {
-	case opCreate:
-		res = f.applyCreate(c.Spec, now)
-	case opUpdate:
-		res = f.applyUpdate(c.Name, c.Update, now)
-	case opRevoke, opReactivate, opReset:
-		res = f.applyStatus(c.Op, c.Name, now)
-	case opDelete:
-		res = f.applyDelete(c.Name)
-	default:
-		res = &applyResult{Err: fmt.Errorf("unknown op %s", c.Op)}
-	}
+	res := def.apply(f, c, now)
 	if !c.ID.IsZero() {
 		f.dedup.Add(c.ID, dedupEntry{Op: c.Op, Code: codeOf(res.Err)})
 	}
@@ -158,27 +178,44 @@ func (f *fsm) replay(c *command, e dedupEntry) *applyResult {
 	if c.Spec != nil {
 		name = c.Spec.Name
 	}
-	if t := f.tokens[name]; t != nil && res.Err == nil {
+	if t := f.tokens.get(name); t != nil && res.Err == nil {
 		res.Token = t.clone()
 	}
 	return res
 }
 
-func (f *fsm) applyConsumes(reqs []ConsumeRequest, now time.Time) []Decision {
-	out := make([]Decision, len(reqs))
-	for i := range reqs {
-		out[i] = f.consume(&reqs[i], now)
+func (f *fsm) applySetSecret(c *command, _ time.Time) *applyResult {
+	if f.secret == nil && len(c.Secret) > 0 {
+		f.secret = slices.Clone(c.Secret)
 	}
-	return out
+	return &applyResult{}
+}
+
+// applySetDedupSize changes how many request ids the cluster remembers.
+// It is replicated, never read from a node's config, so every replica
+// forgets the same ids.
+func (f *fsm) applySetDedupSize(c *command, _ time.Time) *applyResult {
+	if c.DedupSize < MinDedupSize || c.DedupSize > MaxDedupSize {
+		return &applyResult{Err: invalidf("dedup size must be between %d and %d, got %d", MinDedupSize, MaxDedupSize, c.DedupSize)}
+	}
+	f.dedup.Resize(c.DedupSize)
+	return &applyResult{}
+}
+
+func (f *fsm) applyConsumes(c *command, now time.Time) *applyResult {
+	out := make([]Decision, len(c.Consumes))
+	for i := range c.Consumes {
+		out[i] = f.consume(&c.Consumes[i], now)
+	}
+	return &applyResult{Decisions: out}
 }
 
 func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
-	t := f.tokens[r.Token]
 	// A refunded charge's id may charge again: the client retries an upload
 	// that failed, with the same idempotency key.
 	if e, ok := f.dedup.Peek(r.ID); ok && !(e.Op == opConsume && e.Refunded) {
 		var d Decision
-		if t != nil {
+		if t := f.tokens.get(r.Token); t != nil {
 			d = decisionFor(t)
 		}
 		d.Allowed, d.Reason, d.Duplicate = e.Allowed, e.Reason.reason(), true
@@ -192,6 +229,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		// entry must still not charge.
 		return Decision{Reason: ReasonUnknown}
 	}
+	t := f.tokens.mut(r.Token)
 	if t != nil && renew(t, now) {
 		t.UpdatedAt = now
 	}
@@ -202,24 +240,20 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		// cannot charge twice since this attempt charged nothing.
 		return Decision{Reason: ReasonUnknown}
 	}
-	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: r.Token}
+	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.Name}
 	if reason == "" {
 		t.UsageCount = addSat(t.UsageCount, r.Units)
 		t.BytesUsed = addSat(t.BytesUsed, r.Bytes)
 		settle(t)
 		t.UpdatedAt = now
 		entry.Allowed, entry.Units, entry.Bytes = true, r.Units, r.Bytes
-		entry.Token = t.Name // share the token's string rather than hold a copy
 		entry.Gen = t.Generation
 		if t.WindowStart != nil {
 			entry.Window = t.WindowStart.UnixNano()
 		}
 	}
 	f.dedup.Add(r.ID, entry)
-	var d Decision
-	if t != nil {
-		d = decisionFor(t)
-	}
+	d := decisionFor(t)
 	d.Allowed, d.Reason = entry.Allowed, reason
 	return d
 }
@@ -232,14 +266,15 @@ func addSat(a, b int64) int64 {
 	return 1<<63 - 1
 }
 
-func (f *fsm) applyCreate(spec *TokenSpec, now time.Time) *applyResult {
+func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
+	spec := c.Spec
 	if spec == nil {
 		return &applyResult{Err: invalidf("create needs a token spec")}
 	}
 	if err := spec.Validate(); err != nil {
 		return &applyResult{Err: err}
 	}
-	if _, ok := f.tokens[spec.Name]; ok {
+	if f.tokens.get(spec.Name) != nil {
 		return &applyResult{Err: ErrExists}
 	}
 	t := &Token{
@@ -263,14 +298,16 @@ func (f *fsm) applyCreate(spec *TokenSpec, now time.Time) *applyResult {
 	}
 	f.generation++
 	t.Generation = f.generation
-	f.tokens[t.Name] = t
+	f.tokens.put(t)
 	return &applyResult{Token: t.clone()}
 }
 
 // applyRefund gives back what one allowed consume took, at most once. A
 // refund that arrives before its consume leaves a tombstone, so the consume,
-// if it is ever applied, charges nothing.
-func (f *fsm) applyRefund(id RequestID, now time.Time) *applyResult {
+// if it is ever applied, charges nothing. A refund is keyed by its
+// consume's id and deduplicated there.
+func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
+	id := c.ID
 	e, ok := f.dedup.Peek(id)
 	if !ok {
 		f.dedup.Add(id, dedupEntry{Op: opRefund, Refunded: true})
@@ -281,7 +318,7 @@ func (f *fsm) applyRefund(id RequestID, now time.Time) *applyResult {
 	}
 	e.Refunded = true
 	f.dedup.Add(id, e)
-	t := f.tokens[e.Token]
+	t := f.tokens.mut(e.Token)
 	if t == nil || t.Generation != e.Gen {
 		return &applyResult{}
 	}
@@ -301,11 +338,12 @@ func (f *fsm) applyRefund(id RequestID, now time.Time) *applyResult {
 	return &applyResult{Token: t.clone()}
 }
 
-func (f *fsm) applyUpdate(name string, u *LimitUpdate, now time.Time) *applyResult {
-	t := f.tokens[name]
+func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
+	t := f.tokens.mut(c.Name)
 	if t == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
+	u := c.Update
 	if u == nil {
 		return &applyResult{Err: invalidf("update needs fields")}
 	}
@@ -344,12 +382,12 @@ func (f *fsm) applyUpdate(name string, u *LimitUpdate, now time.Time) *applyResu
 	return &applyResult{Token: t.clone()}
 }
 
-func (f *fsm) applyStatus(o op, name string, now time.Time) *applyResult {
-	t := f.tokens[name]
+func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
+	t := f.tokens.mut(c.Name)
 	if t == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
-	switch o {
+	switch c.Op {
 	case opRevoke:
 		t.Status = StatusRevoked
 	case opReactivate:
@@ -369,11 +407,11 @@ func (f *fsm) applyStatus(o op, name string, now time.Time) *applyResult {
 	return &applyResult{Token: t.clone()}
 }
 
-func (f *fsm) applyDelete(name string) *applyResult {
-	if _, ok := f.tokens[name]; !ok {
+func (f *fsm) applyDelete(c *command, _ time.Time) *applyResult {
+	if f.tokens.get(c.Name) == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
-	delete(f.tokens, name)
+	f.tokens.del(c.Name)
 	return &applyResult{}
 }
 
@@ -397,8 +435,8 @@ func (f *fsm) warnIfOver(t *Token) {
 func (f *fsm) token(name string) (*Token, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t, ok := f.tokens[name]
-	if !ok {
+	t := f.tokens.get(name)
+	if t == nil {
 		return nil, false
 	}
 	return t.clone(), true
@@ -406,11 +444,9 @@ func (f *fsm) token(name string) (*Token, bool) {
 
 func (f *fsm) list() []Token {
 	f.mu.RLock()
-	defer f.mu.RUnlock()
-	out := make([]Token, 0, len(f.tokens))
-	for _, t := range f.tokens {
-		out = append(out, *t)
-	}
+	var out []Token
+	f.tokens.each(func(t *Token) { out = append(out, *t) })
+	f.mu.RUnlock()
 	slices.SortFunc(out, func(a, b Token) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
@@ -424,7 +460,7 @@ func (f *fsm) check(r *ConsumeRequest, at time.Time) Decision {
 	if stamped := time.Unix(0, f.now); stamped.After(now) {
 		now = stamped
 	}
-	t := f.tokens[r.Token]
+	t := f.tokens.get(r.Token)
 	if t == nil {
 		return Decision{Reason: ReasonUnknown}
 	}
@@ -442,43 +478,50 @@ func (f *fsm) secretKey() []byte {
 	return f.secret
 }
 
-// Snapshots. Snapshot copies the state under the lock (quick); Persist
-// encodes the copy while Apply goes on (snapshot.go has the format). The
-// encoding is deterministic: tokens in creation order, dedup entries oldest first, so
-// two nodes with the same state write the same bytes.
-
-type snapshotHeader struct {
-	Secret []byte
-	Now    int64
-	Gen    uint64
+// dedupSize is the replicated number of request ids remembered.
+func (f *fsm) dedupSize() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.dedup.Cap()
 }
 
-type snapshotDedup struct {
-	ID RequestID
-	E  dedupEntry
+// Snapshots. Snapshot only captures handles: the token table freezes its
+// map (Apply writes copies meanwhile) and the dedup table hands over its
+// chunk list (Apply copies a chunk before changing it). Persist sorts and
+// encodes from those handles while Apply goes on; Release folds the
+// changes back. The encoding is deterministic: tokens in creation order,
+// dedup entries oldest first, so two nodes with the same state write the
+// same bytes.
+
+type snapshotHeader struct {
+	Secret    []byte
+	Now       int64
+	Gen       uint64
+	DedupSize int
 }
 
 type fsmSnapshot struct {
+	f      *fsm
 	header snapshotHeader
-	tokens []Token
-	dedup  []snapshotDedup
+	tokens map[string]*Token
+	table  *tokenTable
+	dedup  *dedupView
+	dtable *dedupTable
 }
 
-// Snapshot copies the state; it runs with Apply stopped, so it only copies.
-// Sorting and encoding happen in Persist, concurrently with Apply.
+// Snapshot captures the state in O(1) for tokens and O(dedup chunks) for
+// request ids; it never copies entries.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	s := &fsmSnapshot{header: snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation}}
-	s.tokens = make([]Token, 0, len(f.tokens))
-	for _, t := range f.tokens {
-		s.tokens = append(s.tokens, *t)
-	}
-	keys := f.dedup.Keys() // oldest first
-	s.dedup = make([]snapshotDedup, len(keys))
-	for i, k := range keys {
-		e, _ := f.dedup.Peek(k)
-		s.dedup[i] = snapshotDedup{ID: k, E: e}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens.thaw() // a snapshot that failed before Release
+	s := &fsmSnapshot{
+		f:      f,
+		header: snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation, DedupSize: f.dedup.Cap()},
+		tokens: f.tokens.freeze(),
+		table:  f.tokens,
+		dedup:  f.dedup.capture(),
+		dtable: f.dedup,
 	}
 	return s, nil
 }
@@ -491,12 +534,22 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
-func (s *fsmSnapshot) Release() {}
+// Release ends copy-on-write, unless Restore replaced the tables meanwhile.
+func (s *fsmSnapshot) Release() {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if s.f.tokens == s.table {
+		s.table.thaw()
+	}
+	if s.f.dedup == s.dtable {
+		s.dtable.release()
+	}
+}
 
 // Restore replaces the whole state with a snapshot's.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	n, err := readSnapshot(rc, f.dedupSize)
+	n, err := readSnapshot(rc)
 	if err != nil {
 		return err
 	}

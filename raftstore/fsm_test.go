@@ -26,7 +26,7 @@ type testFSM struct {
 }
 
 func newTestFSM(t testing.TB) *testFSM {
-	return &testFSM{t: t, f: newFSM(1000, zap.NewNop())}
+	return &testFSM{t: t, f: fsmWithDedup(1000, zap.NewNop())}
 }
 
 func (tf *testFSM) apply(c *command) *applyResult {
@@ -263,7 +263,7 @@ func TestRepeatedAdminCommandReturnsFirstOutcome(t *testing.T) {
 
 func TestLoweredLimitLogsAnomaly(t *testing.T) {
 	core, logs := observer.New(zap.WarnLevel)
-	tf := &testFSM{t: t, f: newFSM(10, zap.New(core))}
+	tf := &testFSM{t: t, f: fsmWithDedup(10, zap.New(core))}
 	tf.create(t0, TokenSpec{Name: "secret-token-value", UsageLimit: 5})
 	tf.consume(t0, "secret-token-value", 4, 0)
 	tf.apply(&command{Op: opUpdate, ID: NewRequestID(), Name: "secret-token-value", Update: &LimitUpdate{UsageLimit: i64(2)}})
@@ -299,12 +299,15 @@ func snapshotBytes(t testing.TB, f *fsm) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer snap.Release()
 	var buf bytes.Buffer
 	if err := snap.(*fsmSnapshot).write(&buf); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
 }
+
+func nopCloser(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
 
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	tf := newTestFSM(t)
@@ -317,7 +320,7 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	tf.consume(t0, "b", 1, 40)
 	want := snapshotBytes(t, tf.f)
 
-	restored := newFSM(1000, zap.NewNop())
+	restored := fsmWithDedup(1000, zap.NewNop())
 	if err := restored.Restore(io.NopCloser(bytes.NewReader(want))); err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +350,7 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 		inputs = append(inputs, good[:i]) // every truncation
 	}
 	for _, in := range inputs {
-		f := newFSM(10, zap.NewNop())
+		f := fsmWithDedup(10, zap.NewNop())
 		if err := f.Restore(io.NopCloser(bytes.NewReader(in))); err == nil {
 			t.Errorf("Restore(%q) succeeded", in)
 		}
@@ -380,7 +383,7 @@ func TestSameLogSameSnapshotBytes(t *testing.T) {
 }
 
 func TestDedupTableIsBounded(t *testing.T) {
-	tf := &testFSM{t: t, f: newFSM(4, zap.NewNop())}
+	tf := &testFSM{t: t, f: fsmWithDedup(4, zap.NewNop())}
 	tf.create(t0, TokenSpec{Name: "a"})
 	for i := 0; i < 20; i++ {
 		tf.consume(t0, "a", 1, 0)
@@ -391,15 +394,36 @@ func TestDedupTableIsBounded(t *testing.T) {
 }
 
 func TestCommandCodecRejectsGarbage(t *testing.T) {
-	for _, in := range [][]byte{nil, {}, {2, '{', '}'}, {1}, {1, '{', '}'}, []byte("\x01{\"op\":99}")} {
-		if _, err := decodeCommand(in); err == nil {
-			t.Errorf("decodeCommand(%q) succeeded", in)
+	for _, in := range [][]byte{nil, {}, {2, '{', '}'}, {1}, {1, '{', '}'}, []byte("\x01{\"op\":99}"),
+		[]byte("\x01{\"op\":5,\"name\":\"a\",\"colour\":\"red\"}"), {9, 1, 2}} {
+		if _, err := decodeCommand(in); !errors.Is(err, errUnknownCommand) {
+			t.Errorf("decodeCommand(%q) = %v, want an unknown-command error", in, err)
 		}
 	}
-	tf := newTestFSM(t)
-	res := tf.f.Apply(&raft.Log{Index: 1, Data: []byte("junk")}).(*applyResult)
-	if res.Err == nil {
-		t.Fatal("junk entry applied without error")
+}
+
+// TestUnknownEntryHaltsTheNode: an entry this build cannot read (a newer
+// op, a field it does not know, garbage) stops the FSM at that index
+// instead of being skipped, and nothing after it is applied.
+func TestUnknownEntryHaltsTheNode(t *testing.T) {
+	for _, entry := range [][]byte{[]byte("junk"), []byte("\x01{\"op\":42,\"t\":1}"), []byte("\x01{\"op\":5,\"name\":\"a\",\"new_field\":1}")} {
+		tf := newTestFSM(t)
+		tf.create(t0, TokenSpec{Name: "a", UsageLimit: 3})
+		done := make(chan any)
+		go func() { done <- tf.f.Apply(&raft.Log{Index: 7, Data: entry}) }()
+		select {
+		case <-done:
+			t.Fatalf("Apply(%q) returned: the node went on past an entry it cannot read", entry)
+		case <-time.After(50 * time.Millisecond):
+		}
+		err := tf.f.haltedErr()
+		if err == nil || !strings.Contains(err.Error(), "log entry 7") {
+			t.Fatalf("halted error = %v", err)
+		}
+		tf.f.shutdown()
+		if res := (<-done).(*applyResult); res.Err == nil {
+			t.Fatal("halted Apply returned no error")
+		}
 	}
 }
 
@@ -477,4 +501,12 @@ func TestConsumeBatchCodecRoundTrip(t *testing.T) {
 	if _, err := decodeCommand(append(b, 0)); err == nil {
 		t.Fatal("trailing byte accepted")
 	}
+}
+
+// fsmWithDedup is an FSM whose dedup table holds n ids (below the
+// replicated minimum, for tests of eviction).
+func fsmWithDedup(n int, logger *zap.Logger) *fsm {
+	f := newFSM(logger)
+	f.dedup.Resize(n)
+	return f
 }

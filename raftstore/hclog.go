@@ -30,7 +30,23 @@ func (l *zapHCLog) fields(args []any) []zap.Field {
 			fs = append(fs, zap.Any("extra", all[i]))
 			break
 		}
-		fs = append(fs, zap.Any(strings.ReplaceAll(key, "-", "_"), all[i+1]))
+		key = strings.ReplaceAll(strings.ReplaceAll(key, "-", "_"), " ", "_")
+		switch v := all[i+1].(type) {
+		case hclog.Format:
+			if len(v) > 0 {
+				if f, ok := v[0].(string); ok {
+					fs = append(fs, zap.String(key, fmt.Sprintf(f, v[1:]...)))
+					continue
+				}
+			}
+			fs = append(fs, zap.String(key, fmt.Sprint(v...)))
+		case fmt.Stringer:
+			fs = append(fs, zap.Stringer(key, v))
+		case error:
+			fs = append(fs, zap.NamedError(key, v))
+		default:
+			fs = append(fs, zap.Any(key, v))
+		}
 	}
 	return fs
 }
@@ -50,7 +66,23 @@ func (l *zapHCLog) Log(level hclog.Level, msg string, args ...any) {
 func (l *zapHCLog) Trace(msg string, args ...any) { l.z.Debug(msg, l.fields(args)...) }
 func (l *zapHCLog) Debug(msg string, args ...any) { l.z.Debug(msg, l.fields(args)...) }
 func (l *zapHCLog) Info(msg string, args ...any)  { l.z.Info(msg, l.fields(args)...) }
-func (l *zapHCLog) Warn(msg string, args ...any)  { l.z.Warn(msg, l.fields(args)...) }
+func (l *zapHCLog) Warn(msg string, args ...any) {
+	if routine[msg] {
+		l.z.Info(msg, l.fields(args)...)
+		return
+	}
+	l.z.Warn(msg, l.fields(args)...)
+}
+
+// routine are Raft's WARN messages that a healthy cluster prints in normal
+// operation (starting up, electing after a graceful leader hand-over): at
+// INFO, so WARN means something is wrong. The leader change itself is
+// logged by the store.
+var routine = map[string]bool{
+	"heartbeat timeout reached, starting election":  true,
+	"Election timeout reached, restarting election": true,
+	"no known peers, aborting election":             true,
+}
 func (l *zapHCLog) Error(msg string, args ...any) { l.z.Error(msg, l.fields(args)...) }
 func (l *zapHCLog) IsTrace() bool                 { return false }
 func (l *zapHCLog) IsDebug() bool                 { return l.z.Core().Enabled(zapcore.DebugLevel) }

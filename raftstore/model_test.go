@@ -72,7 +72,7 @@ func (m *quotaModel) refund(id RequestID) {
 
 func TestFSMAgreesWithModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
-		tf := &testFSM{t: t, f: newFSM(1<<16, nopLogger())}
+		tf := &testFSM{t: t, f: fsmWithDedup(1<<16, nopLogger())}
 		m := &quotaModel{tokens: map[string]*modelToken{}, charges: map[RequestID]*modelCharge{}}
 		names := []string{"a", "b", "c"}
 		var ids []RequestID

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -47,7 +48,7 @@ func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
 	if err := s.forward.call(ctx, addr, "Consume", &ConsumeArgs{Reqs: reqs}, &out); err != nil {
 		return nil, err
 	}
-	if err := errorFrom(errCode(out.Code), out.Msg); err != nil {
+	if err := remoteError(out.Code, out.Msg); err != nil {
 		return nil, err
 	}
 	return out.Decisions, nil
@@ -151,7 +152,7 @@ func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
 			return err
 		}
 		tok = out.Token
-		return errorFrom(errCode(out.Code), out.Msg)
+		return remoteError(out.Code, out.Msg)
 	})
 	return tok, err
 }
@@ -190,7 +191,7 @@ func (s *Store) read(ctx context.Context, args *ReadArgs, out *ReadReply) error 
 		if err := s.forward.call(ctx, addr, "Read", args, out); err != nil {
 			return err
 		}
-		return errorFrom(errCode(out.Code), out.Msg)
+		return remoteError(out.Code, out.Msg)
 	})
 }
 
@@ -225,7 +226,7 @@ func (s *Store) member(ctx context.Context, args *MemberArgs) error {
 		if err := s.forward.call(ctx, addr, "Member", args, &out); err != nil {
 			return err
 		}
-		return errorFrom(errCode(out.Code), out.Msg)
+		return remoteError(out.Code, out.Msg)
 	})
 }
 
@@ -266,8 +267,12 @@ type Node struct {
 	Address  string `json:"address"`
 	Suffrage string `json:"suffrage"`
 	// State is the node's own report (Leader, Follower, Candidate), or
-	// "unreachable" when it did not answer.
+	// "unreachable" when it neither answered nor, seen from the leader,
+	// takes replication.
 	State string `json:"state"`
+	// LastContact is when the leader last reached this node, set only
+	// while the leader has lost contact with it.
+	LastContact *time.Time `json:"last_contact,omitempty"`
 }
 
 // ClusterInfo describes the cluster from this node's point of view.
@@ -277,10 +282,14 @@ type ClusterInfo struct {
 	Nodes         []Node `json:"nodes"`
 	CommitIndex   uint64 `json:"commit_index"`
 	AppliedIndex  uint64 `json:"applied_index"`
+	// Halted says why this node stopped applying the log, if it did.
+	Halted string `json:"halted,omitempty"`
 }
 
-// Cluster reports the members and each one's state, asking each peer
-// directly (briefly; an unresponsive one is "unreachable").
+// Cluster reports the members and each one's state. Each peer is asked
+// for its own state (twice, the second time on a fresh connection); when
+// this node leads, a peer that takes replication is a follower even if the
+// question went unanswered, and one it lost contact with is unreachable.
 func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	addr, id := s.raft.LeaderWithID()
 	info := ClusterInfo{
@@ -289,32 +298,49 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 		CommitIndex:   s.raft.CommitIndex(),
 		AppliedIndex:  s.raft.AppliedIndex(),
 	}
+	if err := s.Halted(); err != nil {
+		info.Halted = err.Error()
+	}
+	leading := s.IsLeader()
 	servers := s.configuration()
 	info.Nodes = make([]Node, len(servers))
-	done := make(chan struct{}, len(servers))
+	var wg sync.WaitGroup
 	for i, srv := range servers {
-		info.Nodes[i] = Node{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()}
-		if string(srv.ID) == s.cfg.NodeID {
-			info.Nodes[i].State = s.State()
-			done <- struct{}{}
+		n := &info.Nodes[i]
+		*n = Node{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()}
+		if n.ID == s.cfg.NodeID {
+			n.State = s.State()
 			continue
 		}
-		go func(n *Node) {
-			defer func() { done <- struct{}{} }()
-			cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			defer cancel()
-			var out StatusReply
-			if err := s.forward.call(cctx, s.dialAddr(n.ID, n.Address), "Status", &Empty{}, &out); err != nil {
-				n.State = "unreachable"
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.State = s.askState(ctx, n.ID, n.Address)
+			if !leading {
 				return
 			}
-			n.State = out.State
-		}(&info.Nodes[i])
+			if last, lost := s.peers.lostSince(n.ID); lost {
+				n.State, n.LastContact = "unreachable", &last
+			} else if n.State == "unreachable" {
+				n.State = raft.Follower.String()
+			}
+		}()
 	}
-	for range servers {
-		<-done
-	}
+	wg.Wait()
 	return info
+}
+
+func (s *Store) askState(ctx context.Context, id, addr string) string {
+	for range 2 {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		var out StatusReply
+		err := s.forward.call(cctx, s.dialAddr(id, addr), "Status", &Empty{}, &out)
+		cancel()
+		if err == nil {
+			return out.State
+		}
+	}
+	return "unreachable"
 }
 
 // Snapshot makes this node write a snapshot of its state now (Raft also

@@ -17,12 +17,15 @@ import (
 // length and bytes, times are unix nanoseconds with a presence flag.
 //
 //	magic "RQS" version(1)
-//	secret, now, generation, token count, dedup count
+//	secret, now, generation, [v3: dedup size], token count, dedup count
 //	tokens, in creation order
 //	dedup entries, oldest first
+//
+// Every version ever written stays readable (testdata/formats has a
+// fixture of each): version 2 has no dedup size, which is then the default.
 const (
 	snapshotMagic   = "RQS"
-	snapshotVersion = 2
+	snapshotVersion = 3
 )
 
 type snapWriter struct {
@@ -56,11 +59,12 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	sw.bytes(s.header.Secret)
 	sw.varint(s.header.Now)
 	sw.uvarint(s.header.Gen)
+	sw.uvarint(uint64(s.header.DedupSize))
 	sw.uvarint(uint64(len(s.tokens)))
-	sw.uvarint(uint64(len(s.dedup)))
-	byGen := make([]*Token, len(s.tokens))
-	for i := range s.tokens {
-		byGen[i] = &s.tokens[i]
+	sw.uvarint(uint64(s.dedup.live))
+	byGen := make([]*Token, 0, len(s.tokens))
+	for _, t := range s.tokens {
+		byGen = append(byGen, t)
 	}
 	// Creation order: deterministic (generations are unique and replicated)
 	// and much cheaper to sort than names.
@@ -90,10 +94,8 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.time(t.UpdatedAt)
 		sw.uvarint(t.Generation)
 	}
-	for i := range s.dedup {
-		d := &s.dedup[i]
-		sw.w.Write(d.ID[:])
-		e := &d.E
+	s.dedup.each(func(id RequestID, e *dedupEntry) {
+		sw.w.Write(id[:])
 		var flags byte
 		if e.Allowed {
 			flags |= 1
@@ -110,7 +112,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.varint(e.Bytes)
 		sw.varint(e.Window)
 		sw.uvarint(e.Gen)
-	}
+	})
 	return sw.w.Flush()
 }
 
@@ -189,22 +191,30 @@ func (s *snapReader) optTime() *time.Time {
 
 // readSnapshot decodes a snapshot into fresh state. Token names in dedup
 // entries share the tokens' strings, as they do in a live FSM.
-func readSnapshot(r io.Reader, dedupSize int) (*fsm, error) {
+func readSnapshot(r io.Reader) (*fsm, error) {
 	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16)}
 	magic := make([]byte, len(snapshotMagic)+1)
 	if _, err := io.ReadFull(sr.r, magic); err != nil {
 		return nil, fmt.Errorf("reading snapshot header: %w", err)
 	}
-	if string(magic[:3]) != snapshotMagic || magic[3] != snapshotVersion {
-		return nil, fmt.Errorf("unknown snapshot format %q", magic)
+	version := magic[3]
+	if string(magic[:3]) != snapshotMagic || version < 2 || version > snapshotVersion {
+		return nil, fmt.Errorf("unknown snapshot format %q: written by a newer version of raftquota?", magic)
 	}
-	f := &fsm{dedupSize: dedupSize}
+	f := &fsm{}
 	f.reset()
 	if secret := sr.rawBytes(); len(secret) > 0 {
 		f.secret = secret
 	}
 	f.now = sr.varint()
 	f.generation = sr.uvarint()
+	if version >= 3 {
+		n := sr.uvarint()
+		if n < 1 || n > MaxDedupSize {
+			return nil, fmt.Errorf("reading snapshot: %w: dedup size %d", errBadSnapshot, n)
+		}
+		f.dedup.Resize(int(n))
+	}
 	ntok, ndedup := sr.uvarint(), sr.uvarint()
 	if sr.err != nil {
 		return nil, fmt.Errorf("reading snapshot header: %w", sr.err)
@@ -214,7 +224,7 @@ func readSnapshot(r io.Reader, dedupSize int) (*fsm, error) {
 	// slab of the claimed count) keep a corrupt count from allocating much.
 	const chunk = 1 << 16
 	var slab []Token
-	f.tokens = make(map[string]*Token, min(ntok, 1<<22))
+	f.tokens = newTokenTable(int(min(ntok, 1<<22)))
 	for i := uint64(0); i < ntok && sr.err == nil; i++ {
 		if len(slab) == 0 {
 			slab = make([]Token, min(ntok-i, chunk))
@@ -247,7 +257,7 @@ func readSnapshot(r io.Reader, dedupSize int) (*fsm, error) {
 		t.WindowStart = sr.optTime()
 		t.CreatedAt, t.UpdatedAt = sr.time(), sr.time()
 		t.Generation = sr.uvarint()
-		f.tokens[t.Name] = t
+		f.tokens.base[t.Name] = t
 	}
 	for i := uint64(0); i < ndedup && sr.err == nil; i++ {
 		var id RequestID
@@ -260,11 +270,18 @@ func readSnapshot(r io.Reader, dedupSize int) (*fsm, error) {
 		e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
 		e.Reason = reasonCode(sr.byte())
 		e.Token = sr.str()
-		if t := f.tokens[e.Token]; t != nil {
+		if t := f.tokens.base[e.Token]; t != nil {
 			e.Token = t.Name
 		}
 		e.Units, e.Bytes, e.Window = sr.varint(), sr.varint(), sr.varint()
 		e.Gen = sr.uvarint()
+		if sr.err != nil {
+			break
+		}
+		if _, known := commands[e.Op]; !known {
+			sr.err = errBadSnapshot
+			break
+		}
 		f.dedup.Add(id, e)
 	}
 	if sr.err != nil {

@@ -65,7 +65,10 @@ type Config struct {
 	// SnapshotInterval is how often to check whether to snapshot. Default 30s.
 	SnapshotInterval time.Duration
 
-	// DedupSize is how many request ids the FSM remembers. Default DefaultDedupSize.
+	// DedupSize proposes how many request ids the cluster remembers. It is
+	// replicated state: a node that becomes leader proposes its value when
+	// it differs, and every node applies it from the log. Zero proposes
+	// nothing (the cluster keeps its value, DefaultDedupSize at first).
 	DedupSize int
 	// MaxBatch caps how many consumes go in one log entry. Default 1024.
 	MaxBatch int
@@ -99,9 +102,6 @@ func (c *Config) setDefaults() {
 	def(&c.SnapshotInterval, 30*time.Second)
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
-	}
-	if c.DedupSize <= 0 {
-		c.DedupSize = DefaultDedupSize
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 1024
@@ -147,6 +147,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("peers must include this node (%s)", c.NodeID)
 		}
 	}
+	if c.DedupSize != 0 && (c.DedupSize < MinDedupSize || c.DedupSize > MaxDedupSize) {
+		return fmt.Errorf("dedup size must be between %d and %d, got %d", MinDedupSize, MaxDedupSize, c.DedupSize)
+	}
 	for id, a := range c.DialAddresses {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("dial address for %s %q: %v", id, a, err)
@@ -178,6 +181,20 @@ type Store struct {
 	leaderChanges atomic.Uint64
 	forwarded     atomic.Uint64
 
+	// raftNode is raft once NewRaft returned, for the transport's address
+	// lookups, which may run before.
+	raftNode atomic.Pointer[raft.Raft]
+	// peers tracks replication contact with each peer (leader only).
+	peers peerContact
+	// warnedDedup is the replicated dedup size this node last warned about.
+	warnedDedup atomic.Int64
+
+	// ops counts operations in flight, so Close can let them finish;
+	// draining refuses new ones.
+	opsMu    sync.RWMutex
+	ops      sync.WaitGroup
+	draining bool
+
 	closed    chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -198,8 +215,10 @@ func Open(cfg Config) (*Store, error) {
 	if err := claimDataDir(cfg.DataDir, cfg.NodeID); err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, logger: cfg.Logger, closed: make(chan struct{})}
-	s.fsm = newFSM(cfg.DedupSize, cfg.Logger)
+	logger := cfg.Logger.With(zap.String("node_id", cfg.NodeID))
+	s := &Store{cfg: cfg, logger: logger, closed: make(chan struct{})}
+	s.fsm = newFSM(logger)
+	s.fsm.onHalt = s.onHalt
 	if err := s.start(); err != nil {
 		s.shutdown()
 		return nil, err
@@ -255,13 +274,13 @@ func (s *Store) start() error {
 		}
 	}
 	s.mux = newMux(stream, s.logger)
-	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:                s.mux.raft,
-		MaxPool:               3,
-		Timeout:               10 * time.Second,
-		Logger:                hl,
-		ServerAddressProvider: dialProvider(cfg.DialAddresses),
-	})
+	tc := &raft.NetworkTransportConfig{Stream: s.mux.raft, MaxPool: 3, Timeout: 10 * time.Second, Logger: hl}
+	if len(cfg.DialAddresses) > 0 {
+		// Only with overrides: without one the transport dials the
+		// configuration's address directly, with nothing to look up.
+		tc.ServerAddressProvider = dialProvider{s}
+	}
+	s.transport = raft.NewNetworkTransportWithConfig(tc)
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -289,7 +308,10 @@ func (s *Store) start() error {
 			if err := raft.BootstrapCluster(rc, logs, bolt, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
 				return fmt.Errorf("bootstrapping cluster: %w", err)
 			}
-			s.logger.Info("bootstrapped new cluster", zap.Int("voters", len(servers)))
+			// A new cluster on a node that was meant to hold data (a changed
+			// node_id or data_dir) would look like lost tokens: say it loudly.
+			s.logger.Warn("bootstrapped a new, empty cluster in this data dir; if this node should have joined an existing cluster or kept its data, stop it and check node_id and data_dir",
+				zap.String("data_dir", cfg.DataDir), zap.Int("voters", len(servers)))
 		}
 	}
 
@@ -298,6 +320,7 @@ func (s *Store) start() error {
 		return fmt.Errorf("starting raft: %w", err)
 	}
 	s.raft = r
+	s.raftNode.Store(r)
 
 	s.leaderConsumes = newBatcher(cfg.MaxBatch, 1, s.applyConsumes)
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
@@ -306,10 +329,13 @@ func (s *Store) start() error {
 	s.barriers = newBatcher(1<<16, 1, s.barrier)
 	s.forward = newForwarder(s)
 
-	obsCh := make(chan raft.Observation, 16)
+	obsCh := make(chan raft.Observation, 64)
 	s.observer = raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+			return true
+		}
+		return false
 	})
 	r.RegisterObserver(s.observer)
 	s.wg.Add(1)
@@ -323,8 +349,8 @@ func (s *Store) onBatch(n int, forwarded bool) {
 	}
 }
 
-// watchLeader counts leader changes, and on becoming leader of a cluster
-// that has no fingerprint secret yet, proposes one.
+// watchLeader counts leader changes, does a new leader's duties, and keeps
+// track of which peers the leader has lost contact with.
 func (s *Store) watchLeader(ch chan raft.Observation) {
 	defer s.wg.Done()
 	for {
@@ -332,20 +358,74 @@ func (s *Store) watchLeader(ch chan raft.Observation) {
 		case <-s.closed:
 			return
 		case o := <-ch:
-			lo := o.Data.(raft.LeaderObservation)
-			s.leaderChanges.Add(1)
-			s.clock.invalidate()
-			s.logger.Info("raft leader changed", zap.String("leader_id", string(lo.LeaderID)), zap.String("leader_address", string(lo.LeaderAddr)))
-			if string(lo.LeaderID) == s.cfg.NodeID && s.fsm.secretKey() == nil {
-				secret := make([]byte, 32)
-				rand.Read(secret)
-				if _, err := s.applyLocal(&command{Op: opSetSecret, Secret: secret}); err != nil {
-					s.logger.Warn("proposing fingerprint secret", zap.Error(err))
+			switch d := o.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				s.peers.failed(string(d.PeerID), d.LastContact)
+			case raft.ResumedHeartbeatObservation:
+				s.peers.resumed(string(d.PeerID))
+			case raft.LeaderObservation:
+				s.leaderChanges.Add(1)
+				s.clock.invalidate()
+				s.peers.reset()
+				s.logger.Info("raft leader changed", zap.String("leader_id", string(d.LeaderID)), zap.String("leader_address", string(d.LeaderAddr)))
+				if string(d.LeaderID) == s.cfg.NodeID {
+					s.wg.Add(1)
+					go s.leaderDuties()
+				} else {
+					s.warnConfigDiffers()
 				}
 			}
 		}
 	}
 }
+
+// leaderDuties runs when this node becomes leader: it proposes the
+// cluster's fingerprint secret if there is none, and this node's dedup size
+// if it differs from the replicated one. Both go through the log, so every
+// replica applies the same value at the same index.
+func (s *Store) leaderDuties() {
+	defer s.wg.Done()
+	// Wait until the entries of earlier terms are applied here, so the
+	// comparisons below look at the cluster's current state.
+	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
+		return
+	}
+	if s.fsm.secretKey() == nil {
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		if _, err := s.applyLocal(&command{Op: opSetSecret, Secret: secret}); err != nil {
+			s.logger.Info("proposing fingerprint secret", zap.Error(err))
+		}
+	}
+	if want := s.cfg.DedupSize; want != 0 && want != s.fsm.dedupSize() {
+		if _, err := s.applyLocal(&command{Op: opSetDedupSize, DedupSize: want}); err != nil {
+			s.logger.Info("proposing dedup size", zap.Error(err))
+			return
+		}
+		s.logger.Info("dedup size of the cluster set from this node's config", zap.Int("dedup_size", want))
+	}
+}
+
+// warnConfigDiffers says once per value when this node's dedup_size is not
+// the cluster's: the cluster's is what applies.
+func (s *Store) warnConfigDiffers() {
+	want, have := s.cfg.DedupSize, s.fsm.dedupSize()
+	if want == 0 || want == have || s.warnedDedup.Swap(int64(have)) == int64(have) {
+		return
+	}
+	s.logger.Warn("this node's dedup_size differs from the cluster's; the cluster's value applies (a leader proposes its own config's value when it takes over)",
+		zap.Int("config_dedup_size", want), zap.Int("cluster_dedup_size", have))
+}
+
+// onHalt hands leadership away from a node that can no longer apply the log.
+func (s *Store) onHalt(err error) {
+	if s.raft != nil && s.raft.State() == raft.Leader {
+		s.raft.LeadershipTransfer()
+	}
+}
+
+// Halted returns why this node stopped applying the log, or nil.
+func (s *Store) Halted() error { return s.fsm.haltedErr() }
 
 // Close leaves the cluster gracefully: it hands leadership to another voter
 // when it can, then stops Raft and closes the data dir. Safe to call twice.
@@ -354,12 +434,35 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
+// shutdown stops the node in the order a rolling restart needs: refuse new
+// operations, hand leadership to another voter, let the operations already
+// accepted finish (retried through the new leader), and only then stop
+// the batchers, Raft and the data dir.
 func (s *Store) shutdown() error {
+	s.opsMu.Lock()
+	s.draining = true
+	s.opsMu.Unlock()
+	if s.raft != nil && s.raft.State() == raft.Leader && s.voters() > 1 {
+		if err := s.raft.LeadershipTransfer().Error(); err != nil {
+			s.logger.Info("leadership transfer before shutdown failed", zap.Error(err))
+		} else {
+			s.logger.Info("handed leadership to another voter before shutting down")
+		}
+	}
+	drained := make(chan struct{})
+	go func() { s.ops.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(s.cfg.RequestTimeout + time.Second):
+		s.logger.Warn("operations still running at shutdown after the request timeout")
+	}
+
 	select {
 	case <-s.closed:
 	default:
 		close(s.closed)
 	}
+	s.fsm.shutdown()
 	var errs []error
 	if s.leaderConsumes != nil {
 		s.leaderConsumes.close()
@@ -367,11 +470,6 @@ func (s *Store) shutdown() error {
 		s.barriers.close()
 	}
 	if s.raft != nil {
-		if s.raft.State() == raft.Leader && s.voters() > 1 {
-			if err := s.raft.LeadershipTransfer().Error(); err != nil {
-				s.logger.Info("leadership transfer before shutdown failed", zap.Error(err))
-			}
-		}
 		if s.observer != nil {
 			s.raft.DeregisterObserver(s.observer)
 		}
@@ -399,6 +497,19 @@ func (s *Store) shutdown() error {
 	}
 	return errors.Join(errs...)
 }
+
+// enter admits an operation unless the node is shutting down; leave ends it.
+func (s *Store) enter() bool {
+	s.opsMu.RLock()
+	defer s.opsMu.RUnlock()
+	if s.draining {
+		return false
+	}
+	s.ops.Add(1)
+	return true
+}
+
+func (s *Store) leave() { s.ops.Done() }
 
 func (s *Store) voters() int {
 	f := s.raft.GetConfiguration()
@@ -528,6 +639,17 @@ func raftError(err error) error {
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 
+// remoteError rebuilds the error a peer answered with. A peer that is
+// shutting down ("closed") did not decide: to this node that is a leader
+// change like any other, and the operation is retried.
+func remoteError(code uint8, msg string) error {
+	err := errorFrom(errCode(code), msg)
+	if errors.Is(err, ErrClosed) {
+		return fmt.Errorf("%w: the leader is shutting down: %v", ErrUnavailable, err)
+	}
+	return err
+}
+
 // retryable reports whether an operation may be tried again. Every write
 // carries a request id that the FSM deduplicates, so trying again is safe
 // even after an ambiguous failure (leadership lost, timeout, broken
@@ -539,6 +661,13 @@ func retryable(err error) bool {
 // do runs fn until it succeeds, fails for good, or ctx ends. Without a
 // deadline in ctx, RequestTimeout bounds it.
 func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) error {
+	if !s.enter() {
+		return ErrClosed
+	}
+	defer s.leave()
+	if err := s.fsm.haltedErr(); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -585,12 +714,25 @@ func (s *Store) dialAddr(id, addr string) string {
 	return addr
 }
 
-// dialProvider makes Raft's transport dial peers at their overrides.
-type dialProvider map[string]string
+// dialProvider makes Raft's transport dial peers at their overrides, and
+// every other peer at the address in the cluster's configuration.
+type dialProvider struct{ s *Store }
 
 func (d dialProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
-	if a, ok := d[string(id)]; ok {
+	if a, ok := d.s.cfg.DialAddresses[string(id)]; ok {
 		return raft.ServerAddress(a), nil
 	}
-	return "", fmt.Errorf("no dial override for %s", id)
+	if r := d.s.raftNode.Load(); r != nil {
+		for _, srv := range r.GetConfiguration().Configuration().Servers {
+			if srv.ID == id {
+				return srv.Address, nil
+			}
+		}
+	}
+	for _, p := range d.s.cfg.Peers {
+		if p.ID == string(id) {
+			return raft.ServerAddress(p.Address), nil
+		}
+	}
+	return "", fmt.Errorf("no address known for %s", id)
 }

@@ -1,0 +1,112 @@
+package raftstore
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// TestDedupTableForgetsWhatTheOldLRUForgot drives the table and the LRU
+// that earlier versions used (Peek and Add only) with the same random
+// operations: both must remember exactly the same ids, in the same order,
+// so old and new nodes in one cluster decide retries alike.
+func TestDedupTableForgetsWhatTheOldLRUForgot(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		r := rand.New(rand.NewPCG(seed, seed))
+		capacity := 1 + r.IntN(3000)
+		lru, _ := simplelru.NewLRU[RequestID, dedupEntry](capacity, nil)
+		d := newDedupTable(capacity)
+		var ids []RequestID
+		for i := 0; i < 20000; i++ {
+			var id RequestID
+			if len(ids) > 0 && r.IntN(3) == 0 {
+				id = ids[r.IntN(len(ids))] // a known id moves to the newest end
+			} else {
+				id = NewRequestID()
+				ids = append(ids, id)
+			}
+			e := dedupEntry{Op: opConsume, Units: int64(i)}
+			lru.Add(id, e)
+			d.Add(id, e)
+			if r.IntN(500) == 0 {
+				capacity = 1 + r.IntN(3000)
+				lru.Resize(capacity)
+				d.Resize(capacity)
+			}
+		}
+		var got []RequestID
+		d.capture().each(func(id RequestID, e *dedupEntry) {
+			got = append(got, id)
+			if w, ok := lru.Peek(id); !ok || w != *e {
+				t.Fatalf("seed %d: entry for %s differs", seed, id)
+			}
+		})
+		d.release()
+		want := lru.Keys()
+		if fmt.Sprint(got) != fmt.Sprint(want) || d.Len() != len(want) {
+			t.Fatalf("seed %d: table holds %d ids, LRU %d, or in another order", seed, len(got), len(want))
+		}
+		if used := d.tail - d.head; used > 2*uint64(max(d.live, dedupChunkSize)) {
+			t.Fatalf("seed %d: %d slots used for %d ids: moved ids are not compacted", seed, used, d.live)
+		}
+	}
+}
+
+// TestSnapshotIsTheStateAtCapture: Apply goes on while a snapshot is
+// persisted; the snapshot still holds the state at the moment it was
+// captured, and the live state is unaffected.
+func TestSnapshotIsTheStateAtCapture(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.f.dedup.Resize(5000)
+	for i := 0; i < 300; i++ {
+		tf.create(t0, TokenSpec{Name: fmt.Sprintf("t%d", i), UsageLimit: 1000})
+	}
+	for i := 0; i < 3000; i++ {
+		tf.consume(t0, fmt.Sprintf("t%d", i%300), 1, 0)
+	}
+	want := snapshotBytes(t, tf.f)
+
+	snap, err := tf.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Changes of every kind while the snapshot is open.
+	for i := 0; i < 3000; i++ {
+		tf.consume(t0.Add(time.Second), fmt.Sprintf("t%d", i%300), 1, 0)
+	}
+	tf.op(t0, opDelete, "t1")
+	tf.op(t0, opRevoke, "t2")
+	tf.create(t0, TokenSpec{Name: "new", UsageLimit: 1})
+	var buf bytes.Buffer
+	if err := snap.(*fsmSnapshot).write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Fatal("the snapshot changed with writes made after it was captured")
+	}
+
+	// The live state has every change, and a fresh snapshot of it restores
+	// to the same bytes.
+	if tok, _ := tf.f.token("t0"); tok.UsageCount != 20 {
+		t.Fatalf("t0 used %d, want 20", tok.UsageCount)
+	}
+	if _, ok := tf.f.token("t1"); ok {
+		t.Fatal("deleted token is back")
+	}
+	if tok, _ := tf.f.token("new"); tok == nil {
+		t.Fatal("token created during the snapshot is missing")
+	}
+	after := snapshotBytes(t, tf.f)
+	g := newFSM(nopLogger())
+	if err := g.Restore(nopCloser(after)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(snapshotBytes(t, g), after) {
+		t.Fatal("restored state differs")
+	}
+}

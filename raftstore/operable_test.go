@@ -1,0 +1,245 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// TestGracefulStopOfTheLeaderFailsNoRequest is a rolling restart's first
+// step: the leader is closed while clients consume through every node.
+// Requests on the other nodes must all succeed (retried through the new
+// leader), and every request the closing node had accepted must finish.
+func TestGracefulStopOfTheLeaderFailsNoRequest(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "roll"}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.leaderIndex()
+	var ok, failedElsewhere, failedOnLeader, refusedOnLeader atomic.Int64
+	var errs sync.Map
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 24; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			node := w % 3
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := c.nodes[node].Consume(rctx, ConsumeRequest{ID: NewRequestID(), Token: "roll", Units: 1})
+				cancel()
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case node == leader && errors.Is(err, ErrClosed):
+					// Refused before it started: the node was already
+					// shutting down (its HTTP server would be closed).
+					refusedOnLeader.Add(1)
+					return
+				case node == leader:
+					failedOnLeader.Add(1)
+					errs.Store(err.Error(), true)
+				default:
+					failedElsewhere.Add(1)
+					errs.Store(err.Error(), true)
+				}
+			}
+		}(w)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := c.nodes[leader].Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	errs.Range(func(k, _ any) bool { t.Logf("error: %v", k); return true })
+	t.Logf("%d ok, %d refused by the stopped node after it began closing", ok.Load(), refusedOnLeader.Load())
+	if failedElsewhere.Load() > 0 || failedOnLeader.Load() > 0 {
+		t.Fatalf("%d requests failed on the other nodes and %d accepted by the closing leader failed", failedElsewhere.Load(), failedOnLeader.Load())
+	}
+	survivor := c.nodes[(leader+1)%3]
+	tok, err := survivor.Token(ctx, "roll")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.UsageCount != ok.Load() {
+		t.Fatalf("usage %d, but %d consumes were answered", tok.UsageCount, ok.Load())
+	}
+}
+
+// TestHealthyClusterIsQuietAtWarn: an idle cluster and one under load log
+// nothing at WARN or above, and every line names its node.
+func TestHealthyClusterIsQuietAtWarn(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	c := newTestClusterWith(t, 3, zap.New(core), nil)
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	// Starting up says what it does, a new cluster at WARN; from here on
+	// the cluster is healthy.
+	bootstrapped := 0
+	for _, e := range logs.TakeAll() {
+		if e.Level == zapcore.WarnLevel && e.ContextMap()["data_dir"] != nil {
+			bootstrapped++
+		}
+	}
+	if bootstrapped != 3 {
+		t.Errorf("%d nodes said at WARN that they bootstrapped a new cluster, want 3", bootstrapped)
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				if _, err := c.nodes[w%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "q", Units: 1}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	time.Sleep(2 * time.Second) // idle: heartbeats only
+	for _, e := range logs.All() {
+		if e.Level >= zapcore.WarnLevel {
+			t.Errorf("healthy cluster logged at %s: %s %v", e.Level, e.Message, e.ContextMap())
+		}
+		if _, ok := e.ContextMap()["node_id"]; !ok {
+			t.Errorf("log line without node_id: %s", e.Message)
+		}
+	}
+}
+
+// TestDedupSizeIsClusterState: nodes started with different dedup_size
+// values end with byte-identical state after the same workload, since the
+// size that applies is the one in the log.
+func TestDedupSizeIsClusterState(t *testing.T) {
+	sizes := []int{MinDedupSize, 2 * MinDedupSize, 0}
+	core, logs := observer.New(zapcore.WarnLevel)
+	c := newTestClusterWith(t, 3, zap.New(core), func(i int, cfg *Config) { cfg.DedupSize = sizes[i] })
+	ctx := ctxT(t, 60*time.Second)
+	leader := c.leaderIndex()
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	// Enough distinct ids to overflow the smaller table.
+	for i := 0; i < 3*MinDedupSize; i += 64 {
+		var wg sync.WaitGroup
+		for j := 0; j < 64; j++ {
+			wg.Add(1)
+			go func(n int) {
+				defer wg.Done()
+				if _, err := c.nodes[n%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "d", Units: 1}); err != nil {
+					t.Error(err)
+				}
+			}(i + j)
+		}
+		wg.Wait()
+	}
+	// Every node has applied everything once a read on each sees it.
+	for _, s := range c.nodes {
+		if _, err := s.Token(ctx, "d"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitApplied(t, c)
+	want := sizes[leader]
+	if want == 0 {
+		want = DefaultDedupSize
+	}
+	var snaps [][]byte
+	for i, s := range c.nodes {
+		if got := s.fsm.dedupSize(); got != want {
+			t.Errorf("node %d applies dedup size %d, want the leader's %d", i, got, want)
+		}
+		snaps = append(snaps, snapshotBytes(t, s.fsm))
+	}
+	for i := 1; i < len(snaps); i++ {
+		if !bytes.Equal(snaps[0], snaps[i]) {
+			t.Fatalf("node %d's state differs from node 1's", i+1)
+		}
+	}
+	var warned int
+	for _, e := range logs.All() {
+		if e.Message != "" && e.ContextMap()["config_dedup_size"] != nil {
+			warned++
+		}
+	}
+	t.Logf("leader node%d, %d warnings about differing dedup_size", leader+1, warned)
+}
+
+func waitApplied(t *testing.T, c *testCluster) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		want := c.nodes[c.leaderIndex()].raft.CommitIndex()
+		done := true
+		for _, s := range c.nodes {
+			done = done && s.AppliedIndex() >= want
+		}
+		if done {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("nodes did not catch up")
+}
+
+func TestBatcherAnswersEverythingItAccepted(t *testing.T) {
+	release := make(chan struct{})
+	var flushed atomic.Int64
+	b := newBatcher(4, 1, func(reqs []int) ([]int, error) {
+		<-release
+		flushed.Add(int64(len(reqs)))
+		return reqs, nil
+	})
+	var wg sync.WaitGroup
+	var answered, closed atomic.Int64
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := b.do(context.Background(), []int{i})
+			answered.Add(1)
+			if errors.Is(err, ErrClosed) {
+				closed.Add(1)
+			} else if err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	time.Sleep(50 * time.Millisecond)
+	go func() { time.Sleep(50 * time.Millisecond); close(release) }()
+	b.close()
+	wg.Wait()
+	if answered.Load() != 20 {
+		t.Fatalf("%d of 20 requests answered", answered.Load())
+	}
+	// Everything not reported closed was flushed, and nothing closed was.
+	if got := flushed.Load() + closed.Load(); got != 20 {
+		t.Fatalf("%d flushed + %d closed != 20", flushed.Load(), closed.Load())
+	}
+	if _, err := b.do(context.Background(), []int{1}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("do after close: %v", err)
+	}
+	_ = fmt.Sprint()
+}
