@@ -45,6 +45,7 @@ const (
 	readToken uint8 = iota + 1
 	readList
 	readCheck
+	readIndex
 )
 
 // ReadArgs is a forwarded linearizable read.
@@ -59,7 +60,9 @@ type ReadReply struct {
 	Token    *Token
 	Tokens   []Token
 	Decision Decision
-	Code     uint8
+	// Index is the leader's applied index after the read barrier (readIndex).
+	Index uint64
+	Code  uint8
 	Msg      string
 }
 
@@ -152,6 +155,8 @@ func (q *Quota) readLocal(ctx context.Context, args *ReadArgs, out *ReadReply) e
 		out.Token = t
 	case readList:
 		out.Tokens = q.s.fsm.list()
+	case readIndex:
+		out.Index = q.s.raft.AppliedIndex()
 	case readCheck:
 		// Judged at the time the leader would stamp into a consume now.
 		out.Decision = q.s.fsm.check(&args.Check, time.Unix(0, q.s.clock.stamp(q.s)))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
 )
 
 // Consume charges req.Units and req.Bytes to req.Token if the token allows
@@ -249,6 +250,10 @@ func (s *Store) changeMember(args *MemberArgs) error {
 	}
 	if err := f.Error(); err != nil {
 		return raftError(err)
+	}
+	if n := s.voters(); n%2 == 0 {
+		s.logger.Warn("the cluster now has an even number of voters: it needs a majority of them for every decision yet tolerates no more failures than one voter fewer would; add or remove one",
+			zap.Int("voters", n), zap.Int("quorum", n/2+1), zap.Int("tolerated_failures", (n-1)/2))
 	}
 	return nil
 }

@@ -168,6 +168,7 @@ type Store struct {
 	fsm       *fsm
 	raft      *raft.Raft
 	bolt      *raftboltdb.BoltStore
+	snaps     *raft.FileSnapshotStore
 	mux       *mux
 	transport *raft.NetworkTransport
 	forward   *forwarder
@@ -265,6 +266,7 @@ func (s *Store) start() error {
 	if err != nil {
 		return fmt.Errorf("opening snapshot store: %w", err)
 	}
+	s.snaps = snaps
 
 	stream := cfg.Stream
 	if stream == nil {
@@ -735,4 +737,35 @@ func (d dialProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 		}
 	}
 	return "", fmt.Errorf("no address known for %s", id)
+}
+
+// Health reports whether this node can take part in decisions now: it has
+// not halted, and it is a leader confirmed by a quorum, or a follower in
+// recent contact with one.
+func (s *Store) Health(ctx context.Context) error {
+	if err := s.Halted(); err != nil {
+		return err
+	}
+	addr, id := s.raft.LeaderWithID()
+	if addr == "" {
+		return fmt.Errorf("%w: no leader known", ErrUnavailable)
+	}
+	if string(id) == s.cfg.NodeID {
+		f := s.raft.VerifyLeader()
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("%w: leadership not confirmed by a quorum: %v", ErrUnavailable, err)
+			}
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: leadership not confirmed by a quorum in time", ErrUnavailable)
+		}
+	}
+	if since := time.Since(s.raft.LastContact()); since > 2*s.cfg.HeartbeatTimeout {
+		return fmt.Errorf("%w: no contact with leader %s for %s", ErrUnavailable, id, since.Round(time.Millisecond))
+	}
+	return nil
 }
