@@ -63,7 +63,7 @@ type ReadReply struct {
 	// Index is the leader's applied index after the read barrier (readIndex).
 	Index uint64
 	Code  uint8
-	Msg      string
+	Msg   string
 }
 
 // MemberArgs adds (Add) or removes a voter.

@@ -83,6 +83,7 @@ var routine = map[string]bool{
 	"Election timeout reached, restarting election": true,
 	"no known peers, aborting election":             true,
 }
+
 func (l *zapHCLog) Error(msg string, args ...any) { l.z.Error(msg, l.fields(args)...) }
 func (l *zapHCLog) IsTrace() bool                 { return false }
 func (l *zapHCLog) IsDebug() bool                 { return l.z.Core().Enabled(zapcore.DebugLevel) }
