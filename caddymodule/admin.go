@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,6 +34,8 @@ func init() {
 //	GET    /quota/cluster                     leader, members and their state, indexes
 //	POST   /quota/cluster/members             {"id","address"}: add a voter
 //	DELETE /quota/cluster/members/{id}        remove a member
+//	GET    /quota/health                      200 when this node can decide (a leader with quorum is reached), else 503
+//	GET    /quota/backup                      a consistent backup of the cluster's state (caddy quota backup)
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -98,6 +101,16 @@ func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, http.StatusOK, store.Cluster(ctx))
 	case parts[0] == "cluster" && len(parts) >= 2 && parts[1] == "members":
 		return a.members(ctx, store, w, r, parts[2:])
+	case parts[0] == "health" && len(parts) == 1:
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return methodNotAllowed(r, "GET")
+		}
+		return writeHealth(ctx, store, w)
+	case parts[0] == "backup" && len(parts) == 1:
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(r, "GET")
+		}
+		return a.backup(ctx, store, w)
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
 }
@@ -171,6 +184,44 @@ func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.Re
 		return storeError(err)
 	}
 	return writeJSON(w, http.StatusOK, viewOf(t))
+}
+
+// healthView is the body of a health answer.
+type healthView struct {
+	Status string `json:"status"`
+	NodeID string `json:"node_id"`
+	Leader string `json:"leader,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// writeHealth answers 200 when the node can take part in decisions, 503
+// with the reason when it cannot: for load balancers' health checks.
+func writeHealth(ctx context.Context, s *raftstore.Store, w http.ResponseWriter) error {
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	v := healthView{Status: "ok", NodeID: s.NodeID(), Leader: s.Leader()}
+	w.Header().Set("Cache-Control", "no-store")
+	if err := s.Health(hctx); err != nil {
+		v.Status, v.Error = "unavailable", err.Error()
+		return writeJSON(w, http.StatusServiceUnavailable, v)
+	}
+	return writeJSON(w, http.StatusOK, v)
+}
+
+// backup streams a backup. It is built in memory first, so a failure is a
+// clean JSON error rather than a truncated download.
+func (a AdminAPI) backup(ctx context.Context, s *raftstore.Store, w http.ResponseWriter) error {
+	var buf bytes.Buffer
+	info, err := s.Backup(ctx, &buf)
+	if err != nil {
+		return storeError(err)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="raftquota-%s.backup"`, info.CreatedAt.Format("20060102T150405Z")))
+	w.Header().Set("Content-Length", fmt.Sprint(buf.Len()))
+	w.Header().Set("Cache-Control", "no-store")
+	_, err = buf.WriteTo(w)
+	return err
 }
 
 // memberRequest is the body of POST /quota/cluster/members.

@@ -5,9 +5,11 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -128,6 +130,11 @@ type App struct {
 	logger *zap.Logger
 	// node is set by Start; a pointer so App values can be copied.
 	node *atomic.Pointer[node]
+	// ready is closed when Start has the node: handlers of a starting
+	// Caddy hold requests on it rather than refuse them.
+	ready chan struct{}
+	// defaultDataDir: DataDir was derived from NodeID.
+	defaultDataDir bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -144,6 +151,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.node = new(atomic.Pointer[node])
+	a.ready = make(chan struct{})
 	registerMetrics(ctx)
 	if err := a.provisionConfig(); err != nil {
 		return err
@@ -163,6 +171,7 @@ func (a *App) provisionConfig() error {
 	}
 	if a.DataDir == "" {
 		a.DataDir = filepath.Join(caddy.AppDataDir(), "quota", a.NodeID)
+		a.defaultDataDir = true
 	}
 	if a.RaftAddress == "" {
 		a.RaftAddress = "127.0.0.1:7000"
@@ -228,6 +237,7 @@ func (a *App) identity() identity {
 // Start opens the node, or takes over the one a previous config opened.
 func (a *App) Start() error {
 	v, loaded, err := nodes.LoadOrNew(nodeKey, func() (caddy.Destructor, error) {
+		a.warnOrphanedState()
 		n := &node{identity: a.identity(), cfg: a.cfg}
 		cfg := a.cfg
 		if a.TLS != nil {
@@ -270,11 +280,35 @@ func (a *App) Start() error {
 		a.logger.Info("reloaded tls certificates for new connections between nodes")
 	}
 	a.node.Store(n)
+	close(a.ready)
 	if !loaded {
 		a.logger.Info("raft node started",
 			zap.String("node_id", a.NodeID), zap.String("raft_address", n.store.Addr()), zap.String("data_dir", a.DataDir))
 	}
 	return nil
+}
+
+// warnOrphanedState says so when this node's default data dir is new but
+// the default data dir of another node id holds state: a changed node_id
+// would otherwise quietly start an empty cluster, all tokens out of view.
+func (a *App) warnOrphanedState() {
+	if !a.defaultDataDir || hasRaftState(a.DataDir) {
+		return
+	}
+	parent := filepath.Dir(a.DataDir)
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		other := filepath.Join(parent, e.Name())
+		if e.IsDir() && other != a.DataDir && hasRaftState(other) {
+			a.logger.Warn("this node's data dir is new, but another node id's data dir holds a cluster's state; if node_id changed by mistake, change it back",
+				zap.String("node_id", a.NodeID), zap.String("data_dir", a.DataDir), zap.String("data_dir_with_state", other), zap.String("its_node_id", e.Name()))
+		}
+	}
+}
+
+func hasRaftState(dir string) bool {
+	st, err := os.Stat(filepath.Join(dir, "raft.db"))
+	return err == nil && st.Size() > 0
 }
 
 // restartOnly names the settings that differ between the running node's
@@ -300,14 +334,33 @@ func restartOnly(running, next raftstore.Config) []string {
 	return changed
 }
 
-// Stop lets go of the node. It closes only when no config holds it, i.e. on
-// shutdown, never on a reload.
-func (a *App) Stop() error {
+// Stop does nothing: the node must outlive the HTTP servers, which Caddy
+// may stop after this app and which finish their requests in flight first.
+// Cleanup, which Caddy runs once every app has stopped, lets go of it.
+func (a *App) Stop() error { return nil }
+
+// Cleanup lets go of the node. It closes only when no config holds it,
+// i.e. on shutdown, never on a reload: then it hands leadership to another
+// voter and lets the operations it accepted finish before stopping.
+func (a *App) Cleanup() error {
 	if a.node == nil || a.node.Swap(nil) == nil {
 		return nil
 	}
 	_, err := nodes.Delete(nodeKey)
 	return err
+}
+
+// waitStore returns the running store, waiting for Start while ctx lasts.
+func (a *App) waitStore(ctx context.Context) *raftstore.Store {
+	if s := a.store(); s != nil {
+		return s
+	}
+	select {
+	case <-a.ready:
+		return a.store()
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 // store returns the running store, or nil before Start.
@@ -334,5 +387,6 @@ func currentStore() *raftstore.Store {
 var (
 	_ caddy.App         = (*App)(nil)
 	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 	_ caddy.Destructor  = (*node)(nil)
 )

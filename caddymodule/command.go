@@ -16,12 +16,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/raftquota/raftquota/internal/clustercert"
+	"github.com/raftquota/raftquota/raftstore"
 )
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "quota",
-		Usage: "certs|token|cluster ...",
+		Usage: "certs|token|cluster|member|health|backup|restore ...",
 		Short: "Makes cluster certificates and manages raftquota tokens",
 		Long: `
 Makes the certificates a raftquota cluster's nodes use to authenticate each
@@ -35,9 +36,15 @@ need no hand-written curl.
   caddy quota token update-limit team-a --limit 200
   caddy quota token revoke|reactivate|reset|delete team-a
   caddy quota cluster
+  caddy quota member add node4 127.0.0.1:7004
+  caddy quota member remove node4
+  caddy quota health
+  caddy quota backup quota.backup
+  caddy quota restore quota.backup --data-dir DIR --node-id node1 --peer node1=127.0.0.1:7001 ...
 
-Token and cluster commands talk to the admin endpoint given by --address
-(default: Caddy's, localhost:2019).`,
+Token, cluster, member, health and backup commands talk to the admin
+endpoint given by --address (default: Caddy's, localhost:2019). restore
+works offline, on a data dir of a node that is not running.`,
 		CobraFunc: quotaCommand,
 	})
 }
@@ -135,7 +142,95 @@ func quotaCommand(cmd *cobra.Command) {
 	cluster := &cobra.Command{Use: "cluster", Short: "Shows the leader and members", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
 		return adminCall(address, http.MethodGet, "/quota/cluster", nil)
 	}}
-	cmd.AddCommand(certs, token, cluster)
+	member := &cobra.Command{Use: "member", Short: "Adds or removes a voter"}
+	member.AddCommand(
+		&cobra.Command{Use: "add ID ADDRESS", Short: "Adds a voter (start it with join first)", Args: cobra.ExactArgs(2), RunE: func(_ *cobra.Command, args []string) error {
+			return adminCall(address, http.MethodPost, "/quota/cluster/members", map[string]string{"id": args[0], "address": args[1]})
+		}},
+		&cobra.Command{Use: "remove ID", Short: "Removes a member", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			return adminCall(address, http.MethodDelete, "/quota/cluster/members/"+url.PathEscape(args[0]), nil)
+		}},
+	)
+	health := &cobra.Command{Use: "health", Short: "Says whether the node can decide (exit status 1 when not)", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
+		return adminCall(address, http.MethodGet, "/quota/health", nil)
+	}}
+	backup := &cobra.Command{Use: "backup FILE", Short: "Writes a consistent backup of the cluster's state to FILE", Args: cobra.ExactArgs(1)}
+	backup.RunE = func(_ *cobra.Command, args []string) error {
+		return backupTo(address, args[0])
+	}
+	restore := &cobra.Command{Use: "restore FILE --data-dir DIR --node-id ID --peer ID=ADDRESS ...", Short: "Seeds an empty data dir from a backup, as a node of a new cluster", Args: cobra.ExactArgs(1)}
+	dataDir := restore.Flags().String("data-dir", "", "the node's data dir (data_dir in its config); must be empty")
+	nodeID := restore.Flags().String("node-id", "", "the node's id (node_id in its config)")
+	peers := restore.Flags().StringArray("peer", nil, "a voter of the new cluster, ID=HOST:PORT; repeat for each, this node included")
+	restore.RunE = func(_ *cobra.Command, args []string) error {
+		return restoreFrom(args[0], *dataDir, *nodeID, *peers)
+	}
+	cmd.AddCommand(certs, token, cluster, member, health, backup, restore)
+}
+
+// backupTo saves a backup from the admin API into file, written to a
+// temporary name first so a failed backup never leaves a partial file.
+func backupTo(address, file string) error {
+	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
+	if err != nil {
+		return err
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodGet, "/quota/backup", nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	tmp := file + ".partial"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		var in *os.File
+		if in, err = os.Open(tmp); err == nil {
+			var info raftstore.BackupInfo
+			info, _, _, err = raftstore.ReadBackup(in)
+			in.Close()
+			if err == nil {
+				fmt.Printf("backup of %d tokens (log index %d, from %s) written to %s\n", info.Tokens, info.Index, info.NodeID, file)
+			}
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("backup: %w", err)
+	}
+	return os.Rename(tmp, file)
+}
+
+func restoreFrom(file, dataDir, nodeID string, peerArgs []string) error {
+	if dataDir == "" || nodeID == "" || len(peerArgs) == 0 {
+		return errors.New("give --data-dir, --node-id and a --peer ID=ADDRESS for every voter of the new cluster")
+	}
+	var peers []raftstore.Peer
+	for _, p := range peerArgs {
+		id, addr, ok := strings.Cut(p, "=")
+		if !ok || id == "" || addr == "" {
+			return fmt.Errorf("--peer %q: write ID=HOST:PORT, e.g. node1=127.0.0.1:7001", p)
+		}
+		peers = append(peers, raftstore.Peer{ID: id, Address: addr})
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := raftstore.RestoreBackup(f, dataDir, nodeID, peers)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: seeded %s with %d tokens from %s (taken %s); start the node with this data_dir and node_id\n",
+		nodeID, dataDir, info.Tokens, file, info.CreatedAt.Format(time.RFC3339))
+	return nil
 }
 
 // adminCall sends one request to the admin API and prints the answer.

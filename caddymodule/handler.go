@@ -77,8 +77,9 @@ type Handler struct {
 	// retries included. Default 3s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	app    *App
-	logger *zap.Logger
+	app     *App
+	logger  *zap.Logger
+	denials *denialLog
 }
 
 // CaddyModule returns the Caddy module information.
@@ -93,6 +94,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // defaults when the config has none, for the single-node embedded setup).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.denials = newDenialLog()
 	if h.Cost == 0 {
 		h.Cost = 1
 	}
@@ -137,28 +139,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	key := repl.ReplaceAll(h.Key, "")
 	if key == "" {
-		return h.deny(w, r, repl, http.StatusUnauthorized, "missing-key", "Missing quota token", "The request carries no quota token.", "", nil)
+		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing-key", "Missing quota token", "The request carries no quota token.")
 	}
 	if raftstore.ValidateName(key) != nil {
-		return h.deny(w, r, repl, http.StatusUnauthorized, "invalid-key", "Invalid quota token", "The quota token is not well-formed.", "", nil)
+		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid-key", "Invalid quota token", "The quota token is not well-formed.")
 	}
 	var bytes int64
 	if h.Bytes != "" {
 		v := repl.ReplaceAll(h.Bytes, "")
 		if v == "" {
-			return h.deny(w, r, repl, http.StatusLengthRequired, "length-required", "Length required", "This route charges bytes and needs the upload's length up front.", "", nil)
+			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length-required", "Length required", "This route charges bytes and needs the upload's length up front.")
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return h.deny(w, r, repl, http.StatusBadRequest, "bad-length", "Bad length", "The upload's declared length is not a non-negative integer.", "", nil)
+			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad-length", "Bad length", "The upload's declared length is not a non-negative integer.")
 		}
 		bytes = n
 		// A body longer than what was charged must not get through.
 		r.Body = http.MaxBytesReader(w, r.Body, n)
 	}
 
-	store := h.app.store()
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
+	// A node that is still starting holds the request until it can decide.
+	store := h.app.waitStore(ctx)
 	if store == nil {
+		cancel()
 		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
 	}
 	fp := store.Fingerprint(key) // the raw key is never logged
@@ -171,7 +176,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	start := time.Now()
 	var d raftstore.Decision
 	var err error
@@ -183,6 +187,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	cancel()
 	consumeSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
+		if !h.CheckOnly && h.OnUnavailable != "allow" {
+			// The consume may have been applied without this node learning
+			// of it. The client is told it failed, so take the charge back:
+			// a refund by the same id undoes it, or, if the consume is
+			// applied later, makes it charge nothing.
+			h.refund(store, id, fp, http.StatusServiceUnavailable, err)
+		}
 		return h.unavailable(w, r, next, repl, fp, err)
 	}
 
@@ -226,22 +237,27 @@ func (h *Handler) refund(store *raftstore.Store, id raftstore.RequestID, fp stri
 func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, d raftstore.Decision) error {
 	// Limit exceedances are what operators watch for, at WARN. Unknown,
 	// revoked and expired tokens are ordinary refusals (and a flood of
-	// random keys must not flood the log at WARN), so they go at INFO.
+	// random keys must not flood the log at WARN), so they go at INFO,
+	// within a shared budget of lines.
 	level, msg := zap.InfoLevel, "quota denied"
 	if d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted {
 		level, msg = zap.WarnLevel, "quota exceeded"
 	}
-	h.logger.Log(level, msg,
-		zap.String("token_fingerprint", fp),
-		zap.String("reason", string(d.Reason)),
-		zap.Int64("usage_count", d.UsageCount),
-		zap.Int64("usage_limit", d.UsageLimit),
-		zap.Int64("bytes_used", d.BytesUsed),
-		zap.Int64("bytes_limit", d.BytesLimit),
-		zap.Bool("check_only", h.CheckOnly),
-		zap.Bool("dry_run", h.DryRun),
-		zap.String("remote_ip", remoteIP(r)),
-		zap.String("route", route(r)))
+	if ok, heldBack, unlogged := h.denials.admit(fp+"/"+string(d.Reason), level == zap.InfoLevel, time.Now()); ok {
+		h.logger.Log(level, msg,
+			zap.String("token_fingerprint", fp),
+			zap.String("reason", string(d.Reason)),
+			zap.Int64("usage_count", d.UsageCount),
+			zap.Int64("usage_limit", d.UsageLimit),
+			zap.Int64("bytes_used", d.BytesUsed),
+			zap.Int64("bytes_limit", d.BytesLimit),
+			zap.Bool("check_only", h.CheckOnly),
+			zap.Bool("dry_run", h.DryRun),
+			zap.String("remote_ip", remoteIP(r)),
+			zap.String("route", route(r)),
+			zap.Int("repeats_not_logged", heldBack),
+			zap.Int("other_denials_not_logged", unlogged))
+	}
 	if h.DryRun {
 		countDecision("dry_run", string(d.Reason))
 		return next.ServeHTTP(w, r)
@@ -279,6 +295,30 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddy
 	w.Header().Set("Retry-After", "1")
 	return h.deny(w, r, repl, http.StatusServiceUnavailable, "unavailable", "Quota service unavailable",
 		"The quota cluster could not decide in time; retry shortly.", "", nil)
+}
+
+// refuse answers a request refused before the cluster was asked (no key, a
+// malformed key, no or a bad length): counted, logged within the denial
+// log's budget, and with dry_run let through like any other denial.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, status int, kind, title, detail string) error {
+	reason := strings.ReplaceAll(kind, "-", "_")
+	if ok, heldBack, unlogged := h.denials.admit("/"+reason, true, time.Now()); ok {
+		h.logger.Info("quota denied",
+			zap.String("reason", reason),
+			zap.Bool("dry_run", h.DryRun),
+			zap.String("remote_ip", remoteIP(r)),
+			zap.String("route", route(r)),
+			zap.Int("repeats_not_logged", heldBack),
+			zap.Int("other_denials_not_logged", unlogged))
+	}
+	if h.DryRun {
+		countDecision("dry_run", reason)
+		repl.Set("http.quota.decision", "denied")
+		repl.Set("http.quota.reason", kind)
+		return next.ServeHTTP(w, r)
+	}
+	countDecision("denied", reason)
+	return h.deny(w, r, repl, status, kind, title, detail, "", nil)
 }
 
 // problem is an RFC 9457 problem details body.

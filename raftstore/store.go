@@ -769,3 +769,9 @@ func (s *Store) Health(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Leader returns the id of the leader this node knows of, or "".
+func (s *Store) Leader() string {
+	_, id := s.raft.LeaderWithID()
+	return string(id)
+}

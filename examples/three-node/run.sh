@@ -8,12 +8,45 @@
 #   node3  127.0.0.1:8083   127.0.0.1:2023   127.0.0.1:7003
 #   storage 127.0.0.1:9000
 #
+# When a node dies (try `kill -9`), the others and storage keep running and
+# this script says which one died. Start it again from another terminal:
+#
+#   ./run.sh start node2
+#
+# which asks this script to start node2 again (so Ctrl-C here still stops
+# it); the node rejoins the cluster from its data dir. With no run.sh in the
+# foreground, `./run.sh start node2` runs the node itself, in the foreground.
+#
 # Data lives under examples/three-node/data/. Set CADDY to use a binary you
 # built already; otherwise this builds one from ./cmd/caddy.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 mkdir -p data
+members=(storage node1 node2 node3)
+
+config_of() {
+	case "$1" in
+	storage | node1 | node2 | node3) echo "$1.Caddyfile" ;;
+	*) return 1 ;;
+	esac
+}
+
+if [[ "${1:-}" == "start" ]]; then
+	name="${2:-}"
+	if ! config_of "$name" >/dev/null; then
+		echo "usage: $0 start node1|node2|node3|storage" >&2
+		exit 2
+	fi
+	if [[ -f data/run.pid ]] && kill -0 "$(cat data/run.pid)" 2>/dev/null; then
+		touch "data/start-$name"
+		kill -USR1 "$(cat data/run.pid)"
+		echo "asked run.sh (pid $(cat data/run.pid)) to start $name" >&2
+		exit 0
+	fi
+	caddy="${CADDY:-$here/data/caddy}"
+	exec "$caddy" run --config "$(config_of "$name")" --adapter caddyfile
+fi
 
 caddy="${CADDY:-}"
 if [[ -z "$caddy" ]]; then
@@ -27,22 +60,54 @@ if [[ ! -f data/certs/ca.pem ]]; then
 	"$caddy" quota certs --dir data/certs node1=127.0.0.1 node2=127.0.0.1 node3=127.0.0.1 >/dev/null
 fi
 
-pids=()
+declare -A pids=()
+start() {
+	"$caddy" run --config "$(config_of "$1")" --adapter caddyfile &
+	pids[$1]=$!
+}
+
+stopping=0
 stop() {
-	trap - INT TERM EXIT
+	stopping=1
+	trap - INT TERM EXIT USR1
 	echo "stopping..." >&2
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for name in "${!pids[@]}"; do kill -TERM "${pids[$name]}" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	rm -f data/run.pid data/start-*
 }
 trap stop INT TERM EXIT
+# `run.sh start NAME` leaves data/start-NAME and sends USR1.
+trap : USR1
 
-"$caddy" run --config storage.Caddyfile --adapter caddyfile &
-pids+=($!)
-for i in 1 2 3; do
-	"$caddy" run --config "node$i.Caddyfile" --adapter caddyfile &
-	pids+=($!)
-done
-
+rm -f data/start-*
+echo $$ >data/run.pid
+for name in "${members[@]}"; do start "$name"; done
 echo "three nodes on :8081 :8082 :8083, storage on :9000; Ctrl-C stops them" >&2
-# Exit (and stop the rest) as soon as any of them exits.
-wait -n "${pids[@]}"
+
+while ((!stopping)); do
+	for req in data/start-*; do
+		[[ -e "$req" ]] || continue
+		rm -f "$req"
+		name="${req#data/start-}"
+		if [[ -n "${pids[$name]:-}" ]]; then
+			echo "$name is already running (pid ${pids[$name]})" >&2
+		elif config_of "$name" >/dev/null; then
+			echo "starting $name again" >&2
+			start "$name"
+		fi
+	done
+	if ((${#pids[@]} == 0)); then
+		sleep 1 || true
+		continue
+	fi
+	died=""
+	status=0
+	wait -n -p died "${pids[@]}" || status=$?
+	[[ -n "${died:-}" ]] || continue # woken by a start request
+	for name in "${!pids[@]}"; do
+		if [[ "${pids[$name]}" == "$died" ]]; then
+			unset "pids[$name]"
+			echo "$name died (exit status $status); the others keep running. Start it again with: $0 start $name" >&2
+		fi
+	done
+done
