@@ -385,8 +385,8 @@ func currentStore() *raftstore.Store {
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
-	_ caddy.Destructor  = (*node)(nil)
+	_ caddy.Destructor   = (*node)(nil)
 )

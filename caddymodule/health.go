@@ -2,9 +2,9 @@ package caddymodule
 
 import (
 	"context"
-	"time"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
