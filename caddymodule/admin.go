@@ -278,7 +278,7 @@ func decodeBody(r *http.Request, v any) error {
 
 func storeError(err error) error {
 	switch {
-	case errors.Is(err, raftstore.ErrNotFound):
+	case errors.Is(err, raftstore.ErrNotFound), errors.Is(err, raftstore.ErrNoMember):
 		return apiError(http.StatusNotFound, err)
 	case errors.Is(err, raftstore.ErrExists):
 		return apiError(http.StatusConflict, err)

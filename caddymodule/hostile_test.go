@@ -2,11 +2,15 @@ package caddymodule
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,10 +139,15 @@ func TestHostileLengths(t *testing.T) {
 	}
 }
 
+// TestUnknownTokenFloodLeavesNoTrace: a flood of random unknown keys adds
+// no state, writes a bounded number of log lines, and is counted exactly.
 func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
 	startCaddy(t)
 	before := len(listTokens(t))
-	for i := 0; i < 300; i++ {
+	logBefore := logSize(t)
+	countBefore := metricValue(t, `raftquota_decisions_total{reason="unknown",result="denied"}`)
+	const flood = 1500
+	for i := 0; i < flood; i++ {
 		if resp := upload(t, "/up/b/flood", fmt.Sprintf("random-key-%d", i), "x"); resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("unknown token: %d", resp.StatusCode)
 		}
@@ -146,6 +155,37 @@ func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
 	if after := len(listTokens(t)); after != before {
 		t.Fatalf("tokens %d -> %d after a flood of unknown keys", before, after)
 	}
+	logs, err := os.ReadFile(filepath.Join(testDir, "caddy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Count(logs[logBefore:], []byte(`"reason":"unknown"`))
+	t.Logf("%d unknown-token requests wrote %d log lines", flood, lines)
+	if lines == 0 || lines > 2*denialLogBudget {
+		t.Fatalf("%d log lines for %d denials: want at least one and at most %d", lines, flood, 2*denialLogBudget)
+	}
+	if got := metricValue(t, `raftquota_decisions_total{reason="unknown",result="denied"}`) - countBefore; got != flood {
+		t.Fatalf("decisions_total counted %v unknown-token denials, want %d", got, flood)
+	}
+}
+
+func logSize(t *testing.T) int {
+	st, err := os.Stat(filepath.Join(testDir, "caddy.log"))
+	if err != nil {
+		return 0
+	}
+	return int(st.Size())
+}
+
+// metricValue reads one series' value from /metrics (0 when absent).
+func metricValue(t *testing.T, series string) float64 {
+	for _, line := range strings.Split(string(scrapeMetrics(t)), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
 
 func listTokens(t *testing.T) []any {

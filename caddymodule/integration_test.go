@@ -16,7 +16,9 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/raftquota/raftquota/raftstore"
 )
 
 // One Caddy runs in this test process (caddytest starts it), and so one
@@ -404,6 +406,64 @@ func TestCheckOnlyAndDryRun(t *testing.T) {
 	}
 	if resp := upload(t, "/dry/x", "no-such-token", ""); resp.StatusCode != 200 {
 		t.Fatalf("dry_run blocked an unknown token: %d", resp.StatusCode)
+	}
+	// Rolling out in dry-run must not lock out clients not yet sending a key.
+	if resp := upload(t, "/dry/x", "", ""); resp.StatusCode != 200 {
+		t.Fatalf("dry_run blocked a request without a key: %d", resp.StatusCode)
+	}
+	if resp := upload(t, "/dry/x", "bad key!", ""); resp.StatusCode != 200 {
+		t.Fatalf("dry_run blocked a malformed key: %d", resp.StatusCode)
+	}
+}
+
+// TestHealthAndBackupRoutes: the admin endpoint's health route and the
+// quota_health site handler answer 200 on a node that can decide, and the
+// backup route returns a backup with every token.
+func TestHealthAndBackupRoutes(t *testing.T) {
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tester.InitServer(config("", uploadRoutes()+`
+	handle /healthz {
+		quota_health
+	}`), "caddyfile")
+	mustCreate(t, `{"name":"tok-backup","usage_limit":5}`)
+	upload(t, "/up/b/bk", "tok-backup", "x")
+	code, out := admin(t, "GET", "/quota/health", "")
+	if code != http.StatusOK || out["status"] != "ok" || out["node_id"] != "test1" {
+		t.Fatalf("admin health: %d %v", code, out)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"status":"ok"`)) {
+		t.Fatalf("site health: %d %s", resp.StatusCode, body)
+	}
+
+	resp, err = http.Get(fmt.Sprintf("http://localhost:%d/quota/backup", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("backup: %d", resp.StatusCode)
+	}
+	_, toks, _, err := raftstore.ReadBackup(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, tok := range toks {
+		if tok.Name == "tok-backup" {
+			found = tok.UsageCount == 1
+		}
+	}
+	if !found {
+		t.Fatalf("backup lacks tok-backup with usage 1: %v", toks)
+	}
+	if code, _ := admin(t, "POST", "/quota/backup", ""); code != http.StatusMethodNotAllowed {
+		t.Fatalf("POST backup: %d", code)
 	}
 }
 

@@ -370,7 +370,7 @@ func TestJoinAndRemoveMember(t *testing.T) {
 	if err := follower.Remove(ctx, "node4"); err != nil {
 		t.Fatal(err)
 	}
-	if err := follower.Remove(ctx, "node4"); !errors.Is(err, ErrNotFound) {
+	if err := follower.Remove(ctx, "node4"); !errors.Is(err, ErrNoMember) {
 		t.Fatalf("removing twice: %v", err)
 	}
 	// A follower learns of the new configuration shortly after the leader.

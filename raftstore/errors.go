@@ -17,6 +17,8 @@ var (
 	// deadline. For a consume this may be ambiguous: retrying with the same
 	// request id is safe and returns the first outcome if there was one.
 	ErrUnavailable = errors.New("quota cluster unavailable")
+	// ErrNoMember: no cluster member has that id.
+	ErrNoMember = errors.New("no such cluster member")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("quota store closed")
 
@@ -39,6 +41,7 @@ const (
 	codeNotLeader
 	codeUnavailable
 	codeClosed
+	codeNoMember
 )
 
 func codeOf(err error) errCode {
@@ -55,6 +58,8 @@ func codeOf(err error) errCode {
 		return codeNotLeader
 	case errors.Is(err, ErrClosed):
 		return codeClosed
+	case errors.Is(err, ErrNoMember):
+		return codeNoMember
 	default:
 		return codeUnavailable
 	}
@@ -76,6 +81,8 @@ func errorFrom(code errCode, msg string) error {
 		base = errNotLeader
 	case codeClosed:
 		base = ErrClosed
+	case codeNoMember:
+		base = ErrNoMember
 	default:
 		base = ErrUnavailable
 	}

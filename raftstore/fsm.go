@@ -13,9 +13,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultDedupSize is how many request ids the FSM remembers. Each entry costs
-// about 165 bytes (see BenchmarkDedupMemory), so the default holds about
-// 170 MB at most per node.
+// DefaultDedupSize is how many request ids the FSM remembers until the
+// cluster sets another size. Each entry costs about 115 bytes (see
+// BenchmarkDedupMemory), so the default holds about 120 MB at most per node.
 const DefaultDedupSize = 1 << 20
 
 // dedupEntry is the first outcome of a request id. Its fields are ordered

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -242,4 +243,97 @@ func TestBatcherAnswersEverythingItAccepted(t *testing.T) {
 		t.Fatalf("do after close: %v", err)
 	}
 	_ = fmt.Sprint()
+}
+
+// TestMembershipChangesUnderLoad adds a fourth voter and then removes the
+// leader while clients consume through the nodes that stay: no request
+// fails, nothing is admitted past the limit, and usage equals what was
+// answered allowed. The even-sized voter set in between is warned about.
+func TestMembershipChangesUnderLoad(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	c := newTestClusterWith(t, 3, zap.New(core), nil)
+	ctx := ctxT(t, 60*time.Second)
+	const limit = 1500
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "m", UsageLimit: limit}); err != nil {
+		t.Fatal(err)
+	}
+	gone := c.leaderIndex()
+	var stay []*Store
+	for i, s := range c.nodes {
+		if i != gone {
+			stay = append(stay, s)
+		}
+	}
+	l, err := NewTCPStreamLayer("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n4, err := Open(Config{NodeID: "node4", DataDir: filepath.Join(c.dir, "node4"), Stream: l, NoBootstrap: true, Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n4.Close()
+
+	var allowed, denied, failed atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d, err := stay[w%len(stay)].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "m", Units: 1})
+				switch {
+				case err != nil:
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				case d.Allowed:
+					allowed.Add(1)
+				default:
+					denied.Add(1)
+				}
+			}
+		}(w)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := stay[0].Join(ctx, "node4", n4.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := stay[1].Remove(ctx, fmt.Sprintf("node%d", gone+1)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	c.stop(gone)
+	c.nodes[gone] = nil
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	if failed.Load() > 0 {
+		t.Fatalf("%d consumes failed during membership changes, e.g. %v", failed.Load(), firstErr.Load())
+	}
+	tok, err := n4.Token(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d allowed, %d denied, usage %d", allowed.Load(), denied.Load(), tok.UsageCount)
+	if allowed.Load() > limit || tok.UsageCount != allowed.Load() {
+		t.Fatalf("allowed %d, usage %d, limit %d", allowed.Load(), tok.UsageCount, limit)
+	}
+	even := 0
+	for _, e := range logs.All() {
+		if e.ContextMap()["tolerated_failures"] != nil {
+			even++
+		}
+	}
+	if even == 0 {
+		t.Fatal("four voters, and no warning about an even-sized voter set")
+	}
 }

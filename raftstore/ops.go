@@ -244,7 +244,7 @@ func (s *Store) changeMember(args *MemberArgs) error {
 			known = known || string(srv.ID) == args.ID
 		}
 		if !known {
-			return fmt.Errorf("%w: no member %q", ErrNotFound, args.ID)
+			return fmt.Errorf("%w: %q", ErrNoMember, args.ID)
 		}
 		f = s.raft.RemoveServer(raft.ServerID(args.ID), 0, s.cfg.ApplyTimeout)
 	}

@@ -44,6 +44,8 @@ func TestOperatorCommands(t *testing.T) {
 		{0, []string{"token", "show", "op-token"}, "HTTP 404", true},
 		{0, []string{"token", "create", "bad name"}, "HTTP 400", true},
 		{0, []string{"token", "update-limit", "x"}, "give --limit", true},
+		{1, []string{"health"}, `"status": "ok"`, false},
+		{2, []string{"member", "remove", "nosuch"}, "no such cluster member", true},
 	}
 	for _, s := range steps {
 		out, err := c.quota(s.node, s.args...)
@@ -103,9 +105,10 @@ func TestCertificateRotationByReload(t *testing.T) {
 	}
 }
 
-// TestJoinThroughAdminAPI adds a fourth node, started with `join`, through
-// POST /quota/cluster/members on a node, uploads through it, and removes it.
-func TestJoinThroughAdminAPI(t *testing.T) {
+// TestJoinWithMemberCommand adds a fourth node, started with `join`, with
+// `caddy quota member add` on a follower, uploads through it, and removes it
+// with `caddy quota member remove`.
+func TestJoinWithMemberCommand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary")
 	}
@@ -142,21 +145,16 @@ func TestJoinThroughAdminAPI(t *testing.T) {
 	c.writeFile("node4.Caddyfile", cfg)
 	spawn(t, c.dir, "node4", "run", "--config", filepath.Join(c.dir, "node4.Caddyfile"), "--adapter", "caddyfile")
 
-	admin := func(method, url, body string) int {
-		req, _ := http.NewRequest(method, url, strings.NewReader(body))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
 	// Ask a node that is not the leader, so the join is forwarded.
-	asked := c.adminURL((c.leader() + 1) % nodes)
+	asked := (c.leader() + 1) % nodes
 	deadline := time.Now().Add(30 * time.Second)
-	for admin("POST", asked+"/quota/cluster/members", fmt.Sprintf(`{"id":"node4","address":%q}`, raftAddr)) != http.StatusOK {
+	for {
+		out, err := c.quota(asked, "member", "add", "node4", raftAddr)
+		if err == nil {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("join did not succeed")
+			t.Fatalf("caddy quota member add: %v\n%s", err, out)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -177,11 +175,11 @@ func TestJoinThroughAdminAPI(t *testing.T) {
 	if got := c.usage("join-token"); got != 1 {
 		t.Fatalf("usage %d after one upload through node4", got)
 	}
-	if code := admin("DELETE", asked+"/quota/cluster/members/node4", ""); code != http.StatusNoContent {
-		t.Fatalf("removing node4: %d", code)
+	if out, err := c.quota(asked, "member", "remove", "node4"); err != nil {
+		t.Fatalf("caddy quota member remove: %v\n%s", err, out)
 	}
-	if code := admin("DELETE", asked+"/quota/cluster/members/node4", ""); code != http.StatusNotFound {
-		t.Fatalf("removing node4 twice: %d", code)
+	if out, err := c.quota(asked, "member", "remove", "node4"); err == nil || !strings.Contains(out, "HTTP 404") {
+		t.Fatalf("removing node4 twice: %v\n%s", err, out)
 	}
 }
 

@@ -1,0 +1,176 @@
+package robustness
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syncBuffer collects a process's output for the test to read while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRunScriptSurvivesANodesDeath runs examples/three-node/run.sh as
+// shipped (copied next to its Caddyfiles, with ports moved to free ones):
+// kill -9 of the leader leaves the others and storage serving, the script
+// says which node died and how to start it, `run.sh start NODE` brings it
+// back into the cluster, and SIGTERM to the script stops everything.
+func TestRunScriptSurvivesANodesDeath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary")
+	}
+	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
+	for i := 1; i <= nodes; i++ {
+		for _, p := range []string{"808", "202", "700"} {
+			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
+		}
+	}
+	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
+		c.writeFile(name, c.template(name))
+	}
+	script, err := os.ReadFile(filepath.Join("..", "examples", "three-node", "run.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.dir, "run.sh"), script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "CADDY="+binary, "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg"))
+	run := exec.Command("bash", "./run.sh")
+	run.Dir, run.Env = c.dir, env
+	var out syncBuffer
+	run.Stdout, run.Stderr = &out, &out
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- run.Wait() }()
+	t.Cleanup(func() {
+		run.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			run.Process.Kill()
+		}
+		if t.Failed() {
+			s := out.String()
+			t.Logf("--- run.sh output (tail) ---\n%s", s[max(0, len(s)-3000):])
+		}
+	})
+	for i := 0; i < nodes; i++ {
+		c.waitNodeHealthy(i, 60*time.Second)
+	}
+	c.createToken("ex", 0)
+	ci, err := c.info(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leader int
+	fmt.Sscanf(ci.Leader, "node%d", &leader)
+	leader--
+
+	pid := nodePID(t, c.dir, fmt.Sprintf("node%d.Caddyfile", leader+1))
+	syscall.Kill(pid, syscall.SIGKILL)
+	want := fmt.Sprintf("node%d died", leader+1)
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(out.String(), want) })
+	if !strings.Contains(out.String(), fmt.Sprintf("run.sh start node%d", leader+1)) {
+		t.Fatalf("run.sh did not say how to start node%d again", leader+1)
+	}
+	for i := 0; i < nodes; i++ {
+		if i == leader {
+			continue
+		}
+		waitFor(t, 10*time.Second, func() bool { return upload(c, i, "ex", fmt.Sprintf("after-kill-%d", i)) == http.StatusOK })
+	}
+
+	start := exec.Command("bash", "./run.sh", "start", fmt.Sprintf("node%d", leader+1))
+	start.Dir, start.Env = c.dir, env
+	if b, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("run.sh start: %v\n%s", err, b)
+	}
+	c.waitNodeHealthy(leader, 30*time.Second)
+	if code := upload(c, leader, "ex", "after-restart"); code != http.StatusOK {
+		t.Fatalf("restarted node answered %d", code)
+	}
+	if n := c.usage("ex"); n != nodes {
+		t.Fatalf("usage %d, want %d", n, nodes)
+	}
+
+	run.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("run.sh did not stop on SIGTERM")
+	}
+	for _, p := range []string{"8081", "8082", "8083", "9000"} {
+		if conn, err := net.DialTimeout("tcp", "127.0.0.1:"+c.ports[p], time.Second); err == nil {
+			conn.Close()
+			t.Errorf("port %s still served after run.sh stopped", p)
+		}
+	}
+}
+
+func upload(c *cluster, i int, token, object string) int {
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/upload/ex/%s", c.httpURL(i), object), strings.NewReader(object))
+	req.Header.Set("X-Quota-Token", token)
+	cl := http.Client{Timeout: 10 * time.Second}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func waitFor(t *testing.T, d time.Duration, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatalf("condition not met within %s", d)
+}
+
+// nodePID finds the caddy process run.sh started with config in dir.
+func nodePID(t *testing.T, dir, config string) int {
+	t.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		args := strings.Split(string(cmdline), "\x00")
+		if cwd == dir && len(args) > 0 && args[0] == binary && strings.Contains(string(cmdline), "\x00"+config+"\x00") {
+			return pid
+		}
+	}
+	t.Fatalf("no caddy process for %s", config)
+	return 0
+}
