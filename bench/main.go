@@ -31,6 +31,7 @@ func main() {
 	cell := flag.Duration("duration", 5*time.Second, "how long each measurement runs")
 	smoke := flag.Bool("smoke", false, "tiny run: one client count, short cells, small scale")
 	skipScale := flag.Bool("skip-scale", false, "skip the scale measurements")
+	scaleOnly := flag.Bool("scale-only", false, "run only the scale measurements")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tier-1 raftquota 3-node hot run at 64 clients")
 	flag.Parse()
 
@@ -43,6 +44,7 @@ func main() {
 		clients, tier2Clients, scaleSizes, spreadKeys, catchUpBehind = []int{16}, []int{16}, []int{1000}, 100, 1000
 		*cell = 300 * time.Millisecond
 	}
+
 	work, err := os.MkdirTemp("", "raftquota-bench-")
 	check(err)
 	defer os.RemoveAll(work)
@@ -69,6 +71,9 @@ func main() {
 		{"Redis 1-node fsync always", func(dir string) (system, error) { return newRedis(dir) }},
 	}
 	for i, f := range factories {
+		if *scaleOnly {
+			break
+		}
 		for _, wl := range []struct {
 			name string
 			keys int
@@ -109,6 +114,9 @@ func main() {
 		check(err)
 	}})
 	for _, mode := range []string{"plain", "quota1", "quota3"} {
+		if *scaleOnly {
+			break
+		}
 		for _, size := range []int{1 << 10, 1 << 20} {
 			label := "1 KiB"
 			if size == 1<<20 {
@@ -145,7 +153,8 @@ func main() {
 				r, err := measureScale(dir, n, func(s string) { fmt.Fprintf(os.Stderr, "  %s...\n", s) })
 				check(err)
 				scales = append(scales, r)
-				fmt.Fprintf(os.Stderr, "  → RSS +%.0f MB, snapshot %s, restore %s\n", r.RSSMB, r.Snapshot.Round(time.Millisecond), r.Restore.Round(time.Millisecond))
+				fmt.Fprintf(os.Stderr, "  → RSS +%.0f MB, snapshot %s, restore %s; decision p99 %s quiet, %s during %d snapshots\n", r.RSSMB, r.Snapshot.Round(time.Millisecond), r.Restore.Round(time.Millisecond),
+					r.Quiet.P99.Round(10*time.Microsecond), r.DuringSnapshots.P99.Round(10*time.Microsecond), r.SnapshotsTaken)
 			}})
 		}
 		steps = append(steps, step{fmt.Sprintf("catch-up after %d missed consumes", catchUpBehind), 20 * time.Second, func() {

@@ -62,6 +62,11 @@ func writeReport(dir string, env string, tier1, tier2 []result, scales []scaleRe
 		for _, s := range scales {
 			fmt.Fprintf(&b, "| %d | %d | %.0f | %.0f | %.1f | %.2f | %.2f |\n", s.Tokens, s.DedupEntries, s.RSSMB, s.HeapMB, s.FillSeconds, s.Snapshot.Seconds(), s.Restore.Seconds())
 		}
+		b.WriteString("\n#### Decisions while snapshots are taken (one node, 16 clients, 5 s each)\n\n| tokens | quiet p50 / p99 / max ms | snapshots back to back: p50 / p99 / max ms | snapshots taken |\n|---|---|---|---|\n")
+		for _, s := range scales {
+			fmt.Fprintf(&b, "| %d | %s / %s / %s | %s / %s / %s | %d |\n", s.Tokens, ms(s.Quiet.P50), ms(s.Quiet.P99), ms(s.Quiet.Max),
+				ms(s.DuringSnapshots.P50), ms(s.DuringSnapshots.P99), ms(s.DuringSnapshots.Max), s.SnapshotsTaken)
+		}
 		if catchUp != "" {
 			fmt.Fprintf(&b, "\n%s\n", catchUp)
 		}

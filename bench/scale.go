@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,77 @@ type scaleResult struct {
 	Restore       time.Duration // Open of a node from its data dir, snapshot restore included
 	CatchUp       time.Duration
 	CatchUpBehind int
+	// Decision latency under load, without and with snapshots of the
+	// whole state being taken back to back.
+	Quiet, DuringSnapshots latencies
+	SnapshotsTaken         int
+}
+
+type latencies struct{ P50, P99, Max time.Duration }
+
+func latenciesOf(d []time.Duration) latencies {
+	if len(d) == 0 {
+		return latencies{}
+	}
+	slices.Sort(d)
+	return latencies{P50: d[len(d)/2], P99: d[len(d)*99/100], Max: d[len(d)-1]}
+}
+
+// decideUnderSnapshots measures consume latency on s from 16 clients for
+// d, first quietly, then while snapshots are taken one after another.
+func decideUnderSnapshots(s *raftstore.Store, n int, d time.Duration) (quiet, during latencies, snapshots int, err error) {
+	run := func(snap bool) (latencies, int, error) {
+		var mu sync.Mutex
+		var lat []time.Duration
+		var firstErr atomic.Value
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				var mine []time.Duration
+				for i := w; ; i += 16 {
+					select {
+					case <-stop:
+						mu.Lock()
+						lat = append(lat, mine...)
+						mu.Unlock()
+						return
+					default:
+					}
+					t0 := time.Now()
+					_, err := s.Consume(context.Background(), raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: keyName(i % n), Units: 1})
+					if err != nil {
+						firstErr.CompareAndSwap(nil, err)
+					}
+					mine = append(mine, time.Since(t0))
+				}
+			}(w)
+		}
+		taken := 0
+		deadline := time.Now().Add(d)
+		for time.Now().Before(deadline) {
+			if snap {
+				if _, err := s.Snapshot(); err == nil {
+					taken++
+				}
+			} else {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		close(stop)
+		wg.Wait()
+		if e, ok := firstErr.Load().(error); ok {
+			return latencies{}, taken, e
+		}
+		return latenciesOf(lat), taken, nil
+	}
+	if quiet, _, err = run(false); err != nil {
+		return
+	}
+	during, snapshots, err = run(true)
+	return
 }
 
 func rssMB() float64 {
@@ -133,6 +205,12 @@ func measureScale(dir string, n int, progress func(string)) (scaleResult, error)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	r.HeapMB = float64(ms.HeapAlloc) / (1 << 20)
+
+	progress("decisions while snapshots are taken back to back")
+	if r.Quiet, r.DuringSnapshots, r.SnapshotsTaken, err = decideUnderSnapshots(s, n, 5*time.Second); err != nil {
+		s.Close()
+		return r, err
+	}
 
 	progress("snapshot")
 	if r.Snapshot, err = s.Snapshot(); err != nil {
