@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,12 +26,18 @@ func init() {
 // are linearizable; errors are JSON ({"error": "..."}); a rejected request
 // changes nothing.
 //
-//	POST   /quota/tokens                      create (201; 409 exists; 400 bad input)
-//	GET    /quota/tokens                      list
-//	GET    /quota/tokens/{name}               one token, with remaining (404)
-//	PATCH  /quota/tokens/{name}               update usage_limit, bytes_limit, expires_at, renew_every, metadata
-//	POST   /quota/tokens/{name}/revoke        also /reactivate and /reset
-//	DELETE /quota/tokens/{name}               204
+//	POST   /quota/tokens                      create (201 with the name, this once; 409 exists; 400 bad input)
+//	POST   /quota/tokens/lookup               {"name"}: the token with that name (404)
+//	GET    /quota/tokens                      a page: ?status= ?remaining_below= ?created_by= ?limit= ?cursor=
+//	GET    /quota/tokens/{id}                 one token, with remaining (404)
+//	PATCH  /quota/tokens/{id}                 update usage_limit, bytes_limit, expires_at, renew_every, metadata
+//	POST   /quota/tokens/{id}/revoke          also /reactivate and /reset
+//	DELETE /quota/tokens/{id}                 204
+//
+// Token names are secrets: they travel only in request and response
+// bodies, never in URLs (which Caddy's admin log records), and are stored
+// only as hashes. Tokens are addressed by their id.
+//
 //	GET    /quota/cluster                     leader, members and their state, indexes
 //	POST   /quota/cluster/members             {"id","address"}: add a voter
 //	DELETE /quota/cluster/members/{id}        remove a member
@@ -59,6 +66,8 @@ const adminTimeout = 10 * time.Second
 
 // TokenView is a token as the admin API shows it.
 type TokenView struct {
+	// Name is the secret, shown only in the answer to its creation.
+	Name string `json:"name,omitempty"`
 	raftstore.Token
 	// Remaining is the uploads left; null when unlimited.
 	Remaining *int64 `json:"remaining"`
@@ -90,6 +99,8 @@ func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case parts[0] == "tokens" && len(parts) == 1:
 		return a.tokens(ctx, store, w, r)
+	case parts[0] == "tokens" && len(parts) == 2 && parts[1] == "lookup":
+		return a.lookup(ctx, store, w, r)
 	case parts[0] == "tokens" && len(parts) == 2:
 		return a.token(ctx, store, w, r, parts[1])
 	case parts[0] == "tokens" && len(parts) == 3:
@@ -115,46 +126,116 @@ func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
 }
 
+// TokenPage is a page of GET /quota/tokens.
+type TokenPage struct {
+	Tokens []TokenView `json:"tokens"`
+	// NextCursor fetches the following page (?cursor=); empty after the last.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// maxPage caps a page of tokens; limit defaults to it.
+const maxPage = 1000
+
 func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet:
-		toks, err := s.Tokens(ctx)
+		filter, err := tokenFilter(r)
+		if err != nil {
+			return err
+		}
+		toks, next, err := s.Tokens(ctx, filter)
 		if err != nil {
 			return storeError(err)
 		}
-		views := make([]TokenView, len(toks))
+		page := TokenPage{Tokens: make([]TokenView, len(toks)), NextCursor: next}
 		for i := range toks {
-			views[i] = viewOf(&toks[i])
+			page.Tokens[i] = viewOf(&toks[i])
 		}
-		return writeJSON(w, http.StatusOK, views)
+		return writeJSON(w, http.StatusOK, page)
 	case http.MethodPost:
 		var spec raftstore.TokenSpec
 		if err := decodeBody(r, &spec); err != nil {
 			return err
 		}
+		if spec.Name == "" {
+			spec.Name = raftstore.GenerateName()
+		}
 		t, err := s.CreateToken(ctx, spec)
 		if err != nil {
 			return storeError(err)
 		}
-		return writeJSON(w, http.StatusCreated, viewOf(t))
+		v := viewOf(t)
+		v.Name = spec.Name
+		return writeJSON(w, http.StatusCreated, v)
 	}
 	return methodNotAllowed(r, "GET, POST")
 }
 
-func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, name string) error {
+// tokenFilter reads the list filters from the query string.
+func tokenFilter(r *http.Request) (raftstore.TokenFilter, error) {
+	q := r.URL.Query()
+	f := raftstore.TokenFilter{
+		Status:    raftstore.Status(q.Get("status")),
+		CreatedBy: q.Get("created_by"),
+		After:     q.Get("cursor"),
+		Limit:     maxPage,
+	}
+	switch f.Status {
+	case "", raftstore.StatusActive, raftstore.StatusExhausted, raftstore.StatusRevoked:
+	default:
+		return f, apiError(http.StatusBadRequest, fmt.Errorf("status must be active, exhausted or revoked, got %q", f.Status))
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPage {
+			return f, apiError(http.StatusBadRequest, fmt.Errorf("limit must be 1 to %d, got %q", maxPage, v))
+		}
+		f.Limit = n
+	}
+	if v := q.Get("remaining_below"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return f, apiError(http.StatusBadRequest, fmt.Errorf("remaining_below must be a positive integer, got %q", v))
+		}
+		f.RemainingBelow = n
+	}
+	return f, nil
+}
+
+// lookupRequest is the body of POST /quota/tokens/lookup.
+type lookupRequest struct {
+	Name string `json:"name"`
+}
+
+func (a AdminAPI) lookup(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return methodNotAllowed(r, "POST")
+	}
+	var req lookupRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	t, err := s.Lookup(ctx, req.Name)
+	if err != nil {
+		return storeError(err)
+	}
+	return writeJSON(w, http.StatusOK, viewOf(t))
+}
+
+func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id string) error {
 	var t *raftstore.Token
 	var err error
 	switch r.Method {
 	case http.MethodGet:
-		t, err = s.Token(ctx, name)
+		t, err = s.Token(ctx, id)
 	case http.MethodPatch:
 		var u raftstore.LimitUpdate
 		if err := decodeBody(r, &u); err != nil {
 			return err
 		}
-		t, err = s.UpdateLimits(ctx, name, u)
+		t, err = s.UpdateLimits(ctx, id, u)
 	case http.MethodDelete:
-		if err := s.DeleteToken(ctx, name); err != nil {
+		if err := s.DeleteToken(ctx, id); err != nil {
 			return storeError(err)
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -168,7 +249,7 @@ func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.Response
 	return writeJSON(w, http.StatusOK, viewOf(t))
 }
 
-func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, name, action string) error {
+func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id, action string) error {
 	actions := map[string]func(context.Context, string) (*raftstore.Token, error){
 		"revoke": s.Revoke, "reactivate": s.Reactivate, "reset": s.Reset,
 	}
@@ -179,7 +260,7 @@ func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.Re
 	if r.Method != http.MethodPost {
 		return methodNotAllowed(r, "POST")
 	}
-	t, err := do(ctx, name)
+	t, err := do(ctx, id)
 	if err != nil {
 		return storeError(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -31,10 +32,11 @@ need no hand-written curl.
 
   caddy quota certs --dir certs node1=127.0.0.1 node2=127.0.0.1 node3=127.0.0.1
   caddy quota token create team-a --limit 100 [--bytes-limit N] [--renew-every 24h]
-  caddy quota token show team-a
-  caddy quota token list
-  caddy quota token update-limit team-a --limit 200
-  caddy quota token revoke|reactivate|reset|delete team-a
+  caddy quota token create --generate --limit 100     # prints a new secret name, once
+  caddy quota token show TOKEN                         # TOKEN: an id, or a name
+  caddy quota token list [--status exhausted] [--remaining-below 10] [--created-by ops] [--json]
+  caddy quota token update-limit TOKEN --limit 200
+  caddy quota token revoke|reactivate|reset|delete TOKEN
   caddy quota cluster
   caddy quota member add node4 127.0.0.1:7004
   caddy quota member remove node4
@@ -81,14 +83,23 @@ func quotaCommand(cmd *cobra.Command) {
 
 	token := &cobra.Command{Use: "token", Short: "Manages tokens through the admin API"}
 
-	create := &cobra.Command{Use: "create NAME", Short: "Creates a token", Args: cobra.ExactArgs(1)}
+	create := &cobra.Command{Use: "create [NAME]", Short: "Creates a token (--generate: with a new random name)", Args: cobra.MaximumNArgs(1)}
+	generate := create.Flags().Bool("generate", false, "make a high-entropy name (printed once) instead of giving one")
 	limit := create.Flags().Int64("limit", 0, "uploads allowed (0 = unlimited)")
 	bytesLimit := create.Flags().Int64("bytes-limit", 0, "bytes allowed (0 = unlimited)")
 	renew := create.Flags().Duration("renew-every", 0, "reset usage at every window of this length")
 	expires := create.Flags().String("expires-at", "", "RFC 3339 time after which the token is refused")
 	createdBy := create.Flags().String("created-by", "", "who made it")
 	create.RunE = func(_ *cobra.Command, args []string) error {
-		body := map[string]any{"name": args[0], "usage_limit": *limit, "bytes_limit": *bytesLimit}
+		body := map[string]any{"usage_limit": *limit, "bytes_limit": *bytesLimit}
+		switch {
+		case len(args) == 1 && *generate:
+			return errors.New("give a NAME or --generate, not both")
+		case len(args) == 1:
+			body["name"] = args[0]
+		case !*generate:
+			return errors.New("give the token's NAME, or --generate for a new random one")
+		}
 		if *renew > 0 {
 			body["renew_every"] = renew.String()
 		}
@@ -104,7 +115,7 @@ func quotaCommand(cmd *cobra.Command) {
 		return adminCall(address, http.MethodPost, "/quota/tokens", body)
 	}
 
-	update := &cobra.Command{Use: "update-limit NAME", Short: "Changes a token's limits", Args: cobra.ExactArgs(1)}
+	update := &cobra.Command{Use: "update-limit TOKEN", Short: "Changes a token's limits", Args: cobra.ExactArgs(1)}
 	newLimit := update.Flags().Int64("limit", -1, "new upload limit (0 = unlimited)")
 	newBytes := update.Flags().Int64("bytes-limit", -1, "new byte limit (0 = unlimited)")
 	update.RunE = func(_ *cobra.Command, args []string) error {
@@ -118,24 +129,46 @@ func quotaCommand(cmd *cobra.Command) {
 		if len(body) == 0 {
 			return errors.New("give --limit and/or --bytes-limit")
 		}
-		return adminCall(address, http.MethodPatch, "/quota/tokens/"+url.PathEscape(args[0]), body)
+		id, err := resolveToken(address, args[0])
+		if err != nil {
+			return err
+		}
+		return adminCall(address, http.MethodPatch, "/quota/tokens/"+id, body)
 	}
 
-	token.AddCommand(create, update,
-		&cobra.Command{Use: "show NAME", Short: "Shows a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return adminCall(address, http.MethodGet, "/quota/tokens/"+url.PathEscape(args[0]), nil)
+	list := &cobra.Command{Use: "list", Short: "Lists tokens as a table (no secrets)", Args: cobra.NoArgs}
+	status := list.Flags().String("status", "", "only tokens with this status: active, exhausted, revoked")
+	below := list.Flags().Int64("remaining-below", 0, "only tokens with fewer uploads left than this")
+	by := list.Flags().String("created-by", "", "only tokens made by this creator")
+	asJSON := list.Flags().Bool("json", false, "print the pages as JSON instead of a table")
+	list.RunE = func(*cobra.Command, []string) error {
+		return listTokens(address, *status, *below, *by, *asJSON)
+	}
+
+	token.AddCommand(create, update, list,
+		&cobra.Command{Use: "show TOKEN", Short: "Shows a token (by id, or by name)", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			id, err := resolveToken(address, args[0])
+			if err != nil {
+				return err
+			}
+			return adminCall(address, http.MethodGet, "/quota/tokens/"+id, nil)
 		}},
-		&cobra.Command{Use: "list", Short: "Lists tokens", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
-			return adminCall(address, http.MethodGet, "/quota/tokens", nil)
-		}},
-		&cobra.Command{Use: "delete NAME", Short: "Deletes a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return adminCall(address, http.MethodDelete, "/quota/tokens/"+url.PathEscape(args[0]), nil)
+		&cobra.Command{Use: "delete TOKEN", Short: "Deletes a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			id, err := resolveToken(address, args[0])
+			if err != nil {
+				return err
+			}
+			return adminCall(address, http.MethodDelete, "/quota/tokens/"+id, nil)
 		}},
 	)
 	for _, action := range []string{"revoke", "reactivate", "reset"} {
-		token.AddCommand(&cobra.Command{Use: action + " NAME", Short: "Runs " + action + " on a token", Args: cobra.ExactArgs(1),
+		token.AddCommand(&cobra.Command{Use: action + " TOKEN", Short: "Runs " + action + " on a token", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				return adminCall(address, http.MethodPost, "/quota/tokens/"+url.PathEscape(args[0])+"/"+action, nil)
+				id, err := resolveToken(address, args[0])
+				if err != nil {
+					return err
+				}
+				return adminCall(address, http.MethodPost, "/quota/tokens/"+id+"/"+action, nil)
 			}})
 	}
 
@@ -235,24 +268,7 @@ func restoreFrom(file, dataDir, nodeID string, peerArgs []string) error {
 
 // adminCall sends one request to the admin API and prints the answer.
 func adminCall(address, method, path string, body any) error {
-	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
-	if err != nil {
-		return err
-	}
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(b)
-	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, path, nil, r)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
+	out, err := adminDo(address, method, path, body)
 	if err != nil {
 		return err
 	}
@@ -266,4 +282,112 @@ func adminCall(address, method, path string, body any) error {
 	}
 	_, err = os.Stdout.Write(append(bytes.TrimSpace(out), '\n'))
 	return err
+}
+
+// adminDo sends one request to the admin API and returns the answer's body;
+// an answer of 400 or more is an error carrying the body's message.
+func adminDo(address, method, path string, body any) ([]byte, error) {
+	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
+	if err != nil {
+		return nil, err
+	}
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		r = bytes.NewReader(b)
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, path, nil, r)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// resolveToken turns what an operator typed (a token id, or a name) into
+// the token's id. A name goes only in a request body, never in a URL.
+func resolveToken(address, token string) (string, error) {
+	if raftstore.IsTokenID(token) {
+		if _, err := adminDo(address, http.MethodGet, "/quota/tokens/"+token, nil); err == nil {
+			return token, nil
+		}
+	}
+	out, err := adminDo(address, http.MethodPost, "/quota/tokens/lookup", map[string]string{"name": token})
+	if err != nil {
+		return "", err
+	}
+	var t struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(out, &t); err != nil || t.ID == "" {
+		return "", fmt.Errorf("lookup answered %q", out)
+	}
+	return t.ID, nil
+}
+
+// listTokens prints every page of the token list as a table (or as JSON).
+func listTokens(address, status string, below int64, createdBy string, asJSON bool) error {
+	q := url.Values{}
+	if status != "" {
+		q.Set("status", status)
+	}
+	if below > 0 {
+		q.Set("remaining_below", fmt.Sprint(below))
+	}
+	if createdBy != "" {
+		q.Set("created_by", createdBy)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	if !asJSON {
+		fmt.Fprintln(tw, "ID\tLABEL\tCREATED_BY\tSTATUS\tUSED/LIMIT\tBYTES USED/LIMIT\tEXPIRES")
+	}
+	for {
+		out, err := adminDo(address, http.MethodGet, "/quota/tokens?"+q.Encode(), nil)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			fmt.Println(string(bytes.TrimSpace(out)))
+		}
+		var page struct {
+			Tokens     []raftstore.Token `json:"tokens"`
+			NextCursor string            `json:"next_cursor"`
+		}
+		if err := json.Unmarshal(out, &page); err != nil {
+			return fmt.Errorf("reading the token list: %v", err)
+		}
+		for _, t := range page.Tokens {
+			if asJSON {
+				break
+			}
+			expires := "-"
+			if t.ExpiresAt != nil {
+				expires = t.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, orDash(t.Metadata["label"]), orDash(t.CreatedBy), t.Status,
+				usedOf(t.UsageCount, t.UsageLimit), usedOf(t.BytesUsed, t.BytesLimit), expires)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		q.Set("cursor", page.NextCursor)
+	}
+	return tw.Flush()
+}
+
+func usedOf(used, limit int64) string {
+	if limit == 0 {
+		return fmt.Sprintf("%d/unlimited", used)
+	}
+	return fmt.Sprintf("%d/%d", used, limit)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

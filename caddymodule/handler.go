@@ -197,6 +197,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.unavailable(w, r, next, repl, fp, err)
 	}
 
+	if d.TokenID != "" {
+		fp = d.TokenID // the token's own id (differs for tokens made before the cluster secret)
+		repl.Set("http.quota.token_fingerprint", fp)
+	}
 	setDecisionPlaceholders(repl, d)
 	setRateLimitHeaders(w.Header(), d, time.Now())
 	if !d.Allowed {

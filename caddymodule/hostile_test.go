@@ -80,7 +80,7 @@ func TestHostileLengths(t *testing.T) {
 		return resp.StatusCode
 	}
 	bytesUsed := func() float64 {
-		_, out := admin(t, "GET", "/quota/tokens/tok-len-1", "")
+		_, out := admin(t, "POST", "/quota/tokens/lookup", `{"name":"tok-len-1"}`)
 		return out["bytes_used"].(float64)
 	}
 	for _, tt := range []struct {
@@ -143,7 +143,7 @@ func TestHostileLengths(t *testing.T) {
 // no state, writes a bounded number of log lines, and is counted exactly.
 func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
 	startCaddy(t)
-	before := len(listTokens(t))
+	before := len(adminTokenList(t))
 	logBefore := logSize(t)
 	countBefore := metricValue(t, `raftquota_decisions_total{reason="unknown",result="denied"}`)
 	const flood = 1500
@@ -152,7 +152,7 @@ func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
 			t.Fatalf("unknown token: %d", resp.StatusCode)
 		}
 	}
-	if after := len(listTokens(t)); after != before {
+	if after := len(adminTokenList(t)); after != before {
 		t.Fatalf("tokens %d -> %d after a flood of unknown keys", before, after)
 	}
 	logs, err := os.ReadFile(filepath.Join(testDir, "caddy.log"))
@@ -188,17 +188,19 @@ func metricValue(t *testing.T, series string) float64 {
 	return 0
 }
 
-func listTokens(t *testing.T) []any {
+func adminTokenList(t *testing.T) []any {
 	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/quota/tokens", adminPort))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var list []any
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+	var page struct {
+		Tokens []any `json:"tokens"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
 		t.Fatal(err)
 	}
-	return list
+	return page.Tokens
 }
 
 func TestAdminAPIIsNotOnTheSite(t *testing.T) {
@@ -216,7 +218,7 @@ func TestAdminAPIIsNotOnTheSite(t *testing.T) {
 			t.Fatalf("%s answered %d %q on the public site", path, resp.StatusCode, body)
 		}
 	}
-	if code, _ := admin(t, "GET", "/quota/tokens/sneaky", ""); code != http.StatusNotFound {
+	if code, _ := admin(t, "POST", "/quota/tokens/lookup", `{"name":"sneaky"}`); code != http.StatusNotFound {
 		t.Fatalf("a token was created through the public site (%d)", code)
 	}
 }

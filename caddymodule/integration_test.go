@@ -225,9 +225,19 @@ func upload(t *testing.T, path, token, body string) *http.Response {
 	return resp
 }
 
+// tokenIDOf looks a token up by name (in the body) and returns its id.
+func tokenIDOf(t *testing.T, name string) string {
+	t.Helper()
+	code, out := admin(t, "POST", "/quota/tokens/lookup", `{"name":"`+name+`"}`)
+	if code != http.StatusOK {
+		t.Fatalf("lookup %s: %d %v", name, code, out)
+	}
+	return out["id"].(string)
+}
+
 func usage(t *testing.T, token string) float64 {
 	t.Helper()
-	code, out := admin(t, "GET", "/quota/tokens/"+token, "")
+	code, out := admin(t, "POST", "/quota/tokens/lookup", `{"name":"`+token+`"}`)
 	if code != http.StatusOK {
 		t.Fatalf("get %s: %d %v", token, code, out)
 	}
@@ -279,7 +289,7 @@ func TestDenialStatuses(t *testing.T) {
 	mustCreate(t, `{"name":"tok-revoked","usage_limit":5}`)
 	mustCreate(t, `{"name":"tok-expired","usage_limit":5,"expires_at":"2020-01-01T00:00:00Z"}`)
 	mustCreate(t, `{"name":"tok-bytes","bytes_limit":10}`)
-	if code, _ := admin(t, "POST", "/quota/tokens/tok-revoked/revoke", ""); code != 200 {
+	if code, _ := admin(t, "POST", "/quota/tokens/"+tokenIDOf(t, "tok-revoked")+"/revoke", ""); code != 200 {
 		t.Fatalf("revoke: %d", code)
 	}
 	tests := []struct {
@@ -455,7 +465,7 @@ func TestHealthAndBackupRoutes(t *testing.T) {
 	}
 	found := false
 	for _, tok := range toks {
-		if tok.Name == "tok-backup" {
+		if tok.Key == raftstore.KeyOf("tok-backup") {
 			found = tok.UsageCount == 1
 		}
 	}
@@ -510,15 +520,21 @@ func TestReloadChangingNodeIDIsRefused(t *testing.T) {
 
 func TestAdminAPI(t *testing.T) {
 	startCaddy(t)
+	var id string // of adm-1, known once it is created; "{id}" in paths
 	tests := []struct {
 		method, path, body string
 		want               int
 		check              func(map[string]any) bool
 	}{
 		{"POST", "/quota/tokens", `{"name":"adm-1","usage_limit":3,"bytes_limit":100,"created_by":"ops","metadata":{"team":"a"}}`, 201,
-			func(m map[string]any) bool { return m["remaining"] == float64(3) && m["status"] == "active" }},
+			func(m map[string]any) bool {
+				id, _ = m["id"].(string)
+				return m["remaining"] == float64(3) && m["status"] == "active" && m["name"] == "adm-1" && raftstore.IsTokenID(id)
+			}},
 		{"POST", "/quota/tokens", `{"name":"adm-1"}`, 409, nil},
 		{"POST", "/quota/tokens", `{"name":"bad name"}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":"."}`, 400, nil},
+		{"POST", "/quota/tokens", `{"name":".."}`, 400, nil},
 		{"POST", "/quota/tokens", `{"name":"adm-2","usage_limit":-1}`, 400, nil},
 		{"POST", "/quota/tokens", `{"name":"adm-2","surprise":1}`, 400, nil},
 		{"POST", "/quota/tokens", `{"name":`, 400, nil},
@@ -526,49 +542,103 @@ func TestAdminAPI(t *testing.T) {
 		{"POST", "/quota/tokens", `{"name":"adm-3"} {}`, 400, nil},
 		{"POST", "/quota/tokens", `{"name":"adm-4","renew_every":"soon"}`, 400, nil},
 		{"POST", "/quota/tokens", `{"name":"` + strings.Repeat("a", 2<<20) + `"}`, 413, nil},
-		{"GET", "/quota/tokens/adm-1", "", 200, func(m map[string]any) bool { return m["name"] == "adm-1" && m["bytes_remaining"] == float64(100) }},
-		{"GET", "/quota/tokens/missing", "", 404, func(m map[string]any) bool { return m["error"] != "" }},
-		{"PATCH", "/quota/tokens/adm-1", `{"usage_limit":7}`, 200, func(m map[string]any) bool { return m["usage_limit"] == float64(7) }},
-		{"PATCH", "/quota/tokens/adm-1", `{}`, 400, nil},
-		{"PATCH", "/quota/tokens/missing", `{"usage_limit":1}`, 404, nil},
-		{"POST", "/quota/tokens/adm-1/revoke", "", 200, func(m map[string]any) bool { return m["status"] == "revoked" }},
-		{"POST", "/quota/tokens/adm-1/reactivate", "", 200, func(m map[string]any) bool { return m["status"] == "active" }},
-		{"POST", "/quota/tokens/adm-1/reset", "", 200, func(m map[string]any) bool { return m["usage_count"] == float64(0) }},
-		{"POST", "/quota/tokens/adm-1/explode", "", 404, nil},
-		{"GET", "/quota/tokens/adm-1/revoke", "", 405, nil},
+		{"POST", "/quota/tokens", `{"usage_limit":5,"created_by":"gen"}`, 201, func(m map[string]any) bool {
+			name, _ := m["name"].(string)
+			return strings.HasPrefix(name, "rq_") && len(name) >= 3+26 && m["usage_limit"] == float64(5)
+		}},
+		{"GET", "/quota/tokens/{id}", "", 200, func(m map[string]any) bool {
+			return m["id"] == id && m["name"] == nil && m["bytes_remaining"] == float64(100)
+		}},
+		{"POST", "/quota/tokens/lookup", `{"name":"adm-1"}`, 200, func(m map[string]any) bool { return m["id"] == id && m["name"] == nil }},
+		{"POST", "/quota/tokens/lookup", `{"name":"missing"}`, 404, nil},
+		{"POST", "/quota/tokens/lookup", `{"name":"bad name"}`, 400, nil},
+		{"GET", "/quota/tokens/lookup", "", 405, nil},
+		{"GET", "/quota/tokens/0123456789abcdef", "", 404, func(m map[string]any) bool { return m["error"] != "" }},
+		{"GET", "/quota/tokens/adm-1", "", 404, nil}, // names are not ids
+		{"PATCH", "/quota/tokens/{id}", `{"usage_limit":7}`, 200, func(m map[string]any) bool { return m["usage_limit"] == float64(7) }},
+		{"PATCH", "/quota/tokens/{id}", `{}`, 400, nil},
+		{"PATCH", "/quota/tokens/0123456789abcdef", `{"usage_limit":1}`, 404, nil},
+		{"POST", "/quota/tokens/{id}/revoke", "", 200, func(m map[string]any) bool { return m["status"] == "revoked" }},
+		{"GET", "/quota/tokens?status=revoked&created_by=ops", "", 200, func(m map[string]any) bool { return pageIDs(m) == id }},
+		{"POST", "/quota/tokens/{id}/reactivate", "", 200, func(m map[string]any) bool { return m["status"] == "active" }},
+		{"POST", "/quota/tokens/{id}/reset", "", 200, func(m map[string]any) bool { return m["usage_count"] == float64(0) }},
+		{"POST", "/quota/tokens/{id}/explode", "", 404, nil},
+		{"GET", "/quota/tokens/{id}/revoke", "", 405, nil},
 		{"PUT", "/quota/tokens", "", 405, nil},
+		{"GET", "/quota/tokens?created_by=ops", "", 200, func(m map[string]any) bool { return pageIDs(m) == id }},
+		{"GET", "/quota/tokens?remaining_below=8&created_by=ops", "", 200, func(m map[string]any) bool { return pageIDs(m) == id }},
+		{"GET", "/quota/tokens?remaining_below=7&created_by=ops", "", 200, func(m map[string]any) bool { return pageIDs(m) == "" }},
+		{"GET", "/quota/tokens?status=sleepy", "", 400, nil},
+		{"GET", "/quota/tokens?limit=0", "", 400, nil},
+		{"GET", "/quota/tokens?remaining_below=x", "", 400, nil},
 		{"GET", "/quota/cluster", "", 200, func(m map[string]any) bool {
 			nodes, _ := m["nodes"].([]any)
 			return m["leader"] == "test1" && len(nodes) == 1 && m["commit_index"].(float64) > 0
 		}},
 		{"POST", "/quota/cluster/members", `{"id":""}`, 400, nil},
-		{"DELETE", "/quota/cluster/members/ghost", "", 404, nil},
-		{"DELETE", "/quota/tokens/adm-1", "", 204, nil},
-		{"DELETE", "/quota/tokens/adm-1", "", 404, nil},
+		{"DELETE", "/quota/cluster/members/ghost", "", 404, func(m map[string]any) bool {
+			msg, _ := m["error"].(string)
+			return strings.Contains(msg, "no such cluster member")
+		}},
+		{"DELETE", "/quota/tokens/{id}", "", 204, nil},
+		{"DELETE", "/quota/tokens/{id}", "", 404, nil},
 		{"GET", "/quota/nothing", "", 404, nil},
 	}
 	for _, tt := range tests {
-		code, out := admin(t, tt.method, tt.path, tt.body)
+		path := strings.ReplaceAll(tt.path, "{id}", id)
+		code, out := admin(t, tt.method, path, tt.body)
 		if code != tt.want {
-			t.Errorf("%s %s %.60s: %d %v, want %d", tt.method, tt.path, tt.body, code, out, tt.want)
+			t.Errorf("%s %s %.60s: %d %v, want %d", tt.method, path, tt.body, code, out, tt.want)
 			continue
 		}
 		if tt.check != nil && !tt.check(out) {
-			t.Errorf("%s %s: unexpected body %v", tt.method, tt.path, out)
+			t.Errorf("%s %s: unexpected body %v", tt.method, path, out)
 		}
 		if code >= 400 && (out == nil || out["error"] == "") {
-			t.Errorf("%s %s: error without a JSON message: %v", tt.method, tt.path, out)
+			t.Errorf("%s %s: error without a JSON message: %v", tt.method, path, out)
 		}
 	}
-	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/quota/tokens", adminPort))
-	if err != nil {
-		t.Fatal(err)
+}
+
+// TestTokenListPages: ?limit pages through every token exactly once.
+func TestTokenListPages(t *testing.T) {
+	startCaddy(t)
+	for i := 0; i < 7; i++ {
+		mustCreate(t, fmt.Sprintf(`{"name":"page-%d","created_by":"pager"}`, i))
 	}
-	defer resp.Body.Close()
-	var list []map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("list: %d %v", resp.StatusCode, err)
+	seen := map[string]bool{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		code, out := admin(t, "GET", "/quota/tokens?created_by=pager&limit=3&cursor="+cursor, "")
+		if code != 200 || pages > 5 {
+			t.Fatalf("page %d: %d %v", pages, code, out)
+		}
+		for _, tok := range out["tokens"].([]any) {
+			id := tok.(map[string]any)["id"].(string)
+			if seen[id] {
+				t.Fatalf("token %s listed twice", id)
+			}
+			seen[id] = true
+		}
+		next, _ := out["next_cursor"].(string)
+		if next == "" {
+			break
+		}
+		cursor = next
 	}
+	if len(seen) != 7 {
+		t.Fatalf("%d tokens listed, want 7", len(seen))
+	}
+}
+
+// pageIDs joins the ids of a token page.
+func pageIDs(m map[string]any) string {
+	var ids []string
+	toks, _ := m["tokens"].([]any)
+	for _, tok := range toks {
+		ids = append(ids, tok.(map[string]any)["id"].(string))
+	}
+	return strings.Join(ids, ",")
 }
 
 func TestRawTokenNeverLogged(t *testing.T) {
@@ -578,8 +648,9 @@ func TestRawTokenNeverLogged(t *testing.T) {
 	upload(t, "/up/b/p1", planted, "x")
 	upload(t, "/up/b/p2", planted, "x") // exceeded: logged at WARN
 	upload(t, "/dry/p3", planted, "")
-	admin(t, "GET", "/quota/tokens/"+planted, "")
-	admin(t, "POST", "/quota/tokens/"+planted+"/revoke", "")
+	id := tokenIDOf(t, planted)
+	admin(t, "GET", "/quota/tokens/"+id, "")
+	admin(t, "POST", "/quota/tokens/"+id+"/revoke", "")
 	upload(t, "/up/b/p4", planted, "x")
 	upload(t, "/up/b/p5", planted+"-unknown", "x")
 	logs, err := os.ReadFile(filepath.Join(testDir, "caddy.log"))

@@ -41,7 +41,7 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 	if info.Tokens != 5 {
 		t.Fatalf("backup info %+v", info)
 	}
-	want, err := c.nodes[leader].Tokens(ctx)
+	want, _, err := c.nodes[leader].Tokens(ctx, TokenFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 
 	// A new cluster on new addresses from the backup.
 	n := newTestClusterFromBackup(t, buf.Bytes())
-	got, err := n.nodes[0].Tokens(ctx)
+	got, _, err := n.nodes[0].Tokens(ctx, TokenFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,7 +164,7 @@ func TestThreeNodesNeverOverAdmit(t *testing.T) {
 		t.Fatalf("allowed %d denied %d, want exactly 100 and 900", allowed.Load(), denied.Load())
 	}
 	for _, s := range c.nodes {
-		tok, err := s.Token(ctx, "hot")
+		tok, err := s.Lookup(ctx, "hot")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +207,7 @@ func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
 	wg.Wait()
 	<-killed
 	survivor := c.nodes[(leader+1)%3]
-	tok, err := survivor.Token(ctx, "hot")
+	tok, err := survivor.Lookup(ctx, "hot")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func TestRestartedClusterKeepsUsage(t *testing.T) {
 	}
 	c.waitLeader()
 	for _, s := range c.nodes {
-		tok, err := s.Token(ctx, "keep")
+		tok, err := s.Lookup(ctx, "keep")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,7 +278,7 @@ func TestRetryAfterLeadershipChangeChargesOnce(t *testing.T) {
 			t.Fatalf("retry on %s: %+v %v", s.NodeID(), d, err)
 		}
 	}
-	tok, err := c.nodes[old].Token(ctx, "once")
+	tok, err := c.nodes[old].Lookup(ctx, "once")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +297,7 @@ func TestAnyNodeServesEveryOperation(t *testing.T) {
 	if _, err := f.CreateToken(ctx, TokenSpec{Name: "t1"}); !errors.Is(err, ErrExists) {
 		t.Fatalf("duplicate create via follower: %v", err)
 	}
-	if _, err := f.Token(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := f.Lookup(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing token via follower: %v", err)
 	}
 	id := NewRequestID()
@@ -313,25 +313,29 @@ func TestAnyNodeServesEveryOperation(t *testing.T) {
 	if d, err := f.Check(ctx, "t1", 1, 0); err != nil || !d.Allowed {
 		t.Fatalf("check after refund: %+v %v", d, err)
 	}
-	if tok, err := f.Token(ctx, "t1"); err != nil || tok.UsageCount != 0 {
-		t.Fatalf("check must not charge: %+v %v", tok, err)
+	t1, err := f.Lookup(ctx, "t1")
+	if err != nil || t1.UsageCount != 0 {
+		t.Fatalf("check must not charge: %+v %v", t1, err)
+	}
+	if byID, err := f.Token(ctx, t1.ID); err != nil || byID.Key != KeyOf("t1") {
+		t.Fatalf("by id: %+v %v", byID, err)
 	}
 	limit := int64(9)
-	if tok, err := f.UpdateLimits(ctx, "t1", LimitUpdate{UsageLimit: &limit}); err != nil || tok.UsageLimit != 9 {
+	if tok, err := f.UpdateLimits(ctx, t1.ID, LimitUpdate{UsageLimit: &limit}); err != nil || tok.UsageLimit != 9 {
 		t.Fatalf("update: %+v %v", tok, err)
 	}
 	for _, step := range []func(context.Context, string) (*Token, error){f.Revoke, f.Reactivate, f.Reset} {
-		if _, err := step(ctx, "t1"); err != nil {
+		if _, err := step(ctx, t1.ID); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if toks, err := f.Tokens(ctx); err != nil || len(toks) != 1 {
+	if toks, _, err := f.Tokens(ctx, TokenFilter{}); err != nil || len(toks) != 1 {
 		t.Fatalf("list: %v %v", toks, err)
 	}
-	if err := f.DeleteToken(ctx, "t1"); err != nil {
+	if err := f.DeleteToken(ctx, t1.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.DeleteToken(ctx, "t1"); !errors.Is(err, ErrNotFound) {
+	if err := f.DeleteToken(ctx, t1.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
 	}
 	if f.Fingerprint("x") != c.nodes[c.leaderIndex()].Fingerprint("x") {

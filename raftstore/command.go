@@ -115,14 +115,29 @@ const (
 )
 
 // ConsumeRequest asks to charge units and bytes to a token, once per ID.
+// Callers name the token by Token (its name, the secret); the store hashes
+// it into Key on the node that took the request, and only Key travels
+// further and reaches the log.
 type ConsumeRequest struct {
 	ID    RequestID `json:"id"`
-	Token string    `json:"token"`
+	Token string    `json:"token,omitempty"`
+	Key   TokenKey  `json:"key"`
 	Units int64     `json:"units"`
 	Bytes int64     `json:"bytes"`
 }
 
-// Validate rejects what must never reach the log: a bad name, negative or
+// hashName checks the name and replaces it with its key.
+func (r *ConsumeRequest) hashName() error {
+	if r.Token != "" || r.Key.IsZero() {
+		if err := ValidateName(r.Token); err != nil {
+			return err
+		}
+		r.Key, r.Token = KeyOf(r.Token), ""
+	}
+	return nil
+}
+
+// Validate rejects what must never reach the log: no token, negative or
 // zero-and-zero charges, a missing id.
 func (r *ConsumeRequest) Validate() error {
 	if r.ID.IsZero() {
@@ -131,10 +146,11 @@ func (r *ConsumeRequest) Validate() error {
 	return r.validateCharge()
 }
 
-// validateCharge checks what a check and a consume share: the name and the amounts.
+// validateCharge checks what a check and a consume share: the token and
+// the amounts.
 func (r *ConsumeRequest) validateCharge() error {
-	if err := ValidateName(r.Token); err != nil {
-		return err
+	if r.Key.IsZero() {
+		return invalidf("consume needs a token")
 	}
 	if r.Units < 0 {
 		return invalidf("units must not be negative, got %d", r.Units)
@@ -151,7 +167,13 @@ type command struct {
 	Op       op               `json:"op"`
 	Time     int64            `json:"t"`
 	ID       RequestID        `json:"id"`
-	Name     string           `json:"name,omitempty"`
+	// Name is a token's name in clear: only in entries of versions before
+	// names were hashed; read, never written.
+	Name string `json:"name,omitempty"`
+	// Key names the token a create makes, TokenID the one an admin command
+	// changes.
+	Key      *TokenKey        `json:"key,omitempty"`
+	TokenID  string           `json:"token_id,omitempty"`
 	Spec     *TokenSpec       `json:"spec,omitempty"`
 	Update   *LimitUpdate     `json:"update,omitempty"`
 	Consumes []ConsumeRequest `json:"consumes,omitempty"`
@@ -161,11 +183,13 @@ type command struct {
 }
 
 // The first byte of every encoded command names its encoding, so the format
-// can change without misreading old logs: 1 is JSON (every command), 2 is a
-// compact binary form for consume batches, the hot path.
+// can change without misreading old logs: 1 is JSON (every command but
+// consumes), 3 a compact binary form for consume batches, the hot path, and
+// 2 the binary form of versions that logged token names.
 const (
 	codecJSON          = 1
-	codecBinaryConsume = 2
+	codecBinaryConsume = 2 // tokens by name: read only, from older logs
+	codecConsumeKeys   = 3 // tokens by key
 )
 
 // maxDecodedBatch bounds a decoded batch, so a forged length cannot make a
@@ -184,22 +208,16 @@ func encodeCommand(c *command) ([]byte, error) {
 }
 
 // encodeConsumes writes: version, time (8 bytes), count (uvarint), then per
-// consume: id (16 bytes), token length (uvarint) and bytes, units and bytes
-// (varints).
+// consume: id (16 bytes), token key (32 bytes), units and bytes (varints).
 func encodeConsumes(c *command) []byte {
-	size := 1 + 8 + binary.MaxVarintLen64
-	for i := range c.Consumes {
-		size += 16 + binary.MaxVarintLen64*3 + len(c.Consumes[i].Token)
-	}
-	b := make([]byte, 0, size)
-	b = append(b, codecBinaryConsume)
+	b := make([]byte, 0, 1+8+binary.MaxVarintLen64+len(c.Consumes)*(16+32+2*binary.MaxVarintLen64))
+	b = append(b, codecConsumeKeys)
 	b = binary.BigEndian.AppendUint64(b, uint64(c.Time))
 	b = binary.AppendUvarint(b, uint64(len(c.Consumes)))
 	for i := range c.Consumes {
 		r := &c.Consumes[i]
 		b = append(b, r.ID[:]...)
-		b = binary.AppendUvarint(b, uint64(len(r.Token)))
-		b = append(b, r.Token...)
+		b = append(b, r.Key[:]...)
 		b = binary.AppendVarint(b, r.Units)
 		b = binary.AppendVarint(b, r.Bytes)
 	}
@@ -208,7 +226,9 @@ func encodeConsumes(c *command) []byte {
 
 var errShortCommand = errors.New("truncated consume batch")
 
-func decodeConsumes(b []byte) (*command, error) {
+// decodeConsumes reads a consume batch of either binary version: with keys
+// (3), or with names (2), which it hashes.
+func decodeConsumes(b []byte, byName bool) (*command, error) {
 	if len(b) < 8 {
 		return nil, errShortCommand
 	}
@@ -227,12 +247,21 @@ func decodeConsumes(b []byte) (*command, error) {
 		}
 		copy(r.ID[:], b)
 		b = b[16:]
-		l, k := binary.Uvarint(b)
-		if k <= 0 || l > uint64(len(b)-k) {
-			return nil, errShortCommand
+		if byName {
+			l, k := binary.Uvarint(b)
+			if k <= 0 || l > uint64(len(b)-k) {
+				return nil, errShortCommand
+			}
+			r.Key = keyOfStored(string(b[k : k+int(l)]))
+			b = b[k+int(l):]
+		} else {
+			if len(b) < 32 {
+				return nil, errShortCommand
+			}
+			copy(r.Key[:], b)
+			b = b[32:]
 		}
-		r.Token = string(b[k : k+int(l)])
-		b = b[k+int(l):]
+		var k int
 		if r.Units, k = binary.Varint(b); k <= 0 {
 			return nil, errShortCommand
 		}
@@ -260,8 +289,8 @@ func decodeCommand(b []byte) (*command, error) {
 		return nil, fmt.Errorf("%w: empty entry", errUnknownCommand)
 	}
 	switch b[0] {
-	case codecBinaryConsume:
-		c, err := decodeConsumes(b[1:])
+	case codecBinaryConsume, codecConsumeKeys:
+		c, err := decodeConsumes(b[1:], b[0] == codecBinaryConsume)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errUnknownCommand, err)
 		}
@@ -282,5 +311,25 @@ func decodeCommand(b []byte) (*command, error) {
 	if _, ok := commands[c.Op]; !ok {
 		return nil, fmt.Errorf("%w: op %d", errUnknownCommand, c.Op)
 	}
+	hashLegacyNames(&c)
 	return &c, nil
+}
+
+// hashLegacyNames turns the token names that entries of older versions
+// carry into keys, so the FSM only ever sees keys.
+func hashLegacyNames(c *command) {
+	if c.Spec != nil && c.Spec.Name != "" {
+		k := KeyOf(c.Spec.Name)
+		c.Key, c.Spec.Name = &k, ""
+	}
+	if c.Name != "" {
+		k := KeyOf(c.Name)
+		c.Key, c.Name = &k, ""
+	}
+	for i := range c.Consumes {
+		r := &c.Consumes[i]
+		if r.Token != "" {
+			r.Key, r.Token = KeyOf(r.Token), ""
+		}
+	}
 }

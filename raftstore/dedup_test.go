@@ -92,13 +92,13 @@ func TestSnapshotIsTheStateAtCapture(t *testing.T) {
 
 	// The live state has every change, and a fresh snapshot of it restores
 	// to the same bytes.
-	if tok, _ := tf.f.token("t0"); tok.UsageCount != 20 {
+	if tok, _ := tf.f.tokenNamed("t0"); tok.UsageCount != 20 {
 		t.Fatalf("t0 used %d, want 20", tok.UsageCount)
 	}
-	if _, ok := tf.f.token("t1"); ok {
+	if _, ok := tf.f.tokenNamed("t1"); ok {
 		t.Fatal("deleted token is back")
 	}
-	if tok, _ := tf.f.token("new"); tok == nil {
+	if tok, _ := tf.f.tokenNamed("new"); tok == nil {
 		t.Fatal("token created during the snapshot is missing")
 	}
 	after := snapshotBytes(t, tf.f)

@@ -46,19 +46,23 @@ const (
 	readList
 	readCheck
 	readIndex
+	readLookup
 )
 
 // ReadArgs is a forwarded linearizable read.
 type ReadArgs struct {
-	Kind  uint8
-	Name  string
-	Check ConsumeRequest
+	Kind   uint8
+	ID     string
+	Key    TokenKey
+	Filter TokenFilter
+	Check  ConsumeRequest
 }
 
 // ReadReply answers ReadArgs.
 type ReadReply struct {
 	Token    *Token
 	Tokens   []Token
+	Next     string
 	Decision Decision
 	// Index is the leader's applied index after the read barrier (readIndex).
 	Index uint64
@@ -148,13 +152,19 @@ func (q *Quota) readLocal(ctx context.Context, args *ReadArgs, out *ReadReply) e
 	}
 	switch args.Kind {
 	case readToken:
-		t, ok := q.s.fsm.token(args.Name)
+		t, ok := q.s.fsm.token(args.ID)
+		if !ok {
+			return ErrNotFound
+		}
+		out.Token = t
+	case readLookup:
+		t, ok := q.s.fsm.lookup(args.Key)
 		if !ok {
 			return ErrNotFound
 		}
 		out.Token = t
 	case readList:
-		out.Tokens = q.s.fsm.list()
+		out.Tokens, out.Next = page(q.s.fsm.list(), &args.Filter)
 	case readIndex:
 		out.Index = q.s.raft.AppliedIndex()
 	case readCheck:
@@ -164,6 +174,21 @@ func (q *Quota) readLocal(ctx context.Context, args *ReadArgs, out *ReadReply) e
 		return fmt.Errorf("%w: unknown read kind %d", ErrInvalid, args.Kind)
 	}
 	return nil
+}
+
+// page keeps the tokens (sorted by id) that filter selects, up to its limit.
+func page(all []Token, filter *TokenFilter) ([]Token, string) {
+	out := make([]Token, 0, min(len(all), max(filter.Limit, 0)+1))
+	for i := range all {
+		if !filter.keep(&all[i]) {
+			continue
+		}
+		if filter.Limit > 0 && len(out) == filter.Limit {
+			return out, out[len(out)-1].ID
+		}
+		out = append(out, all[i])
+	}
+	return out, ""
 }
 
 // Member changes the voter set on the leader.

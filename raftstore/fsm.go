@@ -21,7 +21,7 @@ const DefaultDedupSize = 1 << 20
 // dedupEntry is the first outcome of a request id. Its fields are ordered
 // and sized to keep the entry small: the table holds a million by default.
 type dedupEntry struct {
-	Token    string // shares the token's own string
+	Key      TokenKey
 	Units    int64
 	Bytes    int64
 	Window   int64
@@ -174,14 +174,27 @@ func (f *fsm) apply(c *command) *applyResult {
 // token as it is now.
 func (f *fsm) replay(c *command, e dedupEntry) *applyResult {
 	res := &applyResult{Err: errorFrom(e.Code, "")}
-	name := c.Name
-	if c.Spec != nil {
-		name = c.Spec.Name
-	}
-	if t := f.tokens.get(name); t != nil && res.Err == nil {
+	if t := f.target(c); t != nil && res.Err == nil {
 		res.Token = t.clone()
 	}
 	return res
+}
+
+// target is the token an admin command names (by key, or by id), for
+// reading; nil when there is none.
+func (f *fsm) target(c *command) *Token {
+	if c.Key != nil {
+		return f.tokens.get(*c.Key)
+	}
+	return f.tokens.byID(c.TokenID)
+}
+
+// mutTarget is target, for changing.
+func (f *fsm) mutTarget(c *command) *Token {
+	if t := f.target(c); t != nil {
+		return f.tokens.mut(t.Key)
+	}
+	return nil
 }
 
 func (f *fsm) applySetSecret(c *command, _ time.Time) *applyResult {
@@ -215,7 +228,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 	// that failed, with the same idempotency key.
 	if e, ok := f.dedup.Peek(r.ID); ok && !(e.Op == opConsume && e.Refunded) {
 		var d Decision
-		if t := f.tokens.get(r.Token); t != nil {
+		if t := f.tokens.get(r.Key); t != nil {
 			d = decisionFor(t)
 		}
 		d.Allowed, d.Reason, d.Duplicate = e.Allowed, e.Reason.reason(), true
@@ -229,7 +242,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		// entry must still not charge.
 		return Decision{Reason: ReasonUnknown}
 	}
-	t := f.tokens.mut(r.Token)
+	t := f.tokens.mut(r.Key)
 	if t != nil && renew(t, now) {
 		t.UpdatedAt = now
 	}
@@ -240,7 +253,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		// cannot charge twice since this attempt charged nothing.
 		return Decision{Reason: ReasonUnknown}
 	}
-	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.Name}
+	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Key: t.Key}
 	if reason == "" {
 		t.UsageCount = addSat(t.UsageCount, r.Units)
 		t.BytesUsed = addSat(t.BytesUsed, r.Bytes)
@@ -268,17 +281,23 @@ func addSat(a, b int64) int64 {
 
 func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 	spec := c.Spec
-	if spec == nil {
-		return &applyResult{Err: invalidf("create needs a token spec")}
+	if spec == nil || c.Key == nil || c.Key.IsZero() {
+		return &applyResult{Err: invalidf("create needs a token spec and key")}
 	}
-	if err := spec.Validate(); err != nil {
+	if err := spec.validateFields(); err != nil {
 		return &applyResult{Err: err}
 	}
-	if f.tokens.get(spec.Name) != nil {
+	if f.tokens.get(*c.Key) != nil {
 		return &applyResult{Err: ErrExists}
 	}
+	id := tokenID(f.secret, *c.Key)
+	if f.tokens.byID(id) != nil {
+		// Two names whose ids collide (a 1 in 2^64 chance per pair).
+		return &applyResult{Err: invalidf("this name's id is taken by another token; choose another name")}
+	}
 	t := &Token{
-		Name:       spec.Name,
+		ID:         id,
+		Key:        *c.Key,
 		UsageLimit: spec.UsageLimit,
 		BytesLimit: spec.BytesLimit,
 		Status:     StatusActive,
@@ -318,7 +337,7 @@ func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
 	}
 	e.Refunded = true
 	f.dedup.Add(id, e)
-	t := f.tokens.mut(e.Token)
+	t := f.tokens.mut(e.Key)
 	if t == nil || t.Generation != e.Gen {
 		return &applyResult{}
 	}
@@ -339,7 +358,7 @@ func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
 }
 
 func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
-	t := f.tokens.mut(c.Name)
+	t := f.mutTarget(c)
 	if t == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
@@ -383,7 +402,7 @@ func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
 }
 
 func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
-	t := f.tokens.mut(c.Name)
+	t := f.mutTarget(c)
 	if t == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
@@ -408,10 +427,11 @@ func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
 }
 
 func (f *fsm) applyDelete(c *command, _ time.Time) *applyResult {
-	if f.tokens.get(c.Name) == nil {
+	t := f.target(c)
+	if t == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
-	f.tokens.del(c.Name)
+	f.tokens.del(t.Key)
 	return &applyResult{}
 }
 
@@ -422,7 +442,7 @@ func (f *fsm) warnIfOver(t *Token) {
 		return
 	}
 	f.logger.Warn("quota usage above limit",
-		zap.String("token_fingerprint", fingerprint(f.secret, t.Name)),
+		zap.String("token_fingerprint", t.ID),
 		zap.Int64("usage_count", t.UsageCount),
 		zap.Int64("usage_limit", t.UsageLimit),
 		zap.Int64("bytes_used", t.BytesUsed),
@@ -432,10 +452,22 @@ func (f *fsm) warnIfOver(t *Token) {
 // Reads. These look at the local state only; the Store makes them
 // linearizable by waiting for a read barrier first.
 
-func (f *fsm) token(name string) (*Token, bool) {
+// token returns the token with id.
+func (f *fsm) token(id string) (*Token, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t := f.tokens.get(name)
+	t := f.tokens.byID(id)
+	if t == nil {
+		return nil, false
+	}
+	return t.clone(), true
+}
+
+// lookup returns the token with key.
+func (f *fsm) lookup(key TokenKey) (*Token, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.tokens.get(key)
 	if t == nil {
 		return nil, false
 	}
@@ -447,7 +479,7 @@ func (f *fsm) list() []Token {
 	var out []Token
 	f.tokens.each(func(t *Token) { out = append(out, *t) })
 	f.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Token) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Token) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -460,7 +492,7 @@ func (f *fsm) check(r *ConsumeRequest, at time.Time) Decision {
 	if stamped := time.Unix(0, f.now); stamped.After(now) {
 		now = stamped
 	}
-	t := f.tokens.get(r.Token)
+	t := f.tokens.get(r.Key)
 	if t == nil {
 		return Decision{Reason: ReasonUnknown}
 	}
@@ -503,7 +535,7 @@ type snapshotHeader struct {
 type fsmSnapshot struct {
 	f      *fsm
 	header snapshotHeader
-	tokens map[string]*Token
+	tokens map[TokenKey]*Token
 	table  *tokenTable
 	dedup  *dedupView
 	dtable *dedupTable

@@ -31,6 +31,7 @@ func newTestFSM(t testing.TB) *testFSM {
 
 func (tf *testFSM) apply(c *command) *applyResult {
 	tf.t.Helper()
+	hashLegacyNames(c) // tests name tokens; the log holds their keys
 	b, err := encodeCommand(c)
 	if err != nil {
 		tf.t.Fatal(err)
@@ -99,12 +100,12 @@ func TestConsumeDecisions(t *testing.T) {
 			if at.IsZero() {
 				at = t0
 			}
-			before, _ := tf.f.token("a")
+			before, _ := tf.f.tokenNamed("a")
 			d := tf.consume(at, "a", tt.units, tt.bytes)
 			if d.Reason != tt.want || d.Allowed != (tt.want == "") {
 				t.Fatalf("decision = %+v, want reason %q", d, tt.want)
 			}
-			after, ok := tf.f.token("a")
+			after, ok := tf.f.tokenNamed("a")
 			if tt.want == ReasonUnknown {
 				if ok {
 					t.Fatal("unknown token was created")
@@ -130,7 +131,7 @@ func TestSameRequestIDNeverChargesTwice(t *testing.T) {
 	if !first.Allowed || first.Duplicate || !second.Allowed || !second.Duplicate {
 		t.Fatalf("first %+v second %+v", first, second)
 	}
-	if tok, _ := tf.f.token("a"); tok.UsageCount != 3 {
+	if tok, _ := tf.f.tokenNamed("a"); tok.UsageCount != 3 {
 		t.Fatalf("usage = %d, want 3", tok.UsageCount)
 	}
 	// A denied first outcome is repeated too, even after room appears.
@@ -150,13 +151,13 @@ func TestRefund(t *testing.T) {
 	tf.create(t0, TokenSpec{Name: "a", UsageLimit: 2, BytesLimit: 100})
 	id := NewRequestID()
 	tf.consumeID(t0, id, "a", 2, 50)
-	if tok, _ := tf.f.token("a"); tok.Status != StatusExhausted {
+	if tok, _ := tf.f.tokenNamed("a"); tok.Status != StatusExhausted {
 		t.Fatalf("status %s", tok.Status)
 	}
 	for i := 0; i < 3; i++ { // at most once
 		tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
 	}
-	tok, _ := tf.f.token("a")
+	tok, _ := tf.f.tokenNamed("a")
 	if tok.UsageCount != 0 || tok.BytesUsed != 0 || tok.Status != StatusActive {
 		t.Fatalf("after refund %+v", tok)
 	}
@@ -171,7 +172,7 @@ func TestRefund(t *testing.T) {
 	denied := NewRequestID()
 	tf.consumeID(t0, denied, "a", 5, 0)
 	tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: denied})
-	if tok, _ := tf.f.token("a"); tok.UsageCount != 1 {
+	if tok, _ := tf.f.tokenNamed("a"); tok.UsageCount != 1 {
 		t.Fatalf("usage %d after refunding a denied consume, want 1", tok.UsageCount)
 	}
 
@@ -181,7 +182,7 @@ func TestRefund(t *testing.T) {
 	if d := tf.consumeID(t0, early, "a", 1, 0); d.Allowed || d.Reason != ReasonRefunded {
 		t.Fatalf("consume after its refund = %+v", d)
 	}
-	if tok, _ := tf.f.token("a"); tok.UsageCount != 1 {
+	if tok, _ := tf.f.tokenNamed("a"); tok.UsageCount != 1 {
 		t.Fatalf("usage %d, want 1", tok.UsageCount)
 	}
 }
@@ -193,7 +194,7 @@ func TestRefundAfterWindowRenewedGivesNothing(t *testing.T) {
 	tf.consumeID(t0, id, "a", 1, 0)
 	tf.consume(t0.Add(time.Minute), "a", 1, 0) // new window, usage 1
 	tf.apply(&command{Op: opRefund, Time: t0.Add(time.Minute).UnixNano(), ID: id})
-	if tok, _ := tf.f.token("a"); tok.UsageCount != 1 {
+	if tok, _ := tf.f.tokenNamed("a"); tok.UsageCount != 1 {
 		t.Fatalf("usage %d, want 1: a refund must not reach into the next window", tok.UsageCount)
 	}
 }
@@ -206,8 +207,11 @@ func TestAdminCommands(t *testing.T) {
 	if res := tf.create(t0, TokenSpec{Name: "a"}); !errors.Is(res.Err, ErrExists) {
 		t.Fatalf("duplicate create err = %v", res.Err)
 	}
-	if res := tf.create(t0, TokenSpec{Name: "bad name"}); !errors.Is(res.Err, ErrInvalid) {
-		t.Fatalf("bad name err = %v", res.Err)
+	// Names are checked where they are handed in (the FSM sees only keys).
+	for _, bad := range []string{"", "bad name", ".", "..", "tök", strings.Repeat("x", MaxNameLength+1)} {
+		if err := (&TokenSpec{Name: bad}).Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("name %q: err = %v", bad, err)
+		}
 	}
 	for _, o := range []op{opRevoke, opReactivate, opReset, opDelete} {
 		if res := tf.op(t0, o, "missing"); !errors.Is(res.Err, ErrNotFound) {
@@ -244,7 +248,7 @@ func TestAdminCommands(t *testing.T) {
 	if res := tf.op(t0, opDelete, "a"); res.Err != nil {
 		t.Fatal(res.Err)
 	}
-	if _, ok := tf.f.token("a"); ok {
+	if _, ok := tf.f.tokenNamed("a"); ok {
 		t.Error("deleted token still there")
 	}
 }
@@ -332,10 +336,10 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	if d := rt.consumeID(t0, id, "a", 2, 0); !d.Duplicate {
 		t.Fatalf("retry after restore not deduplicated: %+v", d)
 	}
-	if tok, _ := restored.token("a"); tok.UsageCount != 2 {
+	if tok, _ := restored.tokenNamed("a"); tok.UsageCount != 2 {
 		t.Fatalf("usage %d after restore+retry, want 2", tok.UsageCount)
 	}
-	if fingerprint(restored.secretKey(), "a") != fingerprint(tf.f.secretKey(), "a") {
+	if tokenID(restored.secretKey(), KeyOf("a")) != tokenID(tf.f.secretKey(), KeyOf("a")) {
 		t.Fatal("fingerprint secret not restored")
 	}
 }
@@ -435,7 +439,7 @@ func TestNegativeChargesNeverReachTheState(t *testing.T) {
 	if d := tf.consume(t0, "a", -5, 0); d.Allowed {
 		t.Fatal("negative consume allowed")
 	}
-	if tok, _ := tf.f.token("a"); tok.UsageCount != 2 {
+	if tok, _ := tf.f.tokenNamed("a"); tok.UsageCount != 2 {
 		t.Fatalf("usage %d, want 2", tok.UsageCount)
 	}
 	r := ConsumeRequest{ID: NewRequestID(), Token: "a", Units: -1}
@@ -475,15 +479,15 @@ func TestUnknownTokenFloodCreatesNoState(t *testing.T) {
 
 func TestConsumeBatchCodecRoundTrip(t *testing.T) {
 	c := &command{Op: opConsume, Time: -5, Consumes: []ConsumeRequest{
-		{ID: NewRequestID(), Token: "a", Units: 1, Bytes: 0},
-		{ID: NewRequestID(), Token: strings.Repeat("z", MaxNameLength), Units: 1<<63 - 1, Bytes: -1 << 63},
-		{ID: RequestID{}, Token: "", Units: 0, Bytes: 7},
+		{ID: NewRequestID(), Key: KeyOf("a"), Units: 1, Bytes: 0},
+		{ID: NewRequestID(), Key: KeyOf(strings.Repeat("z", MaxNameLength)), Units: 1<<63 - 1, Bytes: -1 << 63},
+		{ID: RequestID{}, Units: 0, Bytes: 7},
 	}}
 	b, err := encodeCommand(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b[0] != codecBinaryConsume {
+	if b[0] != codecConsumeKeys {
 		t.Fatalf("consume batch encoded as version %d", b[0])
 	}
 	got, err := decodeCommand(b)
@@ -501,6 +505,10 @@ func TestConsumeBatchCodecRoundTrip(t *testing.T) {
 	if _, err := decodeCommand(append(b, 0)); err == nil {
 		t.Fatal("trailing byte accepted")
 	}
+	// No token name reaches the log.
+	if bytes.Contains(b, []byte(strings.Repeat("z", MaxNameLength))) {
+		t.Fatal("a token name was encoded")
+	}
 }
 
 // fsmWithDedup is an FSM whose dedup table holds n ids (below the
@@ -510,3 +518,6 @@ func fsmWithDedup(n int, logger *zap.Logger) *fsm {
 	f.dedup.Resize(n)
 	return f
 }
+
+// tokenNamed returns the token with this name.
+func (f *fsm) tokenNamed(name string) (*Token, bool) { return f.lookup(KeyOf(name)) }

@@ -44,7 +44,7 @@ func FuzzCommandCodec(f *testing.F) {
 			if tok.UsageCount < 0 || tok.BytesUsed < 0 {
 				t.Fatalf("negative usage: %+v", tok)
 			}
-			if tok.Name == "a" && tok.UsageLimit == 3 && tok.BytesLimit == 100 && (tok.UsageCount > 3 || tok.BytesUsed > 100) {
+			if tok.Key == KeyOf("a") && tok.UsageLimit == 3 && tok.BytesLimit == 100 && (tok.UsageCount > 3 || tok.BytesUsed > 100) {
 				t.Fatalf("limit passed: %+v", tok)
 			}
 		}

@@ -140,7 +140,7 @@ func TestFSMAgreesWithModel(t *testing.T) {
 				delete(m.tokens, n)
 			}
 			for _, n := range names {
-				got, ok := tf.f.token(n)
+				got, ok := tf.f.tokenNamed(n)
 				want := m.tokens[n]
 				if ok != (want != nil) {
 					rt.Fatalf("token %s exists=%v, model %v", n, ok, want != nil)

@@ -76,7 +76,7 @@ func TestGracefulStopOfTheLeaderFailsNoRequest(t *testing.T) {
 		t.Fatalf("%d requests failed on the other nodes and %d accepted by the closing leader failed", failedElsewhere.Load(), failedOnLeader.Load())
 	}
 	survivor := c.nodes[(leader+1)%3]
-	tok, err := survivor.Token(ctx, "roll")
+	tok, err := survivor.Lookup(ctx, "roll")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestDedupSizeIsClusterState(t *testing.T) {
 	}
 	// Every node has applied everything once a read on each sees it.
 	for _, s := range c.nodes {
-		if _, err := s.Token(ctx, "d"); err != nil {
+		if _, err := s.Lookup(ctx, "d"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -319,7 +319,7 @@ func TestMembershipChangesUnderLoad(t *testing.T) {
 	if failed.Load() > 0 {
 		t.Fatalf("%d consumes failed during membership changes, e.g. %v", failed.Load(), firstErr.Load())
 	}
-	tok, err := n4.Token(ctx, "m")
+	tok, err := n4.Lookup(ctx, "m")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,9 @@ import (
 // twice: a retry returns the first decision with Duplicate set. An error
 // means no decision was learned; retrying with the same req.ID is safe.
 func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Decision, error) {
+	if err := req.hashName(); err != nil {
+		return Decision{}, err
+	}
 	if err := req.Validate(); err != nil {
 		return Decision{}, err
 	}
@@ -59,6 +62,9 @@ func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
 // linearizable state, but charges nothing.
 func (s *Store) Check(ctx context.Context, token string, units, bytes int64) (Decision, error) {
 	req := ConsumeRequest{Token: token, Units: units, Bytes: bytes}
+	if err := req.hashName(); err != nil {
+		return Decision{}, err
+	}
 	if err := req.validateCharge(); err != nil {
 		return Decision{}, err
 	}
@@ -78,52 +84,55 @@ func (s *Store) Refund(ctx context.Context, id RequestID) error {
 	return err
 }
 
-// CreateToken adds a token. ErrExists if the name is taken.
+// CreateToken adds a token. ErrExists if the name is taken. The name is
+// hashed here: the log and every replica see only its key.
 func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (*Token, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	return s.write(ctx, &command{Op: opCreate, ID: NewRequestID(), Spec: &spec})
+	key := KeyOf(spec.Name)
+	spec.Name = ""
+	return s.write(ctx, &command{Op: opCreate, ID: NewRequestID(), Key: &key, Spec: &spec})
 }
 
-// UpdateLimits changes a token's limits, expiry or metadata. An exhausted
-// token whose new limits leave room becomes active again.
-func (s *Store) UpdateLimits(ctx context.Context, name string, u LimitUpdate) (*Token, error) {
-	if err := ValidateName(name); err != nil {
-		return nil, err
-	}
+// UpdateLimits changes the limits, expiry or metadata of the token with id.
+// An exhausted token whose new limits leave room becomes active again.
+func (s *Store) UpdateLimits(ctx context.Context, id string, u LimitUpdate) (*Token, error) {
 	if err := u.Validate(); err != nil {
 		return nil, err
 	}
-	return s.write(ctx, &command{Op: opUpdate, ID: NewRequestID(), Name: name, Update: &u})
+	if !IsTokenID(id) {
+		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)
+	}
+	return s.write(ctx, &command{Op: opUpdate, ID: NewRequestID(), TokenID: id, Update: &u})
 }
 
 // Revoke stops a token from being used until it is reactivated.
-func (s *Store) Revoke(ctx context.Context, name string) (*Token, error) {
-	return s.nameOp(ctx, opRevoke, name)
+func (s *Store) Revoke(ctx context.Context, id string) (*Token, error) {
+	return s.idOp(ctx, opRevoke, id)
 }
 
 // Reactivate undoes a revoke (the token is exhausted again if it has no room).
-func (s *Store) Reactivate(ctx context.Context, name string) (*Token, error) {
-	return s.nameOp(ctx, opReactivate, name)
+func (s *Store) Reactivate(ctx context.Context, id string) (*Token, error) {
+	return s.idOp(ctx, opReactivate, id)
 }
 
 // Reset sets a token's usage back to zero.
-func (s *Store) Reset(ctx context.Context, name string) (*Token, error) {
-	return s.nameOp(ctx, opReset, name)
+func (s *Store) Reset(ctx context.Context, id string) (*Token, error) {
+	return s.idOp(ctx, opReset, id)
 }
 
 // DeleteToken removes a token. Its request ids stay deduplicated.
-func (s *Store) DeleteToken(ctx context.Context, name string) error {
-	_, err := s.nameOp(ctx, opDelete, name)
+func (s *Store) DeleteToken(ctx context.Context, id string) error {
+	_, err := s.idOp(ctx, opDelete, id)
 	return err
 }
 
-func (s *Store) nameOp(ctx context.Context, o op, name string) (*Token, error) {
-	if err := ValidateName(name); err != nil {
-		return nil, err
+func (s *Store) idOp(ctx context.Context, o op, id string) (*Token, error) {
+	if !IsTokenID(id) {
+		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)
 	}
-	return s.write(ctx, &command{Op: o, ID: NewRequestID(), Name: name})
+	return s.write(ctx, &command{Op: o, ID: NewRequestID(), TokenID: id})
 }
 
 // write proposes c on the leader, forwarding when this node is not it.
@@ -158,21 +167,60 @@ func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
 	return tok, err
 }
 
-// Token returns a token as of now (a linearizable read).
-func (s *Store) Token(ctx context.Context, name string) (*Token, error) {
+// Token returns the token with id as of now (a linearizable read).
+func (s *Store) Token(ctx context.Context, id string) (*Token, error) {
+	if !IsTokenID(id) {
+		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)
+	}
+	var out ReadReply
+	err := s.read(ctx, &ReadArgs{Kind: readToken, ID: id}, &out)
+	return out.Token, err
+}
+
+// Lookup returns the token with this name (the secret) as of now.
+func (s *Store) Lookup(ctx context.Context, name string) (*Token, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
 	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readToken, Name: name}, &out)
+	err := s.read(ctx, &ReadArgs{Kind: readLookup, Key: KeyOf(name)}, &out)
 	return out.Token, err
 }
 
-// Tokens lists every token by name (a linearizable read).
-func (s *Store) Tokens(ctx context.Context) ([]Token, error) {
+// TokenFilter selects and pages tokens for Tokens.
+type TokenFilter struct {
+	// Status keeps tokens with this status ("" for all).
+	Status Status
+	// RemainingBelow keeps tokens with a usage limit and fewer than this
+	// many uploads left (0: no filter).
+	RemainingBelow int64
+	// CreatedBy keeps tokens made by this creator ("" for all).
+	CreatedBy string
+	// After starts the page after this id (the previous page's next cursor).
+	After string
+	// Limit caps the page (0: no cap).
+	Limit int
+}
+
+func (f *TokenFilter) keep(t *Token) bool {
+	if f.Status != "" && t.Status != f.Status {
+		return false
+	}
+	if f.RemainingBelow > 0 && (t.UsageLimit == 0 || t.Remaining() >= f.RemainingBelow) {
+		return false
+	}
+	if f.CreatedBy != "" && t.CreatedBy != f.CreatedBy {
+		return false
+	}
+	return t.ID > f.After
+}
+
+// Tokens lists tokens by id (a linearizable read), filtered and paged: next
+// is the cursor of the following page, "" after the last.
+func (s *Store) Tokens(ctx context.Context, filter TokenFilter) (page []Token, next string, err error) {
 	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readList}, &out)
-	return out.Tokens, err
+	err = s.read(ctx, &ReadArgs{Kind: readList, Filter: filter}, &out)
+	return out.Tokens, out.Next, err
 }
 
 // read serves a read on the leader after a read barrier, which makes it

@@ -17,15 +17,16 @@ import (
 // length and bytes, times are unix nanoseconds with a presence flag.
 //
 //	magic "RQS" version(1)
-//	secret, now, generation, [v3: dedup size], token count, dedup count
-//	tokens, in creation order
-//	dedup entries, oldest first
+//	secret, now, generation, [v3+: dedup size], token count, dedup count
+//	tokens, in creation order: [v4+: key (32 bytes), id] [v2, v3: name], fields
+//	dedup entries, oldest first: id, flags, [v4+: key (32 bytes)] [v2, v3: name], amounts
 //
 // Every version ever written stays readable (testdata/formats has a
-// fixture of each): version 2 has no dedup size, which is then the default.
+// fixture of each): version 2 has no dedup size, which is then the
+// default; versions 2 and 3 hold token names, which are hashed on reading.
 const (
 	snapshotMagic   = "RQS"
-	snapshotVersion = 3
+	snapshotVersion = 4
 )
 
 type snapWriter struct {
@@ -70,7 +71,8 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	// and much cheaper to sort than names.
 	slices.SortFunc(byGen, func(a, b *Token) int { return cmp.Compare(a.Generation, b.Generation) })
 	for _, t := range byGen {
-		sw.str(t.Name)
+		sw.w.Write(t.Key[:])
+		sw.str(t.ID)
 		sw.varint(t.UsageLimit)
 		sw.varint(t.UsageCount)
 		sw.varint(t.BytesLimit)
@@ -107,7 +109,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.byte(byte(e.Code))
 		sw.byte(flags)
 		sw.byte(byte(e.Reason))
-		sw.str(e.Token)
+		sw.w.Write(e.Key[:])
 		sw.varint(e.Units)
 		sw.varint(e.Bytes)
 		sw.varint(e.Window)
@@ -179,6 +181,15 @@ func (s *snapReader) rawBytes() []byte {
 
 func (s *snapReader) str() string { return string(s.rawBytes()) }
 
+func (s *snapReader) key(k *TokenKey) {
+	if s.err != nil {
+		return
+	}
+	if _, err := io.ReadFull(s.r, k[:]); err != nil {
+		s.err = err
+	}
+}
+
 func (s *snapReader) time() time.Time { return time.Unix(0, s.varint()).UTC() }
 
 func (s *snapReader) optTime() *time.Time {
@@ -231,7 +242,13 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		}
 		t := &slab[0]
 		slab = slab[1:]
-		t.Name = sr.str()
+		if version >= 4 {
+			sr.key(&t.Key)
+			t.ID = sr.str()
+		} else {
+			t.Key = keyOfStored(sr.str())
+			t.ID = tokenID(f.secret, t.Key)
+		}
 		t.UsageLimit, t.UsageCount = sr.varint(), sr.varint()
 		t.BytesLimit, t.BytesUsed = sr.varint(), sr.varint()
 		st := sr.byte()
@@ -257,7 +274,8 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		t.WindowStart = sr.optTime()
 		t.CreatedAt, t.UpdatedAt = sr.time(), sr.time()
 		t.Generation = sr.uvarint()
-		f.tokens.base[t.Name] = t
+		f.tokens.base[t.Key] = t
+		f.tokens.ids[t.ID] = t.Key
 	}
 	for i := uint64(0); i < ndedup && sr.err == nil; i++ {
 		var id RequestID
@@ -269,9 +287,10 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		flags := sr.byte()
 		e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
 		e.Reason = reasonCode(sr.byte())
-		e.Token = sr.str()
-		if t := f.tokens.base[e.Token]; t != nil {
-			e.Token = t.Name
+		if version >= 4 {
+			sr.key(&e.Key)
+		} else {
+			e.Key = keyOfStored(sr.str())
 		}
 		e.Units, e.Bytes, e.Window = sr.varint(), sr.varint(), sr.varint()
 		e.Gen = sr.uvarint()

@@ -2,10 +2,7 @@ package raftstore
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -563,22 +560,11 @@ func (s *Store) WaitForLeader(ctx context.Context) error {
 	}
 }
 
-// Fingerprint returns a short keyed hash of a token name, safe to log: the
-// key is a random secret replicated in the cluster's state, so a dictionary
-// of likely tokens cannot be reversed from logs. Until the first leader has
-// stored the secret, a built-in key is used.
-func (s *Store) Fingerprint(name string) string { return fingerprint(s.fsm.secretKey(), name) }
-
-var defaultFingerprintKey = []byte("raftquota fingerprint key before the cluster secret is set")
-
-func fingerprint(secret []byte, name string) string {
-	if secret == nil {
-		secret = defaultFingerprintKey
-	}
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(name))
-	return hex.EncodeToString(m.Sum(nil)[:8])
-}
+// Fingerprint returns what logs print for a token name: the id of the
+// token with that name, safe to log (see tokenID). For a token created
+// before the cluster's secret was set, the token's own id (in Decision)
+// differs; prefer that when there is one.
+func (s *Store) Fingerprint(name string) string { return tokenID(s.fsm.secretKey(), KeyOf(name)) }
 
 // --- leader-side operations ---
 

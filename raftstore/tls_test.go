@@ -140,7 +140,7 @@ func TestRoguePeersCannotTouchTheCluster(t *testing.T) {
 	if !leader.IsLeader() || leader.raft.CurrentTerm() != termBefore {
 		t.Fatalf("rogue traffic disturbed the leader: term %d -> %d", termBefore, leader.raft.CurrentTerm())
 	}
-	tok, err := c.nodes[0].Token(ctx, "guarded")
+	tok, err := c.nodes[0].Lookup(ctx, "guarded")
 	if err != nil || tok.UsageCount != 0 {
 		t.Fatalf("token after rogue traffic: %+v %v", tok, err)
 	}

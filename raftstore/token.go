@@ -40,7 +40,11 @@ const MaxNameLength = 128
 // Limits of 0 mean unlimited. All times come from timestamps the Raft leader
 // stamped into the log, never from the clock of the node that applies them.
 type Token struct {
-	Name       string            `json:"name"`
+	// ID is the token's stable, non-secret identifier: admin URLs use it,
+	// logs print it as token_fingerprint. The name (the secret) is not kept.
+	ID string `json:"id"`
+	// Key is the hash of the name, under which the state keeps the token.
+	Key        TokenKey          `json:"-"`
 	UsageLimit int64             `json:"usage_limit"`
 	UsageCount int64             `json:"usage_count"`
 	BytesLimit int64             `json:"bytes_limit"`
@@ -93,7 +97,9 @@ func (t *Token) clone() *Token {
 
 // TokenSpec is what a caller gives to create a token.
 type TokenSpec struct {
-	Name       string            `json:"name"`
+	// Name is the secret clients send. It is hashed by the node that takes
+	// the request and never written to the log (old log entries held it).
+	Name       string            `json:"name,omitempty"`
 	UsageLimit int64             `json:"usage_limit"`
 	BytesLimit int64             `json:"bytes_limit"`
 	CreatedBy  string            `json:"created_by,omitempty"`
@@ -107,6 +113,11 @@ func (s *TokenSpec) Validate() error {
 	if err := ValidateName(s.Name); err != nil {
 		return err
 	}
+	return s.validateFields()
+}
+
+// validateFields checks everything but the name (which log entries lack).
+func (s *TokenSpec) validateFields() error {
 	if s.UsageLimit < 0 {
 		return invalidf("usage_limit must be 0 (unlimited) or more, got %d", s.UsageLimit)
 	}
@@ -169,11 +180,15 @@ func (u *LimitUpdate) Validate() error {
 	return nil
 }
 
-// ValidateName checks a token name: 1-128 characters of A-Z a-z 0-9 _ - .
-// The message never echoes the name, since a name is a secret.
+// ValidateName checks a token name: 1-128 characters of A-Z a-z 0-9 _ - .,
+// not "." or "..". The message never echoes the name, since a name is a
+// secret.
 func ValidateName(name string) error {
 	if name == "" {
 		return invalidf("token name is empty")
+	}
+	if name == "." || name == ".." {
+		return invalidf("token name may not be . or ..")
 	}
 	if len(name) > MaxNameLength {
 		return invalidf("token name is longer than %d characters", MaxNameLength)
@@ -223,7 +238,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Decision is the answer to a consume or a check.
 type Decision struct {
-	Allowed bool   `json:"allowed"`
+	Allowed bool `json:"allowed"`
+	// TokenID is the id of the token decided on, empty when it is unknown.
+	TokenID string `json:"token_id,omitempty"`
 	Reason  Reason `json:"reason,omitempty"`
 	// Duplicate is true when the request id had been seen: the first outcome
 	// is repeated and nothing was charged this time.
@@ -248,7 +265,7 @@ func (d Decision) Remaining() int64 { return remaining(d.UsageLimit, d.UsageCoun
 func (d Decision) BytesRemaining() int64 { return remaining(d.BytesLimit, d.BytesUsed) }
 
 func decisionFor(t *Token) Decision {
-	d := Decision{Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, RenewEvery: t.RenewEvery}
+	d := Decision{TokenID: t.ID, Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, RenewEvery: t.RenewEvery}
 	if end := t.WindowEnd(); !end.IsZero() {
 		d.ResetAt = end.UnixNano()
 	}

@@ -26,7 +26,7 @@ import (
 var writeFixture = flag.String("write-fixture", "", "write testdata/formats/NAME from this build's code")
 
 // fixtureNames lists the fixtures every build must read.
-var fixtureNames = []string{"v2"}
+var fixtureNames = []string{"v2", "v4"}
 
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
@@ -62,10 +62,13 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 		{Name: "deleted", UsageLimit: 1},
 		{Name: "meta.data_x-1", UsageLimit: 10, BytesLimit: 10, CreatedBy: "fixture", Metadata: map[string]string{"team": "a", "env": "test"}},
 	}
+	ids := map[string]string{}
 	for _, sp := range specs {
-		if _, err := s.CreateToken(ctx, sp); err != nil {
+		tok, err := s.CreateToken(ctx, sp)
+		if err != nil {
 			t.Fatalf("create %s: %v", sp.Name, err)
 		}
+		ids[sp.Name] = tok.ID
 	}
 	var replays []fixtureReplay
 	consume := func(name string, units, bytes int64) RequestID {
@@ -101,24 +104,24 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 	consume("raised", 1, 0)
 	consume("meta.data_x-1", 1, 5)
 	consume("nosuch", 1, 0) // unknown: remembers nothing
-	if _, err := s.Revoke(ctx, "revoked"); err != nil {
+	if _, err := s.Revoke(ctx, ids["revoked"]); err != nil {
 		t.Fatal(err)
 	}
 	consume("revoked", 1, 0)
-	if _, err := s.Revoke(ctx, "reactivated"); err != nil {
+	if _, err := s.Revoke(ctx, ids["reactivated"]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Reactivate(ctx, "reactivated"); err != nil {
+	if _, err := s.Reactivate(ctx, ids["reactivated"]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Reset(ctx, "reset"); err != nil {
+	if _, err := s.Reset(ctx, ids["reset"]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.UpdateLimits(ctx, "raised", LimitUpdate{UsageLimit: i64(10), ExpiresAt: &past}); err != nil {
+	if _, err := s.UpdateLimits(ctx, ids["raised"], LimitUpdate{UsageLimit: i64(10), ExpiresAt: &past}); err != nil {
 		t.Fatal(err)
 	}
 	consume("raised", 1, 0) // expired
-	if err := s.DeleteToken(ctx, "deleted"); err != nil {
+	if err := s.DeleteToken(ctx, ids["deleted"]); err != nil {
 		t.Fatal(err)
 	}
 	return replays
@@ -130,7 +133,7 @@ func readFixtureState(t *testing.T, s *Store) map[string]*Token {
 	ctx := ctxT(t, 30*time.Second)
 	out := map[string]*Token{}
 	for _, name := range fixtureTokenNames {
-		tok, err := s.Token(ctx, name)
+		tok, err := s.Lookup(ctx, name)
 		if err != nil {
 			out[name] = nil
 			continue
@@ -216,6 +219,12 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 			s := openFixtureNode(t, dir)
 			compareFixture(t, "log", want, readFixtureState(t, s))
 			checkReplays(t, "log", s, want.Replays)
+			// What this build writes of the upgraded state holds no name.
+			for _, name := range []string{"meta.data_x-1", "reactivated", "renewing", "expiring"} {
+				if bytes.Contains(snapshotBytes(t, s.fsm), []byte(name)) {
+					t.Errorf("the state upgraded from %s still holds the name %q", name, name)
+				}
+			}
 			s.Close()
 
 			// The snapshot, restored into a node's FSM.
@@ -236,6 +245,17 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 func compareFixture(t *testing.T, from string, want fixtureState, got map[string]*Token) {
 	t.Helper()
 	for _, name := range fixtureTokenNames {
+		if g := got[name]; g != nil {
+			if g.Key != KeyOf(name) || !IsTokenID(g.ID) {
+				t.Errorf("%s: token %s has key %x, id %q", from, name, g.Key, g.ID)
+			}
+			if w := want.Tokens[name]; w != nil && w.ID == "" {
+				// Written before tokens had ids: compare the rest.
+				c := *g
+				c.ID = ""
+				got[name] = &c
+			}
+		}
 		w, _ := json.Marshal(want.Tokens[name])
 		g, _ := json.Marshal(got[name])
 		if !bytes.Equal(w, g) {

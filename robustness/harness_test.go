@@ -331,7 +331,7 @@ func (c *cluster) createToken(name string, limit int) {
 func (c *cluster) usage(name string) int {
 	for attempt := 0; attempt < 50; attempt++ {
 		for i := 0; i < nodes; i++ {
-			resp, err := http.Get(c.adminURL(i) + "/quota/tokens/" + name)
+			resp, err := http.Post(c.adminURL(i)+"/quota/tokens/lookup", "application/json", strings.NewReader(fmt.Sprintf(`{"name":%q}`, name)))
 			if err != nil {
 				continue
 			}

@@ -101,13 +101,17 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("operator creating a token remotely: %d %s", resp.StatusCode, body)
 	}
-	if resp, err := operator.Get(base + "/quota/tokens/remote-token"); err != nil || resp.StatusCode != http.StatusOK {
+	var created struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(body, &created)
+	if resp, err := operator.Get(base + "/quota/tokens/" + created.ID); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("operator reading the token: %v %v", resp, err)
 	}
 	if resp, err := operator.Get(base + "/config/"); err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("operator reading /config/ (not permitted): %v %v", resp, err)
 	}
-	if resp, err := operator.Do(mustRequest("DELETE", base+"/quota/tokens/remote-token")); err != nil || resp.StatusCode != http.StatusForbidden {
+	if resp, err := operator.Do(mustRequest("DELETE", base+"/quota/tokens/"+created.ID)); err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("operator using DELETE (not permitted): %v %v", resp, err)
 	}
 	for name, c := range map[string]*http.Client{"no certificate": client("", ""), "another CA": client(rogueCA, "intruder")} {
@@ -117,7 +121,7 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 		}
 	}
 	// The local admin endpoint is on loopback, as configured.
-	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/quota/tokens/remote-token", local)); err != nil || resp.StatusCode != http.StatusOK {
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/quota/tokens/%s", local, created.ID)); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("local admin: %v %v", resp, err)
 	}
 }
