@@ -139,20 +139,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	key := repl.ReplaceAll(h.Key, "")
 	if key == "" {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing-key", "Missing quota token", "The request carries no quota token.")
+		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
 	}
 	if raftstore.ValidateName(key) != nil {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid-key", "Invalid quota token", "The quota token is not well-formed.")
+		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 	}
 	var bytes int64
 	if h.Bytes != "" {
 		v := repl.ReplaceAll(h.Bytes, "")
 		if v == "" {
-			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length-required", "Length required", "This route charges bytes and needs the upload's length up front.")
+			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This route charges bytes and needs the upload's length up front.")
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad-length", "Bad length", "The upload's declared length is not a non-negative integer.")
+			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad_length", "Bad length", "The upload's declared length is not a non-negative integer.")
 		}
 		bytes = n
 		// A body longer than what was charged must not get through.
@@ -213,12 +213,41 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// request; refunding here would give back a successful upload.
 		return next.ServeHTTP(w, r)
 	}
-	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+	// A failed upload is refunded: its answer's RateLimit header says so.
+	refunded := d
+	refunded.UsageCount = max(0, d.UsageCount-h.Cost)
+	refunded.BytesUsed = max(0, d.BytesUsed-bytes)
+	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		rewrite: func() { setRateLimitHeaders(w.Header(), refunded, time.Now()) }}
+	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
 	err = next.ServeHTTP(rec, r)
 	if err != nil || rec.Status() >= 400 {
+		hw.failed() // an error is answered later, by Caddy's error handling
 		h.refund(store, id, fp, rec.Status(), err)
 	}
 	return err
+}
+
+// refundHeaders rewrites the RateLimit headers when the upstream's answer
+// is a failure, which this handler refunds, before the headers go out.
+type refundHeaders struct {
+	*caddyhttp.ResponseWriterWrapper
+	rewrite func()
+	done    bool
+}
+
+func (rw *refundHeaders) WriteHeader(status int) {
+	if status >= 400 {
+		rw.failed()
+	}
+	rw.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (rw *refundHeaders) failed() {
+	if !rw.done {
+		rw.done = true
+		rw.rewrite()
+	}
 }
 
 // refund gives back a charge whose upload failed. It runs on its own
@@ -269,10 +298,13 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 	countDecision("denied", string(d.Reason))
 	switch d.Reason {
 	case raftstore.ReasonExhausted:
-		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted",
-			"This token has no uploads left.", d.Reason, &d)
+		detail := "This token has no uploads left."
+		if left := d.Remaining(); left > 0 {
+			detail = fmt.Sprintf("This request counts as %d uploads; the token has %d left.", h.Cost, left)
+		}
+		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted", detail, d.Reason, &d)
 	case raftstore.ReasonBytesExhausted:
-		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes-exhausted", "Byte quota exhausted",
+		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
 			"This upload would exceed the token's byte quota.", d.Reason, &d)
 	case raftstore.ReasonRevoked:
 		return h.deny(w, r, repl, http.StatusForbidden, "revoked", "Token revoked", "This token has been revoked.", d.Reason, nil)
@@ -305,7 +337,7 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddy
 // malformed key, no or a bad length): counted, logged within the denial
 // log's budget, and with dry_run let through like any other denial.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, status int, kind, title, detail string) error {
-	reason := strings.ReplaceAll(kind, "-", "_")
+	reason := kind
 	if ok, heldBack, unlogged := h.denials.admit("/"+reason, true, time.Now()); ok {
 		h.logger.Info("quota denied",
 			zap.String("reason", reason),

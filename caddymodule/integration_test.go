@@ -170,6 +170,13 @@ func uploadRoutes() string {
 		}
 		reverse_proxy %[1]s
 	}
+	handle_path /cost3/* {
+		quota {
+			key {http.request.header.X-Quota-Token}
+			cost 3
+		}
+		respond "ok" 200
+	}
 	handle /attempt/* {
 		quota {
 			key {http.request.header.X-Quota-Token}
@@ -355,11 +362,34 @@ func TestChunkedUploadOnByteRouteNeedsLength(t *testing.T) {
 	}
 }
 
+// TestCostAwareDenial: a request that costs more than what is left says so,
+// beside the RateLimit header that shows what is left.
+func TestCostAwareDenial(t *testing.T) {
+	startCaddy(t)
+	mustCreate(t, `{"name":"tok-cost","usage_limit":2}`)
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/cost3/x", httpPort), strings.NewReader("x"))
+	req.Header.Set("X-Quota-Token", "tok-cost")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p map[string]any
+	json.NewDecoder(resp.Body).Decode(&p)
+	if resp.StatusCode != 429 || resp.Header.Get("RateLimit") != `"uploads";r=2` || !strings.Contains(fmt.Sprint(p["detail"]), "counts as 3 uploads; the token has 2 left") {
+		t.Fatalf("%d %q %v", resp.StatusCode, resp.Header.Get("RateLimit"), p)
+	}
+}
+
 func TestFailedUploadIsRefunded(t *testing.T) {
 	startCaddy(t)
 	mustCreate(t, `{"name":"tok-refund","usage_limit":1}`)
-	if resp := upload(t, "/up/b/fail", "tok-refund", "x"); resp.StatusCode != 500 {
+	resp := upload(t, "/up/b/fail", "tok-refund", "x")
+	if resp.StatusCode != 500 {
 		t.Fatalf("failing upstream: %d", resp.StatusCode)
+	}
+	if got := resp.Header.Get("RateLimit"); got != `"uploads";r=1` {
+		t.Fatalf("RateLimit on a refunded upload: %q, want the unit back", got)
 	}
 	if u := usage(t, "tok-refund"); u != 0 {
 		t.Fatalf("usage %v after a failed upload, want 0", u)
