@@ -107,6 +107,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Timeout == 0 {
 		h.Timeout = caddy.Duration(3 * time.Second)
 	}
+	// A key or bytes value without a placeholder is almost always a
+	// forgotten pair of braces: every client on one token, or every request
+	// refused. Said at WARN, so `caddy validate` shows it. (The key's value
+	// is not logged: it would be a token.)
+	if !strings.Contains(h.Key, "{") {
+		h.logger.Warn("quota: key holds no placeholder, so every request is charged to the one token it names; to read a header write e.g. key {http.request.header.X-Quota-Token}")
+	}
+	if h.Bytes != "" && !strings.Contains(h.Bytes, "{") {
+		if _, err := strconv.ParseInt(h.Bytes, 10, 64); err != nil {
+			return fmt.Errorf("quota: bytes %q is neither a placeholder nor a number; write e.g. bytes {http.request.header.Content-Length}", h.Bytes)
+		}
+		h.logger.Warn("quota: bytes holds no placeholder, so every request is charged the same number of bytes; for the upload's size write bytes {http.request.header.Content-Length}", zap.String("bytes", h.Bytes))
+	}
 	app, err := ctx.App("quota")
 	if err != nil {
 		return fmt.Errorf("quota: loading quota app: %v", err)

@@ -3,8 +3,11 @@ package caddymodule
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddytest"
 	"io"
 	"net"
 	"net/http"
@@ -220,5 +223,33 @@ func TestAdminAPIIsNotOnTheSite(t *testing.T) {
 	}
 	if code, _ := admin(t, "POST", "/quota/tokens/lookup", `{"name":"sneaky"}`); code != http.StatusNotFound {
 		t.Fatalf("a token was created through the public site (%d)", code)
+	}
+}
+
+// TestForgottenBracesAreFlagged: `key X-Quota-Token` (no placeholder) is
+// warned about when the config loads, without logging the value; `bytes
+// Content-Length` is refused.
+func TestForgottenBracesAreFlagged(t *testing.T) {
+	before := logSize(t)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tester.InitServer(config("", `
+	handle /fixed/* {
+		quota {
+			key X-Quota-Token-fixed-value
+		}
+		respond 200
+	}`), "caddyfile")
+	logs, _ := os.ReadFile(filepath.Join(testDir, "caddy.log"))
+	if !bytes.Contains(logs[before:], []byte("key holds no placeholder")) {
+		t.Fatal("a key without a placeholder was not flagged")
+	}
+	if bytes.Contains(logs[before:], []byte("X-Quota-Token-fixed-value")) {
+		t.Fatal("the warning logged the key's value")
+	}
+	h := &Handler{Key: "{http.request.header.X}", Bytes: "Content-Length"}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), "neither a placeholder nor a number") {
+		t.Fatalf("bytes Content-Length: %v", err)
 	}
 }
