@@ -468,12 +468,26 @@ func (s *Store) shutdown() error {
 		s.forwardConsumes.close()
 		s.barriers.close()
 	}
+	raftStopped := true
 	if s.raft != nil {
 		if s.observer != nil {
 			s.raft.DeregisterObserver(s.observer)
 		}
-		if err := s.raft.Shutdown().Error(); err != nil {
-			errs = append(errs, err)
+		// hashicorp/raft can leave a goroutine blocked after a leadership
+		// transfer races a step-down (hashicorp/raft#696), and then
+		// Shutdown never returns. A node that is stopping must stop: give
+		// Raft a bounded time, then let go of it.
+		done := make(chan error, 1)
+		go func() { done <- s.raft.Shutdown().Error() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				errs = append(errs, err)
+			}
+		case <-time.After(raftShutdownTimeout):
+			raftStopped = false
+			s.logger.Error("raft did not shut down in time; stopping without it (the data dir is left open until the process exits)",
+				zap.Duration("waited", raftShutdownTimeout))
 		}
 	}
 	s.wg.Wait()
@@ -489,13 +503,18 @@ func (s *Store) shutdown() error {
 	if s.forward != nil {
 		s.forward.wg.Wait() // its accept loop ends with the mux
 	}
-	if s.bolt != nil {
+	if s.bolt != nil && raftStopped {
+		// Closing the store under a Raft that is still running would make
+		// it panic on its next write (hashicorp/raft#717).
 		if err := s.bolt.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// raftShutdownTimeout bounds how long Close waits for Raft to stop.
+const raftShutdownTimeout = 15 * time.Second
 
 // enter admits an operation unless the node is shutting down; leave ends it.
 func (s *Store) enter() bool {
