@@ -164,9 +164,9 @@ func (r *ConsumeRequest) validateCharge() error {
 // command is one entry in the Raft log. Time is stamped by the leader just
 // before it is appended; the FSM never reads a clock.
 type command struct {
-	Op       op               `json:"op"`
-	Time     int64            `json:"t"`
-	ID       RequestID        `json:"id"`
+	Op   op        `json:"op"`
+	Time int64     `json:"t"`
+	ID   RequestID `json:"id"`
 	// Name is a token's name in clear: only in entries of versions before
 	// names were hashed; read, never written.
 	Name string `json:"name,omitempty"`
