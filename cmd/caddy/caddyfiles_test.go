@@ -1,4 +1,4 @@
-package caddymodule
+package main
 
 import (
 	"os"
@@ -6,13 +6,13 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	_ "github.com/raftquota/raftquota/examples/storage"
 )
 
-// The Caddyfiles we ship must adapt cleanly, without warnings.
+// The Caddyfiles we ship must adapt cleanly, without warnings, with the
+// modules this binary has (the plugin and the examples' storage).
 func TestShippedCaddyfilesAdapt(t *testing.T) {
-	files := []string{"../Caddyfile"}
-	more, _ := filepath.Glob("../examples/*/*Caddyfile")
+	files := []string{"../../Caddyfile"}
+	more, _ := filepath.Glob("../../examples/*/*Caddyfile")
 	files = append(files, more...)
 	if len(files) < 6 {
 		t.Fatalf("found only %v", files)
