@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,7 +55,10 @@ works offline, on a data dir of a node that is not running.`,
 
 func quotaCommand(cmd *cobra.Command) {
 	var address string
-	cmd.PersistentFlags().StringVar(&address, "address", "", "admin API address of a running node (default localhost:2019)")
+	cmd.PersistentFlags().StringVar(&address, "address", "", "admin API address of a running node (default localhost:2019), or https://HOST:PORT for Caddy's remote admin")
+	cmd.PersistentFlags().StringVar(&remote.cert, "cert", "", "with an https:// address: the operator's client certificate (PEM)")
+	cmd.PersistentFlags().StringVar(&remote.key, "key", "", "with an https:// address: its private key (PEM)")
+	cmd.PersistentFlags().StringVar(&remote.ca, "ca", "", "with an https:// address: the CA that signed the admin endpoint's certificate (PEM; default: the system's)")
 
 	certs := &cobra.Command{
 		Use:   "certs --dir DIR ID=HOST[,HOST...] ...",
@@ -204,11 +209,7 @@ func quotaCommand(cmd *cobra.Command) {
 // backupTo saves a backup from the admin API into file, written to a
 // temporary name first so a failed backup never leaves a partial file.
 func backupTo(address, file string) error {
-	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
-	if err != nil {
-		return err
-	}
-	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodGet, "/quota/backup", nil, nil)
+	resp, err := adminRequest(address, http.MethodGet, "/quota/backup", nil)
 	if err != nil {
 		return err
 	}
@@ -284,13 +285,66 @@ func adminCall(address, method, path string, body any) error {
 	return err
 }
 
-// adminDo sends one request to the admin API and returns the answer's body;
-// an answer of 400 or more is an error carrying the body's message.
-func adminDo(address, method, path string, body any) ([]byte, error) {
+// remote holds the client certificate flags for Caddy's remote admin.
+var remote struct{ cert, key, ca string }
+
+// remoteRequest sends one request to Caddy's remote admin endpoint (an
+// https:// address) with the operator's client certificate.
+func remoteRequest(address, method, path string, body io.Reader) (*http.Response, error) {
+	if remote.cert == "" || remote.key == "" {
+		return nil, errors.New("an https:// admin address is Caddy's remote admin: give --cert and --key (the operator's client certificate)")
+	}
+	cert, err := tls.LoadX509KeyPair(remote.cert, remote.key)
+	if err != nil {
+		return nil, fmt.Errorf("--cert/--key: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if remote.ca != "" {
+		pem, err := os.ReadFile(remote.ca)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca: no PEM certificate in %s", remote.ca)
+		}
+	}
+	req, err := http.NewRequest(method, strings.TrimRight(address, "/")+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tc}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("performing request: %w", err)
+	}
+	if resp.StatusCode >= 400 {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		return nil, fmt.Errorf("caddy responded with error: HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return resp, nil
+}
+
+// adminRequest sends one request to the local admin endpoint, or, for an
+// https:// address, to the remote admin.
+func adminRequest(address, method, path string, body io.Reader) (*http.Response, error) {
+	if strings.HasPrefix(address, "https://") {
+		return remoteRequest(address, method, path, body)
+	}
 	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
 	if err != nil {
 		return nil, err
 	}
+	return caddycmd.AdminAPIRequest(addr, method, path, nil, body)
+}
+
+// adminDo sends one request to the admin API and returns the answer's body;
+// an answer of 400 or more is an error carrying the body's message.
+func adminDo(address, method, path string, body any) ([]byte, error) {
 	var r io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -299,7 +353,7 @@ func adminDo(address, method, path string, body any) ([]byte, error) {
 		}
 		r = bytes.NewReader(b)
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, path, nil, r)
+	resp, err := adminRequest(address, method, path, r)
 	if err != nil {
 		return nil, err
 	}

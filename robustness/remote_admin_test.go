@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -120,6 +121,30 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 			t.Errorf("%s: remote admin answered %d", name, resp.StatusCode)
 		}
 	}
+	// The CLI, as SECURITY.md shows it: the remote admin address, the
+	// operator's certificate, and the CA of the endpoint's certificate
+	// (Caddy's local CA here).
+	ops := clustercert.NodeFiles(opsCA, "operator")
+	serverCA := filepath.Join(dir, "xdg-caddy", "caddy", "pki", "authorities", "local", "root.crt")
+	cli := func(args ...string) (string, error) {
+		args = append(append([]string{"quota"}, args...), "--address", base, "--cert", ops.Cert, "--key", ops.Key, "--ca", serverCA)
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := cli("token", "show", "remote-token"); err != nil || !strings.Contains(out, `"id": "`+created.ID+`"`) {
+		t.Fatalf("caddy quota token show over remote admin: %v\n%s", err, out)
+	}
+	if out, err := cli("token", "create", "--generate", "--limit", "2"); err != nil || !strings.Contains(out, `"name": "rq_`) {
+		t.Fatalf("caddy quota token create over remote admin: %v\n%s", err, out)
+	}
+	if out, err := cli("token", "delete", created.ID); err == nil || !strings.Contains(out, "HTTP 403") {
+		t.Fatalf("DELETE is not permitted remotely, yet: %v\n%s", err, out)
+	}
+	out, err := exec.Command(binary, "quota", "token", "list", "--address", base).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--cert and --key") {
+		t.Fatalf("remote admin without a certificate: %v\n%s", err, out)
+	}
+
 	// The local admin endpoint is on loopback, as configured.
 	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/quota/tokens/%s", local, created.ID)); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("local admin: %v %v", resp, err)

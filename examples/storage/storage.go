@@ -27,11 +27,33 @@ import (
 
 func init() {
 	caddy.RegisterModule(S3Storage{})
-	httpcaddyfile.RegisterHandlerDirective("s3_storage", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-		s := new(S3Storage)
-		return s, s.UnmarshalCaddyfile(h.Dispenser)
-	})
+	httpcaddyfile.RegisterDirective("s3_storage", parseDirective)
 	httpcaddyfile.RegisterDirectiveOrder("s3_storage", httpcaddyfile.Before, "file_server")
+}
+
+// parseDirective is RegisterHandlerDirective's parsing, plus one check:
+// Caddy reads a first argument that starts with "/" as a path matcher, so
+// `s3_storage /var/lib/s3.db` would silently use the default file.
+func parseDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	if !h.Next() {
+		return nil, h.ArgErr()
+	}
+	if h.NextArg() {
+		v := h.Val()
+		if strings.HasPrefix(v, "/") && !strings.ContainsAny(v, "*") && (strings.HasSuffix(v, ".db") || strings.HasSuffix(v, ".bolt")) {
+			return nil, h.Errf("s3_storage %s: Caddy reads an argument that starts with / as a path matcher; give the file in a block: s3_storage { path %s }", v, v)
+		}
+		h.Prev()
+	}
+	matcherSet, err := h.ExtractMatcherSet()
+	if err != nil {
+		return nil, err
+	}
+	s := new(S3Storage)
+	if err := s.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return h.NewRoute(matcherSet, s), nil
 }
 
 // The database file stays open across config reloads (bbolt locks it).
