@@ -3,6 +3,9 @@ package caddymodule
 import (
 	"bytes"
 	"encoding/json"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,5 +170,32 @@ func TestReloadNamesSettingsThatWaitForARestart(t *testing.T) {
 	}
 	if got := restartOnly(base, base); len(got) != 0 {
 		t.Fatalf("unchanged config reported %v", got)
+	}
+}
+
+// TestNewNodeIDBesideOldStateIsWarned: a node whose default data dir is new
+// while another node id's default data dir holds a cluster's state says so
+// at WARN, with both paths (a changed node_id would otherwise quietly start
+// an empty cluster).
+func TestNewNodeIDBesideOldStateIsWarned(t *testing.T) {
+	root := t.TempDir()
+	old := filepath.Join(root, "quota", "node1")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(old, "raft.db"), []byte("state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	a := &App{NodeID: "edge1", DataDir: filepath.Join(root, "quota", "edge1"), defaultDataDir: true, logger: zap.New(core)}
+	a.warnOrphanedState()
+	if logs.Len() != 1 || logs.All()[0].ContextMap()["data_dir_with_state"] != old {
+		t.Fatalf("warnings: %v", logs.All())
+	}
+	// An explicit data_dir is the operator's choice: no guessing.
+	a.defaultDataDir = false
+	a.warnOrphanedState()
+	if logs.Len() != 1 {
+		t.Fatal("warned about an explicitly configured data dir")
 	}
 }

@@ -253,3 +253,31 @@ func TestForgottenBracesAreFlagged(t *testing.T) {
 		t.Fatalf("bytes Content-Length: %v", err)
 	}
 }
+
+// TestEveryDenialIsCounted: refusals decided before the cluster is asked
+// (401, 411, 400) are counted with their reason, like the cluster's.
+func TestEveryDenialIsCounted(t *testing.T) {
+	startCaddy(t)
+	series := func(reason string) string {
+		return `raftquota_decisions_total{reason="` + reason + `",result="denied"}`
+	}
+	before := map[string]float64{}
+	for _, r := range []string{"missing_key", "invalid_key", "length_required"} {
+		before[r] = metricValue(t, series(r))
+	}
+	upload(t, "/up/b/x", "", "x")
+	upload(t, "/up/b/x", "bad key!", "x")
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/bytes/b/x", httpPort), io.NopCloser(strings.NewReader("chunked")))
+	req.Header.Set("X-Quota-Token", "anything")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusLengthRequired {
+			t.Fatalf("chunked upload on a byte route: %d", resp.StatusCode)
+		}
+	}
+	for _, r := range []string{"missing_key", "invalid_key", "length_required"} {
+		if got := metricValue(t, series(r)) - before[r]; got != 1 {
+			t.Errorf("%s counted %v times, want 1", r, got)
+		}
+	}
+}

@@ -337,3 +337,41 @@ func TestMembershipChangesUnderLoad(t *testing.T) {
 		t.Fatal("four voters, and no warning about an even-sized voter set")
 	}
 }
+
+// TestRestartedPeerIsAFollowerOnTheFirstPoll: once a restarted follower
+// takes replication again, the leader's cluster view says Follower on the
+// first poll (it used to say unreachable for a few, from one failed probe
+// on a stale connection); while it is down, unreachable with last_contact.
+func TestRestartedPeerIsAFollowerOnTheFirstPoll(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 30*time.Second)
+	leader := c.leaderIndex()
+	f := (leader + 1) % 3
+	c.stop(f)
+	stateOf := func() Node {
+		for _, n := range c.nodes[leader].Cluster(ctx).Nodes {
+			if n.ID == c.peers[f].ID {
+				return n
+			}
+		}
+		t.Fatal("member missing")
+		return Node{}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for n := stateOf(); n.State != "unreachable" || n.LastContact == nil; n = stateOf() {
+		if time.Now().After(deadline) {
+			t.Fatalf("stopped follower shown as %+v", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.reopen(f)
+	for c.nodes[f].AppliedIndex() < c.nodes[leader].AppliedIndex() || c.nodes[f].Health(ctx) != nil {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("restarted follower did not catch up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := stateOf(); n.State != "Follower" || n.LastContact != nil {
+		t.Fatalf("caught-up follower shown as %+v on the first poll", n)
+	}
+}

@@ -340,9 +340,10 @@ type ClusterInfo struct {
 }
 
 // Cluster reports the members and each one's state. Each peer is asked
-// for its own state (twice, the second time on a fresh connection); when
-// this node leads, a peer that takes replication is a follower even if the
-// question went unanswered, and one it lost contact with is unreachable.
+// for its own state (twice, the second time on a fresh connection). When
+// one does not answer and this node leads, replication contact decides: a
+// peer that takes replication is a follower, one the leader lost contact
+// with is unreachable, with when it was last reached.
 func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	addr, id := s.raft.LeaderWithID()
 	info := ClusterInfo{
@@ -369,12 +370,15 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 		go func() {
 			defer wg.Done()
 			n.State = s.askState(ctx, n.ID, n.Address)
-			if !leading {
-				return
+			if !leading || n.State != "unreachable" {
+				return // it answered for itself
 			}
+			// No answer: the leader's replication contact decides. A
+			// follower that takes replication is a follower, whatever one
+			// probe met; one the leader lost is unreachable since then.
 			if last, lost := s.peers.lostSince(n.ID); lost {
-				n.State, n.LastContact = "unreachable", &last
-			} else if n.State == "unreachable" {
+				n.LastContact = &last
+			} else {
 				n.State = raft.Follower.String()
 			}
 		}()

@@ -31,6 +31,8 @@ var fixtureNames = []string{"v2", "v4"}
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
 	Tokens map[string]*Token `json:"tokens"`
+	// DedupSize is the cluster's dedup size (0 in fixtures that predate it).
+	DedupSize int `json:"dedup_size,omitempty"`
 	// Replays are consumes already applied, with their first outcome: a
 	// build that reads the fixture must answer them as duplicates.
 	Replays []fixtureReplay `json:"replays"`
@@ -144,7 +146,13 @@ func readFixtureState(t *testing.T, s *Store) map[string]*Token {
 }
 
 func openFixtureNode(t *testing.T, dir string) *Store {
-	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop()})
+	return openFixtureNodeWith(t, dir, 0)
+}
+
+// openFixtureNodeWith opens a fixture node whose config proposes dedupSize
+// (0: nothing), so a fixture's log can hold a set_dedup_size entry.
+func openFixtureNodeWith(t *testing.T, dir string, dedupSize int) *Store {
+	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop(), DedupSize: dedupSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,17 +172,17 @@ func TestWriteFormatFixture(t *testing.T) {
 		t.Fatalf("%s exists: fixtures are never rewritten, pick a new name", root)
 	}
 	dir := filepath.Join(root, "datadir")
-	s := openFixtureNode(t, dir)
-	// The fingerprint secret is proposed by the first leader; wait for it so
-	// the log holds that op too.
-	for deadline := time.Now().Add(10 * time.Second); s.fsm.secretKey() == nil; {
+	s := openFixtureNodeWith(t, dir, 2*MinDedupSize)
+	// The fingerprint secret and the dedup size are proposed by the first
+	// leader; wait for both so the log holds those ops too.
+	for deadline := time.Now().Add(10 * time.Second); s.fsm.secretKey() == nil || s.fsm.dedupSize() != 2*MinDedupSize; {
 		if time.Now().After(deadline) {
 			t.Fatal("no fingerprint secret")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	replays := fixtureWorkload(t, s)
-	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays}
+	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.dedupSize()}
 	snap, err := s.fsm.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -218,6 +226,9 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 			}
 			s := openFixtureNode(t, dir)
 			compareFixture(t, "log", want, readFixtureState(t, s))
+			if want.DedupSize != 0 && s.fsm.dedupSize() != want.DedupSize {
+				t.Errorf("log: dedup size %d, want %d", s.fsm.dedupSize(), want.DedupSize)
+			}
 			checkReplays(t, "log", s, want.Replays)
 			// What this build writes of the upgraded state holds no name.
 			for _, name := range []string{"meta.data_x-1", "reactivated", "renewing", "expiring"} {
@@ -237,6 +248,9 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Fatalf("restoring %s snapshot: %v", name, err)
 			}
 			compareFixture(t, "snapshot", want, readFixtureState(t, s2))
+			if want.DedupSize != 0 && s2.fsm.dedupSize() != want.DedupSize {
+				t.Errorf("snapshot: dedup size %d, want %d", s2.fsm.dedupSize(), want.DedupSize)
+			}
 			checkReplays(t, "snapshot", s2, want.Replays)
 		})
 	}
