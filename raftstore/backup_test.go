@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/raft"
 )
 
 // TestBackupRestoresIntoANewCluster: a backup taken from a follower holds
@@ -81,25 +78,12 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 
 func newTestClusterFromBackup(t *testing.T, backup []byte) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, 3), log: nopLogger(), skew: make([]atomic.Int64, 3)}
-	layers := make([]raft.StreamLayer, 3)
-	for i := range layers {
-		l, err := NewTCPStreamLayer("127.0.0.1:0", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		layers[i] = l
-		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
-	}
+	c, layers := listenTestCluster(t, 3, nopLogger())
 	for i := range c.nodes {
 		if _, err := RestoreBackup(bytes.NewReader(backup), filepath.Join(c.dir, c.peers[i].ID), c.peers[i].ID, c.peers); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := range c.nodes {
-		c.open(i, layers[i])
-	}
-	t.Cleanup(c.closeAll)
-	c.waitLeader()
+	c.start(layers)
 	return c
 }

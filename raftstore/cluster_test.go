@@ -37,14 +37,22 @@ func newTestCluster(t testing.TB, n int) *testCluster {
 // test log at WARN when verbose), each config changed by tweak.
 func newTestClusterWith(t testing.TB, n int, log *zap.Logger, tweak func(i int, cfg *Config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop(), skew: make([]atomic.Int64, n), tweak: tweak}
+	c, layers := listenTestCluster(t, n, log)
+	c.tweak = tweak
+	c.start(layers)
+	return c
+}
+
+// listenTestCluster makes a cluster of n nodes and listens on free ports
+// for them, so every node knows its peers' addresses before any opens.
+func listenTestCluster(t testing.TB, n int, log *zap.Logger) (*testCluster, []raft.StreamLayer) {
+	c := &testCluster{t: t, dir: t.TempDir(), nodes: make([]*Store, n), log: zap.NewNop(), skew: make([]atomic.Int64, n)}
 	if testing.Verbose() {
 		c.log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
 	if log != nil {
 		c.log = log
 	}
-	// Listen first on free ports, so every node knows its peers' addresses.
 	layers := make([]raft.StreamLayer, n)
 	for i := range layers {
 		l, err := NewTCPStreamLayer("127.0.0.1:0", "")
@@ -54,12 +62,17 @@ func newTestClusterWith(t testing.TB, n int, log *zap.Logger, tweak func(i int, 
 		layers[i] = l
 		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
 	}
+	return c, layers
+}
+
+// start opens every node on its layer and waits for a leader.
+func (c *testCluster) start(layers []raft.StreamLayer) {
+	c.t.Helper()
 	for i := range c.nodes {
 		c.open(i, layers[i])
 	}
-	t.Cleanup(c.closeAll)
+	c.t.Cleanup(c.closeAll)
 	c.waitLeader()
-	return c
 }
 
 func (c *testCluster) config(i int) Config {
