@@ -22,8 +22,8 @@
 // # Exactly-once charging
 //
 // Every write carries a request id. The FSM remembers the first outcome of
-// each id in a bounded LRU table (Config.DedupSize entries, part of every
-// snapshot): a repeated id gets the first outcome and charges nothing. A
+// each id in a bounded table (its size is replicated state, set through the
+// log; part of every snapshot): a repeated id gets the first outcome and charges nothing. A
 // Raft apply that fails with ErrLeadershipLost or a timeout may still have
 // been committed, so the store retries such failures with the same id until
 // the request's deadline: the retry either finds the first outcome or is
@@ -41,14 +41,35 @@
 // the leader's own. A batch is flushed as soon as a flush slot is free, so a
 // lone request never waits for a batch to fill.
 //
-// Reads (Token, Tokens, Check) are linearizable: they run on the leader
-// after a Raft barrier that was issued after the read began, and concurrent
-// reads share one barrier.
+// Reads (Token, Lookup, Tokens, Check) are linearizable without writing the
+// log: they run on the leader, which notes its commit index, confirms with
+// a quorum that it still leads (one heartbeat round), and waits until that
+// index is applied; concurrent reads share one confirmation. Until a new
+// leader has committed an entry of its own term, reads take a Raft barrier
+// instead.
+//
+// # Names are secrets
+//
+// A token's name is what clients send to spend it. The store hashes a name
+// (KeyOf) on the node that receives it; forwarding, the log, snapshots and
+// backups carry only the hash, and admin commands address tokens by a
+// short id (an HMAC of the hash under a secret in the replicated state).
+// Entries and snapshots of versions that held names are hashed as they are
+// read.
+//
+// # Unknown entries halt
+//
+// Commands dispatch through one table of ops (command.go). An entry this
+// build cannot decode, an op or a field it does not know, stops the FSM at
+// that index instead of being skipped, so a replica never diverges in a
+// rolling upgrade; the node reports it and hands off leadership.
 //
 // # Storage
 //
 // Each node keeps its log and stable store in raft-boltdb/v2 (DataDir/raft.db,
 // behind a log cache) and snapshots in DataDir/snapshots. A new data dir
 // bootstraps the cluster from Config.Peers (or alone, with no peers); a data
-// dir with state simply rejoins.
+// dir with state simply rejoins. Snapshot captures handles (a frozen token
+// map with a copy-on-write overlay, the dedup table's chunk list), so taking
+// one never holds Apply up; Persist encodes while Apply goes on.
 package raftstore

@@ -186,6 +186,10 @@ type Store struct {
 	peers peerContact
 	// warnedDedup is the replicated dedup size this node last warned about.
 	warnedDedup atomic.Int64
+	// readyTerm is the term in which this node, leading, has committed and
+	// applied an entry of its own: from then on its commit index covers
+	// everything committed before it led, and reads can use it.
+	readyTerm atomic.Uint64
 
 	// ops counts operations in flight, so Close can let them finish;
 	// draining refuses new ones.
@@ -325,7 +329,7 @@ func (s *Store) start() error {
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
 	s.forwardConsumes = newBatcher(cfg.MaxBatch, 2, s.forwardConsumeBatch)
 	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
-	s.barriers = newBatcher(1<<16, 1, s.barrier)
+	s.barriers = newBatcher(1<<16, 1, s.readIndex)
 	s.forward = newForwarder(s)
 
 	obsCh := make(chan raft.Observation, 64)
@@ -386,8 +390,12 @@ func (s *Store) leaderDuties() {
 	defer s.wg.Done()
 	// Wait until the entries of earlier terms are applied here, so the
 	// comparisons below look at the cluster's current state.
+	term := s.raft.CurrentTerm()
 	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
 		return
+	}
+	if s.raft.CurrentTerm() == term {
+		s.readyTerm.Store(term)
 	}
 	if s.fsm.secretKey() == nil {
 		secret := make([]byte, 32)
@@ -616,8 +624,8 @@ func (s *Store) applyConsumes(reqs []ConsumeRequest) ([]Decision, error) {
 	return res.Decisions, nil
 }
 
-// barrier waits until everything committed before it is applied here. One
-// barrier serves every read that was waiting when it was issued.
+// barrier waits until everything committed before it is applied here, by
+// committing an entry of its own (a log append and an fsync).
 func (s *Store) barrier([]struct{}) ([]struct{}, error) {
 	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
 		return nil, raftError(err)
@@ -625,7 +633,36 @@ func (s *Store) barrier([]struct{}) ([]struct{}, error) {
 	return nil, nil
 }
 
-// readBarrier makes the next local read linearizable. Only the leader can.
+// readIndex makes the reads waiting when it starts linearizable without
+// writing the log: it notes the commit index, confirms with a quorum that
+// this node still leads (hashicorp/raft VerifyLeader: one heartbeat round),
+// and waits until that index is applied here. A leader that has not yet
+// committed an entry in its own term does not know the whole commit index
+// yet; until then reads take a barrier.
+func (s *Store) readIndex([]struct{}) ([]struct{}, error) {
+	term := s.raft.CurrentTerm()
+	if s.readyTerm.Load() != term {
+		return s.barrier(nil)
+	}
+	index := s.raft.CommitIndex()
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return nil, raftError(err)
+	}
+	if s.raft.CurrentTerm() != term {
+		return nil, fmt.Errorf("%w: term changed during a read", errNotLeader)
+	}
+	deadline := time.Now().Add(s.cfg.ApplyTimeout)
+	for s.raft.AppliedIndex() < index {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: entries up to %d not applied in time", ErrUnavailable, index)
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	return nil, nil
+}
+
+// readBarrier makes the next local read linearizable (see readIndex). Only
+// the leader can.
 func (s *Store) readBarrier(ctx context.Context) error {
 	if !s.IsLeader() {
 		return errNotLeader
