@@ -24,6 +24,23 @@ type caddyCluster struct {
 	fronts  []string // http://127.0.0.1:port of each front node
 	admin   string
 	storage string
+	discard *http.Server // the discard backend, when used
+}
+
+// startDiscard serves a backend that reads and drops each body and answers
+// 201: with it, what the table measures is Caddy and the gate, not storage
+// (the S3 backend fsyncs every object and saturates first).
+func startDiscard() (*http.Server, string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusCreated)
+	})}
+	go srv.Serve(l)
+	return srv, l.Addr().String(), nil
 }
 
 func buildCaddy(dir string) (string, error) {
@@ -55,19 +72,31 @@ func (c *caddyCluster) start(name, config string) error {
 
 func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
-// newCaddyCluster starts mode "plain", "quota1" or "quota3".
-func newCaddyCluster(bin, dir, mode string) (*caddyCluster, error) {
-	c := &caddyCluster{dir: dir, bin: bin, storage: freeAddr()}
-	storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage {\n\t\tpath %s\n\t}\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
-	if err := c.start("storage", storage); err != nil {
-		return nil, err
+// newCaddyCluster starts mode "plain", "quota1" or "quota3" in front of
+// backend "storage" (the examples' S3 store) or "discard".
+func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
+	c := &caddyCluster{dir: dir, bin: bin}
+	if backend == "discard" {
+		srv, addr, err := startDiscard()
+		if err != nil {
+			return nil, err
+		}
+		c.discard, c.storage = srv, addr
+	} else {
+		c.storage = freeAddr()
+		storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage {\n\t\tpath %s\n\t}\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
+		if err := c.start("storage", storage); err != nil {
+			return nil, err
+		}
 	}
+	// /upload/ charges; /check/ decides with check_only, charging nothing.
 	site := func(front string, gate bool) string {
-		q := ""
+		q, check := "", ""
 		if gate {
 			q = "\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t}\n"
+			check = fmt.Sprintf("\thandle_path /check/* {\n\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t\tcheck_only\n\t\t}\n\t\treverse_proxy %s {\n\t\t\ttransport http {\n\t\t\t\tkeepalive_idle_conns_per_host 256\n\t\t\t}\n\t\t}\n\t}\n", c.storage)
 		}
-		return fmt.Sprintf(":%s {\n\tbind 127.0.0.1\n\thandle_path /upload/* {\n%s\t\treverse_proxy %s\n\t}\n}\n", port(front), q, c.storage)
+		return fmt.Sprintf(":%s {\n\tbind 127.0.0.1\n\thandle_path /upload/* {\n%s\t\treverse_proxy %s {\n\t\t\ttransport http {\n\t\t\t\tkeepalive_idle_conns_per_host 256\n\t\t\t}\n\t\t}\n\t}\n%s}\n", port(front), q, c.storage, check)
 	}
 	switch mode {
 	case "plain":
@@ -147,7 +176,13 @@ func (c *caddyCluster) ready() error {
 }
 
 func (c *caddyCluster) upload(ctx context.Context, cl *http.Client, front, object string, body []byte) error {
-	req, _ := http.NewRequestWithContext(ctx, "PUT", front+"/upload/bench/"+object, bytes.NewReader(body))
+	return c.put(ctx, cl, front, "/upload/bench/"+object, body)
+}
+
+// put sends one PUT of body to path on front with the bench token; any
+// 2xx answer is a success.
+func (c *caddyCluster) put(ctx context.Context, cl *http.Client, front, path string, body []byte) error {
+	req, _ := http.NewRequestWithContext(ctx, "PUT", front+path, bytes.NewReader(body))
 	req.Header.Set("X-Quota-Token", "bench-token")
 	resp, err := cl.Do(req)
 	if err != nil {
@@ -155,10 +190,15 @@ func (c *caddyCluster) upload(ctx context.Context, cl *http.Client, front, objec
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return nil
 }
 
-func (c *caddyCluster) close() { stopAll(c.procs) }
+func (c *caddyCluster) close() {
+	stopAll(c.procs)
+	if c.discard != nil {
+		c.discard.Close()
+	}
+}

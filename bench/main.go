@@ -32,6 +32,7 @@ func main() {
 	smoke := flag.Bool("smoke", false, "tiny run: one client count, short cells, small scale")
 	skipScale := flag.Bool("skip-scale", false, "skip the scale measurements")
 	scaleOnly := flag.Bool("scale-only", false, "run only the scale measurements")
+	tier2Only := flag.Bool("tier2-only", false, "run only tier 2 (Caddy in front of storage and of a discard backend)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tier-1 raftquota 3-node hot run at 64 clients")
 	flag.Parse()
 
@@ -71,7 +72,7 @@ func main() {
 		{"Redis 1-node fsync always", func(dir string) (system, error) { return newRedis(dir) }},
 	}
 	for i, f := range factories {
-		if *scaleOnly {
+		if *scaleOnly || *tier2Only {
 			break
 		}
 		for _, wl := range []struct {
@@ -113,31 +114,41 @@ func main() {
 		bin, err = buildCaddy(work)
 		check(err)
 	}})
+	type t2workload struct {
+		label, backend, path string
+		size                 int
+		gated                bool // only with a quota in front (check_only)
+	}
+	t2workloads := []t2workload{
+		{"1 KiB", "storage", "/upload/", 1 << 10, false},
+		{"1 MiB", "storage", "/upload/", 1 << 20, false},
+		{"1 KiB, discard backend", "discard", "/upload/", 1 << 10, false},
+		{"1 KiB check_only, discard backend", "discard", "/check/", 1 << 10, true},
+	}
 	for _, mode := range []string{"plain", "quota1", "quota3"} {
 		if *scaleOnly {
 			break
 		}
-		for _, size := range []int{1 << 10, 1 << 20} {
-			label := "1 KiB"
-			if size == 1<<20 {
-				label = "1 MiB"
+		for _, wl := range t2workloads {
+			if wl.gated && mode == "plain" {
+				continue
 			}
-			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s bodies", mode, label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
-				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%d", mode, size))
+			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s", mode, wl.label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
+				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%s-%d-%s", mode, wl.backend, wl.size, strings.Trim(wl.path, "/")))
 				os.MkdirAll(dir, 0o755)
-				c, err := newCaddyCluster(bin, dir, mode)
+				c, err := newCaddyCluster(bin, dir, mode, wl.backend)
 				if c != nil {
 					defer c.close()
 				}
 				check(err)
-				body := make([]byte, size)
+				body := make([]byte, wl.size)
 				for _, n := range tier2Clients {
 					fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
 					cl := httpClient(n)
 					r := closedLoop(n, *cell, func(ctx context.Context, i int) (int, error) {
-						return 0, c.upload(ctx, cl, c.fronts[i%len(c.fronts)], fmt.Sprintf("c%d", i), body)
+						return 0, c.put(ctx, cl, c.fronts[i%len(c.fronts)], fmt.Sprintf("%sbench/c%d", wl.path, i), body)
 					})
-					r.Tier, r.System, r.Workload = "2", c.name, label
+					r.Tier, r.System, r.Workload = "2", c.name, wl.label
 					tier2 = append(tier2, r)
 					fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
 				}
@@ -146,7 +157,7 @@ func main() {
 	}
 
 	// Scale.
-	if !*skipScale {
+	if !*skipScale && !*tier2Only {
 		for _, n := range scaleSizes {
 			steps = append(steps, step{fmt.Sprintf("scale: %d tokens", n), time.Duration(n/5000) * time.Second, func() {
 				dir := filepath.Join(work, fmt.Sprintf("scale-%d", n))

@@ -56,6 +56,16 @@ func writeReport(dir string, env string, tier1, tier2 []result, scales []scaleRe
 			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
 		}
 		b.WriteString("\n")
+		const discard = "1 KiB, discard backend"
+		for _, r := range tier2 {
+			if r.Workload == discard {
+				b.WriteString("![Tier 2, 1 KiB uploads to a discard backend](tier2.png)\n\n")
+				if err := chartTitled(filepath.Join(dir, "tier2.png"), tier2, discard, "Tier 2, 1 KiB uploads, discard backend: uploads per second"); err != nil {
+					return "", err
+				}
+				break
+			}
+		}
 	}
 	if len(scales) > 0 || catchUp != "" {
 		b.WriteString("### Scale: one node\n\n| tokens | dedup entries | RSS growth MB | Go heap MB | fill s | snapshot s | restore s |\n|---|---|---|---|---|---|---|\n")
@@ -77,8 +87,13 @@ func writeReport(dir string, env string, tier1, tier2 []result, scales []scaleRe
 
 // chart draws ops/s against clients, one line per system, for a workload.
 func chart(path string, rs []result, workload string) error {
+	return chartTitled(path, rs, workload, "Tier 1, "+workload+" token: decisions per second")
+}
+
+// chartTitled draws ops/s against clients, one line per system, for a workload.
+func chartTitled(path string, rs []result, workload, title string) error {
 	p := plot.New()
-	p.Title.Text = "Tier 1, " + workload + " token: decisions per second"
+	p.Title.Text = title
 	p.X.Label.Text = "concurrent clients"
 	p.Y.Label.Text = "ops/s (log scale)"
 	p.Y.Scale = plot.LogScale{}
