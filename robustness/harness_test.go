@@ -2,10 +2,12 @@ package robustness
 
 import (
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -352,17 +354,41 @@ func (c *cluster) usage(name string) int {
 
 // stored counts the objects in the backend whose names start with prefix.
 func (c *cluster) stored(bucket, prefix string) int {
-	resp, err := http.Get(c.storageURL() + "/" + bucket + "?prefix=" + prefix + "&max-keys=100000")
-	if err != nil {
-		c.t.Fatal(err)
+	// The store answers at most 1000 keys a page: follow the markers.
+	var page struct {
+		IsTruncated bool     `xml:"IsTruncated"`
+		NextMarker  string   `xml:"NextMarker"`
+		Keys        []string `xml:"Contents>Key"`
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == http.StatusNotFound {
-		return 0
+	total, marker := 0, ""
+	for {
+		q := url.Values{"prefix": {prefix}, "max-keys": {"1000"}}
+		if marker != "" {
+			q.Set("marker", marker)
+		}
+		resp, err := http.Get(c.storageURL() + "/" + bucket + "?" + q.Encode())
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return 0
+		}
+		if resp.StatusCode != http.StatusOK {
+			c.t.Fatalf("listing bucket: %d %s", resp.StatusCode, b)
+		}
+		page.IsTruncated, page.NextMarker, page.Keys = false, "", nil
+		if err := xml.Unmarshal(b, &page); err != nil {
+			c.t.Fatalf("listing bucket: %v", err)
+		}
+		total += len(page.Keys)
+		if !page.IsTruncated || len(page.Keys) == 0 {
+			return total
+		}
+		marker = page.NextMarker
+		if marker == "" {
+			marker = page.Keys[len(page.Keys)-1]
+		}
 	}
-	if resp.StatusCode != http.StatusOK {
-		c.t.Fatalf("listing bucket: %d %s", resp.StatusCode, b)
-	}
-	return strings.Count(string(b), "<Key>")
 }
