@@ -105,6 +105,18 @@ type App struct {
 	// of bootstrapping one.
 	Join bool `json:"join,omitempty"`
 
+	// Role is "voter" (default) or "gateway": a node that takes traffic and
+	// decides through the voters, never locally, and is not one of them
+	// (a Raft non-voter). A gateway's Peers are the voters it joins (it
+	// asks them to add it when it starts), without itself; it leaves when
+	// Caddy stops. Add gateways, not voters, to scale out.
+	Role string `json:"role,omitempty"`
+
+	// GatewayTimeout is how long a gateway may be unreachable from the
+	// leader before the leader removes it from the cluster (it asks to join
+	// again when it is back). Read by voters. Default 1m.
+	GatewayTimeout caddy.Duration `json:"gateway_timeout,omitempty"`
+
 	// Raft timings; defaults suit a LAN: heartbeat 500ms, election 500ms,
 	// leader lease 250ms, commit 5ms.
 	HeartbeatTimeout   caddy.Duration `json:"heartbeat_timeout,omitempty"`
@@ -178,6 +190,12 @@ func (a *App) provisionConfig() error {
 	if a.RaftAddress == "" {
 		a.RaftAddress = "127.0.0.1:7000"
 	}
+	if a.Role != "" && a.Role != "voter" && a.Role != "gateway" {
+		return fmt.Errorf("quota: role is voter or gateway, got %q", a.Role)
+	}
+	if a.Role == "gateway" && a.Join {
+		return fmt.Errorf("quota: a gateway joins by itself (through its peers); drop join")
+	}
 	if a.DedupSize < 0 || a.MaxBatch < 0 {
 		return fmt.Errorf("quota: dedup_size and max_batch must not be negative")
 	}
@@ -190,6 +208,8 @@ func (a *App) provisionConfig() error {
 		Peers:              a.Peers,
 		DialAddresses:      a.DialAddresses,
 		NoBootstrap:        a.Join,
+		Gateway:            a.Role == "gateway",
+		GatewayTimeout:     time.Duration(a.GatewayTimeout),
 		HeartbeatTimeout:   time.Duration(a.HeartbeatTimeout),
 		ElectionTimeout:    time.Duration(a.ElectionTimeout),
 		LeaderLeaseTimeout: time.Duration(a.LeaderLeaseTimeout),
@@ -325,6 +345,8 @@ func restartOnly(running, next raftstore.Config) []string {
 	add("peers", !slices.Equal(running.Peers, next.Peers))
 	add("dial", !maps.Equal(running.DialAddresses, next.DialAddresses))
 	add("join", running.NoBootstrap != next.NoBootstrap)
+	add("role", running.Gateway != next.Gateway)
+	add("gateway_timeout", running.GatewayTimeout != next.GatewayTimeout)
 	add("heartbeat_timeout", running.HeartbeatTimeout != next.HeartbeatTimeout)
 	add("election_timeout", running.ElectionTimeout != next.ElectionTimeout)
 	add("leader_lease_timeout", running.LeaderLeaseTimeout != next.LeaderLeaseTimeout)

@@ -30,6 +30,8 @@ func init() {
 //	    peer                 <id> <host:port>     # once per voter, this node included
 //	    dial                 <id> <host:port>     # reach peer <id> here instead (NAT, proxy)
 //	    join
+//	    role                 voter|gateway        # gateway: a non-voter that joins the peers
+//	    gateway_timeout      <duration>           # voters: remove a gateway unreachable this long
 //	    tls                  <cert_file> <key_file> <ca_file>
 //	    plaintext
 //	    heartbeat_timeout    <duration>
@@ -49,6 +51,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		"leader_lease_timeout": &app.LeaderLeaseTimeout,
 		"commit_timeout":       &app.CommitTimeout,
 		"apply_timeout":        &app.ApplyTimeout,
+		"gateway_timeout":      &app.GatewayTimeout,
 	}
 	var snapshotThreshold, dedupSize, maxBatch int64
 	counts := map[string]*int64{
@@ -121,6 +124,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.Join = true
+		case "role":
+			if err := oneArg(d, &app.Role); err != nil {
+				return nil, err
+			}
+			if app.Role != "voter" && app.Role != "gateway" {
+				return nil, d.Errf("role is voter or gateway, got %q", app.Role)
+			}
 		default:
 			return nil, d.Errf("unrecognized quota option %q", d.Val())
 		}

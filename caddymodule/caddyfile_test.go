@@ -81,6 +81,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"tls needs three files", "{\n quota {\n  tls cert.pem key.pem\n }\n}", "tls takes three files"},
 		{"plaintext takes no args", "{\n quota {\n  plaintext yes\n }\n}", "wrong argument count"},
 		{"join takes no args", "{\n quota {\n  join now\n }\n}", "wrong argument count"},
+		{"bad role", "{\n quota {\n  role observer\n }\n}", "role is voter or gateway"},
+		{"bad gateway_timeout", "{\n quota {\n  gateway_timeout never\n }\n}", "gateway_timeout must be a positive duration"},
 		{"bad duration", "{\n quota {\n  heartbeat_timeout soon\n }\n}", "heartbeat_timeout must be a positive duration"},
 		{"negative duration", "{\n quota {\n  apply_timeout -1s\n }\n}", "apply_timeout must be a positive duration"},
 		{"bad dedup size", "{\n quota {\n  dedup_size 0\n }\n}", "dedup_size must be a whole number of at least 1"},
@@ -120,6 +122,10 @@ func TestAppProvisionRejectsBadConfig(t *testing.T) {
 		{"join without tls", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Join: true}, "cluster nodes must authenticate each other"},
 		{"single node off loopback", App{NodeID: "n1", RaftAddress: "0.0.0.0:7001", AdvertiseAddress: "10.0.0.1:7001"}, "not a loopback address"},
 		{"tls files missing", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", TLS: &raftstore.TLSFiles{CertFile: "nope.pem", KeyFile: "nope-key.pem", CAFile: "ca.pem"}}, "loading node certificate"},
+		{"gateway among its peers", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Plaintext: true, Peers: peers("n1", "n2")}, "a gateway is not a voter"},
+		{"gateway without peers", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Plaintext: true}, "a gateway needs the voters it joins"},
+		{"gateway with join", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Join: true, Plaintext: true, Peers: peers("n1")}, "drop join"},
+		{"gateway without tls", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Peers: peers("n1", "n2")}, "cluster nodes must authenticate each other"},
 		{"tls and plaintext", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Plaintext: true, TLS: &raftstore.TLSFiles{CertFile: "a", KeyFile: "b", CAFile: "c"}}, "exclude each other"},
 	}
 	for _, tt := range tests {

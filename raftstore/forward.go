@@ -75,6 +75,8 @@ type MemberArgs struct {
 	Add     bool
 	ID      string
 	Address string
+	// Gateway adds a non-voter, or removes a member only if it is one.
+	Gateway bool
 }
 
 // StatusReply reports one node's view of itself.

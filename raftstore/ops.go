@@ -283,23 +283,31 @@ func (s *Store) changeMember(args *MemberArgs) error {
 	if !s.IsLeader() {
 		return errNotLeader
 	}
+	var current *raft.Server
+	for _, srv := range s.configuration() {
+		if string(srv.ID) == args.ID {
+			current = &srv
+		}
+	}
+	if args.Gateway && current != nil && current.Suffrage != raft.Nonvoter {
+		// A gateway never changes the voter set, even under a voter's id.
+		return invalidf("%q is a voter, not a gateway", args.ID)
+	}
 	var f raft.IndexFuture
-	if args.Add {
+	switch {
+	case args.Add && args.Gateway:
+		f = s.raft.AddNonvoter(raft.ServerID(args.ID), raft.ServerAddress(args.Address), 0, s.cfg.ApplyTimeout)
+	case args.Add:
 		f = s.raft.AddVoter(raft.ServerID(args.ID), raft.ServerAddress(args.Address), 0, s.cfg.ApplyTimeout)
-	} else {
-		known := false
-		for _, srv := range s.configuration() {
-			known = known || string(srv.ID) == args.ID
-		}
-		if !known {
-			return fmt.Errorf("%w: %q", ErrNoMember, args.ID)
-		}
+	case current == nil:
+		return fmt.Errorf("%w: %q", ErrNoMember, args.ID)
+	default:
 		f = s.raft.RemoveServer(raft.ServerID(args.ID), 0, s.cfg.ApplyTimeout)
 	}
 	if err := f.Error(); err != nil {
 		return raftError(err)
 	}
-	if n := s.voters(); n%2 == 0 {
+	if n := s.voters(); n%2 == 0 && !args.Gateway {
 		s.logger.Warn("the cluster now has an even number of voters: it needs a majority of them for every decision yet tolerates no more failures than one voter fewer would; add or remove one",
 			zap.Int("voters", n), zap.Int("quorum", n/2+1), zap.Int("tolerated_failures", (n-1)/2))
 	}
@@ -319,6 +327,8 @@ type Node struct {
 	ID       string `json:"id"`
 	Address  string `json:"address"`
 	Suffrage string `json:"suffrage"`
+	// Role is "voter" or "gateway" (a non-voter that takes traffic).
+	Role string `json:"role"`
 	// State is the node's own report (Leader, Follower, Candidate), or
 	// "unreachable" when it neither answered nor, seen from the leader,
 	// takes replication.
@@ -361,7 +371,10 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	var wg sync.WaitGroup
 	for i, srv := range servers {
 		n := &info.Nodes[i]
-		*n = Node{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()}
+		*n = Node{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String(), Role: "voter"}
+		if srv.Suffrage == raft.Nonvoter {
+			n.Role = "gateway"
+		}
 		if n.ID == s.cfg.NodeID {
 			n.State = s.State()
 			continue

@@ -46,6 +46,15 @@ type Config struct {
 	// NoBootstrap leaves a fresh node waiting to be added by an existing
 	// cluster's leader (POST /quota/cluster/members) instead of bootstrapping.
 	NoBootstrap bool
+	// Gateway makes this node a gateway: a Raft non-voter that takes
+	// traffic and decides through the voters (Peers, which must not include
+	// it), never bootstraps, asks a voter to add it when it starts, and
+	// asks to be removed when it closes. Gateways never change the voter set.
+	Gateway bool
+	// GatewayTimeout is how long a gateway may be unreachable from the
+	// leader before the leader removes it, so dead gateways do not pile up
+	// in the configuration. Default 1m.
+	GatewayTimeout time.Duration
 
 	// Raft timings. Zero takes the default, tuned for a LAN.
 	HeartbeatTimeout   time.Duration // default 500ms
@@ -97,6 +106,7 @@ func (c *Config) setDefaults() {
 	def(&c.ApplyTimeout, 2*time.Second)
 	def(&c.RequestTimeout, 5*time.Second)
 	def(&c.SnapshotInterval, 30*time.Second)
+	def(&c.GatewayTimeout, time.Minute)
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
 	}
@@ -140,9 +150,15 @@ func (c *Config) Validate() error {
 			}
 			self = self || p.ID == c.NodeID
 		}
-		if !self {
+		if !self && !c.Gateway {
 			return fmt.Errorf("peers must include this node (%s)", c.NodeID)
 		}
+		if self && c.Gateway {
+			return fmt.Errorf("a gateway is not a voter: peers lists the voters it joins, without this node (%s)", c.NodeID)
+		}
+	}
+	if c.Gateway && len(c.Peers) == 0 {
+		return fmt.Errorf("a gateway needs the voters it joins (peers)")
 	}
 	if c.DedupSize != 0 && (c.DedupSize < MinDedupSize || c.DedupSize > MaxDedupSize) {
 		return fmt.Errorf("dedup size must be between %d and %d, got %d", MinDedupSize, MaxDedupSize, c.DedupSize)
@@ -294,8 +310,11 @@ func (s *Store) start() error {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.Logger = hl
+	// A gateway the leader removed (it was unreachable) asks to join again
+	// when it is back, instead of stopping.
+	rc.ShutdownOnRemove = !cfg.Gateway
 
-	if !cfg.NoBootstrap {
+	if !cfg.NoBootstrap && !cfg.Gateway {
 		has, err := raft.HasExistingState(logs, bolt, snaps)
 		if err != nil {
 			return err
@@ -343,6 +362,12 @@ func (s *Store) start() error {
 	r.RegisterObserver(s.observer)
 	s.wg.Add(1)
 	go s.watchLeader(obsCh)
+	if cfg.Gateway {
+		s.wg.Add(1)
+		go s.joinAsGateway()
+	}
+	s.wg.Add(1)
+	go s.reapGateways()
 	return nil
 }
 
@@ -446,6 +471,9 @@ func (s *Store) Close() error {
 // accepted finish (retried through the new leader), and only then stop
 // the batchers, Raft and the data dir.
 func (s *Store) shutdown() error {
+	if s.raft != nil && s.cfg.Gateway {
+		s.leaveAsGateway()
+	}
 	s.opsMu.Lock()
 	s.draining = true
 	s.opsMu.Unlock()
