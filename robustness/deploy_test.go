@@ -112,7 +112,7 @@ func TestJSONExampleLoads(t *testing.T) {
 	}
 	cfg := strings.ReplaceAll(string(b), `"certs/`, `"`+filepath.Join(dir, "certs")+"/")
 	for _, field := range []string{"node_id", "data_dir", "raft_address", "advertise_address", "peers", "dial_addresses", "tls", "join",
-		"heartbeat_timeout", "election_timeout", "leader_lease_timeout", "commit_timeout", "apply_timeout", "snapshot_threshold", "dedup_size", "max_batch",
+		"role", "gateway_timeout", "heartbeat_timeout", "election_timeout", "leader_lease_timeout", "commit_timeout", "apply_timeout", "snapshot_threshold", "dedup_size", "max_batch",
 		`"key"`, "cost", `"bytes"`, "charge_on", "idempotency_key", "on_unavailable", "check_only", "dry_run", `"timeout"`, "quota_health"} {
 		if !strings.Contains(cfg, strings.Trim(field, `"`)) {
 			t.Errorf("the JSON example does not show %s", field)
