@@ -108,7 +108,8 @@ func TestCertificateRotationByReload(t *testing.T) {
 
 // TestJoinWithMemberCommand adds a fourth node, started with `join`, with
 // `caddy quota member add` on a follower, uploads through it, and removes it
-// with `caddy quota member remove`.
+// with `caddy quota member remove`, while clients upload through the three
+// voters: none of their uploads fails, usage equals the 200s.
 func TestJoinWithMemberCommand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary")
@@ -146,6 +147,11 @@ func TestJoinWithMemberCommand(t *testing.T) {
 	c.writeFile("node4.Caddyfile", cfg)
 	spawn(t, c.dir, "node4", "run", "--config", filepath.Join(c.dir, "node4.Caddyfile"), "--adapter", "caddyfile")
 
+	// Clients upload through the three voters the whole time: adding and
+	// removing a member must fail none of them.
+	c.createToken("roll", 0)
+	load := startUploads(t, c, "roll", 12)
+
 	// Ask a node that is not the leader, so the join is forwarded.
 	asked := (c.leader() + 1) % nodes
 	deadline := time.Now().Add(30 * time.Second)
@@ -181,6 +187,17 @@ func TestJoinWithMemberCommand(t *testing.T) {
 	}
 	if out, err := c.quota(asked, "member", "remove", "node4"); err == nil || !strings.Contains(out, "HTTP 404") {
 		t.Fatalf("removing node4 twice: %v\n%s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	load.stop()
+	load.mu.Lock()
+	defer load.mu.Unlock()
+	t.Logf("uploads during the membership changes: %v", load.perStatus)
+	if len(load.failures) > 0 || load.ok.Load() == 0 {
+		t.Fatalf("%d ok, failures during membership changes: %v", load.ok.Load(), load.failures[:min(5, len(load.failures))])
+	}
+	if u := c.usage("roll"); int64(u) != load.ok.Load() {
+		t.Fatalf("usage %d, %d uploads answered 200", u, load.ok.Load())
 	}
 }
 
