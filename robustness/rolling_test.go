@@ -2,8 +2,8 @@ package robustness
 
 import (
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
