@@ -139,6 +139,7 @@ func isRefused(err error) bool {
 // charged without an answer, which the usage check at the end catches.
 func isClosedUnread(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) ||
+		strings.Contains(err.Error(), "server closed idle connection") ||
 		strings.Contains(err.Error(), "connection reset") || strings.HasSuffix(err.Error(), ": EOF")
 }
 
