@@ -42,11 +42,12 @@
 // lone request never waits for a batch to fill.
 //
 // Reads (Token, Lookup, Tokens, Check) are linearizable without writing the
-// log: they run on the leader, which notes its commit index, confirms with
-// a quorum that it still leads (one heartbeat round), and waits until that
-// index is applied; concurrent reads share one confirmation. Until a new
-// leader has committed an entry of its own term, reads take a Raft barrier
-// instead.
+// log: they run on the leader once it has confirmed with a quorum that it
+// still leads (one heartbeat round, shared by concurrent reads). The leader
+// answers a write only after its FSM applied it, and serves reads only
+// after a barrier of its own term has been applied, so a read sees every
+// write answered before it began. Until that barrier returns, reads take a
+// Raft barrier each.
 //
 // # Names are secrets
 //

@@ -167,16 +167,30 @@ func TestDedupSizeIsClusterState(t *testing.T) {
 	if want == 0 {
 		want = DefaultDedupSize
 	}
-	var snaps [][]byte
+	// Raft reports an entry applied when it hands it to the FSM, a moment
+	// before the FSM has run it: compare until the states agree, for a few
+	// seconds. Replicas that diverged never would.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var snaps [][]byte
+		for _, s := range c.nodes {
+			snaps = append(snaps, snapshotBytes(t, s.fsm))
+		}
+		differs := 0
+		for i := 1; i < len(snaps); i++ {
+			if !bytes.Equal(snaps[0], snaps[i]) {
+				differs = i + 1
+			}
+		}
+		if differs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d's state differs from node 1's", differs)
+		}
+	}
 	for i, s := range c.nodes {
 		if got := s.fsm.dedupSize(); got != want {
 			t.Errorf("node %d applies dedup size %d, want the leader's %d", i, got, want)
-		}
-		snaps = append(snaps, snapshotBytes(t, s.fsm))
-	}
-	for i := 1; i < len(snaps); i++ {
-		if !bytes.Equal(snaps[0], snaps[i]) {
-			t.Fatalf("node %d's state differs from node 1's", i+1)
 		}
 	}
 	var warned int

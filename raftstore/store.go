@@ -664,9 +664,12 @@ func (s *Store) barrier([]struct{}) ([]struct{}, error) {
 // readIndex makes the reads waiting when it starts linearizable without
 // writing the log: it notes the commit index, confirms with a quorum that
 // this node still leads (hashicorp/raft VerifyLeader: one heartbeat round),
-// and waits until that index is applied here. A leader that has not yet
-// committed an entry in its own term does not know the whole commit index
-// yet; until then reads take a barrier.
+// and waits until Raft has handed that index to the FSM. What makes a read
+// see every write answered before it began: this leader answers a write
+// only after its own FSM applied it, and it serves reads only once the
+// barrier it took on becoming leader returned, which Raft answers after the
+// FSM applied every entry of earlier terms. A leader that has not done so
+// yet in its current term takes a barrier per read batch instead.
 func (s *Store) readIndex([]struct{}) ([]struct{}, error) {
 	term := s.raft.CurrentTerm()
 	if s.readyTerm.Load() != term {
