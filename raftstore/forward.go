@@ -325,6 +325,10 @@ func (f *forwarder) call(ctx context.Context, addr, method string, args, out any
 		}
 		return nil
 	case <-ctx.Done():
+		// The connection may be wedged (a peer that was not yet listening
+		// behind a proxy, a half-open socket): calls on it would time out
+		// forever. Drop it; the next call dials afresh.
+		f.drop(addr, c)
 		return fmt.Errorf("%w: %s to %s: %v", ErrUnavailable, method, addr, ctx.Err())
 	}
 }
