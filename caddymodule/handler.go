@@ -227,11 +227,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	// A failed upload is refunded: its answer's RateLimit header says so.
-	refunded := d
-	refunded.UsageCount = max(0, d.UsageCount-h.Cost)
-	refunded.BytesUsed = max(0, d.BytesUsed-bytes)
-	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		rewrite: func() { setRateLimitHeaders(w.Header(), refunded, time.Now()) }}
+	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, d: d, units: h.Cost, bytes: bytes}
 	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
 	err = next.ServeHTTP(rec, r)
 	if err != nil || rec.Status() >= 400 {
@@ -245,8 +241,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // is a failure, which this handler refunds, before the headers go out.
 type refundHeaders struct {
 	*caddyhttp.ResponseWriterWrapper
-	rewrite func()
-	done    bool
+	d            raftstore.Decision // the charge's decision
+	units, bytes int64
+	done         bool
 }
 
 func (rw *refundHeaders) WriteHeader(status int) {
@@ -259,7 +256,10 @@ func (rw *refundHeaders) WriteHeader(status int) {
 func (rw *refundHeaders) failed() {
 	if !rw.done {
 		rw.done = true
-		rw.rewrite()
+		refunded := rw.d
+		refunded.UsageCount = max(0, refunded.UsageCount-rw.units)
+		refunded.BytesUsed = max(0, refunded.BytesUsed-rw.bytes)
+		setRateLimitHeaders(rw.Header(), refunded, time.Now())
 	}
 }
 

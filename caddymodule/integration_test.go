@@ -232,24 +232,19 @@ func upload(t *testing.T, path, token, body string) *http.Response {
 	return resp
 }
 
-// tokenIDOf looks a token up by name (in the body) and returns its id.
-func tokenIDOf(t *testing.T, name string) string {
+// lookup finds a token by name (in the body, as the admin API takes it).
+func lookup(t *testing.T, name string) map[string]any {
 	t.Helper()
 	code, out := admin(t, "POST", "/quota/tokens/lookup", `{"name":"`+name+`"}`)
 	if code != http.StatusOK {
 		t.Fatalf("lookup %s: %d %v", name, code, out)
 	}
-	return out["id"].(string)
+	return out
 }
 
-func usage(t *testing.T, token string) float64 {
-	t.Helper()
-	code, out := admin(t, "POST", "/quota/tokens/lookup", `{"name":"`+token+`"}`)
-	if code != http.StatusOK {
-		t.Fatalf("get %s: %d %v", token, code, out)
-	}
-	return out["usage_count"].(float64)
-}
+func tokenIDOf(t *testing.T, name string) string { return lookup(t, name)["id"].(string) }
+
+func usage(t *testing.T, token string) float64 { return lookup(t, token)["usage_count"].(float64) }
 
 func TestAllowedUploadReachesStorageAndLimitHolds(t *testing.T) {
 	startCaddy(t)

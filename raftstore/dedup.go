@@ -153,13 +153,12 @@ type dedupView struct {
 	chunks           []*dedupChunk
 	first, head, end uint64
 	live             int
-	cap              int
 }
 
 // capture returns a view of the table as it is now; until release, Apply
 // copies any chunk of the view before changing it.
 func (d *dedupTable) capture() *dedupView {
-	v := &dedupView{chunks: append([]*dedupChunk(nil), d.chunks...), first: d.first, head: d.head, end: d.tail, live: d.live, cap: d.cap}
+	v := &dedupView{chunks: append([]*dedupChunk(nil), d.chunks...), first: d.first, head: d.head, end: d.tail, live: d.live}
 	d.shared = d.gen
 	d.gen++
 	return v

@@ -199,6 +199,11 @@ func TestDedupSizeIsClusterState(t *testing.T) {
 			warned++
 		}
 	}
+	// At least one node's config differs from what the cluster applies
+	// (the three configs differ), and says so.
+	if warned == 0 {
+		t.Error("no node warned that its dedup_size differs from the cluster's")
+	}
 	t.Logf("leader node%d, %d warnings about differing dedup_size", leader+1, warned)
 }
 
@@ -256,7 +261,6 @@ func TestBatcherAnswersEverythingItAccepted(t *testing.T) {
 	if _, err := b.do(context.Background(), []int{1}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("do after close: %v", err)
 	}
-	_ = fmt.Sprint()
 }
 
 // TestMembershipChangesUnderLoad adds a fourth voter and then removes the

@@ -3,7 +3,6 @@ package robustness
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -35,24 +34,7 @@ func TestGatewayJoinsServesAndLeaves(t *testing.T) {
 	cfg := fmt.Sprintf("{\n\tadmin 127.0.0.1:%s\n\tpersist_config off\n\tstorage file_system ./data/gw1/caddy\n\tquota {\n\t\tnode_id gw1\n\t\tdata_dir ./data/gw1/raft\n\t\traft_address %s\n\t\trole gateway\n%s\t\ttls ./data/certs/gw1.pem ./data/certs/gw1-key.pem ./data/certs/ca.pem\n\t}\n}\n\n:%s {\n\tbind 127.0.0.1\n\thandle_path /upload/* {\n\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t}\n\t\treverse_proxy 127.0.0.1:%s\n\t}\n}\n",
 		adminPort, raftAddr, peers.String(), httpPort, c.ports["9000"])
 	c.writeFile("gw1.Caddyfile", cfg)
-	cmd := exec.Command(binary, "run", "--config", filepath.Join(c.dir, "gw1.Caddyfile"), "--adapter", "caddyfile")
-	cmd.Dir = c.dir
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg-gw1"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg-gw1"))
-	logf, _ := os.Create(filepath.Join(c.dir, "gw1.log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("--- gw1 log ---\n%s", b[max(0, len(b)-4000):])
-		}
-	})
+	cmd, exited := spawn(t, c.dir, "gw1", "run", "--config", filepath.Join(c.dir, "gw1.Caddyfile"), "--adapter", "caddyfile")
 
 	roles := func() map[string]string {
 		out, err := c.quota(0, "cluster")

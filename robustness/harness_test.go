@@ -291,8 +291,9 @@ func (c *cluster) waitHealthy(d time.Duration) {
 
 // spawn runs the binary with args outside the cluster's slots (an extra
 // node, a differently configured Caddy), with its own XDG dirs under dir,
-// and kills it when the test ends, showing its log if the test failed.
-func spawn(t *testing.T, dir, name string, args ...string) {
+// and kills it when the test ends, showing its log if the test failed. It
+// returns the process and a channel that yields its exit.
+func spawn(t *testing.T, dir, name string, args ...string) (*exec.Cmd, <-chan error) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = dir
@@ -306,15 +307,18 @@ func spawn(t *testing.T, dir, name string, args ...string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited, done := make(chan error, 1), make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-done
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("--- %s log ---\n%s", name, b)
 		}
 	})
+	return cmd, exited
 }
 
 func (c *cluster) createToken(name string, limit int) {
