@@ -179,7 +179,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		cancel()
 		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
 	}
-	fp := store.Fingerprint(key) // the raw key is never logged
+	tokenKey := raftstore.KeyOf(key)    // hashed once: the fingerprint and the consume share it
+	fp := store.FingerprintOf(tokenKey) // the raw key is never logged
 	repl.Set("http.quota.token_fingerprint", fp)
 
 	id := raftstore.NewRequestID()
@@ -195,7 +196,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.CheckOnly {
 		d, err = store.Check(ctx, key, h.Cost, bytes)
 	} else {
-		d, err = store.Consume(ctx, raftstore.ConsumeRequest{ID: id, Token: key, Units: h.Cost, Bytes: bytes})
+		d, err = store.Consume(ctx, raftstore.ConsumeRequest{ID: id, Key: tokenKey, Units: h.Cost, Bytes: bytes})
 	}
 	cancel()
 	consumeSeconds.Observe(time.Since(start).Seconds())

@@ -619,7 +619,10 @@ func (s *Store) WaitForLeader(ctx context.Context) error {
 // token with that name, safe to log (see tokenID). For a token created
 // before the cluster's secret was set, the token's own id (in Decision)
 // differs; prefer that when there is one.
-func (s *Store) Fingerprint(name string) string { return tokenID(s.fsm.secretKey(), KeyOf(name)) }
+func (s *Store) Fingerprint(name string) string { return s.FingerprintOf(KeyOf(name)) }
+
+// FingerprintOf is Fingerprint for a name already hashed with KeyOf.
+func (s *Store) FingerprintOf(key TokenKey) string { return tokenID(s.fsm.secretKey(), key) }
 
 // --- leader-side operations ---
 
