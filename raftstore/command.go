@@ -74,6 +74,13 @@ const (
 	opDelete
 	opSetSecret
 	opSetDedupSize
+	opReserveUpload
+	opBindUpload
+	opChargePart
+	opCompleteBegin
+	opCompleteEnd
+	opAbortUpload
+	opExpireUploads
 )
 
 // commandDef is how the FSM applies one op.
@@ -99,6 +106,16 @@ var commands = map[op]commandDef{
 	opDelete:       {"delete", (*fsm).applyDelete, true},
 	opSetSecret:    {"set_secret", (*fsm).applySetSecret, false},
 	opSetDedupSize: {"set_dedup_size", (*fsm).applySetDedupSize, false},
+	// Multipart uploads (multipart.go). Reserves and parts keep consume
+	// entries of their own, and a bind (whose ID is its reserve's) is
+	// idempotent; the others are remembered generically.
+	opReserveUpload: {"reserve_upload", (*fsm).applyReserveUpload, false},
+	opBindUpload:    {"bind_upload", (*fsm).applyBindUpload, false},
+	opChargePart:    {"charge_part", (*fsm).applyChargePart, false},
+	opCompleteBegin: {"complete_begin", (*fsm).applyCompleteBegin, true},
+	opCompleteEnd:   {"complete_end", (*fsm).applyCompleteEnd, true},
+	opAbortUpload:   {"abort_upload", (*fsm).applyAbortUpload, true},
+	opExpireUploads: {"expire_uploads", (*fsm).applyExpireUploads, false},
 }
 
 func (o op) String() string {
@@ -180,6 +197,8 @@ type command struct {
 	Secret   []byte           `json:"secret,omitempty"`
 	// DedupSize is the new capacity of the dedup table (set_dedup_size).
 	DedupSize int `json:"dedup_size,omitempty"`
+	// Upload carries the multipart commands' fields.
+	Upload *UploadOp `json:"upload,omitempty"`
 }
 
 // The first byte of every encoded command names its encoding, so the format

@@ -36,8 +36,10 @@ type WriteArgs struct{ Cmd []byte }
 // WriteReply answers WriteArgs.
 type WriteReply struct {
 	Token *Token
-	Code  uint8
-	Msg   string
+	// Decisions answers commands that decide (multipart reserves and parts).
+	Decisions []Decision
+	Code      uint8
+	Msg       string
 }
 
 // Read kinds.
@@ -134,7 +136,7 @@ func (q *Quota) Write(args *WriteArgs, out *WriteReply) error {
 	res, err := q.s.applyLocal(c)
 	if err == nil {
 		err = res.Err
-		out.Token = res.Token
+		out.Token, out.Decisions = res.Token, res.Decisions
 	}
 	out.Code, out.Msg = reply(err)
 	return nil

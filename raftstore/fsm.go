@@ -36,7 +36,8 @@ type dedupEntry struct {
 // reasonCode is a Reason in one byte.
 type reasonCode uint8
 
-var reasons = []Reason{"", ReasonUnknown, ReasonRevoked, ReasonExpired, ReasonExhausted, ReasonBytesExhausted, ReasonRefunded}
+// Codes are written in snapshots: append only.
+var reasons = []Reason{"", ReasonUnknown, ReasonRevoked, ReasonExpired, ReasonExhausted, ReasonBytesExhausted, ReasonRefunded, ReasonNoSuchUpload, ReasonTooManyUploads}
 
 func codeOfReason(r Reason) reasonCode {
 	for i, x := range reasons {
@@ -68,7 +69,9 @@ type fsm struct {
 	mu     sync.RWMutex
 	tokens *tokenTable
 	dedup  *dedupTable
-	secret []byte
+	// uploads is the multipart state (multipart.go).
+	uploads *uploadTable
+	secret  []byte
 	// now is the latest leader timestamp applied. Time never moves backwards
 	// in the FSM even if a new leader's clock is behind the old one's.
 	now int64
@@ -95,6 +98,7 @@ func newFSM(logger *zap.Logger) *fsm {
 func (f *fsm) reset() {
 	f.tokens = newTokenTable(0)
 	f.dedup = newDedupTable(DefaultDedupSize)
+	f.uploads = newUploadTable()
 	f.secret = nil
 	f.now = 0
 	f.generation = 0
@@ -327,6 +331,9 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 // consume's id and deduplicated there.
 func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
 	id := c.ID
+	if f.refundUploadCharge(id, now) {
+		return &applyResult{}
+	}
 	e, ok := f.dedup.Peek(id)
 	if !ok {
 		f.dedup.Add(id, dedupEntry{Op: opRefund, Refunded: true})
@@ -539,6 +546,9 @@ type fsmSnapshot struct {
 	table  *tokenTable
 	dedup  *dedupView
 	dtable *dedupTable
+	// uploads is a copy: the multipart state is small (bounded by
+	// MaxOpenUploads and MaxOpenPartCharges).
+	uploads []keyedUpload
 }
 
 // Snapshot captures the state in O(1) for tokens and O(dedup chunks) for
@@ -548,12 +558,13 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	defer f.mu.Unlock()
 	f.tokens.thaw() // a snapshot that failed before Release
 	s := &fsmSnapshot{
-		f:      f,
-		header: snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation, DedupSize: f.dedup.Cap()},
-		tokens: f.tokens.freeze(),
-		table:  f.tokens,
-		dedup:  f.dedup.capture(),
-		dtable: f.dedup,
+		f:       f,
+		header:  snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation, DedupSize: f.dedup.Cap()},
+		tokens:  f.tokens.freeze(),
+		table:   f.tokens,
+		dedup:   f.dedup.capture(),
+		dtable:  f.dedup,
+		uploads: f.uploads.copyOut(),
 	}
 	return s, nil
 }
@@ -587,6 +598,6 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.tokens, f.dedup, f.secret, f.now, f.generation = n.tokens, n.dedup, n.secret, n.now, n.generation
+	f.tokens, f.dedup, f.uploads, f.secret, f.now, f.generation = n.tokens, n.dedup, n.uploads, n.secret, n.now, n.generation
 	return nil
 }

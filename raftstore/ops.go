@@ -138,14 +138,24 @@ func (s *Store) idOp(ctx context.Context, o op, id string) (*Token, error) {
 // write proposes c on the leader, forwarding when this node is not it.
 // c.ID is fixed before the first try, so retries are deduplicated.
 func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
-	var tok *Token
+	res, err := s.propose(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return res.Token, nil
+}
+
+// propose applies c on the leader, forwarding when this node is not it, and
+// returns its result; a result's error is returned as the error.
+func (s *Store) propose(ctx context.Context, c *command) (*applyResult, error) {
+	var out *applyResult
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
 			res, err := s.applyLocal(c)
 			if err != nil {
 				return err
 			}
-			tok = res.Token
+			out = res
 			return res.Err
 		}
 		_, addr, err := s.leader()
@@ -157,14 +167,14 @@ func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
 			return err
 		}
 		s.forwarded.Add(1)
-		var out WriteReply
-		if err := s.forward.call(ctx, addr, "Write", &WriteArgs{Cmd: b}, &out); err != nil {
+		var reply WriteReply
+		if err := s.forward.call(ctx, addr, "Write", &WriteArgs{Cmd: b}, &reply); err != nil {
 			return err
 		}
-		tok = out.Token
-		return remoteError(out.Code, out.Msg)
+		out = &applyResult{Token: reply.Token, Decisions: reply.Decisions}
+		return remoteError(reply.Code, reply.Msg)
 	})
-	return tok, err
+	return out, err
 }
 
 // Token returns the token with id as of now (a linearizable read).

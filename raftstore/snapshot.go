@@ -20,13 +20,16 @@ import (
 //	secret, now, generation, [v3+: dedup size], token count, dedup count
 //	tokens, in creation order: [v4+: key (32 bytes), id] [v2, v3: name], fields
 //	dedup entries, oldest first: id, flags, [v4+: key (32 bytes)] [v2, v3: name], amounts
+//	[v5+: upload count, uploads in key order: key (16 bytes), token key,
+//	      state, deadline, expiry, reserve charge, part count, part charges]
 //
 // Every version ever written stays readable (testdata/formats has a
 // fixture of each): version 2 has no dedup size, which is then the
-// default; versions 2 and 3 hold token names, which are hashed on reading.
+// default; versions 2 and 3 hold token names, which are hashed on reading;
+// before version 5 there are no multipart uploads.
 const (
 	snapshotMagic   = "RQS"
-	snapshotVersion = 4
+	snapshotVersion = 5
 )
 
 type snapWriter struct {
@@ -115,7 +118,76 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.varint(e.Window)
 		sw.uvarint(e.Gen)
 	})
+	sw.uvarint(uint64(len(s.uploads)))
+	for i := range s.uploads {
+		k, u := s.uploads[i].Key, &s.uploads[i].U
+		sw.w.Write(k[:])
+		sw.w.Write(u.Token[:])
+		sw.byte(byte(u.State))
+		sw.varint(u.Deadline)
+		sw.varint(u.Expiry)
+		sw.charge(&u.Reserve)
+		sw.uvarint(uint64(len(u.Parts)))
+		for j := range u.Parts {
+			sw.charge(&u.Parts[j])
+		}
+	}
 	return sw.w.Flush()
+}
+
+func (s *snapWriter) charge(c *charge) {
+	s.w.Write(c.ID[:])
+	s.varint(int64(c.Part))
+	s.varint(c.Units)
+	s.varint(c.Bytes)
+	s.uvarint(c.Gen)
+	s.varint(c.Window)
+}
+
+func (s *snapReader) charge(c *charge) {
+	s.full(c.ID[:])
+	c.Part = int32(s.varint())
+	c.Units, c.Bytes = s.varint(), s.varint()
+	c.Gen = s.uvarint()
+	c.Window = s.varint()
+}
+
+func (s *snapReader) full(b []byte) {
+	if s.err == nil {
+		_, s.err = io.ReadFull(s.r, b)
+	}
+}
+
+// readUploads reads the multipart section of a version 5+ snapshot.
+func (s *snapReader) readUploads(ut *uploadTable) {
+	n := s.uvarint()
+	if n > MaxOpenUploads {
+		s.err = errBadSnapshot
+		return
+	}
+	for i := uint64(0); i < n && s.err == nil; i++ {
+		var k UploadKey
+		u := &multipartUpload{}
+		s.full(k[:])
+		s.full(u.Token[:])
+		u.State = uploadState(s.byte())
+		if u.State < uploadPending || u.State > uploadCompleting {
+			s.err = errBadSnapshot
+			return
+		}
+		u.Deadline, u.Expiry = s.varint(), s.varint()
+		s.charge(&u.Reserve)
+		np := s.uvarint()
+		if np > MaxChargesPerUpload {
+			s.err = errBadSnapshot
+			return
+		}
+		u.Parts = make([]charge, np)
+		for j := range u.Parts {
+			s.charge(&u.Parts[j])
+		}
+		ut.put(k, u)
+	}
 }
 
 // snapReader reads what snapWriter wrote; the first error sticks.
@@ -302,6 +374,9 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 			break
 		}
 		f.dedup.Add(id, e)
+	}
+	if version >= 5 && sr.err == nil {
+		sr.readUploads(f.uploads)
 	}
 	if sr.err != nil {
 		return nil, fmt.Errorf("reading snapshot: %w", sr.err)

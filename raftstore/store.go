@@ -78,6 +78,9 @@ type Config struct {
 	DedupSize int
 	// MaxBatch caps how many consumes go in one log entry. Default 1024.
 	MaxBatch int
+	// UploadSweep is how often the leader looks for multipart uploads past
+	// their deadline. Default 1m.
+	UploadSweep time.Duration
 
 	// Stream replaces the plain TCP transport (e.g. with TLS). It must listen
 	// on BindAddr. When set, BindAddr and AdvertiseAddr are not used to listen.
@@ -368,6 +371,8 @@ func (s *Store) start() error {
 	}
 	s.wg.Add(1)
 	go s.reapGateways()
+	s.wg.Add(1)
+	go s.expireUploads()
 	return nil
 }
 

@@ -26,7 +26,7 @@ import (
 var writeFixture = flag.String("write-fixture", "", "write testdata/formats/NAME from this build's code")
 
 // fixtureNames lists the fixtures every build must read.
-var fixtureNames = []string{"v2", "v4"}
+var fixtureNames = []string{"v2", "v4", "v5"}
 
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
@@ -36,6 +36,8 @@ type fixtureState struct {
 	// Replays are consumes already applied, with their first outcome: a
 	// build that reads the fixture must answer them as duplicates.
 	Replays []fixtureReplay `json:"replays"`
+	// Uploads are the multipart uploads held (none before v5).
+	Uploads []UploadInfo `json:"uploads,omitempty"`
 }
 
 type fixtureReplay struct {
@@ -44,7 +46,7 @@ type fixtureReplay struct {
 }
 
 // fixtureNamesOfTokens are the token names the fixture workload uses.
-var fixtureTokenNames = []string{"plain", "bytes", "renewing", "expiring", "revoked", "reactivated", "reset", "raised", "deleted", "meta.data_x-1"}
+var fixtureTokenNames = []string{"plain", "bytes", "renewing", "expiring", "revoked", "reactivated", "reset", "raised", "deleted", "meta.data_x-1", "multipart"}
 
 // fixtureWorkload runs every command op against s and returns the consumes
 // whose outcomes a reader must remember.
@@ -63,6 +65,7 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 		{Name: "raised", UsageLimit: 1},
 		{Name: "deleted", UsageLimit: 1},
 		{Name: "meta.data_x-1", UsageLimit: 10, BytesLimit: 10, CreatedBy: "fixture", Metadata: map[string]string{"team": "a", "env": "test"}},
+		{Name: "multipart", UsageLimit: 10, BytesLimit: 1000},
 	}
 	ids := map[string]string{}
 	for _, sp := range specs {
@@ -126,7 +129,61 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 	if err := s.DeleteToken(ctx, ids["deleted"]); err != nil {
 		t.Fatal(err)
 	}
+	multipartWorkload(t, s)
 	return replays
+}
+
+// multipartWorkload runs every multipart op: a completed upload with a
+// part uploaded twice, an aborted one, an open one with a refunded part, a
+// pending one, one whose complete failed, and an expiry sweep.
+func multipartWorkload(t *testing.T, s *Store) {
+	ctx := ctxT(t, 30*time.Second)
+	key := KeyOf("multipart")
+	upload := func(name string) UploadKey {
+		id := NewRequestID()
+		if d, err := s.ReserveUpload(ctx, id, key, 1, time.Hour); err != nil || !d.Allowed {
+			t.Fatalf("reserve %s: %+v %v", name, d, err)
+		}
+		u := UploadKeyOf("bucket/"+name, "upload-"+name)
+		if err := s.BindUpload(ctx, id, u); err != nil {
+			t.Fatalf("bind %s: %v", name, err)
+		}
+		return u
+	}
+	part := func(u UploadKey, n int32, bytes int64) RequestID {
+		id := NewRequestID()
+		if d, err := s.ChargePart(ctx, id, u, n, bytes, TokenKey{}); err != nil || !d.Allowed {
+			t.Fatalf("part %d: %+v %v", n, d, err)
+		}
+		return id
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := upload("done")
+	part(done, 1, 100)
+	part(done, 2, 200)
+	part(done, 2, 150)
+	must(s.BeginComplete(ctx, done, key, time.Hour))
+	must(s.EndComplete(ctx, done, true, []int32{1, 2}))
+	aborted := upload("aborted")
+	part(aborted, 1, 50)
+	must(s.AbortUpload(ctx, aborted, key))
+	open := upload("open")
+	part(open, 1, 30)
+	must(s.Refund(ctx, part(open, 2, 40)))
+	if d, err := s.ReserveUpload(ctx, NewRequestID(), key, 1, time.Hour); err != nil || !d.Allowed {
+		t.Fatalf("pending reserve: %+v %v", d, err)
+	}
+	failed := upload("failed")
+	must(s.BeginComplete(ctx, failed, key, time.Hour))
+	must(s.EndComplete(ctx, failed, false, nil))
+	if _, err := s.applyLocal(&command{Op: opExpireUploads}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // readFixtureState asks s, through its public API, for everything a fixture
@@ -182,7 +239,7 @@ func TestWriteFormatFixture(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	replays := fixtureWorkload(t, s)
-	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.dedupSize()}
+	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.dedupSize(), Uploads: s.Uploads()}
 	snap, err := s.fsm.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -230,6 +287,7 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Errorf("log: dedup size %d, want %d", s.fsm.dedupSize(), want.DedupSize)
 			}
 			checkReplays(t, "log", s, want.Replays)
+			compareUploads(t, "log", want.Uploads, s.Uploads())
 			// What this build writes of the upgraded state holds no name.
 			for _, name := range []string{"meta.data_x-1", "reactivated", "renewing", "expiring"} {
 				if bytes.Contains(snapshotBytes(t, s.fsm), []byte(name)) {
@@ -252,6 +310,7 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Errorf("snapshot: dedup size %d, want %d", s2.fsm.dedupSize(), want.DedupSize)
 			}
 			checkReplays(t, "snapshot", s2, want.Replays)
+			compareUploads(t, "snapshot", want.Uploads, s2.Uploads())
 		})
 	}
 }
@@ -291,5 +350,17 @@ func checkReplays(t *testing.T, from string, s *Store, replays []fixtureReplay) 
 		if !d.Duplicate || d.Allowed != r.Allowed {
 			t.Errorf("%s: replayed consume of %s: got %+v, want a duplicate with allowed=%v", from, r.Req.Token, d, r.Allowed)
 		}
+	}
+}
+
+func compareUploads(t *testing.T, from string, want, got []UploadInfo) {
+	t.Helper()
+	w, _ := json.Marshal(want)
+	g, _ := json.Marshal(got)
+	if want == nil {
+		w = []byte("[]") // fixtures from before multipart uploads hold none
+	}
+	if !bytes.Equal(w, g) {
+		t.Errorf("%s: uploads:\n got %s\nwant %s", from, g, w)
 	}
 }
