@@ -151,7 +151,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	    check_only
 //	    dry_run
 //	    timeout         <duration>
+//	    s3 {
+//	        multipart_expiry <duration>
+//	    }
 //	}
+//
+// With s3 the key is optional: the token is then the request's S3 access
+// key id. s3 alone (no block) takes the defaults.
 func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	q := new(Handler)
 	return q, q.UnmarshalCaddyfile(h.Dispenser)
@@ -161,7 +167,7 @@ func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 func (q *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
-		return d.Errf("quota takes its settings in a block, e.g. quota { key {http.request.header.X-Quota-Token} }")
+		return d.Errf("quota takes its settings in a block, e.g. quota { key {http.request.header.X-Quota-Token} } or quota { s3 }")
 	}
 	for d.NextBlock(0) {
 		switch d.Val() {
@@ -209,11 +215,26 @@ func (q *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := durationArg(d, &q.Timeout); err != nil {
 				return err
 			}
+		case "s3":
+			if d.NextArg() {
+				return d.Errf("s3 takes its settings in a block, e.g. s3 { multipart_expiry 24h }")
+			}
+			q.S3 = new(S3)
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch d.Val() {
+				case "multipart_expiry":
+					if err := durationArg(d, &q.S3.MultipartExpiry); err != nil {
+						return err
+					}
+				default:
+					return d.Errf("unrecognized s3 setting %q", d.Val())
+				}
+			}
 		default:
 			return d.Errf("unrecognized quota subdirective %q", d.Val())
 		}
 	}
-	if q.Key == "" {
+	if q.Key == "" && q.S3 == nil {
 		return d.Err("quota needs a key, e.g. key {http.request.header.X-Quota-Token}")
 	}
 	return nil

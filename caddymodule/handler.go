@@ -77,6 +77,14 @@ type Handler struct {
 	// retries included. Default 3s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// S3, when set, makes the handler understand the S3 API on its routes:
+	// one object is charged one unit (cost) however it is uploaded, bytes
+	// are the object's bytes, multipart uploads are refunded when aborted
+	// or left incomplete, the token defaults to the request's access key,
+	// and refusals are S3 XML errors. See S3. Not with bytes, check_only,
+	// idempotency_key or charge_on attempt.
+	S3 *S3 `json:"s3,omitempty"`
+
 	app     *App
 	logger  *zap.Logger
 	denials *denialLog
@@ -111,7 +119,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// forgotten pair of braces: every client on one token, or every request
 	// refused. Said at WARN, so `caddy validate` shows it. (The key's value
 	// is not logged: it would be a token.)
-	if !strings.Contains(h.Key, "{") {
+	if h.S3 != nil && h.S3.MultipartExpiry == 0 {
+		h.S3.MultipartExpiry = caddy.Duration(raftstore.DefaultUploadExpiry)
+	}
+	if (h.S3 == nil || h.Key != "") && !strings.Contains(h.Key, "{") {
 		h.logger.Warn("quota: key holds no placeholder, so every request is charged to the one token it names; to read a header write e.g. key {http.request.header.X-Quota-Token}")
 	}
 	if h.Bytes != "" && !strings.Contains(h.Bytes, "{") {
@@ -130,7 +141,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate reports a config mistake in words for the user.
 func (h *Handler) Validate() error {
-	if strings.TrimSpace(h.Key) == "" {
+	if h.S3 != nil {
+		switch {
+		case h.Bytes != "":
+			return fmt.Errorf("quota: s3 charges the object's bytes itself; remove bytes")
+		case h.CheckOnly:
+			return fmt.Errorf("quota: s3 and check_only do not go together")
+		case h.IdempotencyKey != "":
+			return fmt.Errorf("quota: s3 keys multipart uploads by their upload id; remove idempotency_key")
+		case h.ChargeOn == "attempt":
+			return fmt.Errorf("quota: s3 refunds failed uploads; charge_on attempt does not apply")
+		case h.S3.MultipartExpiry < 0:
+			return fmt.Errorf("quota: multipart_expiry must be positive")
+		}
+	} else if strings.TrimSpace(h.Key) == "" {
 		return fmt.Errorf("quota: key is required, e.g. key {http.request.header.X-Quota-Token}")
 	}
 	if h.Cost < 0 {
@@ -149,6 +173,9 @@ func (h *Handler) Validate() error {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.S3 != nil {
+		return h.serveS3(w, r, next)
+	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	key := repl.ReplaceAll(h.Key, "")
 	if key == "" {
@@ -200,13 +227,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	cancel()
 	consumeSeconds.Observe(time.Since(start).Seconds())
+	return h.decided(w, r, next, repl, store, charged{id: id, fp: fp, units: h.Cost, bytes: bytes, check: h.CheckOnly}, d, err)
+}
+
+// charged is what a decision was asked for.
+type charged struct {
+	id           raftstore.RequestID
+	fp           string
+	units, bytes int64
+	check        bool // nothing was charged
+}
+
+// decided answers a request from the cluster's decision on c: a denial, a
+// 503, or the next handler, with the charge refunded when it fails.
+func (h *Handler) decided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, c charged, d raftstore.Decision, err error) error {
+	fp := c.fp
 	if err != nil {
-		if !h.CheckOnly && h.OnUnavailable != "allow" {
+		if !c.check && h.OnUnavailable != "allow" {
 			// The consume may have been applied without this node learning
 			// of it. The client is told it failed, so take the charge back:
 			// a refund by the same id undoes it, or, if the consume is
 			// applied later, makes it charge nothing.
-			h.refund(store, id, fp, http.StatusServiceUnavailable, err)
+			h.refund(store, c.id, fp, http.StatusServiceUnavailable, err)
 		}
 		return h.unavailable(w, r, next, repl, fp, err)
 	}
@@ -222,18 +264,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	countDecision("allowed", "")
 
-	if h.CheckOnly || h.ChargeOn == "attempt" || d.Duplicate {
+	if c.check || h.ChargeOn == "attempt" || d.Duplicate {
 		// A duplicate was charged (and, if it failed, refunded) by its first
 		// request; refunding here would give back a successful upload.
 		return next.ServeHTTP(w, r)
 	}
 	// A failed upload is refunded: its answer's RateLimit header says so.
-	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, d: d, units: h.Cost, bytes: bytes}
+	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, d: d, units: c.units, bytes: c.bytes}
 	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
 	err = next.ServeHTTP(rec, r)
 	if err != nil || rec.Status() >= 400 {
 		hw.failed() // an error is answered later, by Caddy's error handling
-		h.refund(store, id, fp, rec.Status(), err)
+		h.refund(store, c.id, fp, rec.Status(), err)
 	}
 	return err
 }
@@ -324,6 +366,13 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return h.deny(w, r, repl, http.StatusForbidden, "revoked", "Token revoked", "This token has been revoked.", d.Reason, nil)
 	case raftstore.ReasonExpired:
 		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Token expired", "This token has expired.", d.Reason, nil)
+	case raftstore.ReasonNoSuchUpload:
+		return h.deny(w, r, repl, http.StatusNotFound, "no_such_upload", "No such upload",
+			"The upload does not exist, or its quota reservation expired or was aborted.", d.Reason, nil)
+	case raftstore.ReasonTooManyUploads:
+		w.Header().Set("Retry-After", "60")
+		return h.deny(w, r, repl, http.StatusServiceUnavailable, "too_many_uploads", "Too many open uploads",
+			"The quota cluster holds as many incomplete multipart uploads as it keeps; complete or abort some.", d.Reason, nil)
 	case raftstore.ReasonRefunded:
 		return h.deny(w, r, repl, http.StatusConflict, "refunded", "Request refunded",
 			"This request's idempotency key belongs to a charge that was refunded while still in flight; retry with the same key.", d.Reason, nil)
@@ -393,6 +442,14 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 		repl.Set("http.quota.decision", "denied")
 	}
 	repl.Set("http.quota.reason", kind)
+	if h.S3 != nil {
+		st, code := s3Denial(status, kind, d)
+		if st == http.StatusServiceUnavailable && d != nil && d.ResetAt > 0 {
+			secs := max(1, int64(time.Until(time.Unix(0, d.ResetAt)).Seconds()+0.999))
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		}
+		return h.s3Error(w, r, st, code, detail)
+	}
 	p := problem{Type: "urn:raftquota:problem:" + kind, Title: title, Status: status, Detail: detail, Instance: originalPath(r), Reason: reason}
 	if d != nil {
 		p.Limit, p.Used, p.BLimit, p.BUsed = &d.UsageLimit, &d.UsageCount, &d.BytesLimit, &d.BytesUsed

@@ -589,7 +589,7 @@ func (s *Store) expireUploads() {
 	defer s.wg.Done()
 	every := s.cfg.UploadSweep
 	if every <= 0 {
-		every = time.Minute
+		every = time.Second
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -602,7 +602,7 @@ func (s *Store) expireUploads() {
 		if !s.IsLeader() {
 			continue
 		}
-		next := s.fsm.nextUploadDeadline()
+		next := s.fsm.nextUploadDeadline() // a scan of at most MaxOpenUploads, only while some are open
 		if next == 0 || time.Now().UnixNano() < next {
 			continue
 		}

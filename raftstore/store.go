@@ -79,7 +79,7 @@ type Config struct {
 	// MaxBatch caps how many consumes go in one log entry. Default 1024.
 	MaxBatch int
 	// UploadSweep is how often the leader looks for multipart uploads past
-	// their deadline. Default 1m.
+	// their deadline. Default 1s.
 	UploadSweep time.Duration
 
 	// Stream replaces the plain TCP transport (e.g. with TLS). It must listen

@@ -1,0 +1,575 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+// S3 makes the quota handler understand the S3 REST API on the routes it
+// gates (path-style addressing: /bucket/key). One object is one unit
+// however it is uploaded, and its bytes are the object's bytes:
+//
+//	PutObject, POST Object (browser form)   cost units and the object's bytes
+//	CopyObject                              cost units and the source's bytes
+//	CreateMultipartUpload                   reserves cost units
+//	UploadPart, UploadPartCopy              the part's bytes, to the upload's token
+//	CompleteMultipartUpload                 keeps the listed parts' charges
+//	AbortMultipartUpload, expiry            give back the unit and every byte
+//	reads and lists                         pass, uncharged
+//	deletes and other writes                pass, uncharged, with a usable token
+//
+// The token is the request's SigV4 (or V2) access key id, from the
+// Authorization header or a presigned URL's X-Amz-Credential, unless the
+// handler's key placeholder gives one. Refusals are S3 XML errors: a token
+// that cannot recover gets 403 (QuotaExceeded or AccessDenied), which S3
+// clients do not retry; a renewing token out until its window resets, or
+// a cluster without quorum, gets 503 SlowDown with Retry-After.
+type S3 struct {
+	// MultipartExpiry is how long a multipart upload may stay incomplete
+	// before its unit and bytes are given back and its parts refused.
+	// Default 24h. Set the storage's own lifecycle rule for incomplete
+	// uploads to the same age, so the backend drops what the quota no
+	// longer charges.
+	MultipartExpiry caddy.Duration `json:"multipart_expiry,omitempty"`
+}
+
+// s3Op is what an S3 request does, as far as charging goes.
+type s3Op int
+
+const (
+	s3Read s3Op = iota
+	s3Put
+	s3Copy
+	s3PostObject
+	s3Create
+	s3Part
+	s3PartCopy
+	s3Complete
+	s3Abort
+	s3OtherWrite
+)
+
+// objectSubresources are query parameters that make a PUT on an object
+// change something other than its data.
+var objectSubresources = []string{"acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select", "attributes"}
+
+// classifyS3 names the S3 operation of r (path-style addressing).
+func classifyS3(r *http.Request) s3Op {
+	q := r.URL.Query()
+	path := strings.TrimPrefix(r.URL.Path, "/")
+	object := strings.Contains(strings.TrimSuffix(path, "/"), "/")
+	copying := r.Header.Get("X-Amz-Copy-Source") != ""
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return s3Read
+	case http.MethodPut:
+		if !object {
+			return s3OtherWrite
+		}
+		if q.Has("uploadId") || q.Has("partNumber") {
+			if copying {
+				return s3PartCopy
+			}
+			return s3Part
+		}
+		for _, sub := range objectSubresources {
+			if q.Has(sub) {
+				return s3OtherWrite
+			}
+		}
+		if copying {
+			return s3Copy
+		}
+		return s3Put
+	case http.MethodPost:
+		switch {
+		case object && q.Has("uploads"):
+			return s3Create
+		case object && q.Has("uploadId"):
+			return s3Complete
+		case !object && len(q) == 0 && isForm(r):
+			return s3PostObject
+		}
+		return s3OtherWrite
+	case http.MethodDelete:
+		if object && q.Has("uploadId") {
+			return s3Abort
+		}
+	}
+	return s3OtherWrite
+}
+
+func isForm(r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "multipart/form-data"
+}
+
+// accessKey returns the access key id a request is signed with: SigV4 or
+// V2, in the Authorization header or a presigned URL.
+func accessKey(r *http.Request) string {
+	auth := r.Header.Get("Authorization")
+	if rest, ok := strings.CutPrefix(auth, "AWS4-HMAC-SHA256 "); ok {
+		for _, f := range strings.Split(rest, ",") {
+			if cred, ok := strings.CutPrefix(strings.TrimSpace(f), "Credential="); ok {
+				return credentialKey(cred)
+			}
+		}
+		return ""
+	}
+	if rest, ok := strings.CutPrefix(auth, "AWS "); ok {
+		k, _, _ := strings.Cut(rest, ":")
+		return strings.TrimSpace(k)
+	}
+	q := r.URL.Query()
+	if cred := q.Get("X-Amz-Credential"); cred != "" {
+		return credentialKey(cred)
+	}
+	return q.Get("AWSAccessKeyId")
+}
+
+// credentialKey is the access key id of a SigV4 credential scope
+// (AKID/date/region/service/aws4_request).
+func credentialKey(cred string) string {
+	k, _, ok := strings.Cut(cred, "/")
+	if !ok {
+		return ""
+	}
+	return k
+}
+
+// s3Token is the token a request names: the key placeholder's value when
+// configured and present, else the access key. primary says it came from
+// where this handler looks first (the placeholder when one is configured).
+func (h *Handler) s3Token(r *http.Request, repl *caddy.Replacer, formKey string) (name string, primary bool) {
+	access := accessKey(r)
+	if access == "" {
+		access = formKey
+	}
+	if h.Key != "" {
+		if k := repl.ReplaceAll(h.Key, ""); k != "" {
+			return k, true
+		}
+		return access, false
+	}
+	return access, true
+}
+
+// objectBytes is the size of the object data in r's body: the decoded
+// length of an aws-chunked body, or the Content-Length.
+func objectBytes(r *http.Request) (int64, bool) {
+	if v := r.Header.Get("X-Amz-Decoded-Content-Length"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		return n, err == nil && n >= 0
+	}
+	return r.ContentLength, r.ContentLength >= 0
+}
+
+func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	op := classifyS3(r)
+	if op == s3Read {
+		return next.ServeHTTP(w, r)
+	}
+	// A browser form carries its credential in the body, before the file.
+	var formSize int64
+	var formKey string
+	if op == s3PostObject {
+		formSize, formKey = postObjectSize(r)
+	}
+	name, primary := h.s3Token(r, repl, formKey)
+	if op == s3Part || op == s3Complete || op == s3Abort {
+		if !primary {
+			// Parts, completes and aborts are charged to the token that
+			// reserved their upload; some clients send custom headers only
+			// on the first request, so the access key does not stand in.
+			name = ""
+		}
+	}
+	var tokenKey raftstore.TokenKey
+	if name != "" {
+		if raftstore.ValidateName(name) != nil {
+			return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
+		}
+		tokenKey = raftstore.KeyOf(name)
+	} else if op != s3Part && op != s3Complete && op != s3Abort {
+		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no access key or quota token.")
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
+	defer cancel()
+	store := h.app.waitStore(ctx)
+	if store == nil {
+		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
+	}
+	c := charged{id: raftstore.NewRequestID(), units: h.Cost}
+	if name != "" {
+		c.fp = store.FingerprintOf(tokenKey)
+		repl.Set("http.quota.token_fingerprint", c.fp)
+	}
+	upload := raftstore.UploadKeyOf(r.URL.Path, r.URL.Query().Get("uploadId"))
+
+	switch op {
+	case s3Put, s3Copy, s3PostObject:
+		n := formSize
+		if op != s3PostObject {
+			n = h.s3ObjectSize(w, r, next, op)
+		}
+		if n < 0 {
+			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
+		}
+		c.bytes = n
+		d, err := store.Consume(ctx, raftstore.ConsumeRequest{ID: c.id, Key: tokenKey, Units: c.units, Bytes: c.bytes})
+		cancel()
+		return h.decided(w, r, next, repl, store, c, d, err)
+
+	case s3Part, s3PartCopy:
+		partNumber, err := strconv.ParseInt(r.URL.Query().Get("partNumber"), 10, 32)
+		if err != nil || partNumber < 1 {
+			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad_part", "Bad part number", "partNumber must be a positive integer.")
+		}
+		n := h.s3ObjectSize(w, r, next, op)
+		if n < 0 {
+			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This part's length is not known up front.")
+		}
+		c.units, c.bytes = 0, n
+		d, err := store.ChargePart(ctx, c.id, upload, int32(partNumber), n, tokenKey)
+		cancel()
+		return h.decided(w, r, next, repl, store, c, d, err)
+
+	case s3Create:
+		d, err := store.ReserveUpload(ctx, c.id, tokenKey, h.Cost, time.Duration(h.S3.MultipartExpiry))
+		cancel()
+		if err != nil || !d.Allowed {
+			return h.decided(w, r, next, repl, store, c, d, err)
+		}
+		return h.createUpload(w, r, next, repl, store, c, d)
+
+	case s3Complete:
+		return h.completeUpload(ctx, w, r, next, repl, store, upload, tokenKey)
+
+	case s3Abort:
+		return h.abortUpload(w, r, next, store, upload, tokenKey, c.fp)
+
+	default:
+		// Deleting and configuring are not charged, but need a token that
+		// could be used: no write passes the gate without one.
+		d, err := store.Check(ctx, name, 0, 0)
+		cancel()
+		if err == nil && (d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted) {
+			d.Allowed, d.Reason = true, ""
+		}
+		c.check = true
+		return h.decided(w, r, next, repl, store, c, d, err)
+	}
+}
+
+// s3ObjectSize is how many bytes of object data r stores: its body's, or
+// for a copy the source's (the copy range's, or the source object's size
+// asked of the backend). -1 when it cannot be known before forwarding.
+func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, op s3Op) int64 {
+	switch op {
+	case s3Copy, s3PartCopy:
+		if rng := r.Header.Get("X-Amz-Copy-Source-Range"); rng != "" {
+			var first, last int64
+			if _, err := fmt.Sscanf(rng, "bytes=%d-%d", &first, &last); err != nil || first < 0 || last < first {
+				return -1
+			}
+			return last - first + 1
+		}
+		return h.sourceSize(r, next)
+	}
+	n, ok := objectBytes(r)
+	if !ok {
+		return -1
+	}
+	if r.ContentLength >= 0 {
+		// A body longer than it said must not get through.
+		r.Body = http.MaxBytesReader(w, r.Body, r.ContentLength)
+	}
+	return n
+}
+
+// sourceSize asks the backend, through the next handler, for the size of a
+// copy's source object with a HEAD request carrying the client's
+// credentials headers. -1 when the backend does not say.
+func (h *Handler) sourceSize(r *http.Request, next caddyhttp.Handler) int64 {
+	src, err := url.PathUnescape(strings.SplitN(r.Header.Get("X-Amz-Copy-Source"), "?", 2)[0])
+	if err != nil {
+		return -1
+	}
+	head := r.Clone(r.Context())
+	head.Method = http.MethodHead
+	head.URL = &url.URL{Path: "/" + strings.TrimPrefix(src, "/")}
+	head.RequestURI = head.URL.RequestURI()
+	head.Body, head.ContentLength = http.NoBody, 0
+	for _, k := range []string{"Content-Length", "Content-Type", "Content-Md5", "X-Amz-Copy-Source", "X-Amz-Copy-Source-Range", "X-Amz-Decoded-Content-Length", "Expect"} {
+		head.Header.Del(k)
+	}
+	var buf bytes.Buffer
+	rec := caddyhttp.NewResponseRecorder(discardWriter{http.Header{}}, &buf, func(int, http.Header) bool { return true })
+	if err := next.ServeHTTP(rec, head); err != nil || rec.Status() != http.StatusOK {
+		return -1
+	}
+	n, err := strconv.ParseInt(rec.Header().Get("Content-Length"), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+type discardWriter struct{ h http.Header }
+
+func (d discardWriter) Header() http.Header       { return d.h }
+func (discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (discardWriter) WriteHeader(int)             {}
+
+// maxFormPrefix bounds the form fields a POST Object may send before its
+// file.
+const maxFormPrefix = 1 << 20
+
+// postObjectSize reads a browser-form upload's fields up to its file (S3
+// requires the file to be the last field) and returns the file's size (the
+// body's length less the fields and the closing boundary, -1 when unknown)
+// and the access key of the form's credential. The body is put back whole.
+func postObjectSize(r *http.Request) (size int64, access string) {
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	boundary := params["boundary"]
+	if boundary == "" || r.ContentLength < 0 {
+		return -1, ""
+	}
+	var prefix []byte
+	start := -1
+	buf := make([]byte, 32<<10)
+	for start < 0 && len(prefix) < maxFormPrefix {
+		n, err := r.Body.Read(buf)
+		prefix = append(prefix, buf[:n]...)
+		start = fileStart(prefix, boundary)
+		if err != nil {
+			break
+		}
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(prefix), r.Body), r.Body}
+	if start < 0 {
+		return -1, ""
+	}
+	// The fields before the file, for the credential.
+	mr := multipart.NewReader(bytes.NewReader(prefix[:start]), boundary)
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		switch strings.ToLower(p.FormName()) {
+		case "x-amz-credential":
+			v, _ := io.ReadAll(io.LimitReader(p, 256))
+			access = credentialKey(string(v))
+		case "awsaccesskeyid":
+			v, _ := io.ReadAll(io.LimitReader(p, 256))
+			access = string(v)
+		}
+	}
+	closing := int64(len("\r\n--" + boundary + "--\r\n"))
+	return max(0, r.ContentLength-int64(start)-closing), access
+}
+
+// fileStart is where the file field's content begins in a form prefix, or
+// -1 when the prefix does not reach it yet.
+func fileStart(prefix []byte, boundary string) int {
+	delim := []byte("--" + boundary)
+	for off := 0; ; {
+		i := bytes.Index(prefix[off:], delim)
+		if i < 0 {
+			return -1
+		}
+		hdrStart := off + i + len(delim)
+		end := bytes.Index(prefix[hdrStart:], []byte("\r\n\r\n"))
+		if end < 0 {
+			return -1
+		}
+		hdr := strings.ToLower(string(prefix[hdrStart : hdrStart+end]))
+		if strings.Contains(hdr, `name="file"`) {
+			return hdrStart + end + 4
+		}
+		off = hdrStart + end + 4
+	}
+}
+
+// createUpload forwards a CreateMultipartUpload whose unit is reserved,
+// and binds the reservation to the upload id the backend answers with.
+func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, c charged, d raftstore.Decision) error {
+	if d.TokenID != "" {
+		c.fp = d.TokenID
+	}
+	setDecisionPlaceholders(repl, d)
+	countDecision("allowed", "")
+	var buf bytes.Buffer
+	rec := caddyhttp.NewResponseRecorder(w, &buf, func(status int, _ http.Header) bool { return status < 300 })
+	err := next.ServeHTTP(rec, r)
+	if err != nil || rec.Status() >= 300 || !rec.Buffered() {
+		h.refund(store, c.id, c.fp, rec.Status(), err)
+		return err
+	}
+	var res struct {
+		UploadID string `xml:"UploadId"`
+	}
+	if xml.Unmarshal(buf.Bytes(), &res) != nil || res.UploadID == "" {
+		h.refund(store, c.id, c.fp, rec.Status(), errors.New("no UploadId in the storage's answer"))
+		return h.s3Error(w, r, http.StatusBadGateway, "InternalError", "The storage's answer to CreateMultipartUpload held no upload id.")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+	defer cancel()
+	if err := store.BindUpload(ctx, c.id, raftstore.UploadKeyOf(r.URL.Path, res.UploadID)); err != nil {
+		// The backend holds an upload the quota does not know: its parts
+		// would be refused, so the client is told to start again.
+		h.logger.Error("recording a multipart upload failed", zap.String("token_fingerprint", c.fp), zap.Error(err))
+		h.refund(store, c.id, c.fp, http.StatusServiceUnavailable, err)
+		w.Header().Set("Retry-After", "1")
+		return h.s3Error(w, r, http.StatusServiceUnavailable, "SlowDown", "The quota cluster could not record the upload; retry.")
+	}
+	setRateLimitHeaders(w.Header(), d, time.Now())
+	return rec.WriteResponse()
+}
+
+// maxCompleteBody bounds a CompleteMultipartUpload body: 10,000 parts with
+// their ETags and checksums.
+const maxCompleteBody = 8 << 20
+
+// completeUpload marks the upload completing, forwards the complete, and
+// keeps the charges of the parts the object is made of, or reopens the
+// upload when the backend did not make it.
+func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, upload raftstore.UploadKey, tokenKey raftstore.TokenKey) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxCompleteBody+1))
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, err)
+	}
+	if len(body) > maxCompleteBody {
+		return h.s3Error(w, r, http.StatusBadRequest, "MalformedXML", "The CompleteMultipartUpload body is too large.")
+	}
+	var req struct {
+		Parts []struct {
+			PartNumber int32 `xml:"PartNumber"`
+		} `xml:"Part"`
+	}
+	if err := xml.Unmarshal(body, &req); err != nil {
+		return h.s3Error(w, r, http.StatusBadRequest, "MalformedXML", "The CompleteMultipartUpload body is not valid XML.")
+	}
+	parts := make([]int32, len(req.Parts))
+	for i, p := range req.Parts {
+		parts[i] = p.PartNumber
+	}
+	if err := store.BeginComplete(ctx, upload, tokenKey, raftstore.DefaultCompleteLimit); err != nil {
+		if errors.Is(err, raftstore.ErrNotFound) {
+			countDecision("denied", string(raftstore.ReasonNoSuchUpload))
+			return h.s3Error(w, r, http.StatusNotFound, "NoSuchUpload", "The upload does not exist, or its quota reservation expired or was aborted.")
+		}
+		return h.unavailable(w, r, next, repl, "", err)
+	}
+	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	var buf bytes.Buffer
+	rec := caddyhttp.NewResponseRecorder(w, &buf, func(int, http.Header) bool { return true })
+	ferr := next.ServeHTTP(rec, r)
+	out := buf.Bytes()
+	ok := ferr == nil && rec.Status() == http.StatusOK && !bytes.Contains(out, []byte("<Error>"))
+	gone := rec.Status() == http.StatusNotFound && bytes.Contains(out, []byte("NoSuchUpload"))
+	ectx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+	defer cancel()
+	if err := store.EndComplete(ectx, upload, ok, parts); err != nil {
+		// The upload stays completing until DefaultCompleteLimit, then
+		// keeps its charge: never less than what was stored.
+		h.logger.Error("recording a completed multipart upload failed", zap.Bool("completed", ok), zap.Error(err))
+	} else if gone {
+		// The backend no longer has the upload: it will never complete.
+		if err := store.AbortUpload(ectx, upload, raftstore.TokenKey{}); err != nil && !errors.Is(err, raftstore.ErrNotFound) {
+			h.logger.Error("refunding a vanished multipart upload failed", zap.Error(err))
+		}
+	}
+	if ferr != nil {
+		return ferr
+	}
+	return rec.WriteResponse()
+}
+
+// abortUpload forwards an abort and, when the backend no longer holds the
+// upload, gives back everything it charged.
+func (h *Handler) abortUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, upload raftstore.UploadKey, tokenKey raftstore.TokenKey, fp string) error {
+	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+	err := next.ServeHTTP(rec, r)
+	if err != nil {
+		return err
+	}
+	if s := rec.Status(); s < 300 || s == http.StatusNotFound {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+		defer cancel()
+		if err := store.AbortUpload(ctx, upload, tokenKey); err != nil && !errors.Is(err, raftstore.ErrNotFound) {
+			// A complete in flight decides; else expiry refunds it.
+			h.logger.Warn("refunding an aborted multipart upload failed", zap.String("token_fingerprint", fp), zap.Error(err))
+		} else if err == nil {
+			refunds.Inc()
+		}
+	}
+	return nil
+}
+
+// s3ErrorBody is S3's error document.
+type s3ErrorBody struct {
+	XMLName  xml.Name `xml:"Error"`
+	Code     string   `xml:"Code"`
+	Message  string   `xml:"Message"`
+	Resource string   `xml:"Resource"`
+}
+
+// s3Denial maps a refusal to S3's status and code. Tokens that cannot
+// recover get 403, which S3 clients do not retry; one that renews, or a
+// busy or unreachable cluster, gets 503 SlowDown, which they retry after
+// Retry-After.
+func s3Denial(status int, kind string, d *raftstore.Decision) (int, string) {
+	switch kind {
+	case "exhausted", "bytes_exhausted":
+		if d != nil && d.ResetAt > 0 {
+			return http.StatusServiceUnavailable, "SlowDown"
+		}
+		return http.StatusForbidden, "QuotaExceeded"
+	case "unavailable", string(raftstore.ReasonTooManyUploads):
+		return http.StatusServiceUnavailable, "SlowDown"
+	case string(raftstore.ReasonNoSuchUpload):
+		return http.StatusNotFound, "NoSuchUpload"
+	case "length_required":
+		return http.StatusLengthRequired, "MissingContentLength"
+	case "bad_length", "bad_part":
+		return http.StatusBadRequest, "InvalidArgument"
+	case "refunded":
+		return http.StatusConflict, "OperationAborted"
+	}
+	return http.StatusForbidden, "AccessDenied"
+}
+
+func (h *Handler) s3Error(w http.ResponseWriter, r *http.Request, status int, code, msg string) error {
+	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.Header().Set("Content-Type", "application/xml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	io.WriteString(w, xml.Header)
+	return xml.NewEncoder(w).Encode(s3ErrorBody{Code: code, Message: msg, Resource: originalPath(r)})
+}
