@@ -96,6 +96,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad on_unavailable", ":80 {\n quota {\n  key {http.request.header.X}\n  on_unavailable maybe\n }\n}", "on_unavailable must be deny or allow"},
 		{"check_only takes no args", ":80 {\n quota {\n  key {http.request.header.X}\n  check_only yes\n }\n}", "wrong argument count"},
 		{"bad timeout", ":80 {\n quota {\n  key {http.request.header.X}\n  timeout 0s\n }\n}", "timeout must be a positive duration"},
+		{"s3 inline arg", ":80 {\n quota {\n  s3 on\n }\n}", "s3 takes its settings in a block"},
+		{"unknown s3 setting", ":80 {\n quota {\n  s3 {\n   region x\n  }\n }\n}", `unrecognized s3 setting "region"`},
+		{"bad multipart_expiry", ":80 {\n quota {\n  s3 {\n   multipart_expiry forever\n  }\n }\n}", "multipart_expiry must be a positive duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

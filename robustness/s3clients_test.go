@@ -387,9 +387,9 @@ func TestS3MultipartAbortAndExpiry(t *testing.T) {
 	g.waitUsage(key, 0, 0, time.Second)
 }
 
-// TestS3CopyAndBrowserUploads: CopyObject is charged the source's size,
-// and a browser form upload (POST Object) one unit and the file's bytes,
-// keyed by the form's credential.
+// TestS3CopyAndBrowserUploads: CopyObject is charged the source's size, a
+// browser form upload (POST Object) one unit and the file's bytes, keyed
+// by the form's credential, and a presigned PUT by its URL's credential.
 func TestS3CopyAndBrowserUploads(t *testing.T) {
 	g := startS3Gate(t, "1h")
 	const key = "AKIACOPYPOST00000001"
@@ -425,6 +425,20 @@ func TestS3CopyAndBrowserUploads(t *testing.T) {
 		t.Fatalf("the form's object: stored %v, %d bytes", ok, len(got))
 	}
 	g.waitUsage(key, 3, 604321, time.Second)
+
+	// A presigned PUT URL (as SDKs make them) names its key in the query.
+	presigned := "http://127.0.0.1:" + g.gate + "/cp/presigned.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=" + key +
+		"%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Signature=00"
+	req, _ := http.NewRequest("PUT", presigned, strings.NewReader(strings.Repeat("y", 999)))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("presigned PUT: %s", resp.Status)
+	}
+	g.waitUsage(key, 4, 605320, time.Second)
 }
 
 // TestS3WritesWithoutAKeyNeverPass: no shape of write request gets past
@@ -455,5 +469,35 @@ func TestS3WritesWithoutAKeyNeverPass(t *testing.T) {
 	wg.Wait()
 	if keys := g.objects("b"); len(keys) != 0 {
 		t.Fatalf("objects stored without a key: %v", keys)
+	}
+}
+
+// TestS3RenewingTokenIsRetried: a renewing token out of uploads answers
+// 503 SlowDown with Retry-After, which S3 clients retry: the upload goes
+// through once the window renews, without the user doing anything.
+func TestS3RenewingTokenIsRetried(t *testing.T) {
+	g := startS3Gate(t, "1h")
+	const key = "AKIARENEWING00000001"
+	body := fmt.Sprintf(`{"name":%q,"usage_limit":1,"renew_every":"3s"}`, key)
+	resp, err := http.Post("http://127.0.0.1:"+g.admin+"/quota/tokens", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("creating a renewing token: %s", resp.Status)
+	}
+	c := newRclone(t, g, key)
+	small, _ := randomFile(t, t.TempDir(), "small.bin", 100)
+	if out, err := c.put(t, small, "renew", "one.bin"); err != nil {
+		t.Fatalf("first upload: %v\n%s", err, out)
+	}
+	start := time.Now()
+	if out, err := c.put(t, small, "renew", "two.bin"); err != nil {
+		t.Fatalf("the upload after the window renewed: %v\n%s", err, out)
+	}
+	t.Logf("rclone waited %v for the window to renew", time.Since(start).Round(10*time.Millisecond))
+	if _, ok := g.object("renew", "two.bin"); !ok {
+		t.Fatal("the retried upload was not stored")
 	}
 }
