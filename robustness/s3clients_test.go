@@ -30,7 +30,9 @@ type s3Gate struct {
 	gate, admin, storage string
 }
 
-func startS3Gate(t *testing.T, expiry string) *s3Gate {
+// startS3Gate runs the example with multipart_expiry set to expiry and
+// each edit (pairs of text and its replacement) applied.
+func startS3Gate(t *testing.T, expiry string, edits ...string) *s3Gate {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "examples", "s3-gateway", "Caddyfile"))
 	if err != nil {
@@ -43,6 +45,12 @@ func startS3Gate(t *testing.T, expiry string) *s3Gate {
 			t.Fatalf("the example Caddyfile has no %q", from)
 		}
 		s = strings.ReplaceAll(s, from, to)
+	}
+	for i := 0; i+1 < len(edits); i += 2 {
+		if !strings.Contains(s, edits[i]) {
+			t.Fatalf("the example Caddyfile has no %q", edits[i])
+		}
+		s = strings.Replace(s, edits[i], edits[i+1], 1)
 	}
 	if err := os.WriteFile(filepath.Join(g.dir, "Caddyfile"), []byte(s), 0o644); err != nil {
 		t.Fatal(err)
@@ -387,7 +395,8 @@ func TestS3MultipartAbortAndExpiry(t *testing.T) {
 	g.waitUsage(key, 0, 0, time.Second)
 }
 
-// TestS3CopyAndBrowserUploads: CopyObject is charged the source's size, a
+// TestS3CopyAndBrowserUploads: CopyObject (and UploadPartCopy) is charged
+// the source's size, a
 // browser form upload (POST Object) one unit and the file's bytes, keyed
 // by the form's credential, and a presigned PUT by its URL's credential.
 func TestS3CopyAndBrowserUploads(t *testing.T) {
@@ -439,6 +448,20 @@ func TestS3CopyAndBrowserUploads(t *testing.T) {
 		t.Fatalf("presigned PUT: %s", resp.Status)
 	}
 	g.waitUsage(key, 4, 605320, time.Second)
+
+	// Above aws-cli's multipart threshold a copy is CreateMultipartUpload
+	// and UploadPartCopy with ranges: still one unit and the source's bytes.
+	bigSrc, bigData := randomFile(t, t.TempDir(), "big.bin", 6*mib)
+	if out, err := a.run(t, "s3", "cp", "--only-show-errors", bigSrc, "s3://cp/big.bin"); err != nil {
+		t.Fatalf("upload: %v\n%s", err, out)
+	}
+	if out, err := a.run(t, "s3", "cp", "--only-show-errors", "s3://cp/big.bin", "s3://cp/big-copy.bin"); err != nil {
+		t.Fatalf("multipart copy: %v\n%s", err, out)
+	}
+	if got, ok := g.object("cp", "big-copy.bin"); !ok || !bytes.Equal(got, bigData) {
+		t.Fatal("the multipart copy differs from its source")
+	}
+	g.waitUsage(key, 6, 605320+2*6*mib, time.Second)
 }
 
 // TestS3WritesWithoutAKeyNeverPass: no shape of write request gets past
@@ -500,4 +523,27 @@ func TestS3RenewingTokenIsRetried(t *testing.T) {
 	if _, ok := g.object("renew", "two.bin"); !ok {
 		t.Fatal("the retried upload was not stored")
 	}
+}
+
+// TestS3HeaderTokens: with a key placeholder, a header names the token. s3cmd
+// sends --add-header only on CreateMultipartUpload, not on the parts; the
+// parts are charged to the token that reserved the upload, and the access
+// key (which names no token here) is never charged.
+func TestS3HeaderTokens(t *testing.T) {
+	g := startS3Gate(t, "1h", "\tquota {\n\t\ts3 {", "\tquota {\n\t\tkey {http.request.header.X-Quota-Token}\n\t\ts3 {")
+	g.token("header-token", 5, 0)
+	c := newS3cmd(t, g, "AKIANOTATOKEN0000001")
+	big, _ := randomFile(t, t.TempDir(), "big.bin", 12*mib)
+	if out, err := c.run(t, "put", big, "s3://hdr/big.bin", "--multipart-chunk-size-mb=5", "--add-header=X-Quota-Token:header-token"); err != nil {
+		t.Fatalf("s3cmd multipart with a header token: %v\n%s", err, out)
+	}
+	g.waitUsage("header-token", 1, 12*mib, time.Second)
+	if _, ok := g.object("hdr", "big.bin"); !ok {
+		t.Fatal("the object was not stored")
+	}
+	// Without the header, the access key is the token: unknown here.
+	if out, err := c.put(t, big, "hdr", "refused.bin"); err == nil {
+		t.Fatalf("an upload under an access key that is no token went through:\n%s", out)
+	}
+	g.waitUsage("header-token", 1, 12*mib, time.Second)
 }

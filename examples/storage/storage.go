@@ -8,10 +8,16 @@
 package storage
 
 import (
+	"bytes"
+	"encoding/xml"
 	"fmt"
+	"html"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -126,6 +132,17 @@ func (s *S3Storage) Cleanup() error {
 }
 
 func (s *S3Storage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if q := r.URL.Query(); r.Method == http.MethodPut && q.Has("uploadId") && q.Has("partNumber") && r.Header.Get("X-Amz-Copy-Source") != "" {
+		s.uploadPartCopy(w, r)
+		return nil
+	}
+	if q := r.URL.Query(); r.Method == http.MethodGet && q.Has("tagging") {
+		// gofakes3 answers GetObjectTagging with the object; objects here
+		// have no tags (aws-cli asks before a multipart copy).
+		w.Header().Set("Content-Type", "application/xml")
+		fmt.Fprintf(w, "%s<Tagging><TagSet></TagSet></Tagging>", xml.Header)
+		return nil
+	}
 	if r.Method == http.MethodPut {
 		if bucket, _, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/"); ok && bucket != "" {
 			if err := s.ensureBucket(bucket); err != nil {
@@ -135,6 +152,73 @@ func (s *S3Storage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	}
 	s.handler.ServeHTTP(w, r)
 	return nil
+}
+
+// uploadPartCopy serves UploadPartCopy, which gofakes3 lacks (aws-cli uses
+// it for copies above its multipart threshold): it reads the source range
+// and uploads it as the part.
+func (s *S3Storage) uploadPartCopy(w http.ResponseWriter, r *http.Request) {
+	src, err := url.PathUnescape(strings.SplitN(r.Header.Get("X-Amz-Copy-Source"), "?", 2)[0])
+	if err != nil {
+		http.Error(w, "bad x-amz-copy-source", http.StatusBadRequest)
+		return
+	}
+	get, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, "/"+strings.TrimPrefix(src, "/"), nil)
+	if rng := r.Header.Get("X-Amz-Copy-Source-Range"); rng != "" {
+		get.Header.Set("Range", rng)
+	}
+	source := &recorder{header: http.Header{}}
+	s.handler.ServeHTTP(source, get)
+	source.done()
+	if source.status != http.StatusOK && source.status != http.StatusPartialContent {
+		source.copyTo(w)
+		return
+	}
+	put := r.Clone(r.Context())
+	put.Body, put.ContentLength = io.NopCloser(bytes.NewReader(source.body.Bytes())), int64(source.body.Len())
+	for _, k := range []string{"X-Amz-Copy-Source", "X-Amz-Copy-Source-Range", "X-Amz-Content-Sha256", "Content-Md5", "X-Amz-Decoded-Content-Length"} {
+		put.Header.Del(k)
+	}
+	put.Header.Set("Content-Length", strconv.Itoa(source.body.Len()))
+	part := &recorder{header: http.Header{}}
+	s.handler.ServeHTTP(part, put)
+	part.done()
+	if part.status != http.StatusOK {
+		part.copyTo(w)
+		return
+	}
+	w.Header().Set("Content-Type", "application/xml")
+	fmt.Fprintf(w, "%s<CopyPartResult><LastModified>%s</LastModified><ETag>%s</ETag></CopyPartResult>",
+		xml.Header, time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), html.EscapeString(part.header.Get("ETag")))
+}
+
+// recorder keeps a response of the store's own handler.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+func (r *recorder) Write(b []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(b)
+}
+
+// done sets the status a handler that wrote nothing answered: 200.
+func (r *recorder) done() { r.WriteHeader(http.StatusOK) }
+
+func (r *recorder) copyTo(w http.ResponseWriter) {
+	for k, v := range r.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(r.status)
+	w.Write(r.body.Bytes())
 }
 
 func (s *S3Storage) ensureBucket(name string) error {
