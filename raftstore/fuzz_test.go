@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -10,6 +11,8 @@ import (
 // decode, to the FSM: nothing may panic, a decoded command must re-encode to
 // something that decodes the same way, and no command may push a token past
 // its limit or below zero.
+var fuzzKey = KeyOf("a")
+
 func FuzzCommandCodec(f *testing.F) {
 	seeds := []*command{
 		{Op: opCreate, Time: t0.UnixNano(), ID: RequestID{1}, Spec: &TokenSpec{Name: "a", UsageLimit: 3}},
@@ -18,6 +21,13 @@ func FuzzCommandCodec(f *testing.F) {
 		{Op: opUpdate, ID: RequestID{3}, Name: "a", Update: &LimitUpdate{UsageLimit: i64(1)}},
 		{Op: opReset, ID: RequestID{4}, Name: "a"},
 		{Op: opSetSecret, Secret: []byte("s")},
+		{Op: opReserveUpload, Time: t0.UnixNano(), ID: RequestID{5}, Upload: &UploadOp{Token: &fuzzKey, Units: 1, Expiry: int64(time.Hour)}},
+		{Op: opBindUpload, Time: t0.UnixNano(), ID: RequestID{5}, Upload: &UploadOp{Key: UploadKey{9}}},
+		{Op: opChargePart, Time: t0.UnixNano(), ID: RequestID{6}, Upload: &UploadOp{Key: UploadKey{9}, Part: 1, Bytes: 10}},
+		{Op: opCompleteBegin, Time: t0.UnixNano(), ID: RequestID{7}, Upload: &UploadOp{Key: UploadKey{9}, Expiry: int64(time.Minute)}},
+		{Op: opCompleteEnd, Time: t0.UnixNano(), ID: RequestID{8}, Upload: &UploadOp{Key: UploadKey{9}, OK: true, Parts: []int32{1}}},
+		{Op: opAbortUpload, Time: t0.UnixNano(), ID: RequestID{10}, Upload: &UploadOp{Key: UploadKey{9}, Token: &fuzzKey}},
+		{Op: opExpireUploads, Time: t0.Add(48 * time.Hour).UnixNano()},
 	}
 	for _, c := range seeds {
 		b, _ := encodeCommand(c)

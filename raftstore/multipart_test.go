@@ -3,6 +3,9 @@ package raftstore
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -273,5 +276,98 @@ func TestMultipartStateIsInSnapshots(t *testing.T) {
 	b, _ := restored.tokenNamed("a")
 	if a.UsageCount != b.UsageCount || a.BytesUsed != b.BytesUsed || a.UsageCount != 1 {
 		t.Fatalf("expiry: original %d/%d, restored %d/%d (want 1 unit left charged: the completing one)", a.UsageCount, a.BytesUsed, b.UsageCount, b.BytesUsed)
+	}
+}
+
+// TestMultipartAcrossLeaderChanges: uploads reserved, bound, charged,
+// completed and aborted through every node while leadership moves: the
+// count limit holds, completed objects stay charged exactly, aborted ones
+// give everything back once, and every replica ends with the same state.
+func TestMultipartAcrossLeaderChanges(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "mp", UsageLimit: 3}); err != nil {
+		t.Fatal(err)
+	}
+	key := KeyOf("mp")
+	var completed, denied atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	go func() { // leadership moves all along
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(150 * time.Millisecond):
+			}
+			c.transferTo((c.leaderIndex() + 1) % 3)
+		}
+	}()
+	for w := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := func(i int) *Store { return c.nodes[(w+i)%3] }
+			id := NewRequestID()
+			d, err := s(0).ReserveUpload(ctx, id, key, 1, time.Hour)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if !d.Allowed {
+				denied.Add(1)
+				return
+			}
+			u := UploadKeyOf(fmt.Sprintf("b/o%d", w), "id")
+			if err := s(1).BindUpload(ctx, id, u); err != nil {
+				t.Error(err)
+				return
+			}
+			for p := int32(1); p <= 3; p++ {
+				if d, err := s(int(p)).ChargePart(ctx, NewRequestID(), u, p, 1000, TokenKey{}); err != nil || !d.Allowed {
+					t.Errorf("part %d: %+v %v", p, d, err)
+					return
+				}
+			}
+			if w%2 == 0 {
+				if err := s(2).BeginComplete(ctx, u, key, time.Hour); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := s(0).EndComplete(ctx, u, true, []int32{1, 2, 3}); err != nil {
+					t.Error(err)
+					return
+				}
+				completed.Add(1)
+			} else if err := s(1).AbortUpload(ctx, u, key); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	tok, err := c.nodes[0].Lookup(ctx, "mp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := completed.Load()
+	t.Logf("%d completed, %d denied, usage %d units %d bytes", n, denied.Load(), tok.UsageCount, tok.BytesUsed)
+	if n > 3 || tok.UsageCount != n || tok.BytesUsed != 3000*n {
+		t.Fatalf("%d uploads completed; the token holds %d units and %d bytes (limit 3)", n, tok.UsageCount, tok.BytesUsed)
+	}
+	waitApplied(t, c)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		a, b, cc := snapshotBytes(t, c.nodes[0].fsm), snapshotBytes(t, c.nodes[1].fsm), snapshotBytes(t, c.nodes[2].fsm)
+		if bytes.Equal(a, b) && bytes.Equal(a, cc) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replicas' states differ")
+		}
+	}
+	for i, s := range c.nodes {
+		if u := s.Uploads(); len(u) != 0 {
+			t.Errorf("node %d still holds uploads: %+v", i+1, u)
+		}
 	}
 }
