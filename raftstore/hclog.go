@@ -75,13 +75,16 @@ func (l *zapHCLog) Warn(msg string, args ...any) {
 }
 
 // routine are Raft's WARN messages that a healthy cluster prints in normal
-// operation (starting up, electing after a graceful leader hand-over): at
-// INFO, so WARN means something is wrong. The leader change itself is
-// logged by the store.
+// operation (starting up, electing after a graceful leader hand-over, a new
+// node or gateway joining with an empty log and being sent the log from
+// its start): at INFO, so WARN means something is wrong. The leader change
+// itself is logged by the store.
 var routine = map[string]bool{
 	"heartbeat timeout reached, starting election":  true,
 	"Election timeout reached, restarting election": true,
 	"no known peers, aborting election":             true,
+	"appendEntries rejected, sending older logs":    true,
+	"failed to get previous log":                    true,
 }
 
 func (l *zapHCLog) Error(msg string, args ...any) { l.z.Error(msg, l.fields(args)...) }

@@ -228,14 +228,18 @@ type clusterInfo struct {
 	Leader string `json:"leader"`
 	Nodes  []struct {
 		ID    string `json:"id"`
+		Role  string `json:"role"`
 		State string `json:"state"`
 	} `json:"nodes"`
 }
 
-func (c *cluster) info(i int) (clusterInfo, error) {
+func (c *cluster) info(i int) (clusterInfo, error) { return clusterAt(c.adminURL(i)) }
+
+// clusterAt asks the node whose admin API is at adminURL for the cluster.
+func clusterAt(adminURL string) (clusterInfo, error) {
 	var ci clusterInfo
 	cl := http.Client{Timeout: 2 * time.Second}
-	resp, err := cl.Get(c.adminURL(i) + "/quota/cluster")
+	resp, err := cl.Get(adminURL + "/quota/cluster")
 	if err != nil {
 		return ci, err
 	}
@@ -358,37 +362,45 @@ func (c *cluster) usage(name string) int {
 
 // stored counts the objects in the backend whose names start with prefix.
 func (c *cluster) stored(bucket, prefix string) int {
+	return len(listObjects(c.t, c.storageURL(), bucket, prefix))
+}
+
+// listObjects lists the keys in a bucket of the examples' store (at
+// storageURL) that start with prefix; none when the bucket does not exist.
+func listObjects(t testing.TB, storageURL, bucket, prefix string) []string {
+	t.Helper()
 	// The store answers at most 1000 keys a page: follow the markers.
 	var page struct {
 		IsTruncated bool     `xml:"IsTruncated"`
 		NextMarker  string   `xml:"NextMarker"`
 		Keys        []string `xml:"Contents>Key"`
 	}
-	total, marker := 0, ""
+	var keys []string
+	marker := ""
 	for {
 		q := url.Values{"prefix": {prefix}, "max-keys": {"1000"}}
 		if marker != "" {
 			q.Set("marker", marker)
 		}
-		resp, err := http.Get(c.storageURL() + "/" + bucket + "?" + q.Encode())
+		resp, err := http.Get(storageURL + "/" + bucket + "?" + q.Encode())
 		if err != nil {
-			c.t.Fatal(err)
+			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusNotFound {
-			return 0
+			return nil
 		}
 		if resp.StatusCode != http.StatusOK {
-			c.t.Fatalf("listing bucket: %d %s", resp.StatusCode, b)
+			t.Fatalf("listing bucket: %d %s", resp.StatusCode, b)
 		}
 		page.IsTruncated, page.NextMarker, page.Keys = false, "", nil
 		if err := xml.Unmarshal(b, &page); err != nil {
-			c.t.Fatalf("listing bucket: %v", err)
+			t.Fatalf("listing bucket: %v", err)
 		}
-		total += len(page.Keys)
+		keys = append(keys, page.Keys...)
 		if !page.IsTruncated || len(page.Keys) == 0 {
-			return total
+			return keys
 		}
 		marker = page.NextMarker
 		if marker == "" {

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -136,21 +135,9 @@ func (g *s3Gate) object(bucket, key string) ([]byte, bool) {
 	return b, resp.StatusCode == 200
 }
 
-var keyElem = regexp.MustCompile(`<Key>([^<]*)</Key>`)
-
 // objects lists a bucket's keys in the store.
 func (g *s3Gate) objects(bucket string) []string {
-	resp, err := http.Get("http://127.0.0.1:" + g.storage + "/" + bucket)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var keys []string
-	for _, m := range keyElem.FindAllSubmatch(b, -1) {
-		keys = append(keys, string(m[1]))
-	}
-	return keys
+	return listObjects(g.t, "http://127.0.0.1:"+g.storage, bucket, "")
 }
 
 // s3Client is one of the real clients, configured for one access key.

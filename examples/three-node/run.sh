@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Starts a local three-node raftquota cluster and its storage backend in the
-# foreground; Ctrl-C (or SIGTERM) stops everything it started.
+# Starts a local raftquota cluster in the foreground: one Caddy for every
+# *.Caddyfile beside this script (storage.Caddyfile first); Ctrl-C (or
+# SIGTERM) stops everything it started. examples/edge-fleet/run.sh is a link
+# to this file and starts 3 voters, 4 gateways and storage the same way.
+#
+# In examples/three-node:
 #
 #   node   HTTP             admin            raft
 #   node1  127.0.0.1:8081   127.0.0.1:2021   127.0.0.1:7001
@@ -17,25 +21,30 @@
 # it); the node rejoins the cluster from its data dir. With no run.sh in the
 # foreground, `./run.sh start node2` runs the node itself, in the foreground.
 #
-# Data lives under examples/three-node/data/. Set CADDY to use a binary you
-# built already; otherwise this builds one from ./cmd/caddy.
+# Data lives under data/ beside the Caddyfiles. Set CADDY to use a binary
+# you built already; otherwise this builds one from ./cmd/caddy.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 mkdir -p data
-members=(storage node1 node2 node3)
+members=()
+for f in *.Caddyfile; do
+	[[ "$f" == storage.Caddyfile ]] || members+=("${f%.Caddyfile}")
+done
+nodes=("${members[@]}")
+[[ -f storage.Caddyfile ]] && members=(storage "${members[@]}")
 
 config_of() {
-	case "$1" in
-	storage | node1 | node2 | node3) echo "$1.Caddyfile" ;;
-	*) return 1 ;;
-	esac
+	[[ -n "$1" && "$1" != */* && -f "$1.Caddyfile" ]] && echo "$1.Caddyfile"
 }
 
 if [[ "${1:-}" == "start" ]]; then
 	name="${2:-}"
 	if ! config_of "$name" >/dev/null; then
-		echo "usage: $0 start node1|node2|node3|storage" >&2
+		echo "usage: $0 start $(
+			IFS='|'
+			echo "${members[*]}"
+		)" >&2
 		exit 2
 	fi
 	if [[ -f data/run.pid ]] && kill -0 "$(cat data/run.pid)" 2>/dev/null; then
@@ -51,13 +60,13 @@ fi
 caddy="${CADDY:-}"
 if [[ -z "$caddy" ]]; then
 	echo "building caddy with raftquota..." >&2
-	(cd ../.. && go build -o examples/three-node/data/caddy ./cmd/caddy)
+	(cd "$here/../.." && go build -o "$here/data/caddy" ./cmd/caddy)
 	caddy="$here/data/caddy"
 fi
 
 if [[ ! -f data/certs/ca.pem ]]; then
 	echo "making the cluster CA and node certificates in data/certs..." >&2
-	"$caddy" quota certs --dir data/certs node1=127.0.0.1 node2=127.0.0.1 node3=127.0.0.1 >/dev/null
+	"$caddy" quota certs --dir data/certs "${nodes[@]/%/=127.0.0.1}" >/dev/null
 fi
 
 declare -A pids=()
@@ -82,7 +91,7 @@ trap : USR1
 rm -f data/start-*
 echo $$ >data/run.pid
 for name in "${members[@]}"; do start "$name"; done
-echo "three nodes on :8081 :8082 :8083, storage on :9000; Ctrl-C stops them" >&2
+echo "started ${members[*]}; Ctrl-C stops them" >&2
 
 while ((!stopping)); do
 	for req in data/start-*; do

@@ -1,0 +1,1 @@
+../three-node/run.sh
