@@ -96,8 +96,12 @@ func startFleet(t *testing.T) *fleet {
 }
 
 // member i's HTTP and admin addresses (voters 818i/212i, gateways 819i/213i).
-func (f *fleet) http(name string) string  { return "http://127.0.0.1:" + f.ports[f.examplePort(name, "818", "819")] }
-func (f *fleet) admin(name string) string { return "http://127.0.0.1:" + f.ports[f.examplePort(name, "212", "213")] }
+func (f *fleet) http(name string) string {
+	return "http://127.0.0.1:" + f.ports[f.examplePort(name, "818", "819")]
+}
+func (f *fleet) admin(name string) string {
+	return "http://127.0.0.1:" + f.ports[f.examplePort(name, "212", "213")]
+}
 
 func (f *fleet) examplePort(name, voter, gateway string) string {
 	if n, ok := strings.CutPrefix(name, "voter"); ok {
