@@ -37,18 +37,22 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// nodes is how many voters a cluster has.
 const nodes = 3
 
-// cluster is three real Caddy processes with raftquota plus the storage
-// backend, configured from examples/three-node with every port moved to a
-// free one and a fault proxy on every directed Raft link.
+// cluster is three real Caddy processes with raftquota (the voters), any
+// number of gateways, and the storage backend, configured from
+// examples/three-node with every port moved to a free one and a fault
+// proxy on every directed Raft link between two members. Members 0-2 are
+// the voters node1-3; members 3.. are the gateways gw1...
 type cluster struct {
 	t       *testing.T
 	dir     string
-	ports   map[string]string // contract port -> free port
-	proxies [nodes][nodes]*faultProxy
-	procs   [nodes + 1]*exec.Cmd // the nodes, then storage
-	logs    [nodes + 1]*os.File
+	ports   map[string]string // contract port (or gwN-http, -admin, -raft) -> free port
+	members int
+	proxies [][]*faultProxy // [from][to]
+	procs   []*exec.Cmd     // the members, then storage
+	logs    []*os.File
 }
 
 func freePort(t testing.TB) string {
@@ -60,26 +64,41 @@ func freePort(t testing.TB) string {
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-func newCluster(t *testing.T) *cluster {
-	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
+func newCluster(t *testing.T) *cluster { return newClusterWith(t, 0) }
+
+// newClusterWith starts the three voters and then gateways gateways.
+func newClusterWith(t *testing.T, gateways int) *cluster {
+	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}, members: nodes + gateways}
 	for i := 1; i <= nodes; i++ {
 		for _, p := range []string{"808", "202", "700"} {
 			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
 		}
 	}
-	for i := 0; i < nodes; i++ {
-		for j := 0; j < nodes; j++ {
+	for g := 1; g <= gateways; g++ {
+		for _, p := range []string{"http", "admin", "raft"} {
+			c.ports[fmt.Sprintf("gw%d-%s", g, p)] = freePort(t)
+		}
+	}
+	c.proxies = make([][]*faultProxy, c.members)
+	c.procs = make([]*exec.Cmd, c.members+1)
+	c.logs = make([]*os.File, c.members+1)
+	for i := range c.members {
+		c.proxies[i] = make([]*faultProxy, c.members)
+		for j := range c.members {
 			if i != j {
-				c.proxies[i][j] = newFaultProxy(t, "127.0.0.1:"+c.ports[fmt.Sprintf("700%d", j+1)])
+				c.proxies[i][j] = newFaultProxy(t, "127.0.0.1:"+c.raftPort(j))
 			}
 		}
 	}
-	for i := 0; i < nodes; i++ {
+	for i := range c.members {
 		c.writeConfig(i)
 	}
 	c.writeFile("storage.Caddyfile", c.template("storage.Caddyfile"))
-	certs := exec.Command(binary, "quota", "certs", "--dir", filepath.Join(c.dir, "data", "certs"), "node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1")
-	if out, err := certs.CombinedOutput(); err != nil {
+	certArgs := []string{"quota", "certs", "--dir", filepath.Join(c.dir, "data", "certs")}
+	for i := range c.members {
+		certArgs = append(certArgs, c.name(i)+"=127.0.0.1")
+	}
+	if out, err := exec.Command(binary, certArgs...).CombinedOutput(); err != nil {
 		t.Fatalf("caddy quota certs: %v\n%s", err, out)
 	}
 	t.Cleanup(c.stopAll)
@@ -88,8 +107,29 @@ func newCluster(t *testing.T) *cluster {
 		c.start(i)
 	}
 	c.waitHealthy(30 * time.Second)
+	for i := nodes; i < c.members; i++ {
+		c.start(i)
+	}
+	c.waitGateways(30 * time.Second)
 	return c
 }
+
+// name is member i's node id: node1-3, then gw1...
+func (c *cluster) name(i int) string {
+	if i < nodes {
+		return fmt.Sprintf("node%d", i+1)
+	}
+	return fmt.Sprintf("gw%d", i-nodes+1)
+}
+
+func (c *cluster) port(i int, contract, gateway string) string {
+	if i < nodes {
+		return c.ports[fmt.Sprintf("%s%d", contract, i+1)]
+	}
+	return c.ports[fmt.Sprintf("gw%d-%s", i-nodes+1, gateway)]
+}
+
+func (c *cluster) raftPort(i int) string { return c.port(i, "700", "raft") }
 
 func (c *cluster) template(name string) string {
 	b, err := os.ReadFile(filepath.Join("..", "examples", "three-node", name))
@@ -109,21 +149,41 @@ func (c *cluster) writeFile(name, content string) {
 	}
 }
 
-// writeConfig makes node i dial every peer through its proxy.
+// writeConfig makes member i dial every other member through its proxy. A
+// gateway's config is node1's with the gateway's id, ports, files and
+// role: its peer lines are the voters.
 func (c *cluster) writeConfig(i int) {
-	s := c.template(fmt.Sprintf("node%d.Caddyfile", i+1))
+	s := c.template("node1.Caddyfile")
+	if i < nodes {
+		s = c.template(fmt.Sprintf("node%d.Caddyfile", i+1))
+	} else {
+		g := c.name(i)
+		for _, r := range [][2]string{
+			{"node_id node1", "node_id " + g + "\n\t\trole gateway"},
+			{"./data/node1/", "./data/" + g + "/"},
+			{"raft_address 127.0.0.1:" + c.ports["7001"], "raft_address 127.0.0.1:" + c.raftPort(i)},
+			{"admin 127.0.0.1:" + c.ports["2021"], "admin 127.0.0.1:" + c.port(i, "202", "admin")},
+			{":" + c.ports["8081"] + " {", ":" + c.port(i, "808", "http") + " {"},
+			{"certs/node1", "certs/" + g},
+		} {
+			if !strings.Contains(s, r[0]) {
+				c.t.Fatalf("node1.Caddyfile has no %q to make a gateway's config from", r[0])
+			}
+			s = strings.ReplaceAll(s, r[0], r[1])
+		}
+	}
 	var dials strings.Builder
-	for j := 0; j < nodes; j++ {
+	for j := range c.members {
 		if j != i {
-			fmt.Fprintf(&dials, "\t\tdial node%d %s\n", j+1, c.proxies[i][j].addr())
+			fmt.Fprintf(&dials, "\t\tdial %s %s\n", c.name(j), c.proxies[i][j].addr())
 		}
 	}
 	marker := fmt.Sprintf("\t\tpeer node3 127.0.0.1:%s\n", c.ports["7003"])
 	if !strings.Contains(s, marker) {
-		c.t.Fatalf("node%d.Caddyfile has no peer node3 line to put dial lines after", i+1)
+		c.t.Fatalf("%s's Caddyfile has no peer node3 line to put dial lines after", c.name(i))
 	}
 	s = strings.Replace(s, marker, marker+dials.String(), 1)
-	c.writeFile(fmt.Sprintf("node%d.Caddyfile", i+1), s)
+	c.writeFile(c.name(i)+".Caddyfile", s)
 }
 
 func (c *cluster) run(slot int, config string) {
@@ -144,9 +204,9 @@ func (c *cluster) run(slot int, config string) {
 	c.procs[slot] = cmd
 }
 
-func (c *cluster) startStorage() { c.run(nodes, "storage.Caddyfile") }
+func (c *cluster) startStorage() { c.run(c.members, "storage.Caddyfile") }
 
-func (c *cluster) start(i int) { c.run(i, fmt.Sprintf("node%d.Caddyfile", i+1)) }
+func (c *cluster) start(i int) { c.run(i, c.name(i)+".Caddyfile") }
 
 // kill stops node i with SIGKILL: no leadership transfer, no clean close.
 func (c *cluster) kill(i int) {
@@ -165,24 +225,26 @@ func (c *cluster) restart(i int) {
 func (c *cluster) freeze(i int) { c.procs[i].Process.Signal(syscall.SIGSTOP) }
 func (c *cluster) thaw(i int)   { c.procs[i].Process.Signal(syscall.SIGCONT) }
 
-// partition cuts node i off from both peers, in both directions.
+// partition cuts member i off from every other member, in both directions.
 func (c *cluster) partition(i int) {
-	for j := 0; j < nodes; j++ {
+	for j := range c.members {
 		if j != i {
-			c.proxies[i][j].block()
-			c.proxies[j][i].block()
+			c.cut(i, j)
 		}
 	}
 }
 
 func (c *cluster) heal(i int) {
-	for j := 0; j < nodes; j++ {
+	for j := range c.members {
 		if j != i {
-			c.proxies[i][j].unblock()
-			c.proxies[j][i].unblock()
+			c.mend(i, j)
 		}
 	}
 }
+
+// cut blocks the link between members i and j, both ways; mend unblocks it.
+func (c *cluster) cut(i, j int)  { c.proxies[i][j].block(); c.proxies[j][i].block() }
+func (c *cluster) mend(i, j int) { c.proxies[i][j].unblock(); c.proxies[j][i].unblock() }
 
 func (c *cluster) stopAll() {
 	for i, p := range c.procs {
@@ -216,12 +278,8 @@ func (c *cluster) stopAll() {
 	}
 }
 
-func (c *cluster) httpURL(i int) string {
-	return "http://127.0.0.1:" + c.ports[fmt.Sprintf("808%d", i+1)]
-}
-func (c *cluster) adminURL(i int) string {
-	return "http://127.0.0.1:" + c.ports[fmt.Sprintf("202%d", i+1)]
-}
+func (c *cluster) httpURL(i int) string  { return "http://127.0.0.1:" + c.port(i, "808", "http") }
+func (c *cluster) adminURL(i int) string { return "http://127.0.0.1:" + c.port(i, "202", "admin") }
 func (c *cluster) storageURL() string { return "http://127.0.0.1:" + c.ports["9000"] }
 
 type clusterInfo struct {
@@ -267,7 +325,7 @@ func (c *cluster) leader() int {
 	return -1
 }
 
-// waitHealthy waits until every node reports all three members reachable.
+// waitHealthy waits until every voter reports all three voters reachable.
 func (c *cluster) waitHealthy(d time.Duration) {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
@@ -277,10 +335,16 @@ func (c *cluster) waitHealthy(d time.Duration) {
 			if err != nil || ci.Leader == "" {
 				continue
 			}
-			ok := len(ci.Nodes) == nodes
+			voters := 0
+			ok := true
 			for _, n := range ci.Nodes {
+				if n.Role == "gateway" {
+					continue
+				}
+				voters++
 				ok = ok && (n.State == "Leader" || n.State == "Follower")
 			}
+			ok = ok && voters == nodes
 			if ok {
 				healthy++
 			}
@@ -291,6 +355,27 @@ func (c *cluster) waitHealthy(d time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	c.t.Fatal("cluster did not become healthy")
+}
+
+// waitGateways waits until every gateway is a member and knows the leader.
+func (c *cluster) waitGateways(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for i := nodes; i < c.members; i++ {
+		for {
+			ci, err := c.info(i)
+			member := false
+			for _, n := range ci.Nodes {
+				member = member || n.ID == c.name(i)
+			}
+			if err == nil && ci.Leader != "" && member {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Fatalf("%s did not join", c.name(i))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 // spawn runs the binary with args outside the cluster's slots (an extra

@@ -32,6 +32,7 @@ func (o outcome) String() string { return [...]string{"allowed", "denied", "unkn
 // op is one upload as a client saw it.
 type op struct {
 	client int
+	via    int // the front door (index in workload.urls)
 	token  string
 	object string
 	call   int64 // ns since the workload started
@@ -63,8 +64,9 @@ func (w workload) run(ctx context.Context) []op {
 			for seq := 0; ctx.Err() == nil; seq++ {
 				tok := w.tokens[rng.IntN(len(w.tokens))]
 				obj := fmt.Sprintf("%s-c%02d-%06d", tok, c, seq)
-				url := w.urls[(c+seq)%len(w.urls)] + "/upload/rb/" + obj
-				o := op{client: c, token: tok, object: obj, call: int64(time.Since(start))}
+				via := (c + seq) % len(w.urls)
+				url := w.urls[via] + "/upload/rb/" + obj
+				o := op{client: c, via: via, token: tok, object: obj, call: int64(time.Since(start))}
 				req, _ := http.NewRequest("PUT", url, strings.NewReader(obj))
 				req.Header.Set("X-Quota-Token", tok)
 				resp, err := client.Do(req)

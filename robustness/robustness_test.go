@@ -59,6 +59,27 @@ var allFaults = append(shortSchedule,
 	fault{"freeze the leader (SIGSTOP), thaw", faultFreezeLeader},
 )
 
+// gateway picks gateway k (members 3.. of a cluster with gateways).
+func gateway(k int) func(*cluster) int { return func(*cluster) int { return nodes + k } }
+
+// faultPartitionGateway cuts the first gateway off from the leader alone:
+// it still reaches the followers, which cannot decide for it.
+func faultPartitionGateway(c *cluster) {
+	g, l := nodes, c.leader()
+	c.cut(g, l)
+	time.Sleep(3 * time.Second)
+	c.mend(g, l)
+}
+
+// gatewaySchedule breaks gateways and voters of a cluster with two gateways.
+var gatewaySchedule = []fault{
+	{"kill -9 a gateway, restart it", hold(gateway(0), (*cluster).kill, (*cluster).start, 2*time.Second)},
+	{"freeze a gateway (SIGSTOP), thaw", hold(gateway(1), (*cluster).freeze, (*cluster).thaw, 2*time.Second)},
+	{"partition a gateway from the leader, heal", faultPartitionGateway},
+	{"kill -9 the leader, restart it", faultKillLeader},
+	{"freeze a follower (SIGSTOP), thaw", faultFreezeFollower},
+}
+
 // TestFaultsNeverOverAdmitNorLoseCharges is the short robustness run that
 // go test ./... includes: concurrent uploads through all three nodes while
 // the short fault schedule runs, then every node killed and restarted.
@@ -66,7 +87,17 @@ func TestFaultsNeverOverAdmitNorLoseCharges(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a real cluster under faults")
 	}
-	runFaults(t, shortSchedule, 0)
+	runFaults(t, shortSchedule, 0, 0)
+}
+
+// TestFaultsWithGateways: the same checks with uploads through three
+// voters and two gateways while gateways are killed, frozen and cut off
+// from the leader, and voters killed and frozen.
+func TestFaultsWithGateways(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a real cluster under faults")
+	}
+	runFaults(t, gatewaySchedule, 0, 2)
 }
 
 // TestSoak runs random faults for -soak (go test ./robustness -run Soak -soak 10m).
@@ -74,11 +105,19 @@ func TestSoak(t *testing.T) {
 	if *soak == 0 {
 		t.Skip("set -soak to run")
 	}
-	runFaults(t, allFaults, *soak)
+	runFaults(t, allFaults, *soak, 0)
 }
 
-func runFaults(t *testing.T, schedule []fault, duration time.Duration) {
-	c := newCluster(t)
+// TestSoakWithGateways runs random faults on voters and gateways for -soak.
+func TestSoakWithGateways(t *testing.T) {
+	if *soak == 0 {
+		t.Skip("set -soak to run")
+	}
+	runFaults(t, append(append([]fault(nil), gatewaySchedule...), allFaults...), *soak, 2)
+}
+
+func runFaults(t *testing.T, schedule []fault, duration time.Duration, gateways int) {
+	c := newClusterWith(t, gateways)
 	limits := map[string]int{}
 	var tokens []string
 	// Half the tokens run out early (the limit is tested under faults), half
@@ -94,7 +133,7 @@ func runFaults(t *testing.T, schedule []fault, duration time.Duration) {
 		c.createToken(name, limits[name])
 	}
 	w := workload{tokens: tokens, clients: 8, pace: 40 * time.Millisecond}
-	for i := 0; i < nodes; i++ {
+	for i := range c.members {
 		w.urls = append(w.urls, c.httpURL(i))
 	}
 
@@ -123,12 +162,12 @@ func runFaults(t *testing.T, schedule []fault, duration time.Duration) {
 	stop()
 	<-done
 
-	// Durability: kill every node at once and bring them all back.
-	t.Log("fault: kill -9 all three nodes, restart all")
-	for i := 0; i < nodes; i++ {
+	// Durability: kill every member at once and bring them all back.
+	t.Logf("fault: kill -9 all %d members, restart all", c.members)
+	for i := range c.members {
 		c.kill(i)
 	}
-	for i := 0; i < nodes; i++ {
+	for i := range c.members {
 		c.start(i)
 	}
 	c.waitHealthy(60 * time.Second)
@@ -138,6 +177,18 @@ func runFaults(t *testing.T, schedule []fault, duration time.Duration) {
 	if v.allowed == 0 {
 		t.Fatal("nothing was admitted: the run proved nothing")
 	}
+	byDoor := make([]int, c.members)
+	for _, o := range ops {
+		if o.out == allowed {
+			byDoor[o.via]++
+		}
+	}
+	for i, n := range byDoor {
+		if n == 0 {
+			t.Errorf("nothing was admitted through %s", c.name(i))
+		}
+	}
+	t.Logf("admitted through node1-3 then gateways: %v", byDoor)
 	if !v.ok() {
 		t.Errorf("history not acceptable: %s; visualization: %s", v, v.visualization)
 	}
