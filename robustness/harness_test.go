@@ -280,7 +280,7 @@ func (c *cluster) stopAll() {
 
 func (c *cluster) httpURL(i int) string  { return "http://127.0.0.1:" + c.port(i, "808", "http") }
 func (c *cluster) adminURL(i int) string { return "http://127.0.0.1:" + c.port(i, "202", "admin") }
-func (c *cluster) storageURL() string { return "http://127.0.0.1:" + c.ports["9000"] }
+func (c *cluster) storageURL() string    { return "http://127.0.0.1:" + c.ports["9000"] }
 
 type clusterInfo struct {
 	Leader string `json:"leader"`
