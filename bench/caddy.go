@@ -72,8 +72,9 @@ func (c *caddyCluster) start(name, config string) error {
 
 func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
-// newCaddyCluster starts mode "plain", "quota1" or "quota3" in front of
-// backend "storage" (the examples' S3 store) or "discard".
+// newCaddyCluster starts mode "plain", "quota1", "quota3" or "quota3gwN"
+// (3 voters and N gateways) in front of backend "storage" (the examples'
+// S3 store) or "discard".
 func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 	c := &caddyCluster{dir: dir, bin: bin}
 	if backend == "discard" {
@@ -114,9 +115,22 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		if err := c.start("node1", cfg+site(front, true)); err != nil {
 			return c, err
 		}
-	case "quota3":
+	default: // quota3, or quota3gwN: 3 voters and N gateways, load over all of them
+		gateways := 0
+		if n, ok := strings.CutPrefix(mode, "quota3gw"); ok {
+			fmt.Sscan(n, &gateways)
+		} else if mode != "quota3" {
+			return c, fmt.Errorf("unknown mode %q", mode)
+		}
 		c.name = "Caddy + quota, 3 nodes (mTLS)"
-		certs := exec.Command(bin, "quota", "certs", "--dir", filepath.Join(dir, "certs"), "node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1")
+		if gateways > 0 {
+			c.name = fmt.Sprintf("Caddy + quota, 3 voters + %d gateways (mTLS)", gateways)
+		}
+		names := []string{"node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1"}
+		for g := 1; g <= gateways; g++ {
+			names = append(names, fmt.Sprintf("gw%d=127.0.0.1", g))
+		}
+		certs := exec.Command(bin, append([]string{"quota", "certs", "--dir", filepath.Join(dir, "certs")}, names...)...)
 		if out, err := certs.CombinedOutput(); err != nil {
 			return c, fmt.Errorf("making certificates: %v: %s", err, out)
 		}
@@ -136,6 +150,16 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n\t}\n}\n",
 				admin, i, filepath.Join(dir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir)
 			if err := c.start(fmt.Sprintf("node%d", i), cfg+site(front, true)); err != nil {
+				return c, err
+			}
+		}
+		for g := 1; g <= gateways; g++ {
+			front, admin := freeAddr(), freeAddr()
+			c.fronts = append(c.fronts, "http://"+front)
+			certDir := filepath.Join(dir, "certs")
+			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id gw%d\n\t\trole gateway\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/gw%d.pem %s/gw%d-key.pem %s/ca.pem\n\t}\n}\n",
+				admin, g, filepath.Join(dir, fmt.Sprintf("gw%d", g)), freeAddr(), strings.Join(peers, ""), certDir, g, certDir, g, certDir)
+			if err := c.start(fmt.Sprintf("gw%d", g), cfg+site(front, true)); err != nil {
 				return c, err
 			}
 		}

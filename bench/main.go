@@ -34,7 +34,10 @@ func main() {
 	scaleOnly := flag.Bool("scale-only", false, "run only the scale measurements")
 	tier2Only := flag.Bool("tier2-only", false, "run only tier 2 (Caddy in front of storage and of a discard backend)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tier-1 raftquota 3-node hot run at 64 clients")
+	fleetOnly := flag.Bool("fleet-only", false, "run only the edge-fleet rows: 3 voters + 0, 2, 4 gateways against the discard backend (with plain Caddy for the ratio)")
+	groupsOnly := flag.Bool("groups-only", false, "run only the multi-group prototype: tokens sharded over 1, 2, 4 Raft groups")
 	flag.Parse()
+	only := *scaleOnly || *tier2Only || *fleetOnly || *groupsOnly
 
 	clients := []int{1, 16, 64, 256}
 	tier2Clients := []int{1, 16, 64}
@@ -56,7 +59,7 @@ func main() {
 		run   func()
 	}
 	var steps []step
-	var tier1, tier2 []result
+	var tier1, tier2, groups []result
 	var scales []scaleResult
 	var catchUp string
 	var notes []string
@@ -72,7 +75,7 @@ func main() {
 		{"Redis 1-node fsync always", func(dir string) (system, error) { return newRedis(dir) }},
 	}
 	for i, f := range factories {
-		if *scaleOnly || *tier2Only {
+		if only {
 			break
 		}
 		for _, wl := range []struct {
@@ -108,6 +111,33 @@ func main() {
 		}
 	}
 
+	// Past one leader: the same spread workload over G groups.
+	for _, g := range []int{1, 2, 4} {
+		if only && !*groupsOnly {
+			break
+		}
+		if *smoke && g > 2 {
+			break
+		}
+		steps = append(steps, step{fmt.Sprintf("groups: %d", g), time.Duration(len(clients)) * (*cell + time.Second), func() {
+			dir := filepath.Join(work, fmt.Sprintf("groups-%d", g))
+			sys, err := newGroups(g, dir)
+			check(err)
+			defer sys.close()
+			check(sys.setup(spreadKeys))
+			for _, n := range clients {
+				fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
+				r := closedLoop(n, *cell, func(ctx context.Context, c int) (int, error) {
+					return sys.consume(ctx, (c*7919+int(time.Now().UnixNano()))%spreadKeys)
+				})
+				r.Tier, r.System, r.Workload = "G", sys.name(), "spread"
+				r.Note = fmt.Sprint(g)
+				groups = append(groups, r)
+				fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
+			}
+		}})
+	}
+
 	// Tier 2.
 	var bin string
 	steps = append(steps, step{"building cmd/caddy", 30 * time.Second, func() {
@@ -125,13 +155,21 @@ func main() {
 		{"1 KiB, discard backend", "discard", "/upload/", 1 << 10, false},
 		{"1 KiB check_only, discard backend", "discard", "/check/", 1 << 10, true},
 	}
-	for _, mode := range []string{"plain", "quota1", "quota3"} {
-		if *scaleOnly {
+	const discard1K = "1 KiB, discard backend"
+	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4"} {
+		if only && !*tier2Only && !*fleetOnly {
 			break
 		}
 		for _, wl := range t2workloads {
 			if wl.gated && mode == "plain" {
 				continue
+			}
+			fleetRow := mode == "plain" || mode == "quota3" || strings.HasPrefix(mode, "quota3gw")
+			if *fleetOnly && (!fleetRow || wl.label != discard1K) {
+				continue
+			}
+			if strings.HasPrefix(mode, "quota3gw") && wl.label != discard1K {
+				continue // gateways are measured against the discard backend only
 			}
 			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s", mode, wl.label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
 				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%s-%d-%s", mode, wl.backend, wl.size, strings.Trim(wl.path, "/")))
@@ -157,7 +195,7 @@ func main() {
 	}
 
 	// Scale.
-	if !*skipScale && !*tier2Only {
+	if !*skipScale && (!only || *scaleOnly) {
 		for _, n := range scaleSizes {
 			steps = append(steps, step{fmt.Sprintf("scale: %d tokens", n), time.Duration(n/5000) * time.Second, func() {
 				dir := filepath.Join(work, fmt.Sprintf("scale-%d", n))
@@ -195,7 +233,7 @@ func main() {
 	if len(notes) > 0 {
 		env += "\n\n" + strings.Join(notes, "\n")
 	}
-	md, err := writeReport(*out, env, tier1, tier2, scales, catchUp)
+	md, err := writeReport(*out, env, tier1, tier2, groups, scales, catchUp)
 	check(err)
 	fmt.Println(md)
 	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(*out, "results.md"))

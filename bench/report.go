@@ -18,7 +18,7 @@ import (
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 
 // writeReport writes results.md and tier1.png into dir.
-func writeReport(dir string, env string, tier1, tier2 []result, scales []scaleResult, catchUp string) (string, error) {
+func writeReport(dir string, env string, tier1, tier2, groups []result, scales []scaleResult, catchUp string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -66,6 +66,24 @@ func writeReport(dir string, env string, tier1, tier2 []result, scales []scaleRe
 				break
 			}
 		}
+	}
+	if len(groups) > 0 {
+		b.WriteString("### Past one leader: tokens sharded over G Raft groups (3 nodes each, one process), spread workload\n\n")
+		b.WriteString("| groups | clients | decisions/s | p50 ms | p99 ms | vs 1 group | errors |\n|---|---|---|---|---|---|---|\n")
+		one := map[int]float64{}
+		for _, r := range groups {
+			if r.Note == "1" {
+				one[r.Clients] = r.opsPerSec()
+			}
+		}
+		for _, r := range groups {
+			ratio := "—"
+			if p := one[r.Clients]; p > 0 {
+				ratio = fmt.Sprintf("%.2f×", r.opsPerSec()/p)
+			}
+			fmt.Fprintf(&b, "| %s | %d | %.0f | %s | %s | %s | %d |\n", r.Note, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
+		}
+		b.WriteString("\n")
 	}
 	if len(scales) > 0 || catchUp != "" {
 		b.WriteString("### Scale: one node\n\n| tokens | dedup entries | RSS growth MB | Go heap MB | fill s | snapshot s | restore s |\n|---|---|---|---|---|---|---|\n")

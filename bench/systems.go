@@ -78,14 +78,16 @@ func newRaftquota(n int, dir string) (*raftquotaSystem, error) {
 func (s *raftquotaSystem) name() string { return fmt.Sprintf("raftquota %d-node", s.n) }
 
 func (s *raftquotaSystem) setup(nkeys int) error {
-	ctx := context.Background()
-	return parallel(nkeys, 64, func(k int) error {
-		_, err := s.nodes[k%s.n].CreateToken(ctx, raftstore.TokenSpec{Name: keyName(k), UsageLimit: plenty})
-		if errors.Is(err, raftstore.ErrExists) {
-			return nil
-		}
-		return err
-	})
+	return parallel(nkeys, 64, s.create)
+}
+
+// create makes the token of key k, with a limit that never runs out.
+func (s *raftquotaSystem) create(k int) error {
+	_, err := s.nodes[k%s.n].CreateToken(context.Background(), raftstore.TokenSpec{Name: keyName(k), UsageLimit: plenty})
+	if errors.Is(err, raftstore.ErrExists) {
+		return nil
+	}
+	return err
 }
 
 func (s *raftquotaSystem) consume(ctx context.Context, key int) (int, error) {
