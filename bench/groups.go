@@ -5,7 +5,16 @@ import (
 	"fmt"
 	"hash/fnv"
 	"path/filepath"
+	"syscall"
+	"time"
 )
+
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // groupsSystem is the prototype of docs/SCALING.md: tokens sharded over G
 // independent Raft groups, each a 3-node raftstore cluster with its own

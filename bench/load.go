@@ -18,6 +18,9 @@ type result struct {
 	Seconds                float64
 	P50, P99               time.Duration
 	Note                   string
+	// CPUPerOp is the process's user+system CPU time over the cell divided
+	// by the operations (set where the whole system runs in this process).
+	CPUPerOp time.Duration
 }
 
 func (r result) opsPerSec() float64 {

@@ -127,9 +127,13 @@ func main() {
 			check(sys.setup(spreadKeys))
 			for _, n := range clients {
 				fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
+				cpu0 := cpuTime()
 				r := closedLoop(n, *cell, func(ctx context.Context, c int) (int, error) {
 					return sys.consume(ctx, (c*7919+int(time.Now().UnixNano()))%spreadKeys)
 				})
+				if r.Ops > 0 {
+					r.CPUPerOp = (cpuTime() - cpu0) / time.Duration(r.Ops)
+				}
 				r.Tier, r.System, r.Workload = "G", sys.name(), "spread"
 				r.Note = fmt.Sprint(g)
 				groups = append(groups, r)

@@ -1,6 +1,8 @@
 package raftstore
 
 import (
+	"errors"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -19,6 +21,10 @@ func openGateway(t *testing.T, c *testCluster, id string) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	// A gateway's log is in memory: it fsyncs nothing.
+	if _, err := os.Stat(filepath.Join(c.dir, id, "raft.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("gateway %s has a raft.db (%v)", id, err)
+	}
 	return s
 }
 

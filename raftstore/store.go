@@ -184,7 +184,7 @@ type Store struct {
 	fsm       *fsm
 	raft      *raft.Raft
 	bolt      *raftboltdb.BoltStore
-	snaps     *raft.FileSnapshotStore
+	snaps     raft.SnapshotStore
 	mux       *mux
 	transport *raft.NetworkTransport
 	forward   *forwarder
@@ -268,28 +268,41 @@ func (s *Store) start() error {
 	cfg := s.cfg
 	hl := newHCLog(s.logger.Named("raft"))
 
-	bolt, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(cfg.DataDir, "raft.db"),
-		// The freelist is rebuilt on open instead of written on every
-		// commit: less to write per fsync (hashicorp's advice for raft logs).
-		BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-	})
-	if err != nil {
-		return fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
-	}
-	s.bolt = bolt
-	logs, err := raft.NewLogCache(512, bolt)
-	if err != nil {
-		return err
-	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hl)
-	if err != nil {
-		return fmt.Errorf("opening snapshot store: %w", err)
+	// A gateway keeps its copy of the log in memory: it never votes, so
+	// nothing it holds is needed for a commit, and a restarted gateway is
+	// sent the state again by the leader. Fsyncing every entry on every
+	// gateway would only load the disks (on one machine, the voters' disk).
+	var logs raft.LogStore
+	var stable raft.StableStore
+	var snaps raft.SnapshotStore
+	if cfg.Gateway {
+		mem := raft.NewInmemStore()
+		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
+	} else {
+		bolt, err := raftboltdb.New(raftboltdb.Options{
+			Path: filepath.Join(cfg.DataDir, "raft.db"),
+			// The freelist is rebuilt on open instead of written on every
+			// commit: less to write per fsync (hashicorp's advice for raft logs).
+			BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
+		})
+		if err != nil {
+			return fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+		}
+		s.bolt = bolt
+		cached, err := raft.NewLogCache(512, bolt)
+		if err != nil {
+			return err
+		}
+		logs, stable = cached, bolt
+		if snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hl); err != nil {
+			return fmt.Errorf("opening snapshot store: %w", err)
+		}
 	}
 	s.snaps = snaps
 
 	stream := cfg.Stream
 	if stream == nil {
+		var err error
 		stream, err = NewTCPStreamLayer(cfg.BindAddr, cfg.AdvertiseAddr)
 		if err != nil {
 			return err
@@ -318,7 +331,7 @@ func (s *Store) start() error {
 	rc.ShutdownOnRemove = !cfg.Gateway
 
 	if !cfg.NoBootstrap && !cfg.Gateway {
-		has, err := raft.HasExistingState(logs, bolt, snaps)
+		has, err := raft.HasExistingState(logs, stable, snaps)
 		if err != nil {
 			return err
 		}
@@ -330,7 +343,7 @@ func (s *Store) start() error {
 					servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address), Suffrage: raft.Voter})
 				}
 			}
-			if err := raft.BootstrapCluster(rc, logs, bolt, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
+			if err := raft.BootstrapCluster(rc, logs, stable, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
 				return fmt.Errorf("bootstrapping cluster: %w", err)
 			}
 			// A new cluster on a node that was meant to hold data (a changed
@@ -340,7 +353,7 @@ func (s *Store) start() error {
 		}
 	}
 
-	r, err := raft.NewRaft(rc, s.fsm, logs, bolt, snaps, s.transport)
+	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, s.transport)
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
