@@ -23,6 +23,7 @@ type caddyCluster struct {
 	procs   []*exec.Cmd
 	fronts  []string // http://127.0.0.1:port of each front node
 	admin   string
+	admins  []string // every quota node's admin endpoint
 	storage string
 	discard *http.Server // the discard backend, when used
 }
@@ -111,6 +112,7 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		c.name = "Caddy + quota, 1 node"
 		front, admin, raftAddr := freeAddr(), freeAddr(), freeAddr()
 		c.fronts, c.admin = []string{"http://" + front}, "http://"+admin
+		c.admins = append(c.admins, c.admin)
 		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n\t}\n}\n", admin, filepath.Join(dir, "raft1"), raftAddr)
 		if err := c.start("node1", cfg+site(front, true)); err != nil {
 			return c, err
@@ -143,6 +145,7 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		for i := 1; i <= 3; i++ {
 			front, admin := freeAddr(), freeAddr()
 			c.fronts = append(c.fronts, "http://"+front)
+			c.admins = append(c.admins, "http://"+admin)
 			if i == 1 {
 				c.admin = "http://" + admin
 			}
@@ -156,6 +159,7 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		for g := 1; g <= gateways; g++ {
 			front, admin := freeAddr(), freeAddr()
 			c.fronts = append(c.fronts, "http://"+front)
+			c.admins = append(c.admins, "http://"+admin)
 			certDir := filepath.Join(dir, "certs")
 			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id gw%d\n\t\trole gateway\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/gw%d.pem %s/gw%d-key.pem %s/ca.pem\n\t}\n}\n",
 				admin, g, filepath.Join(dir, fmt.Sprintf("gw%d", g)), freeAddr(), strings.Join(peers, ""), certDir, g, certDir, g, certDir)
@@ -218,6 +222,95 @@ func (c *caddyCluster) put(ctx context.Context, cl *http.Client, front, path str
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// procCPU is the CPU time (user+system) process pid has used, from
+// /proc/pid/stat (clock ticks of 10 ms).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) start after ")".
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// cpuShares is how much CPU each process of the cluster used, and this
+// process (the clients and the discard backend), over a window.
+type cpuShares struct {
+	names []string
+	start []time.Duration
+	pids  []int
+	t0    time.Time
+}
+
+func (c *caddyCluster) cpuStart() *cpuShares {
+	s := &cpuShares{t0: time.Now()}
+	for _, p := range c.procs {
+		s.names = append(s.names, filepath.Base(p.Args[len(p.Args)-3]))
+		s.pids = append(s.pids, p.Process.Pid)
+		s.start = append(s.start, procCPU(p.Process.Pid))
+	}
+	s.names = append(s.names, "bench (clients, discard backend)")
+	s.start = append(s.start, cpuTime())
+	return s
+}
+
+// String says each process's CPU as cores busy over the window.
+func (s *cpuShares) String() string {
+	wall := time.Since(s.t0).Seconds()
+	var parts []string
+	for i, name := range s.names {
+		now := cpuTime()
+		if i < len(s.pids) {
+			now = procCPU(s.pids[i])
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f", strings.TrimSuffix(name, ".Caddyfile"), (now-s.start[i]).Seconds()/wall))
+	}
+	return "cores busy: " + strings.Join(parts, ", ")
+}
+
+// profile takes a CPU profile of every quota node for d, through Caddy's
+// admin endpoint (/debug/pprof/profile), into dir/node<i>.pprof. It
+// returns at once; wait on the result for the files.
+func (c *caddyCluster) profile(dir string, d time.Duration) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		errs := make(chan error, len(c.admins))
+		for i, a := range c.admins {
+			go func() {
+				resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", a, int(d.Seconds())))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer resp.Body.Close()
+				f, err := os.Create(filepath.Join(dir, fmt.Sprintf("node%d.pprof", i+1)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, err = io.Copy(f, resp.Body)
+				f.Close()
+				errs <- err
+			}()
+		}
+		var first error
+		for range c.admins {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
+		}
+		done <- first
+	}()
+	return done
 }
 
 func (c *caddyCluster) close() {

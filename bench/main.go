@@ -35,6 +35,7 @@ func main() {
 	tier2Only := flag.Bool("tier2-only", false, "run only tier 2 (Caddy in front of storage and of a discard backend)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tier-1 raftquota 3-node hot run at 64 clients")
 	fleetOnly := flag.Bool("fleet-only", false, "run only the edge-fleet rows: 3 voters + 0, 2, 4 gateways against the discard backend (with plain Caddy for the ratio)")
+	tier2Profile := flag.String("tier2-profile", "", "write CPU profiles of every node of the 3-node Tier 2 run (discard backend, 64 clients) into this folder")
 	groupsOnly := flag.Bool("groups-only", false, "run only the multi-group prototype: tokens sharded over 1, 2, 4 Raft groups")
 	flag.Parse()
 	only := *scaleOnly || *tier2Only || *fleetOnly || *groupsOnly
@@ -187,9 +188,21 @@ func main() {
 				for _, n := range tier2Clients {
 					fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
 					cl := httpClient(n)
+					var profiled <-chan error
+					if *tier2Profile != "" && mode == "quota3" && wl.label == discard1K && n == tier2Clients[len(tier2Clients)-1] {
+						check(os.MkdirAll(*tier2Profile, 0o755))
+						profiled = c.profile(*tier2Profile, *cell-time.Second)
+					}
+					shares := c.cpuStart()
 					r := closedLoop(n, *cell, func(ctx context.Context, i int) (int, error) {
 						return 0, c.put(ctx, cl, c.fronts[i%len(c.fronts)], fmt.Sprintf("%sbench/c%d", wl.path, i), body)
 					})
+					r.Note = shares.String()
+					fmt.Fprintf(os.Stderr, "  %s\n", r.Note)
+					if profiled != nil {
+						check(<-profiled)
+						fmt.Fprintf(os.Stderr, "  wrote CPU profiles of the 3 nodes to %s\n", *tier2Profile)
+					}
 					r.Tier, r.System, r.Workload = "2", c.name, wl.label
 					tier2 = append(tier2, r)
 					fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)

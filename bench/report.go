@@ -55,6 +55,12 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 			}
 			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
 		}
+		b.WriteString("\nWhere the two cores went in each cell (CPU time over wall time, per process):\n\n")
+		for _, r := range tier2 {
+			if r.Note != "" {
+				fmt.Fprintf(&b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
+			}
+		}
 		b.WriteString("\n")
 		const discard = "1 KiB, discard backend"
 		for _, r := range tier2 {

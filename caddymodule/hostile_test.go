@@ -239,6 +239,7 @@ func TestForgottenBracesAreFlagged(t *testing.T) {
 		}
 		respond 200
 	}`), "caddyfile")
+	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
 	logs, _ := os.ReadFile(filepath.Join(testDir, "caddy.log"))
 	if !bytes.Contains(logs[before:], []byte("key holds no placeholder")) {
 		t.Fatal("a key without a placeholder was not flagged")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/raftquota/raftquota/internal/testport"
 	"github.com/raftquota/raftquota/raftstore"
 )
 
@@ -48,14 +48,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort() int { return testport.Free() }
 
 // testBackend stands in for storage: it stores PUT bodies and fails any
 // path containing /fail with a 500.
@@ -190,6 +183,7 @@ func startCaddy(t *testing.T) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(config("", uploadRoutes()), "caddyfile")
+	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
 	return tester
 }
 
@@ -460,6 +454,7 @@ func TestHealthAndBackupRoutes(t *testing.T) {
 	handle /healthz {
 		quota_health
 	}`), "caddyfile")
+	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
 	mustCreate(t, `{"name":"tok-backup","usage_limit":5}`)
 	upload(t, "/up/b/bk", "tok-backup", "x")
 	code, out := admin(t, "GET", "/quota/health", "")
@@ -511,6 +506,7 @@ func TestReloadKeepsUsageAndDoesNotRestartRaft(t *testing.T) {
 		t.Fatal("no node running")
 	}
 	tester.InitServer(config("", uploadRoutes()+"\n\trespond /other 204"), "caddyfile")
+	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
 	if after := current.Load(); after != before {
 		t.Fatal("config reload restarted the Raft node")
 	}

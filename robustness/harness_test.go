@@ -5,18 +5,17 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/internal/testport"
 )
 
 // binary is the real cmd/caddy, built once for the package by TestMain.
@@ -57,50 +56,8 @@ type cluster struct {
 	logs    []*os.File
 }
 
-// freePort returns a port nothing listens on, from outside the kernel's
-// ephemeral range, and never the same one twice in a test binary: a port
-// from the ephemeral range can be taken, between freePort closing it and
-// Caddy binding it, by any socket bound to port 0 (the fault proxies make
-// dozens) or by an outgoing connection.
-func freePort(t testing.TB) string {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	lo, hi := portRange()
-	for range 10000 {
-		p := lo + rand.IntN(hi-lo)
-		if portsUsed[p] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		portsUsed[p] = true
-		return fmt.Sprint(p)
-	}
-	t.Fatal("no free port")
-	return ""
-}
-
-var (
-	portsMu   sync.Mutex
-	portsUsed = map[int]bool{}
-)
-
-// portRange is where freePort picks: below the ephemeral range
-// (/proc/sys/net/ipv4/ip_local_port_range), or above it when it starts low.
-func portRange() (lo, hi int) {
-	first, last := 32768, 60999
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		fmt.Sscan(string(b), &first, &last)
-	}
-	if first > 12000 {
-		return 10000, first
-	}
-	return last + 1, 65535
-}
+// freePort returns a port nothing listens on (see internal/testport).
+func freePort(t testing.TB) string { return fmt.Sprint(testport.Free()) }
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, 0) }
 
