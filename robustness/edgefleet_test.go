@@ -112,6 +112,17 @@ func (f *fleet) examplePort(name, voter, gateway string) string {
 
 func (f *fleet) cluster(via string) (clusterInfo, error) { return clusterAt(f.admin(via)) }
 
+// health is member name's /health answer (0 when it does not answer).
+func (f *fleet) health(name string) int {
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(f.http(name) + "/health")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 func (f *fleet) upload(via, object string) int {
 	req, _ := http.NewRequest("PUT", f.http(via)+"/upload/fleet/"+object, strings.NewReader(object))
 	req.Header.Set("X-Quota-Token", "fleet")
@@ -191,7 +202,15 @@ func TestEdgeFleetExample(t *testing.T) {
 	serving := func(names ...string) {
 		t.Helper()
 		for _, name := range names {
-			waitFor(t, 30*time.Second, func() bool { return put(name) == 200 })
+			last := 0
+			deadline := time.Now().Add(30 * time.Second)
+			for last = put(name); last != 200; last = put(name) {
+				if time.Now().After(deadline) {
+					ci, err := f.cluster(name)
+					t.Fatalf("%s did not admit an upload within 30s; last answer %d; health %d; its view of the cluster: %+v %v", name, last, f.health(name), ci, err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 	}
 	kill := func(name string) {
@@ -209,6 +228,10 @@ func TestEdgeFleetExample(t *testing.T) {
 		if b, err := start.CombinedOutput(); err != nil {
 			t.Fatalf("run.sh start %s: %v\n%s", name, err, b)
 		}
+	}
+	// Ready as an operator would check: every member's health route.
+	for _, m := range fleetMembers {
+		waitFor(t, 60*time.Second, func() bool { return f.health(m) == 200 })
 	}
 	serving(fleetMembers...)
 	kill("gw2")
