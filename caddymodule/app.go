@@ -118,7 +118,10 @@ type App struct {
 	GatewayTimeout caddy.Duration `json:"gateway_timeout,omitempty"`
 
 	// Raft timings; defaults suit a LAN: heartbeat 500ms, election 500ms,
-	// leader lease 250ms, commit 5ms.
+	// leader lease 250ms, commit 50ms. The commit timeout is how often an
+	// idle leader tells followers its commit index (an AppendEntries to
+	// every follower and gateway each time); it does not delay decisions,
+	// which the leader answers once a majority has the entry.
 	HeartbeatTimeout   caddy.Duration `json:"heartbeat_timeout,omitempty"`
 	ElectionTimeout    caddy.Duration `json:"election_timeout,omitempty"`
 	LeaderLeaseTimeout caddy.Duration `json:"leader_lease_timeout,omitempty"`

@@ -60,7 +60,7 @@ type Config struct {
 	HeartbeatTimeout   time.Duration // default 500ms
 	ElectionTimeout    time.Duration // default 500ms
 	LeaderLeaseTimeout time.Duration // default 250ms
-	CommitTimeout      time.Duration // default 5ms
+	CommitTimeout      time.Duration // default 50ms; how often an idle leader tells followers its commit index
 	// ApplyTimeout bounds one Raft apply or forwarded call. Default 2s.
 	ApplyTimeout time.Duration
 	// RequestTimeout bounds a whole operation, retries included, when the
@@ -105,7 +105,7 @@ func (c *Config) setDefaults() {
 	def(&c.HeartbeatTimeout, 500*time.Millisecond)
 	def(&c.ElectionTimeout, 500*time.Millisecond)
 	def(&c.LeaderLeaseTimeout, 250*time.Millisecond)
-	def(&c.CommitTimeout, 5*time.Millisecond)
+	def(&c.CommitTimeout, 50*time.Millisecond)
 	def(&c.ApplyTimeout, 2*time.Second)
 	def(&c.RequestTimeout, 5*time.Second)
 	def(&c.SnapshotInterval, 30*time.Second)

@@ -53,9 +53,7 @@ func startFleet(t *testing.T) *fleet {
 				}
 			}
 		}
-		for from, to := range f.ports {
-			s = strings.ReplaceAll(s, ":"+from, ":"+to)
-		}
+		s = movePorts(s, f.ports)
 		os.WriteFile(filepath.Join(f.dir, filepath.Base(name)), []byte(s), 0o644)
 	}
 	// run.sh is a link to three-node's script; copy what it points at.

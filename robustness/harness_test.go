@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -132,10 +133,21 @@ func (c *cluster) template(name string) string {
 		c.t.Fatal(err)
 	}
 	s := string(b)
-	for from, to := range c.ports {
-		s = strings.ReplaceAll(s, ":"+from, ":"+to)
-	}
-	return s
+	return movePorts(s, c.ports)
+}
+
+var portRef = regexp.MustCompile(`:(\d{4,5})\b`)
+
+// movePorts replaces every ":PORT" in s whose port is a key of ports with
+// its value, in one pass: a port already replaced is never matched again
+// (one replaced by 20236 must not then match ":2023").
+func movePorts(s string, ports map[string]string) string {
+	return portRef.ReplaceAllStringFunc(s, func(m string) string {
+		if to, ok := ports[m[1:]]; ok {
+			return ":" + to
+		}
+		return m
+	})
 }
 
 func (c *cluster) writeFile(name, content string) {

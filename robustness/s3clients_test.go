@@ -39,12 +39,13 @@ func startS3Gate(t *testing.T, expiry string, edits ...string) *s3Gate {
 	}
 	g := &s3Gate{t: t, dir: t.TempDir(), gate: freePort(t), admin: freePort(t), storage: freePort(t)}
 	s := string(b)
-	for from, to := range map[string]string{":8333": ":" + g.gate, ":2333": ":" + g.admin, ":9333": ":" + g.storage, ":7333": ":" + freePort(t), "multipart_expiry 24h": "multipart_expiry " + expiry} {
+	for _, from := range []string{":8333", ":2333", ":9333", ":7333", "multipart_expiry 24h"} {
 		if !strings.Contains(s, from) {
 			t.Fatalf("the example Caddyfile has no %q", from)
 		}
-		s = strings.ReplaceAll(s, from, to)
 	}
+	s = movePorts(s, map[string]string{"8333": g.gate, "2333": g.admin, "9333": g.storage, "7333": freePort(t)})
+	s = strings.Replace(s, "multipart_expiry 24h", "multipart_expiry "+expiry, 1)
 	for i := 0; i+1 < len(edits); i += 2 {
 		if !strings.Contains(s, edits[i]) {
 			t.Fatalf("the example Caddyfile has no %q", edits[i])
