@@ -231,6 +231,10 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		if op != s3PostObject {
 			n = h.s3ObjectSize(w, r, next, op)
 		}
+		if n < 0 && op == s3Copy {
+			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required",
+				"The copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range, or download and upload.")
+		}
 		if n < 0 {
 			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
 		}
@@ -245,6 +249,10 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad_part", "Bad part number", "partNumber must be a positive integer.")
 		}
 		n := h.s3ObjectSize(w, r, next, op)
+		if n < 0 && op == s3PartCopy {
+			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required",
+				"The part copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range.")
+		}
 		if n < 0 {
 			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This part's length is not known up front.")
 		}
@@ -479,6 +487,11 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 	}
 	if err := store.BeginComplete(ctx, upload, tokenKey, raftstore.DefaultCompleteLimit); err != nil {
 		if errors.Is(err, raftstore.ErrNotFound) {
+			if h.DryRun {
+				countDecision("dry_run", string(raftstore.ReasonNoSuchUpload))
+				r.Body = io.NopCloser(bytes.NewReader(body))
+				return next.ServeHTTP(w, r)
+			}
 			countDecision("denied", string(raftstore.ReasonNoSuchUpload))
 			return h.s3Error(w, r, http.StatusNotFound, "NoSuchUpload", "The upload does not exist, or its quota reservation expired or was aborted.")
 		}
@@ -567,6 +580,10 @@ func (h *Handler) s3Error(w http.ResponseWriter, r *http.Request, status int, co
 	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "1")
 	}
+	// An upstream answer may have set these already (a create whose upload
+	// could not be recorded).
+	w.Header().Del("Content-Length")
+	w.Header().Del("ETag")
 	w.Header().Set("Content-Type", "application/xml")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
