@@ -194,13 +194,12 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		formSize, formKey = postObjectSize(r)
 	}
 	name, primary := h.s3Token(r, repl, formKey)
-	if op == s3Part || op == s3Complete || op == s3Abort {
-		if !primary {
-			// Parts, completes and aborts are charged to the token that
-			// reserved their upload; some clients send custom headers only
-			// on the first request, so the access key does not stand in.
-			name = ""
-		}
+	ofUpload := op == s3Part || op == s3PartCopy || op == s3Complete || op == s3Abort
+	if ofUpload && !primary {
+		// Parts, completes and aborts are charged to the token that
+		// reserved their upload; some clients send custom headers only on
+		// the first request, so the access key does not stand in.
+		name = ""
 	}
 	var tokenKey raftstore.TokenKey
 	if name != "" {
@@ -208,7 +207,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 			return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 		}
 		tokenKey = raftstore.KeyOf(name)
-	} else if op != s3Part && op != s3Complete && op != s3Abort {
+	} else if !ofUpload {
 		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no access key or quota token.")
 	}
 
@@ -414,12 +413,24 @@ func fileStart(prefix []byte, boundary string) int {
 		if end < 0 {
 			return -1
 		}
-		hdr := strings.ToLower(string(prefix[hdrStart : hdrStart+end]))
-		if strings.Contains(hdr, `name="file"`) {
+		if isFileField(string(prefix[hdrStart : hdrStart+end])) {
 			return hdrStart + end + 4
 		}
 		off = hdrStart + end + 4
 	}
+}
+
+// isFileField reports whether a form part's headers name the field "file".
+func isFileField(headers string) bool {
+	for _, line := range strings.Split(headers, "\r\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "Content-Disposition") {
+			continue
+		}
+		_, params, err := mime.ParseMediaType(strings.TrimSpace(v))
+		return err == nil && strings.EqualFold(params["name"], "file")
+	}
+	return false
 }
 
 // createUpload forwards a CreateMultipartUpload whose unit is reserved,

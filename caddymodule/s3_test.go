@@ -138,6 +138,9 @@ func TestPostObjectSize(t *testing.T) {
 	mw.WriteField("key", "uploads/${filename}")
 	mw.WriteField("Policy", strings.Repeat("p", 5000))
 	mw.WriteField("X-Amz-Credential", "AKIAFORM/20260101/us-east-1/s3/aws4_request")
+	// A field whose file name is "file" is not the file field.
+	decoy, _ := mw.CreateFormFile("notes", "file")
+	decoy.Write([]byte("decoy"))
 	fw, _ := mw.CreateFormFile("file", "a.bin")
 	fw.Write(file)
 	mw.Close()
