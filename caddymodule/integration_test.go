@@ -693,7 +693,7 @@ func TestRawTokenNeverLogged(t *testing.T) {
 	}
 	// Every metric the README lists is exposed.
 	for _, name := range []string{"raftquota_decisions_total", "raftquota_consume_duration_seconds", "raftquota_refunds_total",
-		"raftquota_batch_size", "raftquota_raft_leader", "raftquota_raft_leader_changes_total", "raftquota_forwarded_operations_total"} {
+		"raftquota_batch_size", "raftquota_raft_leader", "raftquota_raft_leader_changes_total", "raftquota_forwarded_operations_total", "raftquota_multipart_uploads"} {
 		if !bytes.Contains(metrics, []byte("\n"+name)) {
 			t.Errorf("metric %s missing", name)
 		}

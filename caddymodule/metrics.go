@@ -53,6 +53,16 @@ var (
 		}
 		return 0
 	})
+	openUploads = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "multipart_uploads",
+		Help:      "Multipart uploads the cluster holds a charge for (reserved, open or completing), in this node's applied state.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.OpenUploads())
+		}
+		return 0
+	})
 	forwarded = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: "raftquota",
 		Name:      "forwarded_operations_total",
@@ -70,7 +80,7 @@ func registerMetrics(ctx caddy.Context) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded} {
+	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded, openUploads} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -571,6 +571,13 @@ func (s *Store) AbortUpload(ctx context.Context, upload UploadKey, key TokenKey)
 // Uploads lists the multipart uploads this node's state holds.
 func (s *Store) Uploads() []UploadInfo { return s.fsm.uploadInfos() }
 
+// OpenUploads counts the multipart uploads this node's state holds.
+func (s *Store) OpenUploads() int {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	return len(s.fsm.uploads.uploads)
+}
+
 // decide proposes a command answered with one decision.
 func (s *Store) decide(ctx context.Context, c *command) (Decision, error) {
 	res, err := s.propose(ctx, c)

@@ -366,7 +366,7 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 		}
 	}
 	for i, s := range c.nodes {
-		if u := s.Uploads(); len(u) != 0 {
+		if u := s.Uploads(); len(u) != 0 || s.OpenUploads() != 0 {
 			t.Errorf("node %d still holds uploads: %+v", i+1, u)
 		}
 	}

@@ -125,6 +125,23 @@ func (g *s3Gate) waitUsage(name string, units, bytes int64, within time.Duration
 	}
 }
 
+// metric is the value of an unlabelled metric on the gate's admin endpoint.
+func (g *s3Gate) metric(name string) string {
+	g.t.Helper()
+	resp, err := http.Get("http://127.0.0.1:" + g.admin + "/metrics")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 // object reads an object back from the store itself.
 func (g *s3Gate) object(bucket, key string) ([]byte, bool) {
 	resp, err := http.Get("http://127.0.0.1:" + g.storage + "/" + bucket + "/" + key)
@@ -364,6 +381,9 @@ func TestS3MultipartAbortAndExpiry(t *testing.T) {
 	}
 	aborted := create("aborted")
 	g.waitUsage(key, 1, 5*mib, time.Second)
+	if got := g.metric("raftquota_multipart_uploads"); got != "1" {
+		t.Fatalf("raftquota_multipart_uploads %q with one upload open, want 1", got)
+	}
 	if out, err := a.run(t, "s3api", "abort-multipart-upload", "--bucket", "mp", "--key", "aborted", "--upload-id", aborted); err != nil {
 		t.Fatalf("abort: %v\n%s", err, out)
 	}
