@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/raftquota/raftquota/internal/testport"
 	"github.com/raftquota/raftquota/raftstore"
 )
 
@@ -30,14 +31,10 @@ type system interface {
 
 const plenty = 1 << 40 // limits that never run out during a run
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+// freeAddr is an address on 127.0.0.1 nothing listens on, for a server
+// started later (see internal/testport: never from the ephemeral range,
+// where the nodes' own outgoing connections could take it first).
+func freeAddr() string { return fmt.Sprintf("127.0.0.1:%d", testport.Free()) }
 
 // --- raftquota ---
 

@@ -1,6 +1,6 @@
-// Package testport hands tests TCP ports on 127.0.0.1 that nothing listens
-// on, for servers that must be told their port before they start (Caddy's
-// admin endpoint, a Raft node in a config file).
+// Package testport hands tests and benchmarks TCP ports on 127.0.0.1 that
+// nothing listens on, for servers that must be told their port before they
+// start (Caddy's admin endpoint, a Raft node in a config file).
 //
 // A port found by listening on port 0 and closing it is in the kernel's
 // ephemeral range, where any other socket bound to port 0, or an outgoing
