@@ -232,14 +232,13 @@ func TestAdminAPIIsNotOnTheSite(t *testing.T) {
 func TestForgottenBracesAreFlagged(t *testing.T) {
 	before := logSize(t)
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tester.InitServer(config("", `
+	load(tester, config("", `
 	handle /fixed/* {
 		quota {
 			key X-Quota-Token-fixed-value
 		}
 		respond 200
-	}`), "caddyfile")
-	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
+	}`))
 	logs, _ := os.ReadFile(filepath.Join(testDir, "caddy.log"))
 	if !bytes.Contains(logs[before:], []byte("key holds no placeholder")) {
 		t.Fatal("a key without a placeholder was not flagged")

@@ -182,9 +182,16 @@ func uploadRoutes() string {
 func startCaddy(t *testing.T) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tester.InitServer(config("", uploadRoutes()), "caddyfile")
-	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
+	load(tester, config("", uploadRoutes()))
 	return tester
+}
+
+// load gives the running Caddy a new Caddyfile. The old config's servers
+// close their kept-alive connections, so the client drops its own: a PUT
+// sent on one of them would fail with EOF (Go does not retry a PUT).
+func load(tester *caddytest.Tester, caddyfile string) {
+	tester.InitServer(caddyfile, "caddyfile")
+	http.DefaultClient.CloseIdleConnections()
 }
 
 func admin(t *testing.T, method, path, body string) (int, map[string]any) {
@@ -450,11 +457,10 @@ func TestCheckOnlyAndDryRun(t *testing.T) {
 // backup route returns a backup with every token.
 func TestHealthAndBackupRoutes(t *testing.T) {
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tester.InitServer(config("", uploadRoutes()+`
+	load(tester, config("", uploadRoutes()+`
 	handle /healthz {
 		quota_health
-	}`), "caddyfile")
-	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
+	}`))
 	mustCreate(t, `{"name":"tok-backup","usage_limit":5}`)
 	upload(t, "/up/b/bk", "tok-backup", "x")
 	code, out := admin(t, "GET", "/quota/health", "")
@@ -505,8 +511,7 @@ func TestReloadKeepsUsageAndDoesNotRestartRaft(t *testing.T) {
 	if before == nil {
 		t.Fatal("no node running")
 	}
-	tester.InitServer(config("", uploadRoutes()+"\n\trespond /other 204"), "caddyfile")
-	http.DefaultClient.CloseIdleConnections() // the old config's server closed them
+	load(tester, config("", uploadRoutes()+"\n\trespond /other 204"))
 	if after := current.Load(); after != before {
 		t.Fatal("config reload restarted the Raft node")
 	}

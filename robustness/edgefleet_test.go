@@ -34,7 +34,7 @@ var examplePorts = regexp.MustCompile(`127\.0\.0\.1:(\d{4})\b|^:(\d{4}) \{`)
 
 func startFleet(t *testing.T) *fleet {
 	src := filepath.Join("..", "examples", "edge-fleet")
-	f := &fleet{t: t, dir: t.TempDir(), ports: map[string]string{}, out: &syncBuffer{}}
+	f := &fleet{t: t, dir: t.TempDir(), ports: map[string]string{}}
 	files, _ := filepath.Glob(filepath.Join(src, "*.Caddyfile"))
 	if len(files) != len(fleetMembers)+1 {
 		t.Fatalf("the example has %d Caddyfiles, want %d", len(files), len(fleetMembers)+1)
@@ -56,27 +56,11 @@ func startFleet(t *testing.T) *fleet {
 		s = movePorts(s, f.ports)
 		os.WriteFile(filepath.Join(f.dir, filepath.Base(name)), []byte(s), 0o644)
 	}
-	// run.sh is a link to three-node's script; copy what it points at.
-	script, err := os.ReadFile(filepath.Join(src, "run.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(f.dir, "run.sh"), script, 0o755)
-	f.env = append(os.Environ(), "CADDY="+binary, "XDG_DATA_HOME="+filepath.Join(f.dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(f.dir, "xdg"))
-	run := exec.Command("bash", "./run.sh")
-	run.Dir, run.Env = f.dir, f.env
-	run.Stdout, run.Stderr = f.out, f.out
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- run.Wait() }()
-	t.Cleanup(func() {
-		run.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			run.Process.Kill()
+	// run.sh is a link to three-node's script; the copy is what it points at.
+	rs := startRunScript(t, "edge-fleet", f.dir)
+	f.out, f.env = rs.out, rs.env
+	t.Cleanup(func() { // runs before startRunScript's: stop, then check the ports
+		if !rs.stop() {
 			t.Error("run.sh did not stop on SIGTERM")
 		}
 		for example, port := range f.ports {
@@ -84,10 +68,6 @@ func startFleet(t *testing.T) *fleet {
 				conn.Close()
 				t.Errorf("port %s (the example's %s) still served after run.sh stopped", port, example)
 			}
-		}
-		if t.Failed() {
-			s := f.out.String()
-			t.Logf("--- run.sh output (tail) ---\n%s", s[max(0, len(s)-4000):])
 		}
 	})
 	return f
@@ -111,15 +91,7 @@ func (f *fleet) examplePort(name, voter, gateway string) string {
 func (f *fleet) cluster(via string) (clusterInfo, error) { return clusterAt(f.admin(via)) }
 
 // health is member name's /health answer (0 when it does not answer).
-func (f *fleet) health(name string) int {
-	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Get(f.http(name) + "/health")
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
+func (f *fleet) health(name string) int { return statusOf(f.http(name) + "/health") }
 
 func (f *fleet) upload(via, object string) int {
 	req, _ := http.NewRequest("PUT", f.http(via)+"/upload/fleet/"+object, strings.NewReader(object))

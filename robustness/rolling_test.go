@@ -40,9 +40,12 @@ func (c *cluster) stop(i int) {
 }
 
 // health asks node i's admin endpoint whether it can decide.
-func (c *cluster) health(i int) int {
-	cl := http.Client{Timeout: 3 * time.Second}
-	resp, err := cl.Get(c.adminURL(i) + "/quota/health")
+func (c *cluster) health(i int) int { return statusOf(c.adminURL(i) + "/quota/health") }
+
+// statusOf is the status of a GET of url, 0 when nothing answers in 5s.
+func statusOf(url string) int {
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(url)
 	if err != nil {
 		return 0
 	}

@@ -51,35 +51,8 @@ func TestRunScriptSurvivesANodesDeath(t *testing.T) {
 	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
 		c.writeFile(name, c.template(name))
 	}
-	script, err := os.ReadFile(filepath.Join("..", "examples", "three-node", "run.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(c.dir, "run.sh"), script, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	env := append(os.Environ(), "CADDY="+binary, "XDG_DATA_HOME="+filepath.Join(c.dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(c.dir, "xdg"))
-	run := exec.Command("bash", "./run.sh")
-	run.Dir, run.Env = c.dir, env
-	var out syncBuffer
-	run.Stdout, run.Stderr = &out, &out
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- run.Wait() }()
-	t.Cleanup(func() {
-		run.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			run.Process.Kill()
-		}
-		if t.Failed() {
-			s := out.String()
-			t.Logf("--- run.sh output (tail) ---\n%s", s[max(0, len(s)-3000):])
-		}
-	})
+	rs := startRunScript(t, "three-node", c.dir)
+	out, env := rs.out, rs.env
 	for i := 0; i < nodes; i++ {
 		c.waitNodeHealthy(i, 60*time.Second)
 	}
@@ -119,10 +92,7 @@ func TestRunScriptSurvivesANodesDeath(t *testing.T) {
 		t.Fatalf("usage %d, want %d", n, nodes)
 	}
 
-	run.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(30 * time.Second):
+	if !rs.stop() {
 		t.Fatal("run.sh did not stop on SIGTERM")
 	}
 	for _, p := range []string{"8081", "8082", "8083", "9000"} {
@@ -131,6 +101,59 @@ func TestRunScriptSurvivesANodesDeath(t *testing.T) {
 			t.Errorf("port %s still served after run.sh stopped", p)
 		}
 	}
+}
+
+// runScript is an example's run.sh running in the foreground.
+type runScript struct {
+	out  *syncBuffer // what it and its nodes printed
+	env  []string    // its environment, for `run.sh start NAME`
+	stop func() bool // SIGTERM, then wait up to 30s: whether it exited
+}
+
+// startRunScript copies examples/<example>/run.sh (what a link points at)
+// into dir, beside the Caddyfiles the test wrote there, and runs it as a
+// user would, with the test's binary. The test's cleanup stops it if the
+// test did not, and shows the tail of its output when the test failed.
+func startRunScript(t *testing.T, example, dir string) *runScript {
+	t.Helper()
+	script, err := os.ReadFile(filepath.Join("..", "examples", example, "run.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "run.sh"), script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rs := &runScript{out: &syncBuffer{}, env: append(os.Environ(), "CADDY="+binary, "XDG_DATA_HOME="+filepath.Join(dir, "xdg"), "XDG_CONFIG_HOME="+filepath.Join(dir, "xdg"))}
+	run := exec.Command("bash", "./run.sh")
+	run.Dir, run.Env = dir, rs.env
+	run.Stdout, run.Stderr = rs.out, rs.out
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- run.Wait() }()
+	var once sync.Once
+	var stopped bool
+	rs.stop = func() bool {
+		once.Do(func() {
+			run.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+				stopped = true
+			case <-time.After(30 * time.Second):
+				run.Process.Kill()
+			}
+		})
+		return stopped
+	}
+	t.Cleanup(func() {
+		rs.stop()
+		if t.Failed() {
+			s := rs.out.String()
+			t.Logf("--- run.sh output (tail) ---\n%s", s[max(0, len(s)-4000):])
+		}
+	})
+	return rs
 }
 
 func upload(c *cluster, i int, token, object string) int {
