@@ -17,7 +17,8 @@ type result struct {
 	Retries                int64 // etcd CAS retries
 	Seconds                float64
 	P50, P99               time.Duration
-	Note                   string
+	Note                   string // where the CPU went (Tier 2)
+	Groups                 int    // Raft groups (the multi-group rows)
 	// CPUPerOp is the process's user+system CPU time over the cell divided
 	// by the operations (set where the whole system runs in this process).
 	CPUPerOp time.Duration

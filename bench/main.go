@@ -136,7 +136,7 @@ func main() {
 					r.CPUPerOp = (cpuTime() - cpu0) / time.Duration(r.Ops)
 				}
 				r.Tier, r.System, r.Workload = "G", sys.name(), "spread"
-				r.Note = fmt.Sprint(g)
+				r.Groups = g
 				groups = append(groups, r)
 				fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
 			}

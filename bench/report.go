@@ -78,7 +78,7 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 		b.WriteString("| groups | clients | decisions/s | p50 ms | p99 ms | vs 1 group | CPU µs per decision | errors |\n|---|---|---|---|---|---|---|---|\n")
 		one := map[int]float64{}
 		for _, r := range groups {
-			if r.Note == "1" {
+			if r.Groups == 1 {
 				one[r.Clients] = r.opsPerSec()
 			}
 		}
@@ -87,7 +87,7 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 			if p := one[r.Clients]; p > 0 {
 				ratio = fmt.Sprintf("%.2f×", r.opsPerSec()/p)
 			}
-			fmt.Fprintf(&b, "| %s | %d | %.0f | %s | %s | %s | %.0f | %d |\n", r.Note, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, float64(r.CPUPerOp)/float64(time.Microsecond), r.Errors)
+			fmt.Fprintf(&b, "| %d | %d | %.0f | %s | %s | %s | %.0f | %d |\n", r.Groups, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, float64(r.CPUPerOp)/float64(time.Microsecond), r.Errors)
 		}
 		b.WriteString("\n")
 	}
