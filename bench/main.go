@@ -16,6 +16,7 @@
 package main
 
 import (
+	"regexp"
 	"context"
 	"flag"
 	"fmt"
@@ -37,6 +38,7 @@ func main() {
 	fleetOnly := flag.Bool("fleet-only", false, "run only the edge-fleet rows: 3 voters + 0, 2, 4 gateways against the discard backend (with plain Caddy for the ratio)")
 	tier2Profile := flag.String("tier2-profile", "", "write CPU profiles of every node of the 3-node Tier 2 run (discard backend, 64 clients) into this folder")
 	groupsOnly := flag.Bool("groups-only", false, "run only the multi-group prototype: tokens sharded over 1, 2, 4 Raft groups")
+	runOnly := flag.String("run", "", "run only the steps whose label matches this regular expression (labels are printed as steps start, e.g. 'tier 1: raftquota 3-node, hot'); the report goes to stdout, and into -out only when -out is given")
 	flag.Parse()
 	only := *scaleOnly || *tier2Only || *fleetOnly || *groupsOnly
 
@@ -229,6 +231,34 @@ func main() {
 			catchUp = fmt.Sprintf("A follower stopped while %d consumes were applied caught up %s after it was restarted (3 nodes, in one process).", catchUpBehind, d.Round(time.Millisecond))
 			fmt.Fprintf(os.Stderr, "  → %s\n", d.Round(time.Millisecond))
 		}})
+	}
+
+	if *runOnly != "" {
+		re, err := regexp.Compile(*runOnly)
+		check(err)
+		kept, tier2Kept := steps[:0:0], false
+		for _, s := range steps {
+			if re.MatchString(s.label) {
+				kept = append(kept, s)
+				tier2Kept = tier2Kept || strings.HasPrefix(s.label, "tier 2:")
+			}
+		}
+		if tier2Kept && !re.MatchString(steps[0].label) {
+			for _, s := range steps {
+				if s.label == "building cmd/caddy" {
+					kept = append([]step{s}, kept...)
+				}
+			}
+		}
+		if len(kept) == 0 {
+			check(fmt.Errorf("no step matches -run %q", *runOnly))
+		}
+		steps = kept
+		outGiven := false
+		flag.Visit(func(f *flag.Flag) { outGiven = outGiven || f.Name == "out" })
+		if !outGiven {
+			*out = filepath.Join(work, "results")
+		}
 	}
 
 	var total time.Duration
