@@ -317,24 +317,20 @@ func (a *App) Start() error {
 // the default data dir of another node id holds state: a changed node_id
 // would otherwise quietly start an empty cluster, all tokens out of view.
 func (a *App) warnOrphanedState() {
-	if !a.defaultDataDir || hasRaftState(a.DataDir) {
+	if !a.defaultDataDir || raftstore.HasState(a.DataDir) {
 		return
 	}
 	parent := filepath.Dir(a.DataDir)
 	entries, _ := os.ReadDir(parent)
 	for _, e := range entries {
 		other := filepath.Join(parent, e.Name())
-		if e.IsDir() && other != a.DataDir && hasRaftState(other) {
+		if e.IsDir() && other != a.DataDir && raftstore.HasState(other) {
 			a.logger.Warn("this node's data dir is new, but another node id's data dir holds a cluster's state; if node_id changed by mistake, change it back",
 				zap.String("node_id", a.NodeID), zap.String("data_dir", a.DataDir), zap.String("data_dir_with_state", other), zap.String("its_node_id", e.Name()))
 		}
 	}
 }
 
-func hasRaftState(dir string) bool {
-	st, err := os.Stat(filepath.Join(dir, "raft.db"))
-	return err == nil && st.Size() > 0
-}
 
 // restartOnly names the settings that differ between the running node's
 // config and a new one but are only read when the node opens.

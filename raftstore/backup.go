@@ -138,9 +138,9 @@ func RestoreBackup(r io.Reader, dataDir, nodeID string, peers []Peer) (BackupInf
 	if err != nil {
 		return info, err
 	}
-	for _, name := range []string{"raft.db", "snapshots"} {
+	for _, name := range []string{boltFile, walDir, "snapshots"} {
 		p := filepath.Join(dataDir, name)
-		if entries, err := os.ReadDir(p); err == nil && len(entries) > 0 || name == "raft.db" && exists(p) {
+		if entries, err := os.ReadDir(p); err == nil && len(entries) > 0 || name == boltFile && exists(p) {
 			return info, fmt.Errorf("data dir %s already holds a node's state (%s); restore into an empty data dir", dataDir, name)
 		}
 	}

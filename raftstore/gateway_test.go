@@ -1,8 +1,6 @@
 package raftstore
 
 import (
-	"errors"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -22,8 +20,8 @@ func openGateway(t *testing.T, c *testCluster, id string) *Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	// A gateway's log is in memory: it fsyncs nothing.
-	if _, err := os.Stat(filepath.Join(c.dir, id, "raft.db")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("gateway %s has a raft.db (%v)", id, err)
+	if HasState(filepath.Join(c.dir, id)) || exists(filepath.Join(c.dir, id, walDir)) {
+		t.Fatalf("gateway %s keeps a log or stable store on disk", id)
 	}
 	return s
 }

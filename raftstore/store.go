@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 )
 
@@ -29,7 +27,8 @@ type Peer struct {
 type Config struct {
 	// NodeID names this node in the cluster; it must never change for a data dir.
 	NodeID string
-	// DataDir holds the Raft log (raft.db) and snapshots. Created if missing.
+	// DataDir holds the Raft log (wal/), the stable store (raft.db) and
+	// snapshots. Created if missing.
 	DataDir string
 	// BindAddr is the TCP address Raft and forwarding listen on, e.g. 127.0.0.1:7001.
 	BindAddr string
@@ -183,7 +182,7 @@ type Store struct {
 
 	fsm       *fsm
 	raft      *raft.Raft
-	bolt      *raftboltdb.BoltStore
+	stores    *logStores // a voter's log and stable store
 	snaps     raft.SnapshotStore
 	mux       *mux
 	transport *raft.NetworkTransport
@@ -279,21 +278,15 @@ func (s *Store) start() error {
 		mem := raft.NewInmemStore()
 		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
 	} else {
-		bolt, err := raftboltdb.New(raftboltdb.Options{
-			Path: filepath.Join(cfg.DataDir, "raft.db"),
-			// The freelist is rebuilt on open instead of written on every
-			// commit: less to write per fsync (hashicorp's advice for raft logs).
-			BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-		})
-		if err != nil {
-			return fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
-		}
-		s.bolt = bolt
-		cached, err := raft.NewLogCache(512, bolt)
+		stores, err := openLogStores(cfg.DataDir, hl, s.logger)
 		if err != nil {
 			return err
 		}
-		logs, stable = cached, bolt
+		s.stores = stores
+		if logs, err = stores.logs(); err != nil {
+			return err
+		}
+		stable = stores.bolt
 		if snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hl); err != nil {
 			return fmt.Errorf("opening snapshot store: %w", err)
 		}
@@ -557,10 +550,10 @@ func (s *Store) shutdown() error {
 	if s.forward != nil {
 		s.forward.wg.Wait() // its accept loop ends with the mux
 	}
-	if s.bolt != nil && raftStopped {
-		// Closing the store under a Raft that is still running would make
+	if s.stores != nil && raftStopped {
+		// Closing the stores under a Raft that is still running would make
 		// it panic on its next write (hashicorp/raft#717).
-		if err := s.bolt.Close(); err != nil {
+		if err := s.stores.close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
