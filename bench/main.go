@@ -16,12 +16,12 @@
 package main
 
 import (
-	"regexp"
 	"context"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"

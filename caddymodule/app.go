@@ -331,7 +331,6 @@ func (a *App) warnOrphanedState() {
 	}
 }
 
-
 // restartOnly names the settings that differ between the running node's
 // config and a new one but are only read when the node opens.
 func restartOnly(running, next raftstore.Config) []string {
