@@ -1,5 +1,7 @@
 package raftstore
 
+import "encoding/binary"
+
 // dedupTable remembers the first outcome of each request id, up to a
 // capacity that is replicated state (opSetDedupSize), so every node forgets
 // the same ids at the same log index.
@@ -10,11 +12,17 @@ package raftstore
 // forgotten. Nodes of both versions therefore evict the same ids.
 //
 // Entries sit in age order in fixed-size chunks; an index maps each id to
-// its position. A snapshot captures the list of chunks, not the entries: a
+// its position. The index is keyed by an id's first 8 bytes (a Go map keyed
+// by the 16-byte id costs 56 bytes an entry at a million entries, by a
+// uint64 38), the slot's full id checked; an id whose 8 bytes another id
+// already holds is indexed in spill by its full id. Request ids come from
+// clients (idempotency keys), so such ids can be made on purpose: lookups
+// stay exact either way. A snapshot captures the list of chunks, not the entries: a
 // chunk that a live snapshot holds is copied before Apply changes it, so
 // taking a snapshot costs O(chunks) and never stalls decisions.
 type dedupTable struct {
-	index  map[RequestID]uint64 // id -> position
+	index  map[uint64]uint64    // id's first 8 bytes -> position
+	spill  map[RequestID]uint64 // id -> position, for ids whose 8 bytes index holds for another
 	chunks []*dedupChunk        // chunks[0] holds positions first .. first+dedupChunkSize-1
 	first  uint64
 	head   uint64 // positions before head are forgotten
@@ -42,7 +50,7 @@ type dedupSlot struct {
 }
 
 func newDedupTable(capacity int) *dedupTable {
-	return &dedupTable{index: make(map[RequestID]uint64), cap: max(1, capacity), gen: 1}
+	return &dedupTable{index: make(map[uint64]uint64), spill: make(map[RequestID]uint64), cap: max(1, capacity), gen: 1}
 }
 
 // Len is how many ids the table remembers.
@@ -69,9 +77,57 @@ func (d *dedupTable) writable(pos uint64) *dedupSlot {
 	return &d.chunks[i].slots[off%dedupChunkSize]
 }
 
+func idBits(id RequestID) uint64 { return binary.LittleEndian.Uint64(id[:8]) }
+
+// find returns id's position.
+func (d *dedupTable) find(id RequestID) (uint64, bool) {
+	if len(d.spill) > 0 {
+		if pos, ok := d.spill[id]; ok {
+			return pos, true
+		}
+	}
+	if pos, ok := d.index[idBits(id)]; ok && d.slot(pos).id == id {
+		return pos, true
+	}
+	return 0, false
+}
+
+// place records id's position: where id is indexed already, else in index
+// unless another id holds its 8 bytes there. The slot at pos must hold id.
+func (d *dedupTable) place(id RequestID, pos uint64) {
+	if _, ok := d.spill[id]; ok {
+		d.spill[id] = pos
+		return
+	}
+	b := idBits(id)
+	if cur, ok := d.index[b]; ok && cur != pos && d.slot(cur).id != id {
+		d.spill[id] = pos
+		return
+	}
+	d.index[b] = pos
+}
+
+// move changes an indexed id's position, in the map that holds it.
+func (d *dedupTable) move(id RequestID, pos uint64) {
+	if _, ok := d.spill[id]; ok {
+		d.spill[id] = pos
+		return
+	}
+	d.index[idBits(id)] = pos
+}
+
+// unplace forgets id's position.
+func (d *dedupTable) unplace(id RequestID) {
+	if _, ok := d.spill[id]; ok {
+		delete(d.spill, id)
+		return
+	}
+	delete(d.index, idBits(id))
+}
+
 // Peek returns the entry for id without changing its age.
 func (d *dedupTable) Peek(id RequestID) (dedupEntry, bool) {
-	pos, ok := d.index[id]
+	pos, ok := d.find(id)
 	if !ok {
 		return dedupEntry{}, false
 	}
@@ -84,15 +140,16 @@ func (d *dedupTable) Add(id RequestID, e dedupEntry) {
 	if e.Op == 0 {
 		panic("raftstore: dedup entry without an op")
 	}
-	if pos, ok := d.index[id]; ok {
+	if pos, ok := d.find(id); ok {
 		d.writable(pos).e.Op = 0
 		d.live--
+		d.unplace(id)
 	}
 	if d.tail-d.first == uint64(len(d.chunks))*dedupChunkSize {
 		d.chunks = append(d.chunks, &dedupChunk{gen: d.gen})
 	}
 	*d.writable(d.tail) = dedupSlot{id: id, e: e}
-	d.index[id] = d.tail
+	d.place(id, d.tail)
 	d.tail++
 	d.live++
 	d.evict()
@@ -111,7 +168,7 @@ func (d *dedupTable) evict() {
 	for d.live > d.cap {
 		s := d.slot(d.head)
 		if s.e.Op != 0 {
-			delete(d.index, s.id)
+			d.unplace(s.id)
 			d.live--
 		}
 		d.head++
@@ -143,7 +200,7 @@ func (d *dedupTable) compact() {
 			d.chunks = append(d.chunks, &dedupChunk{gen: d.gen})
 		}
 		d.chunks[d.tail/dedupChunkSize].slots[d.tail%dedupChunkSize] = *s
-		d.index[s.id] = d.tail
+		d.move(s.id, d.tail)
 		d.tail++
 	}
 }

@@ -21,7 +21,9 @@ const DefaultDedupSize = 1 << 20
 // dedupEntry is the first outcome of a request id. Its fields are ordered
 // and sized to keep the entry small: the table holds a million by default.
 type dedupEntry struct {
-	Key      TokenKey
+	// Token is the id of the token charged (0: none). Its generation, Gen,
+	// tells it from a later token that reuses the id.
+	Token    tokenIDBits
 	Units    int64
 	Bytes    int64
 	Window   int64
@@ -179,22 +181,22 @@ func (f *fsm) apply(c *command) *applyResult {
 func (f *fsm) replay(c *command, e dedupEntry) *applyResult {
 	res := &applyResult{Err: errorFrom(e.Code, "")}
 	if t := f.target(c); t != nil && res.Err == nil {
-		res.Token = t.clone()
+		res.Token = t.token()
 	}
 	return res
 }
 
 // target is the token an admin command names (by key, or by id), for
 // reading; nil when there is none.
-func (f *fsm) target(c *command) *Token {
+func (f *fsm) target(c *command) *tokenState {
 	if c.Key != nil {
 		return f.tokens.get(*c.Key)
 	}
-	return f.tokens.byID(c.TokenID)
+	return f.tokens.byIDString(c.TokenID)
 }
 
 // mutTarget is target, for changing.
-func (f *fsm) mutTarget(c *command) *Token {
+func (f *fsm) mutTarget(c *command) *tokenState {
 	if t := f.target(c); t != nil {
 		return f.tokens.mut(t.Key)
 	}
@@ -248,7 +250,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 	}
 	t := f.tokens.mut(r.Key)
 	if t != nil && renew(t, now) {
-		t.UpdatedAt = now
+		t.UpdatedAt = now.UnixNano()
 	}
 	reason := decide(t, r.Units, r.Bytes, now)
 	if reason == ReasonUnknown {
@@ -257,17 +259,15 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		// cannot charge twice since this attempt charged nothing.
 		return Decision{Reason: ReasonUnknown}
 	}
-	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Key: t.Key}
+	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.id}
 	if reason == "" {
 		t.UsageCount = addSat(t.UsageCount, r.Units)
 		t.BytesUsed = addSat(t.BytesUsed, r.Bytes)
 		settle(t)
-		t.UpdatedAt = now
+		t.UpdatedAt = now.UnixNano()
 		entry.Allowed, entry.Units, entry.Bytes = true, r.Units, r.Bytes
 		entry.Gen = t.Generation
-		if t.WindowStart != nil {
-			entry.Window = t.WindowStart.UnixNano()
-		}
+		entry.Window = t.window()
 	}
 	f.dedup.Add(r.ID, entry)
 	d := decisionFor(t)
@@ -294,35 +294,32 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 	if f.tokens.get(*c.Key) != nil {
 		return &applyResult{Err: ErrExists}
 	}
-	id := tokenID(f.secret, *c.Key)
+	idText := tokenID(f.secret, *c.Key)
+	id, _ := parseTokenID(idText)
 	if f.tokens.byID(id) != nil {
 		// Two names whose ids collide (a 1 in 2^64 chance per pair).
 		return &applyResult{Err: invalidf("this name's id is taken by another token; choose another name")}
 	}
-	t := &Token{
-		ID:         id,
+	t := &tokenState{
+		id:         id,
 		Key:        *c.Key,
 		UsageLimit: spec.UsageLimit,
 		BytesLimit: spec.BytesLimit,
-		Status:     StatusActive,
-		CreatedBy:  spec.CreatedBy,
-		Metadata:   spec.Metadata,
-		RenewEvery: spec.RenewEvery,
-		CreatedAt:  now,
-		UpdatedAt:  now,
+		Status:     stActive,
+		CreatedAt:  now.UnixNano(),
+		UpdatedAt:  now.UnixNano(),
 	}
-	if spec.ExpiresAt != nil {
-		e := spec.ExpiresAt.UTC()
-		t.ExpiresAt = &e
+	if spec.CreatedBy != "" || spec.Metadata != nil || spec.RenewEvery != 0 {
+		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery}
 	}
-	if t.RenewEvery > 0 {
-		ws := now
-		t.WindowStart = &ws
+	t.setExpiresAt(spec.ExpiresAt)
+	if t.renewEvery() > 0 {
+		t.setWindowStart(now.UnixNano())
 	}
 	f.generation++
 	t.Generation = f.generation
 	f.tokens.put(t)
-	return &applyResult{Token: t.clone()}
+	return &applyResult{Token: t.token()}
 }
 
 // applyRefund gives back what one allowed consume took, at most once. A
@@ -344,24 +341,21 @@ func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
 	}
 	e.Refunded = true
 	f.dedup.Add(id, e)
-	t := f.tokens.mut(e.Key)
+	t := f.tokens.byID(e.Token)
 	if t == nil || t.Generation != e.Gen {
 		return &applyResult{}
 	}
+	t = f.tokens.mut(t.Key)
 	renew(t, now)
-	var window int64
-	if t.WindowStart != nil {
-		window = t.WindowStart.UnixNano()
-	}
-	if window != e.Window {
+	if t.window() != e.Window {
 		// The window renewed since the charge; its usage is already gone.
-		return &applyResult{Token: t.clone()}
+		return &applyResult{Token: t.token()}
 	}
 	t.UsageCount = max(0, t.UsageCount-e.Units)
 	t.BytesUsed = max(0, t.BytesUsed-e.Bytes)
 	settle(t)
-	t.UpdatedAt = now
-	return &applyResult{Token: t.clone()}
+	t.UpdatedAt = now.UnixNano()
+	return &applyResult{Token: t.token()}
 }
 
 func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
@@ -384,28 +378,28 @@ func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
 	}
 	if u.ExpiresAt != nil {
 		if u.ExpiresAt.IsZero() {
-			t.ExpiresAt = nil
+			t.setExpiresAt(nil)
 		} else {
-			e := u.ExpiresAt.UTC()
-			t.ExpiresAt = &e
+			t.setExpiresAt(u.ExpiresAt)
 		}
 	}
 	if u.RenewEvery != nil {
-		t.RenewEvery = *u.RenewEvery
-		if t.RenewEvery > 0 && t.WindowStart == nil {
-			ws := now
-			t.WindowStart = &ws
-		} else if t.RenewEvery == 0 {
-			t.WindowStart = nil
+		if *u.RenewEvery != 0 || t.ext != nil {
+			t.extW().RenewEvery = *u.RenewEvery
+		}
+		if _, has := t.windowStart(); *u.RenewEvery > 0 && !has {
+			t.setWindowStart(now.UnixNano())
+		} else if *u.RenewEvery == 0 {
+			t.clearWindowStart()
 		}
 	}
 	if u.Metadata != nil {
-		t.Metadata = *u.Metadata
+		t.extW().Metadata = *u.Metadata
 	}
 	settle(t)
-	t.UpdatedAt = now
+	t.UpdatedAt = now.UnixNano()
 	f.warnIfOver(t)
-	return &applyResult{Token: t.clone()}
+	return &applyResult{Token: t.token()}
 }
 
 func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
@@ -415,22 +409,21 @@ func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
 	}
 	switch c.Op {
 	case opRevoke:
-		t.Status = StatusRevoked
+		t.Status = stRevoked
 	case opReactivate:
-		t.Status = StatusActive
+		t.Status = stActive
 		settle(t)
 	case opReset:
 		t.UsageCount, t.BytesUsed = 0, 0
-		if t.Status != StatusRevoked {
-			t.Status = StatusActive
+		if t.Status != stRevoked {
+			t.Status = stActive
 		}
-		if t.RenewEvery > 0 {
-			ws := now
-			t.WindowStart = &ws
+		if t.renewEvery() > 0 {
+			t.setWindowStart(now.UnixNano())
 		}
 	}
-	t.UpdatedAt = now
-	return &applyResult{Token: t.clone()}
+	t.UpdatedAt = now.UnixNano()
+	return &applyResult{Token: t.token()}
 }
 
 func (f *fsm) applyDelete(c *command, _ time.Time) *applyResult {
@@ -444,12 +437,12 @@ func (f *fsm) applyDelete(c *command, _ time.Time) *applyResult {
 
 // warnIfOver logs a token whose usage stands above its limit. Consumes can
 // never cause this; lowering a limit below current usage can.
-func (f *fsm) warnIfOver(t *Token) {
+func (f *fsm) warnIfOver(t *tokenState) {
 	if !overLimit(t) {
 		return
 	}
 	f.logger.Warn("quota usage above limit",
-		zap.String("token_fingerprint", t.ID),
+		zap.String("token_fingerprint", t.id.String()),
 		zap.Int64("usage_count", t.UsageCount),
 		zap.Int64("usage_limit", t.UsageLimit),
 		zap.Int64("bytes_used", t.BytesUsed),
@@ -463,11 +456,11 @@ func (f *fsm) warnIfOver(t *Token) {
 func (f *fsm) token(id string) (*Token, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t := f.tokens.byID(id)
+	t := f.tokens.byIDString(id)
 	if t == nil {
 		return nil, false
 	}
-	return t.clone(), true
+	return t.token(), true
 }
 
 // lookup returns the token with key.
@@ -478,13 +471,13 @@ func (f *fsm) lookup(key TokenKey) (*Token, bool) {
 	if t == nil {
 		return nil, false
 	}
-	return t.clone(), true
+	return t.token(), true
 }
 
 func (f *fsm) list() []Token {
 	f.mu.RLock()
-	var out []Token
-	f.tokens.each(func(t *Token) { out = append(out, *t) })
+	out := make([]Token, 0, f.tokens.len())
+	f.tokens.each(func(t *tokenState) { out = append(out, *t.token()) })
 	f.mu.RUnlock()
 	slices.SortFunc(out, func(a, b Token) int { return strings.Compare(a.ID, b.ID) })
 	return out
@@ -542,7 +535,7 @@ type snapshotHeader struct {
 type fsmSnapshot struct {
 	f      *fsm
 	header snapshotHeader
-	tokens map[TokenKey]*Token
+	tokens frozenTokens
 	table  *tokenTable
 	dedup  *dedupView
 	dtable *dedupTable

@@ -40,11 +40,19 @@ const (
 type logStores struct {
 	bolt *raftboltdb.BoltStore // stable store
 	wal  *wal.WAL              // log
+	hl   hclog.Logger
+	// segmentSize is the WAL's segment file size (0: raft-wal's 64 MiB);
+	// the format fixtures are written with small ones.
+	segmentSize int
+}
+
+func (ls *logStores) openAt(path string) (*wal.WAL, error) {
+	return wal.Open(path, wal.WithLogger(ls.hl), wal.WithSegmentSize(ls.segmentSize))
 }
 
 // openLogStores opens (or creates) a voter's stable store and log, first
 // moving a log that an earlier version kept in raft.db into the WAL.
-func openLogStores(dir string, hl hclog.Logger, logger *zap.Logger) (*logStores, error) {
+func openLogStores(dir string, hl hclog.Logger, logger *zap.Logger, segmentSize int) (*logStores, error) {
 	boltPath := filepath.Join(dir, boltFile)
 	bolt, err := raftboltdb.New(raftboltdb.Options{
 		Path: boltPath,
@@ -55,7 +63,7 @@ func openLogStores(dir string, hl hclog.Logger, logger *zap.Logger) (*logStores,
 	if err != nil {
 		return nil, fmt.Errorf("opening raft stable store %s: %w", boltPath, err)
 	}
-	ls := &logStores{bolt: bolt}
+	ls := &logStores{bolt: bolt, hl: hl.Named("wal"), segmentSize: segmentSize}
 	if err := ls.openWAL(dir, hl, logger); err != nil {
 		bolt.Close()
 		return nil, err
@@ -73,7 +81,7 @@ func (ls *logStores) openWAL(dir string, hl hclog.Logger, logger *zap.Logger) er
 			return err
 		}
 	}
-	w, err := wal.Open(path, wal.WithLogger(hl.Named("wal")))
+	w, err := ls.openAt(path)
 	if err != nil {
 		return fmt.Errorf("opening raft log %s: %w", path, err)
 	}
@@ -107,7 +115,7 @@ func (ls *logStores) moveBoltLog(dir string, hl hclog.Logger, logger *zap.Logger
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return fmt.Errorf("creating raft log dir: %w", err)
 	}
-	w, err := wal.Open(tmp, wal.WithLogger(hl.Named("wal")))
+	w, err := ls.openAt(tmp)
 	if err != nil {
 		return fmt.Errorf("creating raft log %s: %w", tmp, err)
 	}

@@ -73,7 +73,7 @@ func TestLogMovesFromBoltIntoWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ls, err := openLogStores(dir, hclog.NewNullLogger(), zap.NewNop())
+	ls, err := openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestLogMovesFromBoltIntoWAL(t *testing.T) {
 	// A crash after the WAL was renamed into place, before raft.db was
 	// emptied: raft.db holds the old log again.
 	boltLogs(t, dir, 5, 300)
-	ls, err = openLogStores(dir, hclog.NewNullLogger(), zap.NewNop())
+	ls, err = openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestLogMovesFromBoltIntoWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls.close()
-	ls, err = openLogStores(dir, hclog.NewNullLogger(), zap.NewNop())
+	ls, err = openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestNewDataDirHasNoState(t *testing.T) {
 	if HasState(dir) {
 		t.Fatal("HasState: true for an empty dir")
 	}
-	ls, err := openLogStores(dir, hclog.NewNullLogger(), zap.NewNop())
+	ls, err := openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

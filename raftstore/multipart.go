@@ -191,12 +191,8 @@ func (ut *uploadTable) copyOut() []keyedUpload {
 func pendingKey(id RequestID) UploadKey { return UploadKey(id) }
 
 // chargeOf records an allowed charge to t.
-func chargeOf(id RequestID, t *Token, part int32, units, bytes int64) charge {
-	c := charge{ID: id, Part: part, Units: units, Bytes: bytes, Gen: t.Generation}
-	if t.WindowStart != nil {
-		c.Window = t.WindowStart.UnixNano()
-	}
-	return c
+func chargeOf(id RequestID, t *tokenState, part int32, units, bytes int64) charge {
+	return charge{ID: id, Part: part, Units: units, Bytes: bytes, Gen: t.Generation, Window: t.window()}
 }
 
 // giveBack refunds one charge of an upload, and marks its request id
@@ -212,17 +208,13 @@ func (f *fsm) giveBack(tok TokenKey, c charge, now time.Time) {
 		return
 	}
 	renew(t, now)
-	var window int64
-	if t.WindowStart != nil {
-		window = t.WindowStart.UnixNano()
-	}
-	if window != c.Window {
+	if t.window() != c.Window {
 		return // the window renewed since: its usage is already gone
 	}
 	t.UsageCount = max(0, t.UsageCount-c.Units)
 	t.BytesUsed = max(0, t.BytesUsed-c.Bytes)
 	settle(t)
-	t.UpdatedAt = now
+	t.UpdatedAt = now.UnixNano()
 }
 
 // refundUpload gives back everything an upload charged and forgets it.
@@ -300,7 +292,7 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 	if o == nil || o.Bytes < 0 || o.Part < 1 {
 		return &applyResult{Err: invalidf("charge_part needs an upload, a part number and bytes")}
 	}
-	deny := func(t *Token, r Reason) *applyResult {
+	deny := func(t *tokenState, r Reason) *applyResult {
 		var d Decision
 		if t != nil {
 			d = decisionFor(t)
@@ -311,7 +303,10 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 	u := f.openUpload(o)
 	if e, ok := f.dedup.Peek(c.ID); ok && !(e.Op == opConsume && e.Refunded) {
 		// A retry: its first outcome, as consume answers one.
-		req := ConsumeRequest{ID: c.ID, Key: e.Key, Units: 0, Bytes: o.Bytes}
+		req := ConsumeRequest{ID: c.ID, Units: 0, Bytes: o.Bytes}
+		if t := f.tokens.byID(e.Token); t != nil {
+			req.Key = t.Key
+		}
 		return &applyResult{Decisions: []Decision{f.consume(&req, now)}}
 	}
 	if u == nil || u.State != uploadOpen {
@@ -325,24 +320,24 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 		return deny(t, ReasonTooManyUploads)
 	}
 	if renew(t, now) {
-		t.UpdatedAt = now
+		t.UpdatedAt = now.UnixNano()
 	}
 	// The unit was charged at reserve: only revocation, expiry and bytes
 	// can refuse a part.
 	var reason Reason
 	switch {
-	case t.Status == StatusRevoked:
+	case t.Status == stRevoked:
 		reason = ReasonRevoked
-	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+	case t.expired(now):
 		reason = ReasonExpired
 	case t.BytesLimit > 0 && t.BytesUsed > t.BytesLimit-o.Bytes:
 		reason = ReasonBytesExhausted
 	}
-	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Key: t.Key}
+	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.id}
 	if reason == "" {
 		t.BytesUsed = addSat(t.BytesUsed, o.Bytes)
 		settle(t)
-		t.UpdatedAt = now
+		t.UpdatedAt = now.UnixNano()
 		ch := chargeOf(c.ID, t, o.Part, 0, o.Bytes)
 		entry.Allowed, entry.Bytes, entry.Gen, entry.Window = true, o.Bytes, ch.Gen, ch.Window
 		u.Parts = append(u.Parts, ch)
@@ -496,7 +491,7 @@ func (f *fsm) uploadInfos() []UploadInfo {
 	for k, u := range f.uploads.uploads {
 		info := UploadInfo{Key: k, State: uploadStateNames[u.State], Units: u.Reserve.Units, Parts: len(u.Parts), Deadline: time.Unix(0, u.Deadline).UTC()}
 		if t := f.tokens.get(u.Token); t != nil {
-			info.TokenID = t.ID
+			info.TokenID = t.id.String()
 		}
 		for _, p := range u.Parts {
 			info.Bytes += p.Bytes

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -90,9 +91,25 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (*Token, error)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	if err := validExpiry(spec.ExpiresAt); err != nil {
+		return nil, err
+	}
 	key := KeyOf(spec.Name)
 	spec.Name = ""
 	return s.write(ctx, &command{Op: opCreate, ID: NewRequestID(), Key: &key, Spec: &spec})
+}
+
+// validExpiry refuses an expiry the state cannot hold: times are kept as
+// unix nanoseconds, which cover 1678 to 2262. Checked where a request is
+// proposed, not in Apply, so entries already in a log apply as they did.
+func validExpiry(at *time.Time) error {
+	if at == nil {
+		return nil
+	}
+	if at.Before(time.Unix(0, 0)) || at.After(time.Unix(0, math.MaxInt64)) {
+		return invalidf("expires_at must be between 1970 and 2262, got %s", at.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // UpdateLimits changes the limits, expiry or metadata of the token with id.
@@ -100,6 +117,11 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (*Token, error)
 func (s *Store) UpdateLimits(ctx context.Context, id string, u LimitUpdate) (*Token, error) {
 	if err := u.Validate(); err != nil {
 		return nil, err
+	}
+	if u.ExpiresAt != nil && !u.ExpiresAt.IsZero() {
+		if err := validExpiry(u.ExpiresAt); err != nil {
+			return nil, err
+		}
 	}
 	if !IsTokenID(id) {
 		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"time"
 )
 
 // The snapshot format is binary: JSON took 5.6s to write and 7.9s to read
@@ -18,18 +17,21 @@ import (
 //
 //	magic "RQS" version(1)
 //	secret, now, generation, [v3+: dedup size], token count, dedup count
-//	tokens, in creation order: [v4+: key (32 bytes), id] [v2, v3: name], fields
-//	dedup entries, oldest first: id, flags, [v4+: key (32 bytes)] [v2, v3: name], amounts
+//	tokens, in creation order: [v6: key (32 bytes), id (8 bytes)]
+//	        [v4, v5: key, id (16 hex digits)] [v2, v3: name], fields
+//	dedup entries, oldest first: id, flags, [v6: token id (8 bytes)]
+//	        [v4, v5: token key (32 bytes)] [v2, v3: token name], amounts
 //	[v5+: upload count, uploads in key order: key (16 bytes), token key,
 //	      state, deadline, expiry, reserve charge, part count, part charges]
 //
 // Every version ever written stays readable (testdata/formats has a
 // fixture of each): version 2 has no dedup size, which is then the
 // default; versions 2 and 3 hold token names, which are hashed on reading;
-// before version 5 there are no multipart uploads.
+// before version 5 there are no multipart uploads; before version 6, dedup
+// entries name their token by key, which reading maps to the token's id.
 const (
 	snapshotMagic   = "RQS"
-	snapshotVersion = 5
+	snapshotVersion = 6
 )
 
 type snapWriter struct {
@@ -42,19 +44,20 @@ func (s *snapWriter) varint(v int64)   { s.w.Write(binary.AppendVarint(s.buf[:0]
 func (s *snapWriter) bytes(b []byte)   { s.uvarint(uint64(len(b))); s.w.Write(b) }
 func (s *snapWriter) str(v string)     { s.uvarint(uint64(len(v))); s.w.WriteString(v) }
 func (s *snapWriter) byte(b byte)      { s.w.WriteByte(b) }
-func (s *snapWriter) time(t time.Time) { s.varint(t.UnixNano()) }
 
-func (s *snapWriter) optTime(t *time.Time) {
-	if t == nil {
+func (s *snapWriter) id(id tokenIDBits) {
+	s.w.Write(binary.BigEndian.AppendUint64(s.buf[:0], uint64(id)))
+}
+
+// optTime writes a time in unix nanoseconds with a presence flag.
+func (s *snapWriter) optTime(ns int64, present bool) {
+	if !present {
 		s.byte(0)
 		return
 	}
 	s.byte(1)
-	s.time(*t)
+	s.varint(ns)
 }
-
-var statusCodes = map[Status]byte{StatusActive: 0, StatusExhausted: 1, StatusRevoked: 2}
-var statusByCode = []Status{StatusActive, StatusExhausted, StatusRevoked}
 
 func (s *fsmSnapshot) write(w io.Writer) error {
 	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16)}
@@ -64,39 +67,42 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	sw.varint(s.header.Now)
 	sw.uvarint(s.header.Gen)
 	sw.uvarint(uint64(s.header.DedupSize))
-	sw.uvarint(uint64(len(s.tokens)))
+	sw.uvarint(uint64(s.tokens.len()))
 	sw.uvarint(uint64(s.dedup.live))
-	byGen := make([]*Token, 0, len(s.tokens))
-	for _, t := range s.tokens {
-		byGen = append(byGen, t)
-	}
+	byGen := make([]*tokenState, 0, s.tokens.len())
+	s.tokens.each(func(t *tokenState) { byGen = append(byGen, t) })
 	// Creation order: deterministic (generations are unique and replicated)
 	// and much cheaper to sort than names.
-	slices.SortFunc(byGen, func(a, b *Token) int { return cmp.Compare(a.Generation, b.Generation) })
+	slices.SortFunc(byGen, func(a, b *tokenState) int { return cmp.Compare(a.Generation, b.Generation) })
+	var ext tokenExt
 	for _, t := range byGen {
 		sw.w.Write(t.Key[:])
-		sw.str(t.ID)
+		sw.id(t.id)
 		sw.varint(t.UsageLimit)
 		sw.varint(t.UsageCount)
 		sw.varint(t.BytesLimit)
 		sw.varint(t.BytesUsed)
-		sw.byte(statusCodes[t.Status])
-		sw.str(t.CreatedBy)
-		keys := make([]string, 0, len(t.Metadata))
-		for k := range t.Metadata {
+		sw.byte(byte(t.Status))
+		e := &ext
+		if t.ext != nil {
+			e = t.ext
+		}
+		sw.str(e.CreatedBy)
+		keys := make([]string, 0, len(e.Metadata))
+		for k := range e.Metadata {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
 		sw.uvarint(uint64(len(keys)))
 		for _, k := range keys {
 			sw.str(k)
-			sw.str(t.Metadata[k])
+			sw.str(e.Metadata[k])
 		}
-		sw.optTime(t.ExpiresAt)
-		sw.varint(int64(t.RenewEvery))
-		sw.optTime(t.WindowStart)
-		sw.time(t.CreatedAt)
-		sw.time(t.UpdatedAt)
+		sw.optTime(e.ExpiresAt, e.hasExpiry)
+		sw.varint(int64(e.RenewEvery))
+		sw.optTime(e.WindowStart, e.hasWindow)
+		sw.varint(t.CreatedAt)
+		sw.varint(t.UpdatedAt)
 		sw.uvarint(t.Generation)
 	}
 	s.dedup.each(func(id RequestID, e *dedupEntry) {
@@ -112,7 +118,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.byte(byte(e.Code))
 		sw.byte(flags)
 		sw.byte(byte(e.Reason))
-		sw.w.Write(e.Key[:])
+		sw.id(e.Token)
 		sw.varint(e.Units)
 		sw.varint(e.Bytes)
 		sw.varint(e.Window)
@@ -262,14 +268,28 @@ func (s *snapReader) key(k *TokenKey) {
 	}
 }
 
-func (s *snapReader) time() time.Time { return time.Unix(0, s.varint()).UTC() }
-
-func (s *snapReader) optTime() *time.Time {
+// optTime reads what snapWriter.optTime wrote.
+func (s *snapReader) optTime() (int64, bool) {
 	if s.byte() == 0 {
-		return nil
+		return 0, false
 	}
-	t := s.time()
-	return &t
+	return s.varint(), true
+}
+
+func (s *snapReader) id() tokenIDBits {
+	var b [8]byte
+	s.full(b[:])
+	return tokenIDBits(binary.BigEndian.Uint64(b[:]))
+}
+
+// idText reads a token id written as its 16 hex digits (versions 4, 5).
+func (s *snapReader) idText() tokenIDBits {
+	text := s.str()
+	id, ok := parseTokenID(text)
+	if !ok && s.err == nil {
+		s.err = fmt.Errorf("%w: token id %q", errBadSnapshot, text)
+	}
+	return id
 }
 
 // readSnapshot decodes a snapshot into fresh state. Token names in dedup
@@ -306,20 +326,24 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 	// million tokens was dominated by allocation and GC. Chunks (not one
 	// slab of the claimed count) keep a corrupt count from allocating much.
 	const chunk = 1 << 16
-	var slab []Token
+	var slab []tokenState
 	f.tokens = newTokenTable(int(min(ntok, 1<<22)))
 	for i := uint64(0); i < ntok && sr.err == nil; i++ {
 		if len(slab) == 0 {
-			slab = make([]Token, min(ntok-i, chunk))
+			slab = make([]tokenState, min(ntok-i, chunk))
 		}
 		t := &slab[0]
 		slab = slab[1:]
-		if version >= 4 {
+		switch {
+		case version >= 6:
 			sr.key(&t.Key)
-			t.ID = sr.str()
-		} else {
+			t.id = sr.id()
+		case version >= 4:
+			sr.key(&t.Key)
+			t.id = sr.idText()
+		default:
 			t.Key = keyOfStored(sr.str())
-			t.ID = tokenID(f.secret, t.Key)
+			t.id, _ = parseTokenID(tokenID(f.secret, t.Key))
 		}
 		t.UsageLimit, t.UsageCount = sr.varint(), sr.varint()
 		t.BytesLimit, t.BytesUsed = sr.varint(), sr.varint()
@@ -328,26 +352,35 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 			sr.err = errBadSnapshot
 			break
 		}
-		t.Status = statusByCode[st]
-		t.CreatedBy = sr.str()
+		t.Status = statusCode(st)
+		var e tokenExt
+		e.CreatedBy = sr.str()
 		if n := sr.uvarint(); n > 0 {
 			if n > 1<<16 {
 				sr.err = errBadSnapshot
 				break
 			}
-			t.Metadata = make(map[string]string, n)
+			e.Metadata = make(map[string]string, n)
 			for j := uint64(0); j < n; j++ {
 				k := sr.str()
-				t.Metadata[k] = sr.str()
+				e.Metadata[k] = sr.str()
 			}
 		}
-		t.ExpiresAt = sr.optTime()
-		t.RenewEvery = Duration(sr.varint())
-		t.WindowStart = sr.optTime()
-		t.CreatedAt, t.UpdatedAt = sr.time(), sr.time()
+		e.ExpiresAt, e.hasExpiry = sr.optTime()
+		e.RenewEvery = Duration(sr.varint())
+		e.WindowStart, e.hasWindow = sr.optTime()
+		if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow {
+			t.ext = &e
+		}
+		t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()
 		t.Generation = sr.uvarint()
-		f.tokens.base[t.Key] = t
-		f.tokens.ids[t.ID] = t.Key
+		if sr.err == nil {
+			if f.tokens.stored(t.Key) != nil || f.tokens.byID(t.id) != nil {
+				sr.err = fmt.Errorf("%w: token %s twice", errBadSnapshot, t.id)
+				break
+			}
+			f.tokens.put(t)
+		}
 	}
 	for i := uint64(0); i < ndedup && sr.err == nil; i++ {
 		var id RequestID
@@ -359,10 +392,22 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		flags := sr.byte()
 		e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
 		e.Reason = reasonCode(sr.byte())
-		if version >= 4 {
-			sr.key(&e.Key)
-		} else {
-			e.Key = keyOfStored(sr.str())
+		var key TokenKey
+		switch {
+		case version >= 6:
+			e.Token = sr.id()
+		case version >= 4:
+			sr.key(&key)
+		default:
+			key = keyOfStored(sr.str())
+		}
+		if version < 6 && !key.IsZero() {
+			// The token it charged, if it still exists; a deleted one's
+			// entry refunds nothing either way (Gen tells a token that
+			// took the name since).
+			if t := f.tokens.stored(key); t != nil {
+				e.Token = t.id
+			}
 		}
 		e.Units, e.Bytes, e.Window = sr.varint(), sr.varint(), sr.varint()
 		e.Gen = sr.uvarint()

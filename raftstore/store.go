@@ -93,6 +93,10 @@ type Config struct {
 	// OnBatch, if set, is told the size of every consume batch this node
 	// sends to the log or forwards to the leader.
 	OnBatch func(size int, forwarded bool)
+
+	// walSegmentSize is the size of the log's segment files (0: raft-wal's
+	// default, 64 MiB, preallocated); format fixtures use small ones.
+	walSegmentSize int
 }
 
 func (c *Config) setDefaults() {
@@ -278,7 +282,7 @@ func (s *Store) start() error {
 		mem := raft.NewInmemStore()
 		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
 	} else {
-		stores, err := openLogStores(cfg.DataDir, hl, s.logger)
+		stores, err := openLogStores(cfg.DataDir, hl, s.logger, cfg.walSegmentSize)
 		if err != nil {
 			return err
 		}

@@ -88,12 +88,6 @@ func remaining(limit, used int64) int64 {
 	return limit - used
 }
 
-// clone returns a copy that shares nothing mutable with t. Metadata maps are
-// never mutated in place, so sharing them is safe.
-func (t *Token) clone() *Token {
-	c := *t
-	return &c
-}
 
 // TokenSpec is what a caller gives to create a token.
 type TokenSpec struct {
@@ -264,10 +258,13 @@ func (d Decision) Remaining() int64 { return remaining(d.UsageLimit, d.UsageCoun
 // bytes are unlimited.
 func (d Decision) BytesRemaining() int64 { return remaining(d.BytesLimit, d.BytesUsed) }
 
-func decisionFor(t *Token) Decision {
-	d := Decision{TokenID: t.ID, Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, RenewEvery: t.RenewEvery}
-	if end := t.WindowEnd(); !end.IsZero() {
-		d.ResetAt = end.UnixNano()
+func decisionFor(t *tokenState) Decision {
+	d := Decision{TokenID: t.id.String(), Status: t.Status.status(), UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed}
+	if e := t.ext; e != nil {
+		d.RenewEvery = e.RenewEvery
+		if e.RenewEvery > 0 && e.hasWindow {
+			d.ResetAt = e.WindowStart + int64(e.RenewEvery)
+		}
 	}
 	return d
 }
@@ -275,25 +272,24 @@ func decisionFor(t *Token) Decision {
 // renew moves a token's window forward when now has passed its end, and
 // returns whether usage was reset. Windows are aligned to the first window's
 // start, so a late request never shifts the boundaries.
-func renew(t *Token, now time.Time) bool {
-	if t.RenewEvery <= 0 {
+func renew(t *tokenState, now time.Time) bool {
+	period := int64(t.renewEvery())
+	if period <= 0 {
 		return false
 	}
-	if t.WindowStart == nil {
-		ws := now
-		t.WindowStart = &ws
+	ws, ok := t.windowStart()
+	if !ok {
+		t.setWindowStart(now.UnixNano())
 		return false
 	}
-	period := time.Duration(t.RenewEvery)
-	elapsed := now.Sub(*t.WindowStart)
+	elapsed := now.UnixNano() - ws
 	if elapsed < period {
 		return false
 	}
-	ws := t.WindowStart.Add(elapsed / period * period)
-	t.WindowStart = &ws
+	t.setWindowStart(ws + elapsed/period*period)
 	t.UsageCount, t.BytesUsed = 0, 0
-	if t.Status == StatusExhausted {
-		t.Status = StatusActive
+	if t.Status == stExhausted {
+		t.Status = stActive
 	}
 	return true
 }
@@ -301,18 +297,18 @@ func renew(t *Token, now time.Time) bool {
 // decide says whether units and bytes may be charged to t at now. It does not
 // change t; the caller charges on an allowed decision. t must already have
 // been renewed for now.
-func decide(t *Token, units, bytes int64, now time.Time) Reason {
+func decide(t *tokenState, units, bytes int64, now time.Time) Reason {
 	switch {
 	case t == nil:
 		return ReasonUnknown
-	case t.Status == StatusRevoked:
+	case t.Status == stRevoked:
 		return ReasonRevoked
-	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+	case t.expired(now):
 		return ReasonExpired
 	}
 	countFull := t.UsageLimit > 0 && (t.UsageCount > t.UsageLimit-units)
 	bytesFull := t.BytesLimit > 0 && (t.BytesUsed > t.BytesLimit-bytes)
-	if t.Status == StatusExhausted && !countFull && !bytesFull {
+	if t.Status == stExhausted && !countFull && !bytesFull {
 		// Exhausted by the other dimension, or by a zero-cost request.
 		if t.BytesLimit > 0 && t.BytesUsed >= t.BytesLimit {
 			return ReasonBytesExhausted
@@ -329,20 +325,20 @@ func decide(t *Token, units, bytes int64, now time.Time) Reason {
 }
 
 // settle recomputes exhausted/active from usage and limits. Revoked stays revoked.
-func settle(t *Token) {
-	if t.Status == StatusRevoked {
+func settle(t *tokenState) {
+	if t.Status == stRevoked {
 		return
 	}
 	full := (t.UsageLimit > 0 && t.UsageCount >= t.UsageLimit) || (t.BytesLimit > 0 && t.BytesUsed >= t.BytesLimit)
 	if full {
-		t.Status = StatusExhausted
+		t.Status = stExhausted
 	} else {
-		t.Status = StatusActive
+		t.Status = stActive
 	}
 }
 
 // overLimit reports whether usage is above a limit (possible only after a
 // limit was lowered).
-func overLimit(t *Token) bool {
+func overLimit(t *tokenState) bool {
 	return (t.UsageLimit > 0 && t.UsageCount > t.UsageLimit) || (t.BytesLimit > 0 && t.BytesUsed > t.BytesLimit)
 }

@@ -15,8 +15,8 @@ import (
 )
 
 // Fixtures of every on-disk format this package has shipped live under
-// testdata/formats/<name>. Each holds a data dir whose raft.db carries every
-// command op, a snapshot of the same state, and want.json: what the public
+// testdata/formats/<name>. Each holds a data dir whose log (in raft.db up to
+// v5, in wal/ from v6) carries every command op, a snapshot of the same state, and want.json: what the public
 // API answered when the fixture was written. Every later build must read
 // them to the same answers; formats are never dropped, only added.
 //
@@ -26,7 +26,7 @@ import (
 var writeFixture = flag.String("write-fixture", "", "write testdata/formats/NAME from this build's code")
 
 // fixtureNames lists the fixtures every build must read.
-var fixtureNames = []string{"v2", "v4", "v5"}
+var fixtureNames = []string{"v2", "v4", "v5", "v6"}
 
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
@@ -209,7 +209,9 @@ func openFixtureNode(t *testing.T, dir string) *Store {
 // openFixtureNodeWith opens a fixture node whose config proposes dedupSize
 // (0: nothing), so a fixture's log can hold a set_dedup_size entry.
 func openFixtureNodeWith(t *testing.T, dir string, dedupSize int) *Store {
-	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop(), DedupSize: dedupSize})
+	// Small log segments: a fixture's are committed, and raft-wal
+	// preallocates each (64 MiB by default).
+	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop(), DedupSize: dedupSize, walSegmentSize: 256 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
