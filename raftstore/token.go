@@ -88,7 +88,6 @@ func remaining(limit, used int64) int64 {
 	return limit - used
 }
 
-
 // TokenSpec is what a caller gives to create a token.
 type TokenSpec struct {
 	// Name is the secret clients send. It is hashed by the node that takes
