@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -62,10 +63,21 @@ type mux struct {
 	forward *muxLayer
 	logger  *zap.Logger
 	wg      sync.WaitGroup
+	// quit ends Raft's dial retries: closed before Raft shuts down, which
+	// waits for its replication goroutines, some of which may be dialing.
+	quit     chan struct{}
+	quitOnce sync.Once
+	// onRefused and onConnected, when set before Raft starts, hear of a
+	// peer address that refuses Raft's dial, and of one connected again
+	// after refusing.
+	onRefused, onConnected func(address string)
 }
 
+// stopDialing makes dials fail at once from now on.
+func (m *mux) stopDialing() { m.quitOnce.Do(func() { close(m.quit) }) }
+
 func newMux(base raft.StreamLayer, logger *zap.Logger) *mux {
-	m := &mux{base: base, logger: logger}
+	m := &mux{base: base, logger: logger, quit: make(chan struct{})}
 	m.raft = newMuxLayer(m, connRaft)
 	m.forward = newMuxLayer(m, connForward)
 	m.wg.Add(1)
@@ -121,6 +133,7 @@ func (m *mux) route(conn net.Conn) {
 }
 
 func (m *mux) close() error {
+	m.stopDialing()
 	err := m.base.Close()
 	m.wg.Wait()
 	return err
@@ -156,10 +169,44 @@ func (l *muxLayer) close() { l.once.Do(func() { close(l.done) }) }
 
 func (l *muxLayer) Addr() net.Addr { return l.m.base.Addr() }
 
+// raftDialRetry is how often Raft's dial to a peer that refuses
+// connections is retried, within the dial's timeout.
+const raftDialRetry = 25 * time.Millisecond
+
+// Dial connects to a peer's side. Raft's dials keep trying a peer that
+// refuses connections (down, or restarting) until the dial's timeout
+// (NetworkTransportConfig.Timeout, 10 s): after each failed RPC to a peer
+// hashicorp/raft waits before the next, doubling up to 10 s for log
+// replication (replicateTo's backoff), so a peer back after half a minute
+// could wait seconds to be sent what it missed, and every failure is an
+// ERROR line. Retrying inside the dial, a restarted peer is connected
+// within raftDialRetry of listening again, and a dead one costs one failed
+// RPC per timeout. Forwarding's dials fail at once: a client is waiting.
+//
+// A dial that waits hides the peer's absence from Raft's heartbeat
+// observations, which the leader's cluster view reads: the mux reports a
+// refusal (and a connection after refusals) to the Store itself.
 func (l *muxLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(timeout)
 	conn, err := l.m.base.Dial(address, timeout)
+	refused := false
+	for err != nil && l.kind == connRaft && errors.Is(err, syscall.ECONNREFUSED) && time.Until(deadline) > raftDialRetry {
+		if !refused && l.m.onRefused != nil {
+			l.m.onRefused(string(address))
+		}
+		refused = true
+		select {
+		case <-l.m.quit:
+			return nil, err
+		case <-time.After(raftDialRetry):
+		}
+		conn, err = l.m.base.Dial(address, time.Until(deadline))
+	}
 	if err != nil {
 		return nil, err
+	}
+	if refused && l.m.onConnected != nil {
+		l.m.onConnected(string(address))
 	}
 	conn.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write([]byte{l.kind}); err != nil {
