@@ -62,7 +62,7 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
 	if err != nil {
 		return BackupInfo{}, fmt.Errorf("checking snapshot: %w", err)
 	}
-	info := BackupInfo{Index: meta.Index, Term: meta.Term, NodeID: s.cfg.NodeID, CreatedAt: time.Now().UTC(), Size: int64(len(data)), Tokens: len(state.tokens.base)}
+	info := BackupInfo{Index: meta.Index, Term: meta.Term, NodeID: s.cfg.NodeID, CreatedAt: time.Now().UTC(), Size: int64(len(data)), Tokens: state.tokens.len()}
 	head, _ := json.Marshal(info)
 	if _, err := io.WriteString(w, backupMagic); err != nil {
 		return info, err

@@ -1,7 +1,5 @@
 package raftstore
 
-import "encoding/binary"
-
 // dedupTable remembers the first outcome of each request id, up to a
 // capacity that is replicated state (opSetDedupSize), so every node forgets
 // the same ids at the same log index.
@@ -11,19 +9,13 @@ import "encoding/binary"
 // newest; when the table holds more than its capacity, the oldest id is
 // forgotten. Nodes of both versions therefore evict the same ids.
 //
-// Entries sit in age order in fixed-size chunks; an index maps each id to
-// its position. The index is keyed by an id's first 8 bytes (a Go map keyed
-// by the 16-byte id costs 56 bytes an entry at a million entries, by a
-// uint64 38), the slot's full id checked; an id whose 8 bytes another id
-// already holds is indexed in spill by its full id. Request ids come from
-// clients (idempotency keys), so such ids can be made on purpose: lookups
-// stay exact either way. A snapshot captures the list of chunks, not the entries: a
+// Entries sit in age order in fixed-size chunks; an index (dedupindex.go)
+// maps each id to its position. A snapshot captures the list of chunks, not the entries: a
 // chunk that a live snapshot holds is copied before Apply changes it, so
 // taking a snapshot costs O(chunks) and never stalls decisions.
 type dedupTable struct {
-	index  map[uint64]uint64    // id's first 8 bytes -> position
-	spill  map[RequestID]uint64 // id -> position, for ids whose 8 bytes index holds for another
-	chunks []*dedupChunk        // chunks[0] holds positions first .. first+dedupChunkSize-1
+	index  dedupIndex
+	chunks []*dedupChunk // chunks[0] holds positions first .. first+dedupChunkSize-1
 	first  uint64
 	head   uint64 // positions before head are forgotten
 	tail   uint64 // the next position to write
@@ -50,7 +42,7 @@ type dedupSlot struct {
 }
 
 func newDedupTable(capacity int) *dedupTable {
-	return &dedupTable{index: make(map[uint64]uint64), spill: make(map[RequestID]uint64), cap: max(1, capacity), gen: 1}
+	return &dedupTable{index: newDedupIndex(), cap: max(1, capacity), gen: 1}
 }
 
 // Len is how many ids the table remembers.
@@ -77,57 +69,22 @@ func (d *dedupTable) writable(pos uint64) *dedupSlot {
 	return &d.chunks[i].slots[off%dedupChunkSize]
 }
 
-func idBits(id RequestID) uint64 { return binary.LittleEndian.Uint64(id[:8]) }
+// pos returns the full position whose low 32 bits are low: live positions
+// lie in [head, tail), which spans far less than 2^32.
+func (d *dedupTable) pos(low uint32) uint64 { return d.head + uint64(low-uint32(d.head)) }
 
-// find returns id's position.
-func (d *dedupTable) find(id RequestID) (uint64, bool) {
-	if len(d.spill) > 0 {
-		if pos, ok := d.spill[id]; ok {
-			return pos, true
-		}
-	}
-	if pos, ok := d.index[idBits(id)]; ok && d.slot(pos).id == id {
-		return pos, true
-	}
-	return 0, false
-}
-
-// place records id's position: where id is indexed already, else in index
-// unless another id holds its 8 bytes there. The slot at pos must hold id.
-func (d *dedupTable) place(id RequestID, pos uint64) {
-	if _, ok := d.spill[id]; ok {
-		d.spill[id] = pos
-		return
-	}
-	b := idBits(id)
-	if cur, ok := d.index[b]; ok && cur != pos && d.slot(cur).id != id {
-		d.spill[id] = pos
-		return
-	}
-	d.index[b] = pos
-}
-
-// move changes an indexed id's position, in the map that holds it.
-func (d *dedupTable) move(id RequestID, pos uint64) {
-	if _, ok := d.spill[id]; ok {
-		d.spill[id] = pos
-		return
-	}
-	d.index[idBits(id)] = pos
-}
-
-// unplace forgets id's position.
-func (d *dedupTable) unplace(id RequestID) {
-	if _, ok := d.spill[id]; ok {
-		delete(d.spill, id)
-		return
-	}
-	delete(d.index, idBits(id))
+// find returns id's position and its index slot.
+func (d *dedupTable) find(id RequestID) (pos uint64, slot int, ok bool) {
+	slot, ok = d.index.find(d.index.hashBits(id), func(low uint32) bool {
+		pos = d.pos(low)
+		return d.slot(pos).id == id
+	})
+	return pos, slot, ok
 }
 
 // Peek returns the entry for id without changing its age.
 func (d *dedupTable) Peek(id RequestID) (dedupEntry, bool) {
-	pos, ok := d.find(id)
+	pos, _, ok := d.find(id)
 	if !ok {
 		return dedupEntry{}, false
 	}
@@ -140,16 +97,16 @@ func (d *dedupTable) Add(id RequestID, e dedupEntry) {
 	if e.Op == 0 {
 		panic("raftstore: dedup entry without an op")
 	}
-	if pos, ok := d.find(id); ok {
+	if pos, slot, ok := d.find(id); ok {
 		d.writable(pos).e.Op = 0
 		d.live--
-		d.unplace(id)
+		d.index.remove(slot)
 	}
 	if d.tail-d.first == uint64(len(d.chunks))*dedupChunkSize {
 		d.chunks = append(d.chunks, &dedupChunk{gen: d.gen})
 	}
 	*d.writable(d.tail) = dedupSlot{id: id, e: e}
-	d.place(id, d.tail)
+	d.index.insert(d.index.hashBits(id), d.tail)
 	d.tail++
 	d.live++
 	d.evict()
@@ -168,7 +125,8 @@ func (d *dedupTable) evict() {
 	for d.live > d.cap {
 		s := d.slot(d.head)
 		if s.e.Op != 0 {
-			d.unplace(s.id)
+			_, slot, _ := d.find(s.id)
+			d.index.remove(slot)
 			d.live--
 		}
 		d.head++
@@ -191,6 +149,7 @@ func (d *dedupTable) compact() {
 	old := *d
 	d.chunks, d.first, d.head, d.tail = nil, 0, 0, 0
 	d.gen++
+	d.index.reset()
 	for p := old.head; p < old.tail; p++ {
 		s := old.slot(p)
 		if s.e.Op == 0 {
@@ -200,7 +159,7 @@ func (d *dedupTable) compact() {
 			d.chunks = append(d.chunks, &dedupChunk{gen: d.gen})
 		}
 		d.chunks[d.tail/dedupChunkSize].slots[d.tail%dedupChunkSize] = *s
-		d.move(s.id, d.tail)
+		d.index.insert(d.index.hashBits(s.id), d.tail)
 		d.tail++
 	}
 }

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"hash/maphash"
 	"time"
 )
 
@@ -173,66 +174,74 @@ func (t *tokenState) token() *Token {
 
 // tokenTable holds the tokens by key, with an index by id.
 //
-// A million tokens must fit in a node's memory with room to spare, and a
-// Go map keyed by the 32-byte key costs about 100 bytes an entry (measured
-// at 1M entries), one keyed by a uint64 about 38. So tokens are found by
-// their key's first 8 bytes (keys are SHA-256 outputs), the token's full
-// key checked; the rare token whose 8 bytes another token already holds is
-// kept in spill, by its full key. Lookups are exact either way.
+// A million tokens must fit in a node's memory with room to spare: both
+// indexes are ptrTables keyed by a seeded hash of the key (or id), about
+// 14 bytes an entry each where Go maps cost 38-100.
 //
-// While a snapshot is being persisted, base and spill are frozen: the
-// snapshot reads them concurrently with Apply, and Apply writes copies into
-// over instead (copy on write). Releasing the snapshot folds the overlay
-// back, which costs only what changed meanwhile. The id index always
-// points at a token's current copy; a snapshot never reads it.
+// While a snapshot is being persisted, base is frozen: the snapshot reads
+// it concurrently with Apply, and Apply writes copies into over instead
+// (copy on write). Releasing the snapshot folds the overlay back, which
+// costs only what changed meanwhile. The id index always points at a
+// token's current copy; a snapshot never reads it.
 type tokenTable struct {
-	base   map[uint64]*tokenState
-	spill  map[TokenKey]*tokenState
+	base   *ptrTable[tokenState]
 	over   map[TokenKey]*tokenState // a nil value: deleted since the freeze
 	frozen bool
-	ids    map[tokenIDBits]*tokenState
+	ids    *ptrTable[tokenState]
+	seed   maphash.Seed
 }
 
 func newTokenTable(size int) *tokenTable {
-	return &tokenTable{base: make(map[uint64]*tokenState, size), spill: map[TokenKey]*tokenState{}, ids: make(map[tokenIDBits]*tokenState, size)}
+	seed := maphash.MakeSeed()
+	return &tokenTable{
+		base: newPtrTable(size, func(t *tokenState) uint64 { return maphash.Comparable(seed, t.Key) }),
+		ids:  newPtrTable(size, func(t *tokenState) uint64 { return maphash.Comparable(seed, t.id) }),
+		seed: seed,
+	}
 }
 
-func keyBits(k TokenKey) uint64 { return binary.LittleEndian.Uint64(k[:8]) }
+// findKey returns key's slot in base.
+func (tt *tokenTable) findKey(key TokenKey) (int, bool) {
+	return tt.base.find(maphash.Comparable(tt.seed, key), func(t *tokenState) bool { return t.Key == key })
+}
 
-// stored returns the token with key from base and spill.
+// findID returns id's slot in ids.
+func (tt *tokenTable) findID(id tokenIDBits) (int, bool) {
+	return tt.ids.find(maphash.Comparable(tt.seed, id), func(t *tokenState) bool { return t.id == id })
+}
+
+// stored returns the token with key from base.
 func (tt *tokenTable) stored(key TokenKey) *tokenState {
-	if t := tt.base[keyBits(key)]; t != nil && t.Key == key {
-		return t
-	}
-	if len(tt.spill) > 0 {
-		return tt.spill[key]
+	if i, ok := tt.findKey(key); ok {
+		return tt.base.get(i)
 	}
 	return nil
 }
 
-// store puts t into base or spill; never while frozen. A key is in one of
-// the two, never both.
+// store puts t into base, replacing the token with its key; never while
+// frozen.
 func (tt *tokenTable) store(t *tokenState) {
-	if _, ok := tt.spill[t.Key]; ok {
-		tt.spill[t.Key] = t
+	if i, ok := tt.findKey(t.Key); ok {
+		tt.base.replace(i, t)
 		return
 	}
-	b := keyBits(t.Key)
-	if cur := tt.base[b]; cur == nil || cur.Key == t.Key {
-		tt.base[b] = t
-		return
-	}
-	tt.spill[t.Key] = t
+	tt.base.insert(t)
 }
 
-// unstore removes the token with key from base or spill; never while frozen.
+// unstore removes the token with key from base; never while frozen.
 func (tt *tokenTable) unstore(key TokenKey) {
-	b := keyBits(key)
-	if cur := tt.base[b]; cur != nil && cur.Key == key {
-		delete(tt.base, b)
+	if i, ok := tt.findKey(key); ok {
+		tt.base.remove(i)
+	}
+}
+
+// index points the id index at t, t's current copy.
+func (tt *tokenTable) index(t *tokenState) {
+	if i, ok := tt.findID(t.id); ok {
+		tt.ids.replace(i, t)
 		return
 	}
-	delete(tt.spill, key)
+	tt.ids.insert(t)
 }
 
 // get returns the token for reading only.
@@ -246,7 +255,12 @@ func (tt *tokenTable) get(key TokenKey) *tokenState {
 }
 
 // byID returns the token with id, for reading only.
-func (tt *tokenTable) byID(id tokenIDBits) *tokenState { return tt.ids[id] }
+func (tt *tokenTable) byID(id tokenIDBits) *tokenState {
+	if i, ok := tt.findID(id); ok {
+		return tt.ids.get(i)
+	}
+	return nil
+}
 
 // byIDString is byID for an id as clients write it.
 func (tt *tokenTable) byIDString(id string) *tokenState {
@@ -254,7 +268,7 @@ func (tt *tokenTable) byIDString(id string) *tokenState {
 	if !ok {
 		return nil
 	}
-	return tt.ids[b]
+	return tt.byID(b)
 }
 
 // mut returns the token for changing in place.
@@ -271,12 +285,12 @@ func (tt *tokenTable) mut(key TokenKey) *tokenState {
 	}
 	c := t.clone()
 	tt.over[key] = c
-	tt.ids[c.id] = c
+	tt.index(c)
 	return c
 }
 
 func (tt *tokenTable) put(t *tokenState) {
-	tt.ids[t.id] = t
+	tt.index(t)
 	if tt.frozen {
 		tt.over[t.Key] = t
 		return
@@ -286,7 +300,9 @@ func (tt *tokenTable) put(t *tokenState) {
 
 func (tt *tokenTable) del(key TokenKey) {
 	if t := tt.get(key); t != nil {
-		delete(tt.ids, t.id)
+		if i, ok := tt.findID(t.id); ok {
+			tt.ids.remove(i)
+		}
 	}
 	if tt.frozen {
 		tt.over[key] = nil
@@ -296,40 +312,25 @@ func (tt *tokenTable) del(key TokenKey) {
 }
 
 // len is how many tokens there are.
-func (tt *tokenTable) len() int { return len(tt.ids) }
+func (tt *tokenTable) len() int { return tt.ids.len() }
 
 // each calls fn for every token, in no particular order.
-func (tt *tokenTable) each(fn func(*tokenState)) {
-	for _, t := range tt.ids {
-		fn(t)
-	}
-}
+func (tt *tokenTable) each(fn func(*tokenState)) { tt.ids.each(fn) }
 
 // frozenTokens is a snapshot's view of the table.
-type frozenTokens struct {
-	base  map[uint64]*tokenState
-	spill map[TokenKey]*tokenState
-}
+type frozenTokens struct{ base *ptrTable[tokenState] }
 
-func (v frozenTokens) len() int { return len(v.base) + len(v.spill) }
+func (v frozenTokens) len() int                  { return v.base.len() }
+func (v frozenTokens) each(fn func(*tokenState)) { v.base.each(fn) }
 
-func (v frozenTokens) each(fn func(*tokenState)) {
-	for _, t := range v.base {
-		fn(t)
-	}
-	for _, t := range v.spill {
-		fn(t)
-	}
-}
-
-// freeze returns base and spill, which stay unchanged until thaw.
+// freeze returns base, which stays unchanged until thaw.
 func (tt *tokenTable) freeze() frozenTokens {
 	tt.frozen = true
 	tt.over = make(map[TokenKey]*tokenState)
-	return frozenTokens{tt.base, tt.spill}
+	return frozenTokens{tt.base}
 }
 
-// thaw folds the overlay into base and spill.
+// thaw folds the overlay into base.
 func (tt *tokenTable) thaw() {
 	if !tt.frozen {
 		return
