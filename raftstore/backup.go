@@ -42,16 +42,27 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
 	if err := s.read(ctx, &ReadArgs{Kind: readIndex}, &out); err != nil {
 		return BackupInfo{}, err
 	}
-	for s.raft.AppliedIndex() < out.Index {
+	// raft's AppliedIndex counts entries handed to the FSM, and a snapshot
+	// request can be served before entries still on their way: the
+	// snapshot itself must reach the index.
+	var meta *raft.SnapshotMeta
+	var rc io.ReadCloser
+	for {
+		if s.raft.AppliedIndex() >= out.Index {
+			var err error
+			if meta, rc, err = s.latestSnapshot(); err != nil {
+				return BackupInfo{}, err
+			}
+			if meta.Index >= out.Index {
+				break
+			}
+			rc.Close()
+		}
 		select {
 		case <-ctx.Done():
 			return BackupInfo{}, fmt.Errorf("%w: this node has not caught up to index %d", ErrUnavailable, out.Index)
 		case <-time.After(5 * time.Millisecond):
 		}
-	}
-	meta, rc, err := s.latestSnapshot()
-	if err != nil {
-		return BackupInfo{}, err
 	}
 	defer rc.Close()
 	data, err := io.ReadAll(rc)

@@ -66,10 +66,15 @@ type ReadReply struct {
 	Tokens   []Token
 	Next     string
 	Decision Decision
-	// Index is the leader's applied index after the read barrier (readIndex).
-	Index uint64
-	Code  uint8
-	Msg   string
+	// Index is the leader's applied index after the read barrier (raft's,
+	// counting entries handed to the FSM); Applied the index of the last
+	// command its FSM applied (0: unknown, and from versions before
+	// follower reads), and Now the time it would stamp then (readIndex).
+	Index   uint64
+	Applied uint64
+	Now     int64
+	Code    uint8
+	Msg     string
 }
 
 // MemberArgs adds (Add) or removes a voter.
@@ -171,6 +176,8 @@ func (q *Quota) readLocal(ctx context.Context, args *ReadArgs, out *ReadReply) e
 		out.Tokens, out.Next = page(q.s.fsm.list(), &args.Filter)
 	case readIndex:
 		out.Index = q.s.raft.AppliedIndex()
+		out.Applied = q.s.fsm.applied.Load()
+		out.Now = q.s.clock.stamp(q.s)
 	case readCheck:
 		// Judged at the time the leader would stamp into a consume now.
 		out.Decision = q.s.fsm.check(&args.Check, time.Unix(0, q.s.clock.stamp(q.s)))

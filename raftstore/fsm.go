@@ -80,6 +80,12 @@ type fsm struct {
 	// generation counts token creations.
 	generation uint64
 
+	// applied is the index of the last command applied since the node
+	// started or last restored a snapshot, 0 until then. raft's
+	// AppliedIndex counts entries handed to the FSM, not applied by it; a
+	// follower serving a read waits on this instead.
+	applied atomic.Uint64
+
 	// halted is set when a log entry cannot be applied (written by a newer
 	// version, or corrupt): the node stops applying rather than diverge.
 	halted atomic.Pointer[haltError]
@@ -129,6 +135,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer f.applied.Store(l.Index)
 	return f.apply(c)
 }
 
@@ -592,5 +599,6 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens, f.dedup, f.uploads, f.secret, f.now, f.generation = n.tokens, n.dedup, n.uploads, n.secret, n.now, n.generation
+	f.applied.Store(0) // the snapshot's index is not known here
 	return nil
 }

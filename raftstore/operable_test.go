@@ -447,17 +447,36 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	}()
 	for i := 0; i < 300; i++ {
 		floor := acked.Load()
-		tok, err := c.nodes[1+i%2].Lookup(ctx, "r")
+		n := c.nodes[(c.leaderIndex()+1+i%2)%3] // a follower
+		tok, err := n.Lookup(ctx, "r")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if tok.UsageCount < floor {
 			t.Fatalf("a read saw usage %d after %d consumes were answered", tok.UsageCount, floor)
 		}
+		// A follower judges checks itself, at a read point the leader gave.
+		floor = acked.Load()
+		d, err := n.Check(ctx, "r", 1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.UsageCount < floor {
+			t.Fatalf("a check on a follower saw usage %d after %d consumes were answered", d.UsageCount, floor)
+		}
 	}
 	close(stop)
 	wg.Wait()
 	if acked.Load() == 0 {
 		t.Fatal("no consume ran alongside the reads")
+	}
+
+	// A follower that cannot say what its FSM applied (it restored a
+	// snapshot and applied no command since) lets the leader judge.
+	f := c.nodes[(c.leaderIndex()+1)%3]
+	f.fsm.applied.Store(0)
+	d, err := f.Check(ctx, "r", 1, 0)
+	if err != nil || d.UsageCount != acked.Load() {
+		t.Fatalf("check on a follower after a restore: usage %d, %v; want %d", d.UsageCount, err, acked.Load())
 	}
 }

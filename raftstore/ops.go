@@ -69,9 +69,96 @@ func (s *Store) Check(ctx context.Context, token string, units, bytes int64) (De
 	if err := req.validateCharge(); err != nil {
 		return Decision{}, err
 	}
+	var d Decision
+	err := s.do(ctx, func(ctx context.Context) error {
+		if s.IsLeader() {
+			var out ReadReply
+			err := (&Quota{s: s}).readLocal(ctx, &ReadArgs{Kind: readCheck, Check: req}, &out)
+			d = out.Decision
+			return err
+		}
+		// A follower judges the check itself, at the leader's read point:
+		// one RPC per batch of concurrent checks instead of one per check.
+		points, err := s.readPoints.do(ctx, []struct{}{{}})
+		if err != nil {
+			return err
+		}
+		p := points[0]
+		if ok, err := s.waitApplied(ctx, p.Applied); err != nil {
+			return err
+		} else if ok {
+			d = s.fsm.check(&req, time.Unix(0, p.Now))
+			return nil
+		}
+		// The leader or this node cannot say which commands its FSM
+		// applied (a leader of an earlier version, or a snapshot restored
+		// since the last command): the leader judges.
+		var out ReadReply
+		if err := s.forward.call(ctx, p.leader, "Read", &ReadArgs{Kind: readCheck, Check: req}, &out); err != nil {
+			return err
+		}
+		d = out.Decision
+		return remoteError(out.Code, out.Msg)
+	})
+	return d, err
+}
+
+// readPoint is where a linearizable read may be served: once a node's FSM
+// has applied the command at Applied, its state holds every write answered
+// before the read began (the leader answers a write once its FSM applied
+// it), judged at Now, the time the leader would stamp. Applied is 0 when
+// the leader cannot say.
+type readPoint struct {
+	Applied uint64
+	Now     int64
+	leader  string
+}
+
+// fetchReadPoint asks the leader for a read point, for a batch of reads.
+func (s *Store) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
+	_, addr, err := s.leader()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
+	defer cancel()
+	s.forwarded.Add(1)
 	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readCheck, Check: req}, &out)
-	return out.Decision, err
+	if err := s.forward.call(ctx, addr, "Read", &ReadArgs{Kind: readIndex}, &out); err != nil {
+		return nil, err
+	}
+	if err := remoteError(out.Code, out.Msg); err != nil {
+		return nil, err
+	}
+	p := readPoint{Applied: out.Applied, Now: out.Now, leader: addr}
+	res := make([]readPoint, len(batch))
+	for i := range res {
+		res[i] = p
+	}
+	return res, nil
+}
+
+// waitApplied waits until this node's FSM has applied the command at
+// index. It answers false, at once, when index is 0 or this node cannot
+// say what its FSM applied (it restored a snapshot and has applied no
+// command since).
+func (s *Store) waitApplied(ctx context.Context, index uint64) (bool, error) {
+	for {
+		applied := s.fsm.applied.Load()
+		if index == 0 || applied == 0 {
+			return false, nil
+		}
+		if applied >= index {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("%w: command %d not applied in time", ErrUnavailable, index)
+		case <-s.closed:
+			return false, ErrClosed
+		case <-time.After(50 * time.Microsecond):
+		}
+	}
 }
 
 // Refund gives back what the allowed consume with this id took, at most

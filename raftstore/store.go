@@ -195,6 +195,7 @@ type Store struct {
 	leaderConsumes  *batcher[ConsumeRequest, Decision]
 	forwardConsumes *batcher[ConsumeRequest, Decision]
 	barriers        *batcher[struct{}, struct{}]
+	readPoints      *batcher[struct{}, readPoint] // a follower's checks
 
 	observer      *raft.Observer
 	clock         clockSync
@@ -385,6 +386,7 @@ func (s *Store) start() error {
 	s.forwardConsumes = newBatcher(cfg.MaxBatch, 2, s.forwardConsumeBatch)
 	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
 	s.barriers = newBatcher(1<<16, 1, s.readIndex)
+	s.readPoints = newBatcher(1<<12, 1, s.fetchReadPoint)
 	s.forward = newForwarder(s)
 
 	obsCh := make(chan raft.Observation, 64)
@@ -541,6 +543,7 @@ func (s *Store) shutdown() error {
 		s.leaderConsumes.close()
 		s.forwardConsumes.close()
 		s.barriers.close()
+		s.readPoints.close()
 	}
 	raftStopped := true
 	if s.raft != nil {
