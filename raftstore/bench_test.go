@@ -62,10 +62,15 @@ func BenchmarkApplyBatch(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		for j := range reqs {
-			reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}
+			// The log carries the name's key, never the name.
+			reqs[j] = ConsumeRequest{ID: NewRequestID(), Key: KeyOf("bench"), Units: 1}
 		}
 		data, _ := encodeCommand(&command{Op: opConsume, Time: t0.UnixNano(), Consumes: reqs})
 		f.Apply(&raft.Log{Index: uint64(i + 2), Data: data})
+	}
+	b.StopTimer()
+	if f.dedup.Len() == 0 {
+		b.Fatal("no consume was applied")
 	}
 }
 
@@ -101,11 +106,14 @@ func BenchmarkDedupMemory(b *testing.B) {
 		reqs := make([]ConsumeRequest, 1000)
 		for k := 0; k < n/len(reqs); k++ {
 			for j := range reqs {
-				reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}
+				reqs[j] = ConsumeRequest{ID: NewRequestID(), Key: KeyOf("bench"), Units: 1}
 			}
 			f.mu.Lock()
 			f.applyConsumes(&command{Consumes: reqs}, t0)
 			f.mu.Unlock()
+		}
+		if f.dedup.Len() != n {
+			b.Fatalf("%d dedup entries, want %d", f.dedup.Len(), n)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
@@ -121,14 +129,18 @@ func BenchmarkSnapshotRoundTrip(b *testing.B) {
 	const n = 1_000_000
 	f := fsmWithDedup(n, nopLogger())
 	for i := 0; i < n; i++ {
-		f.applyCreate(&command{Spec: &TokenSpec{Name: fmt.Sprintf("token-%07d", i), UsageLimit: 1 << 40}}, t0)
+		key := KeyOf(fmt.Sprintf("token-%07d", i))
+		f.applyCreate(&command{Key: &key, Spec: &TokenSpec{UsageLimit: 1 << 40}}, t0)
 	}
 	reqs := make([]ConsumeRequest, 1000)
 	for k := 0; k < n/len(reqs); k++ {
 		for j := range reqs {
-			reqs[j] = ConsumeRequest{ID: NewRequestID(), Token: fmt.Sprintf("token-%07d", k*len(reqs)+j), Units: 1}
+			reqs[j] = ConsumeRequest{ID: NewRequestID(), Key: KeyOf(fmt.Sprintf("token-%07d", k*len(reqs)+j)), Units: 1}
 		}
 		f.applyConsumes(&command{Consumes: reqs}, t0)
+	}
+	if f.tokens.len() != n || f.dedup.Len() != n {
+		b.Fatalf("%d tokens and %d dedup entries, want %d of each", f.tokens.len(), f.dedup.Len(), n)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -139,6 +151,7 @@ func BenchmarkSnapshotRoundTrip(b *testing.B) {
 			b.Fatal(err)
 		}
 		written := time.Since(start)
+		size := buf.Len()
 		start = time.Now()
 		g := fsmWithDedup(n, nopLogger())
 		if err := g.Restore(io.NopCloser(&buf)); err != nil {
@@ -146,6 +159,6 @@ func BenchmarkSnapshotRoundTrip(b *testing.B) {
 		}
 		b.ReportMetric(written.Seconds(), "snapshot-s")
 		b.ReportMetric(time.Since(start).Seconds(), "restore-s")
-		b.ReportMetric(float64(buf.Len())/(1<<20), "MB")
+		b.ReportMetric(float64(size)/(1<<20), "MB")
 	}
 }

@@ -47,7 +47,10 @@
 // answers a write only after its FSM applied it, and serves reads only
 // after a barrier of its own term has been applied, so a read sees every
 // write answered before it began. Until that barrier returns, reads take a
-// Raft barrier each.
+// Raft barrier each. A follower judges Check itself: it asks the leader for
+// a read point (the index of the last command the leader's FSM applied
+// after that confirmation, and the time it would stamp), once per batch of
+// concurrent checks, and answers once its own FSM has applied that command.
 //
 // # Names are secrets
 //

@@ -56,6 +56,23 @@ func (x *ptrTable[T]) insert(p *T) {
 	x.n++
 }
 
+// insertNew adds p, whose hash is h, unless match accepts an entry already
+// there: one walk of the chain for both.
+func (x *ptrTable[T]) insertNew(p *T, h uint64, match func(*T) bool) bool {
+	if (x.n+1)*4 > len(x.slots)*3 {
+		x.grow()
+	}
+	i := x.home(h)
+	for ; x.slots[i] != nil; i = (i + 1) & x.mask() {
+		if match(x.slots[i]) {
+			return false
+		}
+	}
+	x.slots[i] = p
+	x.n++
+	return true
+}
+
 func (x *ptrTable[T]) put(p *T) {
 	i := x.home(x.hash(p))
 	for x.slots[i] != nil {

@@ -69,13 +69,19 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	sw.uvarint(uint64(s.header.DedupSize))
 	sw.uvarint(uint64(s.tokens.len()))
 	sw.uvarint(uint64(s.dedup.live))
-	byGen := make([]*tokenState, 0, s.tokens.len())
-	s.tokens.each(func(t *tokenState) { byGen = append(byGen, t) })
-	// Creation order: deterministic (generations are unique and replicated)
-	// and much cheaper to sort than names.
-	slices.SortFunc(byGen, func(a, b *tokenState) int { return cmp.Compare(a.Generation, b.Generation) })
+	// Creation order: deterministic (generations are unique and replicated).
+	// Sorted as (generation, token) pairs: a comparison that followed the
+	// pointers took 0.8 s of a 1M-token snapshot in cache misses.
+	type genToken struct {
+		gen uint64
+		t   *tokenState
+	}
+	byGen := make([]genToken, 0, s.tokens.len())
+	s.tokens.each(func(t *tokenState) { byGen = append(byGen, genToken{t.Generation, t}) })
+	slices.SortFunc(byGen, func(a, b genToken) int { return cmp.Compare(a.gen, b.gen) })
 	var ext tokenExt
-	for _, t := range byGen {
+	for _, g := range byGen {
+		t := g.t
 		sw.w.Write(t.Key[:])
 		sw.id(t.id)
 		sw.varint(t.UsageLimit)
@@ -374,12 +380,9 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		}
 		t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()
 		t.Generation = sr.uvarint()
-		if sr.err == nil {
-			if f.tokens.stored(t.Key) != nil || f.tokens.byID(t.id) != nil {
-				sr.err = fmt.Errorf("%w: token %s twice", errBadSnapshot, t.id)
-				break
-			}
-			f.tokens.put(t)
+		if sr.err == nil && !f.tokens.putNew(t) {
+			sr.err = fmt.Errorf("%w: token %s twice", errBadSnapshot, t.id)
+			break
 		}
 	}
 	for i := uint64(0); i < ndedup && sr.err == nil; i++ {

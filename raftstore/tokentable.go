@@ -244,6 +244,19 @@ func (tt *tokenTable) index(t *tokenState) {
 	tt.ids.insert(t)
 }
 
+// putNew adds t, unfrozen, unless a token with its key or id is there
+// (restoring a snapshot: a valid one holds each once).
+func (tt *tokenTable) putNew(t *tokenState) bool {
+	if !tt.base.insertNew(t, maphash.Comparable(tt.seed, t.Key), func(o *tokenState) bool { return o.Key == t.Key }) {
+		return false
+	}
+	if !tt.ids.insertNew(t, maphash.Comparable(tt.seed, t.id), func(o *tokenState) bool { return o.id == t.id }) {
+		tt.unstore(t.Key)
+		return false
+	}
+	return true
+}
+
 // get returns the token for reading only.
 func (tt *tokenTable) get(key TokenKey) *tokenState {
 	if tt.frozen {
