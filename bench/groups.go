@@ -28,7 +28,7 @@ type groupsSystem struct {
 func newGroups(g int, dir string) (*groupsSystem, error) {
 	s := &groupsSystem{}
 	for i := range g {
-		rq, err := newRaftquota(3, filepath.Join(dir, fmt.Sprintf("group%d", i)))
+		rq, err := newRaftquota(3, filepath.Join(dir, fmt.Sprintf("group%d", i)), "")
 		if err != nil {
 			s.close()
 			return nil, err

@@ -25,6 +25,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/raftquota/raftquota/raftstore"
 )
 
 func main() {
@@ -72,8 +74,9 @@ func main() {
 		name string
 		make func(dir string) (system, error)
 	}{
-		{"raftquota 3-node", func(dir string) (system, error) { return newRaftquota(3, dir) }},
-		{"raftquota 1-node", func(dir string) (system, error) { return newRaftquota(1, dir) }},
+		{"raftquota 3-node", func(dir string) (system, error) { return newRaftquota(3, dir, "") }},
+		{"raftquota 3-node, log_store wal", func(dir string) (system, error) { return newRaftquota(3, dir, raftstore.LogStoreWAL) }},
+		{"raftquota 1-node", func(dir string) (system, error) { return newRaftquota(1, dir, "") }},
 		{"etcd 3-member CAS", func(dir string) (system, error) { return newEtcd(dir) }},
 		{"Redis 1-node fsync always", func(dir string) (system, error) { return newRedis(dir) }},
 	}

@@ -39,12 +39,13 @@ func freeAddr() string { return fmt.Sprintf("127.0.0.1:%d", testport.Free()) }
 // --- raftquota ---
 
 type raftquotaSystem struct {
-	n     int
-	nodes []*raftstore.Store
+	n        int
+	logStore string
+	nodes    []*raftstore.Store
 }
 
-func newRaftquota(n int, dir string) (*raftquotaSystem, error) {
-	s := &raftquotaSystem{n: n}
+func newRaftquota(n int, dir, logStore string) (*raftquotaSystem, error) {
+	s := &raftquotaSystem{n: n, logStore: logStore}
 	var peers []raftstore.Peer
 	tcp := make([]raft.StreamLayer, n)
 	for i := range tcp {
@@ -56,7 +57,7 @@ func newRaftquota(n int, dir string) (*raftquotaSystem, error) {
 		peers = append(peers, raftstore.Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
 	}
 	for i := range tcp {
-		cfg := raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), Stream: tcp[i], Logger: zap.NewNop()}
+		cfg := raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), Stream: tcp[i], Logger: zap.NewNop(), LogStore: logStore}
 		if n > 1 {
 			cfg.Peers = peers
 		}
@@ -72,7 +73,12 @@ func newRaftquota(n int, dir string) (*raftquotaSystem, error) {
 	return s, s.nodes[0].WaitForLeader(ctx)
 }
 
-func (s *raftquotaSystem) name() string { return fmt.Sprintf("raftquota %d-node", s.n) }
+func (s *raftquotaSystem) name() string {
+	if s.logStore != "" {
+		return fmt.Sprintf("raftquota %d-node, log_store %s", s.n, s.logStore)
+	}
+	return fmt.Sprintf("raftquota %d-node", s.n)
+}
 
 func (s *raftquotaSystem) setup(nkeys int) error {
 	return parallel(nkeys, 64, s.create)

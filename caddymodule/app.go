@@ -143,6 +143,14 @@ type App struct {
 	// MaxBatch caps how many consumes share one log entry. Default 1024.
 	MaxBatch int `json:"max_batch,omitempty"`
 
+	// LogStore is where a voter keeps the Raft log: "boltdb" (default, in
+	// data_dir/raft.db with the term and vote) or "wal" (data_dir/wal,
+	// hashicorp/raft-wal: one fsync per append where a bbolt commit takes
+	// two; about 2-3x the 3-node decisions per second on the development
+	// machine, see BENCHMARKS.md). Changing it moves the log on the next
+	// start. Gateways keep their log in memory and take neither.
+	LogStore string `json:"log_store,omitempty"`
+
 	cfg    raftstore.Config
 	logger *zap.Logger
 	// node is set by Start; a pointer so App values can be copied.
@@ -196,6 +204,9 @@ func (a *App) provisionConfig() error {
 	if a.Role != "" && a.Role != "voter" && a.Role != "gateway" {
 		return fmt.Errorf("quota: role is voter or gateway, got %q", a.Role)
 	}
+	if a.Role == "gateway" && a.LogStore != "" {
+		return fmt.Errorf("quota: log_store is a voter's setting; a gateway keeps its log in memory")
+	}
 	if a.Role == "gateway" && a.Join {
 		return fmt.Errorf("quota: a gateway joins by itself (through its peers); drop join")
 	}
@@ -221,6 +232,7 @@ func (a *App) provisionConfig() error {
 		SnapshotThreshold:  a.SnapshotThreshold,
 		DedupSize:          a.DedupSize,
 		MaxBatch:           a.MaxBatch,
+		LogStore:           a.LogStore,
 		OnBatch:            observeBatch,
 	}
 	if err := a.cfg.Validate(); err != nil {
@@ -351,6 +363,7 @@ func restartOnly(running, next raftstore.Config) []string {
 	add("commit_timeout", running.CommitTimeout != next.CommitTimeout)
 	add("apply_timeout", running.ApplyTimeout != next.ApplyTimeout)
 	add("snapshot_threshold", running.SnapshotThreshold != next.SnapshotThreshold)
+	add("log_store", running.LogStore != next.LogStore)
 	add("dedup_size", running.DedupSize != next.DedupSize)
 	add("max_batch", running.MaxBatch != next.MaxBatch)
 	return changed

@@ -40,6 +40,7 @@ func init() {
 //	    commit_timeout       <duration>
 //	    apply_timeout        <duration>
 //	    snapshot_threshold   <entries>
+//	    log_store            boltdb|wal           # voters: where the Raft log lives
 //	    dedup_size           <entries>
 //	    max_batch            <consumes>
 //	}
@@ -130,6 +131,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			}
 			if app.Role != "voter" && app.Role != "gateway" {
 				return nil, d.Errf("role is voter or gateway, got %q", app.Role)
+			}
+		case "log_store":
+			if err := oneArg(d, &app.LogStore); err != nil {
+				return nil, err
+			}
+			if app.LogStore != raftstore.LogStoreBolt && app.LogStore != raftstore.LogStoreWAL {
+				return nil, d.Errf("log_store is %s or %s, got %q", raftstore.LogStoreBolt, raftstore.LogStoreWAL, app.LogStore)
 			}
 		default:
 			return nil, d.Errf("unrecognized quota option %q", d.Val())

@@ -82,6 +82,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"plaintext takes no args", "{\n quota {\n  plaintext yes\n }\n}", "wrong argument count"},
 		{"join takes no args", "{\n quota {\n  join now\n }\n}", "wrong argument count"},
 		{"bad role", "{\n quota {\n  role observer\n }\n}", "role is voter or gateway"},
+		{"bad log store", "{\n quota {\n  log_store rocksdb\n }\n}", `log_store is boltdb or wal, got "rocksdb"`},
 		{"bad gateway_timeout", "{\n quota {\n  gateway_timeout never\n }\n}", "gateway_timeout must be a positive duration"},
 		{"bad duration", "{\n quota {\n  heartbeat_timeout soon\n }\n}", "heartbeat_timeout must be a positive duration"},
 		{"negative duration", "{\n quota {\n  apply_timeout -1s\n }\n}", "apply_timeout must be a positive duration"},
@@ -130,6 +131,8 @@ func TestAppProvisionRejectsBadConfig(t *testing.T) {
 		{"gateway with join", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Join: true, Plaintext: true, Peers: peers("n1")}, "drop join"},
 		{"gateway without tls", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Peers: peers("n1", "n2")}, "cluster nodes must authenticate each other"},
 		{"tls and plaintext", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Plaintext: true, TLS: &raftstore.TLSFiles{CertFile: "a", KeyFile: "b", CAFile: "c"}}, "exclude each other"},
+		{"gateway with a log store", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", LogStore: "wal", Plaintext: true, Peers: peers("n1")}, "a gateway keeps its log in memory"},
+		{"unknown log store (JSON)", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", LogStore: "rocksdb"}, `log store "rocksdb"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -172,8 +175,9 @@ func TestReloadNamesSettingsThatWaitForARestart(t *testing.T) {
 	next.Peers = peers("n1", "n2", "n3")
 	next.DedupSize = 20
 	next.HeartbeatTimeout = time.Second
+	next.LogStore = raftstore.LogStoreWAL
 	got := restartOnly(base, next)
-	want := []string{"peers", "heartbeat_timeout", "dedup_size"}
+	want := []string{"peers", "heartbeat_timeout", "log_store", "dedup_size"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("restartOnly = %v, want %v", got, want)
 	}

@@ -19,19 +19,27 @@ import (
 
 // A voter's data dir:
 //
-//	raft.db    raft-boltdb: the stable store (current term, vote); up to
-//	           data dirs written before the WAL, also the log
-//	wal/       raft-wal: the log, in preallocated segment files
+//	raft.db    raft-boltdb: the stable store (current term, vote), and the
+//	           log unless the log store is "wal"
+//	wal/       hashicorp/raft-wal: the log, with log store "wal"
 //	snapshots/ raft's file snapshot store
 //
-// The log moved from raft.db to a write-ahead log because a bbolt commit is
-// a copy-on-write B-tree update with two fsyncs (data pages, then the meta
-// page), and every decision waits for one such commit on the leader and one
-// on a follower, one after the other. raft-wal appends each batch to a
-// segment file with one fsync. Measured on this project's 2-core test
-// machine (BENCHMARKS.md): one StoreLogs of one 1.5 KB entry 0.62 ms in
-// raft.db, 0.27 ms in the WAL.
+// raft-boltdb is the default, as CONTRACT.md lays the node out. raft-wal is
+// an option because every decision waits for the leader's log append and a
+// follower's, one after the other, and a bbolt commit is a copy-on-write
+// B-tree update with two fsyncs (data pages, then the meta page) where
+// raft-wal appends to a segment file with one: one StoreLogs of one 1.5 KB
+// entry took 0.62 ms in raft.db, 0.27 ms in the WAL on this project's
+// development machine (BENCHMARKS.md).
+//
+// Changing the setting moves the log on the next start, crash-safely: the
+// store being left stays authoritative until the copy is complete (the
+// WAL is written in wal.new/ and renamed into place; raft.db's copy is
+// complete once wal/ is gone).
 const (
+	LogStoreBolt = "boltdb"
+	LogStoreWAL  = "wal"
+
 	boltFile = "raft.db"
 	walDir   = "wal"
 )
@@ -50,9 +58,9 @@ func (ls *logStores) openAt(path string) (*wal.WAL, error) {
 	return wal.Open(path, wal.WithLogger(ls.hl), wal.WithSegmentSize(ls.segmentSize))
 }
 
-// openLogStores opens (or creates) a voter's stable store and log, first
-// moving a log that an earlier version kept in raft.db into the WAL.
-func openLogStores(dir string, hl hclog.Logger, logger *zap.Logger, segmentSize int) (*logStores, error) {
+// openLogStores opens (or creates) a voter's stable store and its log in
+// kind ("" is boltdb), first moving a log kept in the other store.
+func openLogStores(dir, kind string, hl hclog.Logger, logger *zap.Logger, segmentSize int) (*logStores, error) {
 	boltPath := filepath.Join(dir, boltFile)
 	bolt, err := raftboltdb.New(raftboltdb.Options{
 		Path: boltPath,
@@ -64,11 +72,59 @@ func openLogStores(dir string, hl hclog.Logger, logger *zap.Logger, segmentSize 
 		return nil, fmt.Errorf("opening raft stable store %s: %w", boltPath, err)
 	}
 	ls := &logStores{bolt: bolt, hl: hl.Named("wal"), segmentSize: segmentSize}
-	if err := ls.openWAL(dir, hl, logger); err != nil {
+	if kind == LogStoreWAL {
+		err = ls.openWAL(dir, hl, logger)
+	} else {
+		err = ls.moveWALLog(dir, logger)
+	}
+	if err != nil {
 		bolt.Close()
 		return nil, err
 	}
 	return ls, nil
+}
+
+// moveWALLog copies a log kept in dir/wal into raft.db and removes wal/.
+// raft.db's log is only a partial copy while wal/ exists (a crash during
+// an earlier move): it is replaced.
+func (ls *logStores) moveWALLog(dir string, logger *zap.Logger) error {
+	path := filepath.Join(dir, walDir)
+	old := path + ".old"
+	if err := os.RemoveAll(old); err != nil {
+		return err
+	}
+	if !exists(path) {
+		return nil
+	}
+	w, err := ls.openAt(path)
+	if err != nil {
+		return fmt.Errorf("opening raft log %s to move it into %s: %w", path, boltFile, err)
+	}
+	first, _ := ls.bolt.FirstIndex()
+	last, err := ls.bolt.LastIndex()
+	if err == nil && last > 0 {
+		err = ls.bolt.DeleteRange(first, last)
+	}
+	wfirst, _ := w.FirstIndex()
+	wlast, _ := w.LastIndex()
+	if err == nil && wlast > 0 {
+		start := time.Now()
+		if err = migrate.CopyLogs(context.Background(), ls.bolt, w, 1<<20, nil); err == nil {
+			logger.Info("moved the raft log from the write-ahead log into raft.db",
+				zap.Uint64("first_index", wfirst), zap.Uint64("last_index", wlast), zap.Duration("took", time.Since(start)))
+		}
+	}
+	err = errors.Join(err, w.Close())
+	if err == nil {
+		err = os.Rename(path, old)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("moving the raft log from %s into %s: %w", path, boltFile, err)
+	}
+	return os.RemoveAll(old)
 }
 
 func (ls *logStores) openWAL(dir string, hl hclog.Logger, logger *zap.Logger) error {
@@ -143,10 +199,13 @@ func (ls *logStores) moveBoltLog(dir string, hl hclog.Logger, logger *zap.Logger
 	return nil
 }
 
-// logs is the log store Raft is given: the WAL behind a cache of the newest
+// logs is the log store Raft is given: the log behind a cache of the newest
 // entries, which the leader reads back to replicate them.
 func (ls *logStores) logs() (raft.LogStore, error) {
-	return raft.NewLogCache(512, ls.wal)
+	if ls.wal != nil {
+		return raft.NewLogCache(512, ls.wal)
+	}
+	return raft.NewLogCache(512, ls.bolt)
 }
 
 func (ls *logStores) close() error {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -73,7 +74,7 @@ func TestLogMovesFromBoltIntoWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ls, err := openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
+	ls, err := openLogStores(dir, LogStoreWAL, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func TestLogMovesFromBoltIntoWAL(t *testing.T) {
 	// A crash after the WAL was renamed into place, before raft.db was
 	// emptied: raft.db holds the old log again.
 	boltLogs(t, dir, 5, 300)
-	ls, err = openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
+	ls, err = openLogStores(dir, LogStoreWAL, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestLogMovesFromBoltIntoWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls.close()
-	ls, err = openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
+	ls, err = openLogStores(dir, LogStoreWAL, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +116,7 @@ func TestNewDataDirHasNoState(t *testing.T) {
 	if HasState(dir) {
 		t.Fatal("HasState: true for an empty dir")
 	}
-	ls, err := openLogStores(dir, hclog.NewNullLogger(), zap.NewNop(), 0)
+	ls, err := openLogStores(dir, LogStoreWAL, hclog.NewNullLogger(), zap.NewNop(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,4 +127,89 @@ func TestNewDataDirHasNoState(t *testing.T) {
 	if !exists(filepath.Join(dir, walDir)) {
 		t.Fatal("no wal dir")
 	}
+}
+
+// TestLogMovesBackFromWALIntoBolt: switching the log store back to boltdb
+// moves the WAL's log into raft.db on the next start, and removes wal/. A
+// crash in the middle (raft.db holding a partial copy, wal/ still there)
+// is redone from the WAL.
+func TestLogMovesBackFromWALIntoBolt(t *testing.T) {
+	dir := t.TempDir()
+	boltLogs(t, dir, 5, 300)
+	ls, err := openLogStores(dir, LogStoreWAL, hclog.NewNullLogger(), zap.NewNop(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.wal.StoreLogs([]*raft.Log{{Index: 301, Term: 2, Data: []byte("entry 301")}}); err != nil {
+		t.Fatal(err)
+	}
+	ls.close()
+
+	// What a crash during the move back leaves: a partial copy in raft.db.
+	boltLogs(t, dir, 5, 20)
+
+	ls, err = openLogStores(dir, LogStoreBolt, hclog.NewNullLogger(), zap.NewNop(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.close()
+	if ls.wal != nil || exists(filepath.Join(dir, walDir)) || exists(filepath.Join(dir, walDir+".old")) {
+		t.Fatal("wal/ is still there after the move back")
+	}
+	if f, _ := ls.bolt.FirstIndex(); f != 5 {
+		t.Errorf("raft.db first index %d, want 5", f)
+	}
+	if l, _ := ls.bolt.LastIndex(); l != 301 {
+		t.Errorf("raft.db last index %d, want 301", l)
+	}
+	for i := uint64(5); i <= 301; i++ {
+		var got raft.Log
+		if err := ls.bolt.GetLog(i, &got); err != nil || string(got.Data) != fmt.Sprintf("entry %d", i) {
+			t.Fatalf("entry %d: %q, %v", i, got.Data, err)
+		}
+	}
+	if term, _ := ls.bolt.GetUint64([]byte("CurrentTerm")); term != 2 {
+		t.Errorf("term %d, want 2", term)
+	}
+}
+
+// TestSwitchingTheLogStoreKeepsTheState: a node runs on the WAL, restarts
+// on raft.db, then on the WAL again; every start sees what the last
+// answered, and takes new decisions.
+func TestSwitchingTheLogStoreKeepsTheState(t *testing.T) {
+	dir := t.TempDir()
+	ctx := ctxT(t, 60*time.Second)
+	open := func(kind string) *Store {
+		s, err := Open(Config{NodeID: "n1", DataDir: dir, BindAddr: "127.0.0.1:0", Logger: zap.NewNop(), LogStore: kind, SnapshotThreshold: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WaitForLeader(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open(LogStoreWAL)
+	if _, err := s.CreateToken(ctx, TokenSpec{Name: "switch", UsageLimit: 100}); err != nil {
+		t.Fatal(err)
+	}
+	want := int64(0)
+	for _, kind := range []string{LogStoreWAL, LogStoreBolt, LogStoreWAL, ""} {
+		for range 3 {
+			if d, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "switch", Units: 1}); err != nil || !d.Allowed {
+				t.Fatalf("%s: consume: %+v, %v", kind, d, err)
+			}
+			want++
+		}
+		s.Close()
+		s = open(kind)
+		tok, err := s.Lookup(ctx, "switch")
+		if err != nil || tok.UsageCount != want {
+			t.Fatalf("restarted on %q: usage %v, %v; want %d", kind, tok, err, want)
+		}
+		if onWAL := exists(filepath.Join(dir, walDir)); onWAL != (kind == LogStoreWAL) {
+			t.Fatalf("restarted on %q: wal/ there: %v", kind, onWAL)
+		}
+	}
+	s.Close()
 }

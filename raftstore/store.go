@@ -27,8 +27,8 @@ type Peer struct {
 type Config struct {
 	// NodeID names this node in the cluster; it must never change for a data dir.
 	NodeID string
-	// DataDir holds the Raft log (wal/), the stable store (raft.db) and
-	// snapshots. Created if missing.
+	// DataDir holds the Raft log (in raft.db, or wal/ with LogStore "wal"),
+	// the stable store (raft.db) and snapshots. Created if missing.
 	DataDir string
 	// BindAddr is the TCP address Raft and forwarding listen on, e.g. 127.0.0.1:7001.
 	BindAddr string
@@ -94,6 +94,12 @@ type Config struct {
 	// sends to the log or forwards to the leader.
 	OnBatch func(size int, forwarded bool)
 
+	// LogStore is where a voter keeps the Raft log: "boltdb" (default;
+	// raft-boltdb, DataDir/raft.db, beside the stable store) or "wal"
+	// (hashicorp/raft-wal, DataDir/wal: one fsync per append where a bbolt
+	// commit takes two). Changing it moves the log on the next start.
+	LogStore string
+
 	// walSegmentSize is the size of the log's segment files (0: raft-wal's
 	// default, 64 MiB, preallocated); format fixtures use small ones.
 	walSegmentSize int
@@ -134,6 +140,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("data dir is required")
+	}
+	switch c.LogStore {
+	case "", LogStoreBolt, LogStoreWAL:
+	default:
+		return fmt.Errorf("log store %q: use %q or %q", c.LogStore, LogStoreBolt, LogStoreWAL)
 	}
 	if c.Stream == nil {
 		if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
@@ -283,7 +294,7 @@ func (s *Store) start() error {
 		mem := raft.NewInmemStore()
 		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
 	} else {
-		stores, err := openLogStores(cfg.DataDir, hl, s.logger, cfg.walSegmentSize)
+		stores, err := openLogStores(cfg.DataDir, cfg.LogStore, hl, s.logger, cfg.walSegmentSize)
 		if err != nil {
 			return err
 		}
