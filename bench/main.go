@@ -40,6 +40,7 @@ func main() {
 	fleetOnly := flag.Bool("fleet-only", false, "run only the edge-fleet rows: 3 voters + 0, 2, 4 gateways against the discard backend (with plain Caddy for the ratio)")
 	tier2Profile := flag.String("tier2-profile", "", "write CPU profiles of every node of the 3-node Tier 2 run (discard backend, 64 clients) into this folder")
 	groupsOnly := flag.Bool("groups-only", false, "run only the multi-group prototype: tokens sharded over 1, 2, 4 Raft groups")
+	flag.StringVar(&scaleLogStore, "log-store", "", "the log store of the scale and catch-up steps: boltdb (default) or wal")
 	runOnly := flag.String("run", "", "run only the steps whose label matches this regular expression (labels are printed as steps start, e.g. 'tier 1: raftquota 3-node, hot'); the report goes to stdout, and into -out only when -out is given")
 	flag.Parse()
 	only := *scaleOnly || *tier2Only || *fleetOnly || *groupsOnly

@@ -133,7 +133,7 @@ func openOne(dir string) (*raftstore.Store, time.Duration, error) {
 		return nil, 0, err
 	}
 	t0 := time.Now()
-	s, err := raftstore.Open(raftstore.Config{NodeID: "node1", DataDir: dir, Stream: l, Logger: zap.NewNop(), SnapshotThreshold: 1 << 62})
+	s, err := raftstore.Open(raftstore.Config{NodeID: "node1", DataDir: dir, Stream: l, Logger: zap.NewNop(), SnapshotThreshold: 1 << 62, LogStore: scaleLogStore})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -173,6 +173,10 @@ func parallel(n, workers int, f func(i int) error) error {
 
 // measureScale fills one node with n tokens and n dedup entries, then times
 // a snapshot and a restart from it.
+// scaleLogStore is the log store the scale and catch-up steps run on
+// (-log-store).
+var scaleLogStore string
+
 func measureScale(dir string, n int, progress func(string)) (scaleResult, error) {
 	r := scaleResult{Tokens: n, DedupEntries: min(n, raftstore.DefaultDedupSize)}
 	settle()
@@ -253,7 +257,7 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 		peers = append(peers, raftstore.Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
 	}
 	cfg := func(i int) raftstore.Config {
-		return raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), BindAddr: peers[i].Address, Peers: peers, Logger: zap.NewNop()}
+		return raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), BindAddr: peers[i].Address, Peers: peers, Logger: zap.NewNop(), LogStore: scaleLogStore}
 	}
 	nodes := make([]*raftstore.Store, 3)
 	defer func() {
