@@ -210,8 +210,10 @@ func openFixtureNode(t *testing.T, dir string) *Store {
 // (0: nothing), so a fixture's log can hold a set_dedup_size entry.
 func openFixtureNodeWith(t *testing.T, dir string, dedupSize int) *Store {
 	// Small log segments: a fixture's are committed, and raft-wal
-	// preallocates each (64 MiB by default).
-	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop(), DedupSize: dedupSize, walSegmentSize: 256 << 10})
+	// preallocates each (64 MiB by default). No expiry sweep: a fixture's
+	// uploads are past their deadlines an hour after it was written, and
+	// the leader would expire them under the comparison.
+	s, err := Open(Config{NodeID: "fixture", DataDir: dir, BindAddr: "127.0.0.1:0", SnapshotThreshold: 1 << 30, Logger: zap.NewNop(), DedupSize: dedupSize, walSegmentSize: 256 << 10, UploadSweep: 1000 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
