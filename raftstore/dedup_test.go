@@ -108,19 +108,11 @@ func TestDedupIndexAgreesWithAMap(t *testing.T) {
 				t.Fatalf("seed %d: position %d lost", seed, pos)
 			}
 		}
-		if _, ok := x.find(1, func(uint32) bool { return true }); ok != (len(want) > 0 && hasHashBits(want, 1)) {
+		// Hash bits no entry has are never found, whatever the ring says.
+		if _, ok := x.find(0x10000001, func(uint32) bool { return true }); ok {
 			t.Fatalf("seed %d: found hash bits no entry has", seed)
 		}
 	}
-}
-
-func hasHashBits(m map[uint64]uint32, hb uint32) bool {
-	for _, v := range m {
-		if v == hb {
-			return true
-		}
-	}
-	return false
 }
 
 // TestSnapshotIsTheStateAtCapture: Apply goes on while a snapshot is

@@ -73,7 +73,7 @@ func openLogStores(dir, kind string, hl hclog.Logger, logger *zap.Logger, segmen
 	}
 	ls := &logStores{bolt: bolt, hl: hl.Named("wal"), segmentSize: segmentSize}
 	if kind == LogStoreWAL {
-		err = ls.openWAL(dir, hl, logger)
+		err = ls.openWAL(dir, logger)
 	} else {
 		err = ls.moveWALLog(dir, logger)
 	}
@@ -100,19 +100,9 @@ func (ls *logStores) moveWALLog(dir string, logger *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("opening raft log %s to move it into %s: %w", path, boltFile, err)
 	}
-	first, _ := ls.bolt.FirstIndex()
-	last, err := ls.bolt.LastIndex()
-	if err == nil && last > 0 {
-		err = ls.bolt.DeleteRange(first, last)
-	}
-	wfirst, _ := w.FirstIndex()
-	wlast, _ := w.LastIndex()
-	if err == nil && wlast > 0 {
-		start := time.Now()
-		if err = migrate.CopyLogs(context.Background(), ls.bolt, w, 1<<20, nil); err == nil {
-			logger.Info("moved the raft log from the write-ahead log into raft.db",
-				zap.Uint64("first_index", wfirst), zap.Uint64("last_index", wlast), zap.Duration("took", time.Since(start)))
-		}
+	err = ls.dropBoltLog()
+	if err == nil {
+		err = copyLog(ls.bolt, w, "from the write-ahead log into raft.db", logger)
 	}
 	err = errors.Join(err, w.Close())
 	if err == nil {
@@ -127,13 +117,13 @@ func (ls *logStores) moveWALLog(dir string, logger *zap.Logger) error {
 	return os.RemoveAll(old)
 }
 
-func (ls *logStores) openWAL(dir string, hl hclog.Logger, logger *zap.Logger) error {
+func (ls *logStores) openWAL(dir string, logger *zap.Logger) error {
 	path := filepath.Join(dir, walDir)
 	if !exists(path) {
 		// The WAL appears whole or not at all: it is written in a
 		// directory of its own and renamed into place once complete, so
 		// a crash during the move leaves raft.db's log as it was.
-		if err := ls.moveBoltLog(dir, hl, logger); err != nil {
+		if err := ls.moveBoltLog(dir, logger); err != nil {
 			return err
 		}
 	}
@@ -145,24 +135,47 @@ func (ls *logStores) openWAL(dir string, hl hclog.Logger, logger *zap.Logger) er
 	// A log moved into the WAL is dropped from raft.db only now, after the
 	// WAL that holds it was opened: a crash before this line leaves both,
 	// and the next open drops it again.
+	if err := ls.dropBoltLog(); err != nil {
+		return fmt.Errorf("dropping the log moved out of %s: %w", boltFile, err)
+	}
+	return nil
+}
+
+// dropBoltLog deletes the log entries raft.db holds, if any.
+func (ls *logStores) dropBoltLog() error {
 	first, err := ls.bolt.FirstIndex()
 	if err != nil {
 		return err
 	}
 	last, err := ls.bolt.LastIndex()
+	if err != nil || last == 0 {
+		return err
+	}
+	return ls.bolt.DeleteRange(first, last)
+}
+
+// copyLog appends src's whole log to dst, which is empty, and says so at
+// INFO when there was one; what names the move for that line.
+func copyLog(dst, src raft.LogStore, what string, logger *zap.Logger) error {
+	first, err := src.FirstIndex()
 	if err != nil {
 		return err
 	}
-	if last > 0 {
-		if err := ls.bolt.DeleteRange(first, last); err != nil {
-			return fmt.Errorf("dropping the log moved out of %s: %w", boltFile, err)
-		}
+	last, err := src.LastIndex()
+	if err != nil || last == 0 {
+		return err
 	}
+	start := time.Now()
+	if err := migrate.CopyLogs(context.Background(), dst, src, 1<<20, nil); err != nil {
+		return err
+	}
+	logger.Info("moved the raft log "+what,
+		zap.Uint64("first_index", first), zap.Uint64("last_index", last), zap.Duration("took", time.Since(start)))
 	return nil
 }
 
 // moveBoltLog writes dir/wal from raft.db's log (empty for a new node).
-func (ls *logStores) moveBoltLog(dir string, hl hclog.Logger, logger *zap.Logger) error {
+func (ls *logStores) moveBoltLog(dir string, logger *zap.Logger) error {
 	path := filepath.Join(dir, walDir)
 	tmp := path + ".new"
 	if err := os.RemoveAll(tmp); err != nil {
@@ -175,16 +188,7 @@ func (ls *logStores) moveBoltLog(dir string, hl hclog.Logger, logger *zap.Logger
 	if err != nil {
 		return fmt.Errorf("creating raft log %s: %w", tmp, err)
 	}
-	first, _ := ls.bolt.FirstIndex()
-	last, err := ls.bolt.LastIndex()
-	if err == nil && last > 0 {
-		start := time.Now()
-		err = migrate.CopyLogs(context.Background(), w, ls.bolt, 1<<20, nil)
-		if err == nil {
-			logger.Info("moved the raft log from raft.db into the write-ahead log",
-				zap.Uint64("first_index", first), zap.Uint64("last_index", last), zap.Duration("took", time.Since(start)))
-		}
-	}
+	err = copyLog(w, ls.bolt, "from raft.db into the write-ahead log", logger)
 	err = errors.Join(err, w.Close())
 	if err == nil {
 		err = os.Rename(tmp, path)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -479,4 +480,30 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	if err != nil || d.UsageCount != acked.Load() {
 		t.Fatalf("check on a follower after a restore: usage %d, %v; want %d", d.UsageCount, err, acked.Load())
 	}
+}
+
+// TestADownFollowerCostsTheLeaderFewLogLines: while a follower is down,
+// the leader says so without flooding its log. Raft's dials to a peer that
+// refuses connections keep trying within their timeout, so each failed
+// RPC is one per 10 s instead of one per backoff step (several a second).
+func TestADownFollowerCostsTheLeaderFewLogLines(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	c := newTestClusterWith(t, 3, zap.New(core), nil)
+	leader := c.leaderIndex()
+	f := (leader + 1) % 3
+	stopped := time.Now()
+	c.stop(f)
+	time.Sleep(6 * time.Second)
+	var n int
+	var seen []string
+	for _, e := range logs.All() {
+		if strings.HasPrefix(e.LoggerName, c.peers[leader].ID) && !e.Time.Before(stopped) {
+			n++
+			seen = append(seen, e.Message)
+		}
+	}
+	if n > 12 {
+		t.Fatalf("the leader wrote %d lines at WARN or above in 6 s with one follower down: %q", n, seen)
+	}
+	t.Logf("the leader wrote %d lines at WARN or above in 6 s with one follower down", n)
 }

@@ -50,10 +50,14 @@ func parseTokenID(s string) (tokenIDBits, bool) {
 	return tokenIDBits(binary.BigEndian.Uint64(b[:])), true
 }
 
+// String is the id as clients see it. Every decision carries it: one
+// allocation, the string's.
 func (id tokenIDBits) String() string {
 	var b [8]byte
+	var out [16]byte
 	binary.BigEndian.PutUint64(b[:], uint64(id))
-	return hex.EncodeToString(b[:])
+	hex.Encode(out[:], b[:])
+	return string(out[:])
 }
 
 // statusCode is a Status in one byte; the values are written in snapshots.
