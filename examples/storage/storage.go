@@ -109,7 +109,13 @@ func (s *S3Storage) Provision(ctx caddy.Context) error {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, err
 		}
-		b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+		// gofakes3's bolt backend returns object bytes that alias bbolt's
+		// memory map after their transaction ends, and its CopyObject reads
+		// the source's hash after writing the copy: when that write grew
+		// the file, bbolt remapped and the read faulted (SIGSEGV in a CI
+		// run of TestS3CopyAndBrowserUploads). A 1 GiB initial map (address
+		// space, not memory) keeps a store below that size from remapping.
+		b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 1 << 30})
 		if err != nil {
 			return nil, fmt.Errorf("opening storage %s: %w", path, err)
 		}
