@@ -405,7 +405,14 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader := c.nodes[c.leaderIndex()]
-	for deadline := time.Now().Add(10 * time.Second); leader.readyTerm.Load() != leader.raft.CurrentTerm(); {
+	// Ready for read-index reads, and done with its own proposals of a new
+	// term (the fingerprint secret, the dedup size), which follow readiness.
+	settled := func() bool {
+		cfg := leader.cfg.DedupSize
+		return leader.readyTerm.Load() == leader.raft.CurrentTerm() && leader.fsm.secretKey() != nil &&
+			(cfg == 0 || cfg == leader.fsm.dedupSize()) && leader.raft.AppliedIndex() == leader.raft.LastIndex()
+	}
+	for deadline := time.Now().Add(10 * time.Second); !settled(); {
 		if time.Now().After(deadline) {
 			t.Fatal("leader never became ready for read-index reads")
 		}
