@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -73,11 +74,50 @@ func (c *caddyCluster) start(name, config string) error {
 
 func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
+// tmpfsLabel names a row whose Raft data dirs are in tmpfs.
+func tmpfsLabel(name string) string { return name + ", data dirs in tmpfs (no fsync cost)" }
+
+// tmpfsDir makes a folder for Raft data in /dev/shm, where an fsync costs
+// next to nothing; cleanupTmpfs removes it when the bench ends.
+func tmpfsDir() (string, error) {
+	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+		return "", errNoTmpfs
+	}
+	d, err := os.MkdirTemp("/dev/shm", "raftquota-bench-")
+	if err != nil {
+		return "", err
+	}
+	tmpfsDirs = append(tmpfsDirs, d)
+	return d, nil
+}
+
+var errNoTmpfs = errors.New("no /dev/shm (tmpfs) on this machine")
+
+// tmpfsDirs are removed when the bench ends (cleanupTmpfs).
+var tmpfsDirs []string
+
+func cleanupTmpfs() {
+	for _, d := range tmpfsDirs {
+		os.RemoveAll(d)
+	}
+}
+
 // newCaddyCluster starts mode "plain", "quota1", "quota3" or "quota3gwN"
 // (3 voters and N gateways) in front of backend "storage" (the examples'
-// S3 store) or "discard".
+// S3 store) or "discard". "quota1tmpfs" and "quota3tmpfs" keep the Raft
+// data dirs in tmpfs: not a deployment, a row with the disk's fsync cost
+// taken out.
 func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 	c := &caddyCluster{dir: dir, bin: bin}
+	dataDir := dir
+	if m, ok := strings.CutSuffix(mode, "tmpfs"); ok {
+		d, err := tmpfsDir()
+		if err != nil {
+			return nil, err
+		}
+		mode, dataDir = m, d
+		defer func() { c.name = tmpfsLabel(c.name) }()
+	}
 	if backend == "discard" {
 		srv, addr, err := startDiscard()
 		if err != nil {
@@ -113,7 +153,7 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		front, admin, raftAddr := freeAddr(), freeAddr(), freeAddr()
 		c.fronts, c.admin = []string{"http://" + front}, "http://"+admin
 		c.admins = append(c.admins, c.admin)
-		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n\t}\n}\n", admin, filepath.Join(dir, "raft1"), raftAddr)
+		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n\t}\n}\n", admin, filepath.Join(dataDir, "raft1"), raftAddr)
 		if err := c.start("node1", cfg+site(front, true)); err != nil {
 			return c, err
 		}
@@ -151,7 +191,7 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 			}
 			certDir := filepath.Join(dir, "certs")
 			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n\t}\n}\n",
-				admin, i, filepath.Join(dir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir)
+				admin, i, filepath.Join(dataDir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir)
 			if err := c.start(fmt.Sprintf("node%d", i), cfg+site(front, true)); err != nil {
 				return c, err
 			}
@@ -275,6 +315,53 @@ func (s *cpuShares) String() string {
 		parts = append(parts, fmt.Sprintf("%s %.2f", strings.TrimSuffix(name, ".Caddyfile"), (now-s.start[i]).Seconds()/wall))
 	}
 	return "cores busy: " + strings.Join(parts, ", ")
+}
+
+// batchTotals sums raftquota_batch_size over the cluster's nodes (Caddy's
+// admin /metrics): for Raft log entries (forwarded="false") and forwarded
+// RPCs ("true"), the number of batches and the consumes they carried.
+func (c *caddyCluster) batchTotals() (entries, entryConsumes, rpcs, rpcConsumes float64) {
+	for _, a := range c.admins {
+		resp, err := http.Get(a + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			name, value, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			var v float64
+			fmt.Sscan(value, &v)
+			switch name {
+			case `raftquota_batch_size_count{forwarded="false"}`:
+				entries += v
+			case `raftquota_batch_size_sum{forwarded="false"}`:
+				entryConsumes += v
+			case `raftquota_batch_size_count{forwarded="true"}`:
+				rpcs += v
+			case `raftquota_batch_size_sum{forwarded="true"}`:
+				rpcConsumes += v
+			}
+		}
+	}
+	return
+}
+
+// batchNote says how large the cell's batches were on average, from the
+// totals before it (batchTotals).
+func (c *caddyCluster) batchNote(e0, ec0, r0, rc0 float64) string {
+	e, ec, r, rc := c.batchTotals()
+	note := ""
+	if e > e0 {
+		note = fmt.Sprintf("; %.1f consumes per Raft entry", (ec-ec0)/(e-e0))
+	}
+	if r > r0 {
+		note += fmt.Sprintf(", %.1f per forwarded RPC", (rc-rc0)/(r-r0))
+	}
+	return note
 }
 
 // profile takes a CPU profile of every quota node for d, through Caddy's

@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -38,7 +39,8 @@ func main() {
 	tier2Only := flag.Bool("tier2-only", false, "run only tier 2 (Caddy in front of storage and of a discard backend)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tier-1 raftquota 3-node hot run at 64 clients")
 	fleetOnly := flag.Bool("fleet-only", false, "run only the edge-fleet rows: 3 voters + 0, 2, 4 gateways against the discard backend (with plain Caddy for the ratio)")
-	tier2Profile := flag.String("tier2-profile", "", "write CPU profiles of every node of the 3-node Tier 2 run (discard backend, 64 clients) into this folder")
+	tier2Profile := flag.String("tier2-profile", "", "write CPU profiles of every node of the Tier 2 discard-backend cells with a quota (1 and 3 nodes) into this folder, one subfolder per cell")
+	tier2ProfileClients := flag.Int("tier2-profile-clients", 64, "the client count whose cells -tier2-profile profiles")
 	groupsOnly := flag.Bool("groups-only", false, "run only the multi-group prototype: tokens sharded over 1, 2, 4 Raft groups")
 	flag.StringVar(&scaleLogStore, "log-store", "", "the log store of the scale and catch-up steps: boltdb (default) or wal")
 	runOnly := flag.String("run", "", "run only the steps whose label matches this regular expression (labels are printed as steps start, e.g. 'tier 1: raftquota 3-node, hot'); the report goes to stdout, and into -out only when -out is given")
@@ -58,6 +60,7 @@ func main() {
 	work, err := os.MkdirTemp("", "raftquota-bench-")
 	check(err)
 	defer os.RemoveAll(work)
+	defer cleanupTmpfs()
 
 	type step struct {
 		label string
@@ -78,6 +81,15 @@ func main() {
 		{"raftquota 3-node", func(dir string) (system, error) { return newRaftquota(3, dir, "") }},
 		{"raftquota 3-node, log_store wal", func(dir string) (system, error) { return newRaftquota(3, dir, raftstore.LogStoreWAL) }},
 		{"raftquota 1-node", func(dir string) (system, error) { return newRaftquota(1, dir, "") }},
+		// Not a deployment: the suspected bottleneck (the shared disk's
+		// fsyncs) removed, to show how much of the rows above it is.
+		{tmpfsLabel("raftquota 3-node"), func(dir string) (system, error) {
+			dir, err := tmpfsDir()
+			if err != nil {
+				return nil, err
+			}
+			return newRaftquota(3, dir, "")
+		}},
 		{"etcd 3-member CAS", func(dir string) (system, error) { return newEtcd(dir) }},
 		{"Redis 1-node fsync always", func(dir string) (system, error) { return newRedis(dir) }},
 	}
@@ -106,10 +118,15 @@ func main() {
 					if *cpuprofile != "" && i == 0 && wl.name == "hot" && n == 64 {
 						stopProfile = startProfile(*cpuprofile)
 					}
+					times := startRaftTimes()
 					r := closedLoop(n, *cell, func(ctx context.Context, c int) (int, error) {
 						return sys.consume(ctx, (c*7919+int(time.Now().UnixNano()))%wl.keys)
 					})
 					stopProfile()
+					if strings.HasPrefix(sys.name(), "raftquota") {
+						r.Note = times.String(r.Ops)
+						fmt.Fprintf(os.Stderr, "  %s\n", r.Note)
+					}
 					r.Tier, r.System, r.Workload = "1", sys.name(), wl.name
 					tier1 = append(tier1, r)
 					fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
@@ -167,7 +184,7 @@ func main() {
 		{"1 KiB check_only, discard backend", "discard", "/check/", 1 << 10, true},
 	}
 	const discard1K = "1 KiB, discard backend"
-	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4"} {
+	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4", "quota1tmpfs", "quota3tmpfs"} {
 		if only && !*tier2Only && !*fleetOnly {
 			break
 		}
@@ -179,8 +196,8 @@ func main() {
 			if *fleetOnly && (!fleetRow || wl.label != discard1K) {
 				continue
 			}
-			if strings.HasPrefix(mode, "quota3gw") && wl.label != discard1K {
-				continue // gateways are measured against the discard backend only
+			if (strings.HasPrefix(mode, "quota3gw") || strings.HasSuffix(mode, "tmpfs")) && wl.label != discard1K {
+				continue // gateways and tmpfs data dirs are measured against the discard backend only
 			}
 			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s", mode, wl.label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
 				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%s-%d-%s", mode, wl.backend, wl.size, strings.Trim(wl.path, "/")))
@@ -189,25 +206,32 @@ func main() {
 				if c != nil {
 					defer c.close()
 				}
+				if errors.Is(err, errNoTmpfs) {
+					notes = append(notes, fmt.Sprintf("tier 2 %s skipped: %v", mode, err))
+					fmt.Fprintf(os.Stderr, "  skipped: %v\n", err)
+					return
+				}
 				check(err)
 				body := make([]byte, wl.size)
 				for _, n := range tier2Clients {
 					fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
 					cl := httpClient(n)
 					var profiled <-chan error
-					if *tier2Profile != "" && mode == "quota3" && wl.label == discard1K && n == tier2Clients[len(tier2Clients)-1] {
-						check(os.MkdirAll(*tier2Profile, 0o755))
-						profiled = c.profile(*tier2Profile, *cell-time.Second)
+					profileDir := filepath.Join(*tier2Profile, fmt.Sprintf("%s-%dclients", mode, n))
+					if *tier2Profile != "" && (strings.TrimSuffix(mode, "tmpfs") == "quota1" || strings.TrimSuffix(mode, "tmpfs") == "quota3") && wl.label == discard1K && n == *tier2ProfileClients {
+						check(os.MkdirAll(profileDir, 0o755))
+						profiled = c.profile(profileDir, *cell-time.Second)
 					}
 					shares := c.cpuStart()
+					e0, ec0, r0, rc0 := c.batchTotals()
 					r := closedLoop(n, *cell, func(ctx context.Context, i int) (int, error) {
 						return 0, c.put(ctx, cl, c.fronts[i%len(c.fronts)], fmt.Sprintf("%sbench/c%d", wl.path, i), body)
 					})
-					r.Note = shares.String()
+					r.Note = shares.String() + c.batchNote(e0, ec0, r0, rc0)
 					fmt.Fprintf(os.Stderr, "  %s\n", r.Note)
 					if profiled != nil {
 						check(<-profiled)
-						fmt.Fprintf(os.Stderr, "  wrote CPU profiles of the 3 nodes to %s\n", *tier2Profile)
+						fmt.Fprintf(os.Stderr, "  wrote CPU profiles of the nodes to %s\n", profileDir)
 					}
 					r.Tier, r.System, r.Workload = "2", c.name, wl.label
 					tier2 = append(tier2, r)
@@ -293,6 +317,7 @@ func main() {
 func check(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		cleanupTmpfs() // memory, unlike the work folder
 		os.Exit(1)
 	}
 }

@@ -34,6 +34,12 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 			}
 			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), retries, r.Errors)
 		}
+		b.WriteString("\nWhere a raftquota commit round went (hashicorp/raft's own timings, means over the cell):\n\n")
+		for _, r := range tier1 {
+			if r.Note != "" {
+				fmt.Fprintf(&b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
+			}
+		}
 		b.WriteString("\n![Tier 1, hot token](tier1.png)\n\n")
 		if err := chart(filepath.Join(dir, "tier1.png"), tier1, "hot"); err != nil {
 			return "", err
@@ -55,7 +61,7 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 			}
 			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
 		}
-		b.WriteString("\nWhere the two cores went in each cell (CPU time over wall time, per process):\n\n")
+		b.WriteString("\nWhere the two cores went in each cell (CPU time over wall time, per process), and the cell's mean batches:\n\n")
 		for _, r := range tier2 {
 			if r.Note != "" {
 				fmt.Fprintf(&b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
