@@ -514,3 +514,40 @@ func TestADownFollowerCostsTheLeaderFewLogLines(t *testing.T) {
 	}
 	t.Logf("the leader wrote %d lines at WARN or above in 6 s with one follower down", n)
 }
+
+// TestAFollowerBackFromALongAbsenceCatchesUpAtOnce: hashicorp/raft waits
+// longer after each failed replication RPC (doubling up to 10.24 s, a wait
+// nothing cuts short), so a follower that was down long enough sat idle
+// for seconds after it came back. The leader's dials now wait for a
+// refusing member instead of failing, and the count never grows. Raft's
+// RPC timeout is 200 ms here so that, without that, the count would reach
+// its cap within the outage.
+func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
+	c := newTestClusterWith(t, 3, nil, func(i int, cfg *Config) { cfg.raftTimeout = 200 * time.Millisecond })
+	ctx := ctxT(t, 60*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.leaderIndex()
+	f := (leader + 1) % 3
+	c.stop(f)
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if _, err := c.nodes[leader].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "a", Units: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := c.nodes[leader].AppliedIndex()
+	start := time.Now()
+	c.reopen(f)
+	for c.nodes[f].AppliedIndex() < target {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the restarted follower did not catch up in 20 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	t.Logf("caught up %s after it was reopened", took.Round(time.Millisecond))
+	if took > 1500*time.Millisecond {
+		t.Fatalf("the restarted follower caught up only %s after it was reopened", took.Round(time.Millisecond))
+	}
+}
