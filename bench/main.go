@@ -123,11 +123,12 @@ func main() {
 						return sys.consume(ctx, (c*7919+int(time.Now().UnixNano()))%wl.keys)
 					})
 					stopProfile()
-					if strings.HasPrefix(sys.name(), "raftquota") {
+					times.stop()
+					if strings.HasPrefix(f.name, "raftquota") {
 						r.Note = times.String(r.Ops)
 						fmt.Fprintf(os.Stderr, "  %s\n", r.Note)
 					}
-					r.Tier, r.System, r.Workload = "1", sys.name(), wl.name
+					r.Tier, r.System, r.Workload = "1", f.name, wl.name
 					tier1 = append(tier1, r)
 					fmt.Fprintf(os.Stderr, "  → %.0f ops/s, p99 %s ms, %d errors\n", r.opsPerSec(), ms(r.P99), r.Errors)
 				}

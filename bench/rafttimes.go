@@ -21,6 +21,12 @@ func startRaftTimes() raftTimes {
 	return raftTimes{sink}
 }
 
+// stop points go-metrics back at a sink that keeps nothing, so no later
+// step pays for collecting.
+func (t raftTimes) stop() {
+	metrics.NewGlobal(metrics.DefaultConfig("bench"), &metrics.BlackholeSink{})
+}
+
 // String says, over the cell: how many log entries committed and what a
 // commit round took (raft.commitTime: from the leader's dispatch to the
 // quorum's match), split into the leader's log append (leader.dispatchLog)
