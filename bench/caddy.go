@@ -106,10 +106,14 @@ func cleanupTmpfs() {
 // (3 voters and N gateways) in front of backend "storage" (the examples'
 // S3 store) or "discard". "quota1tmpfs" and "quota3tmpfs" keep the Raft
 // data dirs in tmpfs: not a deployment, a row with the disk's fsync cost
-// taken out.
+// taken out. "quota1wal" and "quota3wal" set log_store wal.
 func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 	c := &caddyCluster{dir: dir, bin: bin}
-	dataDir := dir
+	dataDir, logStore := dir, ""
+	if m, ok := strings.CutSuffix(mode, "wal"); ok {
+		mode, logStore = m, "\t\tlog_store wal\n"
+		defer func() { c.name += ", log_store wal" }()
+	}
 	if m, ok := strings.CutSuffix(mode, "tmpfs"); ok {
 		d, err := tmpfsDir()
 		if err != nil {
@@ -153,7 +157,7 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		front, admin, raftAddr := freeAddr(), freeAddr(), freeAddr()
 		c.fronts, c.admin = []string{"http://" + front}, "http://"+admin
 		c.admins = append(c.admins, c.admin)
-		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n\t}\n}\n", admin, filepath.Join(dataDir, "raft1"), raftAddr)
+		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t}\n}\n", admin, filepath.Join(dataDir, "raft1"), raftAddr, logStore)
 		if err := c.start("node1", cfg+site(front, true)); err != nil {
 			return c, err
 		}
@@ -190,8 +194,8 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 				c.admin = "http://" + admin
 			}
 			certDir := filepath.Join(dir, "certs")
-			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n\t}\n}\n",
-				admin, i, filepath.Join(dataDir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir)
+			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n%s\t}\n}\n",
+				admin, i, filepath.Join(dataDir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir, logStore)
 			if err := c.start(fmt.Sprintf("node%d", i), cfg+site(front, true)); err != nil {
 				return c, err
 			}

@@ -185,7 +185,7 @@ func main() {
 		{"1 KiB check_only, discard backend", "discard", "/check/", 1 << 10, true},
 	}
 	const discard1K = "1 KiB, discard backend"
-	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4", "quota1tmpfs", "quota3tmpfs"} {
+	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4", "quota1wal", "quota3wal", "quota1tmpfs", "quota3tmpfs"} {
 		if only && !*tier2Only && !*fleetOnly {
 			break
 		}
@@ -197,8 +197,8 @@ func main() {
 			if *fleetOnly && (!fleetRow || wl.label != discard1K) {
 				continue
 			}
-			if (strings.HasPrefix(mode, "quota3gw") || strings.HasSuffix(mode, "tmpfs")) && wl.label != discard1K {
-				continue // gateways and tmpfs data dirs are measured against the discard backend only
+			if (strings.HasPrefix(mode, "quota3gw") || strings.HasSuffix(mode, "tmpfs") || strings.HasSuffix(mode, "wal")) && wl.label != discard1K {
+				continue // gateways, log_store wal and tmpfs data dirs are measured against the discard backend only
 			}
 			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s", mode, wl.label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
 				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%s-%d-%s", mode, wl.backend, wl.size, strings.Trim(wl.path, "/")))
