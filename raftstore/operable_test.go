@@ -490,9 +490,9 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 }
 
 // TestADownFollowerCostsTheLeaderFewLogLines: while a follower is down,
-// the leader says so without flooding its log. Raft's dials to a peer that
-// refuses connections keep trying within their timeout, so each failed
-// RPC is one per 10 s instead of one per backoff step (several a second).
+// the leader says so without flooding its log: a few lines when the
+// connections break and contact is lost, then its Raft dials wait for the
+// peer instead of failing once per backoff step (several a second).
 func TestADownFollowerCostsTheLeaderFewLogLines(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), nil)
@@ -521,9 +521,11 @@ func TestADownFollowerCostsTheLeaderFewLogLines(t *testing.T) {
 // for seconds after it came back. The leader's dials now wait for a
 // refusing member instead of failing, and the count never grows. Raft's
 // RPC timeout is 200 ms here so that, without that, the count would reach
-// its cap within the outage.
+// its cap within the outage. Once contact is lost (the first seconds), the
+// leader writes nothing at WARN or above while the follower stays down.
 func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
-	c := newTestClusterWith(t, 3, nil, func(i int, cfg *Config) { cfg.raftTimeout = 200 * time.Millisecond })
+	core, logs := observer.New(zapcore.WarnLevel)
+	c := newTestClusterWith(t, 3, zap.New(core), func(i int, cfg *Config) { cfg.raftTimeout = 200 * time.Millisecond })
 	ctx := ctxT(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "a"}); err != nil {
 		t.Fatal(err)
@@ -531,10 +533,20 @@ func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
 	leader := c.leaderIndex()
 	f := (leader + 1) % 3
 	c.stop(f)
+	quietFrom := time.Now().Add(2 * time.Second)
 	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		if _, err := c.nodes[leader].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "a", Units: 1}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	var loud []string
+	for _, e := range logs.All() {
+		if strings.HasPrefix(e.LoggerName, c.peers[leader].ID) && e.Time.After(quietFrom) {
+			loud = append(loud, e.Message)
+		}
+	}
+	if len(loud) > 0 {
+		t.Errorf("the leader wrote %d lines at WARN or above in the last 6 s of a follower's outage: %q", len(loud), loud)
 	}
 	target := c.nodes[leader].AppliedIndex()
 	start := time.Now()
