@@ -293,7 +293,9 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 	var completed, denied atomic.Int64
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	moved := make(chan struct{}) // the mover is done: it must not outlive the cluster
 	go func() { // leadership moves all along
+		defer close(moved)
 		for {
 			select {
 			case <-stop:
@@ -346,6 +348,7 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
+	<-moved
 	tok, err := c.nodes[0].Lookup(ctx, "mp")
 	if err != nil {
 		t.Fatal(err)
