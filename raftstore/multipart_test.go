@@ -293,8 +293,10 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 	var completed, denied atomic.Int64
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	moved := make(chan struct{}) // the mover is done: it must not outlive the cluster
-	go func() { // leadership moves all along
+	// Leadership moves all along; moved says the mover is done, which the
+	// test waits for: it must not outlive the cluster.
+	moved := make(chan struct{})
+	go func() {
 		defer close(moved)
 		for {
 			select {
