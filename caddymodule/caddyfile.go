@@ -161,6 +161,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	    timeout         <duration>
 //	    s3 {
 //	        multipart_expiry <duration>
+//	        domain           <name>    # repeatable
 //	    }
 //	}
 //
@@ -234,6 +235,16 @@ func (q *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if err := durationArg(d, &q.S3.MultipartExpiry); err != nil {
 						return err
 					}
+				case "domain":
+					var v string
+					if err := oneArg(d, &v); err != nil {
+						return err
+					}
+					n, err := normalizeDomain(v)
+					if err != nil {
+						return d.Err(err.Error())
+					}
+					q.S3.Domains = append(q.S3.Domains, n)
 				default:
 					return d.Errf("unrecognized s3 setting %q", d.Val())
 				}

@@ -99,6 +99,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad timeout", ":80 {\n quota {\n  key {http.request.header.X}\n  timeout 0s\n }\n}", "timeout must be a positive duration"},
 		{"s3 inline arg", ":80 {\n quota {\n  s3 on\n }\n}", "s3 takes its settings in a block"},
 		{"unknown s3 setting", ":80 {\n quota {\n  s3 {\n   region x\n  }\n }\n}", `unrecognized s3 setting "region"`},
+		{"s3 domain with a port", ":80 {\n quota {\n  s3 {\n   domain s3.example.com:9000\n  }\n }\n}", "without a port"},
+		{"s3 domain without a name", ":80 {\n quota {\n  s3 {\n   domain\n  }\n }\n}", "domain needs a value"},
 		{"bad multipart_expiry", ":80 {\n quota {\n  s3 {\n   multipart_expiry forever\n  }\n }\n}", "multipart_expiry must be a positive duration"},
 	}
 	for _, tt := range tests {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -154,6 +155,17 @@ func (h *Handler) Validate() error {
 		case h.S3.MultipartExpiry < 0:
 			return fmt.Errorf("quota: multipart_expiry must be positive")
 		}
+		seen := make(map[string]bool, len(h.S3.Domains))
+		for i, d := range h.S3.Domains {
+			n, err := normalizeDomain(d)
+			if err != nil {
+				return fmt.Errorf("quota: %v", err)
+			}
+			if seen[n] {
+				return fmt.Errorf("quota: s3 domain %q is listed twice", d)
+			}
+			seen[n], h.S3.Domains[i] = true, n
+		}
 	} else if strings.TrimSpace(h.Key) == "" {
 		return fmt.Errorf("quota: key is required, e.g. key {http.request.header.X-Quota-Token}")
 	}
@@ -272,12 +284,41 @@ func (h *Handler) decided(w http.ResponseWriter, r *http.Request, next caddyhttp
 	// A failed upload is refunded: its answer's RateLimit header says so.
 	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, d: d, units: c.units, bytes: c.bytes}
 	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
+	body := watchBody(r)
 	err = next.ServeHTTP(rec, r)
 	if err != nil || rec.Status() >= 400 {
 		hw.failed() // an error is answered later, by Caddy's error handling
 		h.refund(store, c.id, fp, rec.Status(), err)
+		if body.short && rec.Status() == 0 {
+			// The client sent less than it declared; say so, not 502.
+			return h.deny(w, r, repl, http.StatusBadRequest, "incomplete_body", "Incomplete body",
+				"The request body ended before its declared Content-Length; nothing was charged.", "", nil)
+		}
 	}
 	return err
+}
+
+// shortBody notes a request body that ended before its Content-Length.
+type shortBody struct {
+	io.ReadCloser
+	short bool
+}
+
+func (b *shortBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		b.short = true
+	}
+	return n, err
+}
+
+// watchBody puts a shortBody around r's body.
+func watchBody(r *http.Request) *shortBody {
+	b := &shortBody{ReadCloser: r.Body}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = b
+	}
+	return b
 }
 
 // refundHeaders rewrites the RateLimit headers when the upstream's answer

@@ -23,7 +23,9 @@ import (
 )
 
 // S3 makes the quota handler understand the S3 REST API on the routes it
-// gates (path-style addressing: /bucket/key). One object is one unit
+// gates, in both addressing styles (path-style, Host s3.example.com and
+// /bucket/key; virtual-hosted, Host bucket.s3.example.com and /key: see
+// Domains). One object is one unit
 // however it is uploaded, and its bytes are the object's bytes:
 //
 //	PutObject, POST Object (browser form)   cost units and the object's bytes
@@ -48,6 +50,16 @@ type S3 struct {
 	// uploads to the same age, so the backend drops what the quota no
 	// longer charges.
 	MultipartExpiry caddy.Duration `json:"multipart_expiry,omitempty"`
+
+	// Domains are the S3 endpoint's own DNS names, as clients address it
+	// (what MinIO calls its domain and Ceph RGW its DNS name). A request
+	// whose Host is one of them, or an IP address, is path-style
+	// (/bucket/key); one whose Host is BUCKET.DOMAIN is virtual-hosted
+	// (/key). With any other Host a write that the two styles read
+	// differently (one path segment: CreateBucket or PutObject?) is
+	// refused with 400 InvalidRequest rather than passed uncharged; set
+	// the domains whenever clients reach the gate by name.
+	Domains []string `json:"domains,omitempty"`
 }
 
 // s3Op is what an S3 request does, as far as charging goes.
@@ -70,11 +82,10 @@ const (
 // change something other than its data.
 var objectSubresources = []string{"acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select", "attributes"}
 
-// classifyS3 names the S3 operation of r (path-style addressing).
-func classifyS3(r *http.Request) s3Op {
+// classifyS3 names the S3 operation of r, on an object or (object false)
+// on a bucket.
+func classifyS3(r *http.Request, object bool) s3Op {
 	q := r.URL.Query()
-	path := strings.TrimPrefix(r.URL.Path, "/")
-	object := strings.Contains(strings.TrimSuffix(path, "/"), "/")
 	copying := r.Header.Get("X-Amz-Copy-Source") != ""
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -183,9 +194,17 @@ func objectBytes(r *http.Request) (int64, bool) {
 
 func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	op := classifyS3(r)
+	target := addressOf(r, h.S3.Domains)
+	op := classify(r, target)
 	if op == s3Read {
 		return next.ServeHTTP(w, r)
+	}
+	if op == s3Ambiguous {
+		return h.refuse(w, r, next, repl, http.StatusBadRequest, "ambiguous_address", "Ambiguous S3 address", ambiguityMessage(r, h.S3.Domains))
+	}
+	if target.style != styleUnknown {
+		repl.Set("http.quota.s3.bucket", target.bucket)
+		repl.Set("http.quota.s3.key", target.key)
 	}
 	// A browser form carries its credential in the body, before the file.
 	var formSize int64
@@ -222,13 +241,13 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		c.fp = store.FingerprintOf(tokenKey)
 		repl.Set("http.quota.token_fingerprint", c.fp)
 	}
-	upload := raftstore.UploadKeyOf(r.URL.Path, r.URL.Query().Get("uploadId"))
+	upload := raftstore.UploadKeyOf(uploadObject(r, target), r.URL.Query().Get("uploadId"))
 
 	switch op {
 	case s3Put, s3Copy, s3PostObject:
 		n := formSize
 		if op != s3PostObject {
-			n = h.s3ObjectSize(w, r, next, op)
+			n = h.s3ObjectSize(w, r, next, op, target)
 		}
 		if n < 0 && op == s3Copy {
 			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required",
@@ -247,7 +266,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		if err != nil || partNumber < 1 {
 			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad_part", "Bad part number", "partNumber must be a positive integer.")
 		}
-		n := h.s3ObjectSize(w, r, next, op)
+		n := h.s3ObjectSize(w, r, next, op, target)
 		if n < 0 && op == s3PartCopy {
 			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required",
 				"The part copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range.")
@@ -266,7 +285,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		if err != nil || !d.Allowed {
 			return h.decided(w, r, next, repl, store, c, d, err)
 		}
-		return h.createUpload(w, r, next, repl, store, c, d)
+		return h.createUpload(w, r, next, store, c, d, target)
 
 	case s3Complete:
 		return h.completeUpload(ctx, w, r, next, repl, store, upload, tokenKey)
@@ -290,7 +309,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 // s3ObjectSize is how many bytes of object data r stores: its body's, or
 // for a copy the source's (the copy range's, or the source object's size
 // asked of the backend). -1 when it cannot be known before forwarding.
-func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, op s3Op) int64 {
+func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, op s3Op, t s3Target) int64 {
 	switch op {
 	case s3Copy, s3PartCopy:
 		if rng := r.Header.Get("X-Amz-Copy-Source-Range"); rng != "" {
@@ -300,7 +319,7 @@ func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next cadd
 			}
 			return last - first + 1
 		}
-		return h.sourceSize(r, next)
+		return h.sourceSize(r, next, t)
 	}
 	n, ok := objectBytes(r)
 	if !ok {
@@ -316,15 +335,18 @@ func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next cadd
 // sourceSize asks the backend, through the next handler, for the size of a
 // copy's source object with a HEAD request carrying the client's
 // credentials headers. -1 when the backend does not say.
-func (h *Handler) sourceSize(r *http.Request, next caddyhttp.Handler) int64 {
-	src, err := url.PathUnescape(strings.SplitN(r.Header.Get("X-Amz-Copy-Source"), "?", 2)[0])
-	if err != nil {
+func (h *Handler) sourceSize(r *http.Request, next caddyhttp.Handler, t s3Target) int64 {
+	path, host, ok := copySource(r.Header.Get("X-Amz-Copy-Source"), t)
+	if !ok {
 		return -1
 	}
 	head := r.Clone(r.Context())
 	head.Method = http.MethodHead
-	head.URL = &url.URL{Path: "/" + strings.TrimPrefix(src, "/")}
+	head.URL = &url.URL{Path: path}
 	head.RequestURI = head.URL.RequestURI()
+	if host != "" {
+		head.Host = host
+	}
 	head.Body, head.ContentLength = http.NoBody, 0
 	for _, k := range []string{"Content-Length", "Content-Type", "Content-Md5", "X-Amz-Copy-Source", "X-Amz-Copy-Source-Range", "X-Amz-Decoded-Content-Length", "Expect"} {
 		head.Header.Del(k)
@@ -435,11 +457,11 @@ func isFileField(headers string) bool {
 
 // createUpload forwards a CreateMultipartUpload whose unit is reserved,
 // and binds the reservation to the upload id the backend answers with.
-func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, c charged, d raftstore.Decision) error {
+func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, c charged, d raftstore.Decision, t s3Target) error {
 	if d.TokenID != "" {
 		c.fp = d.TokenID
 	}
-	setDecisionPlaceholders(repl, d)
+	setDecisionPlaceholders(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), d)
 	countDecision("allowed", "")
 	var buf bytes.Buffer
 	rec := caddyhttp.NewResponseRecorder(w, &buf, func(status int, _ http.Header) bool { return status < 300 })
@@ -457,7 +479,7 @@ func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 	defer cancel()
-	if err := store.BindUpload(ctx, c.id, raftstore.UploadKeyOf(r.URL.Path, res.UploadID)); err != nil {
+	if err := store.BindUpload(ctx, c.id, raftstore.UploadKeyOf(uploadObject(r, t), res.UploadID)); err != nil {
 		// The backend holds an upload the quota does not know: its parts
 		// would be refused, so the client is told to start again.
 		h.logger.Error("recording a multipart upload failed", zap.String("token_fingerprint", c.fp), zap.Error(err))
@@ -581,6 +603,10 @@ func s3Denial(status int, kind string, d *raftstore.Decision) (int, string) {
 		return http.StatusLengthRequired, "MissingContentLength"
 	case "bad_length", "bad_part":
 		return http.StatusBadRequest, "InvalidArgument"
+	case "incomplete_body":
+		return http.StatusBadRequest, "IncompleteBody"
+	case "ambiguous_address":
+		return http.StatusBadRequest, "InvalidRequest"
 	case "refunded":
 		return http.StatusConflict, "OperationAborted"
 	}

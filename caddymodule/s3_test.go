@@ -43,10 +43,11 @@ func TestClassifyS3(t *testing.T) {
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest(tt.method, tt.target, nil)
+		r.Host = "127.0.0.1:9000" // an IP: path-style
 		for k, v := range tt.header {
 			r.Header.Set(k, v)
 		}
-		if got := classifyS3(r); got != tt.want {
+		if got := classify(r, addressOf(r, nil)); got != tt.want {
 			t.Errorf("%s %s %v: %d, want %d", tt.method, tt.target, tt.header, got, tt.want)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -77,6 +78,11 @@ type S3Storage struct {
 	// Path is the database file. Default "s3.db" under Caddy's data directory.
 	Path string `json:"path,omitempty"`
 
+	// Domains are the store's own names for virtual-hosted-style requests:
+	// a Host of BUCKET.DOMAIN addresses BUCKET, and the path is the key.
+	// Requests to any other Host are path-style.
+	Domains []string `json:"domains,omitempty"`
+
 	handler http.Handler
 	backend *s3bolt.Backend
 	buckets *bucketCache
@@ -138,6 +144,13 @@ func (s *S3Storage) Cleanup() error {
 }
 
 func (s *S3Storage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if bucket := s.hostBucket(r.Host); bucket != "" {
+		p := r.URL.Path
+		r.URL.Path, r.URL.RawPath = "/"+bucket, ""
+		if p != "/" {
+			r.URL.Path += p
+		}
+	}
 	if q := r.URL.Query(); r.Method == http.MethodPut && q.Has("uploadId") && q.Has("partNumber") && r.Header.Get("X-Amz-Copy-Source") != "" {
 		s.uploadPartCopy(w, r)
 		return nil
@@ -227,6 +240,21 @@ func (r *recorder) copyTo(w http.ResponseWriter) {
 	w.Write(r.body.Bytes())
 }
 
+// hostBucket is the bucket a virtual-hosted Host names, or "".
+func (s *S3Storage) hostBucket(hostport string) string {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	for _, d := range s.Domains {
+		if b, ok := strings.CutSuffix(host, "."+strings.ToLower(d)); ok && b != "" {
+			return b
+		}
+	}
+	return ""
+}
+
 func (s *S3Storage) ensureBucket(name string) error {
 	if _, ok := s.buckets.known.Load(name); ok {
 		return nil
@@ -251,6 +279,7 @@ func (s *S3Storage) ensureBucket(name string) error {
 //	s3_storage [<relative path>]
 //	s3_storage {
 //	    path <path>
+//	    domain <name>   # repeatable: virtual-hosted BUCKET.<name>
 //	}
 //
 // An absolute path must go in the block: Caddy reads a first argument that
@@ -270,6 +299,14 @@ func (s *S3Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			s.Path = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "domain":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			s.Domains = append(s.Domains, d.Val())
 			if d.NextArg() {
 				return d.ArgErr()
 			}
