@@ -106,13 +106,14 @@ func cleanupTmpfs() {
 // (3 voters and N gateways) in front of backend "storage" (the examples'
 // S3 store) or "discard". "quota1tmpfs" and "quota3tmpfs" keep the Raft
 // data dirs in tmpfs: not a deployment, a row with the disk's fsync cost
-// taken out. "quota1wal" and "quota3wal" set log_store wal.
+// taken out. "quota1boltdb" and "quota3boltdb" set log_store boltdb (the
+// default is wal).
 func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 	c := &caddyCluster{dir: dir, bin: bin}
 	dataDir, logStore := dir, ""
-	if m, ok := strings.CutSuffix(mode, "wal"); ok {
-		mode, logStore = m, "\t\tlog_store wal\n"
-		defer func() { c.name += ", log_store wal" }()
+	if m, ok := strings.CutSuffix(mode, "boltdb"); ok {
+		mode, logStore = m, "\t\tlog_store boltdb\n"
+		defer func() { c.name += ", log_store boltdb" }()
 	}
 	if m, ok := strings.CutSuffix(mode, "tmpfs"); ok {
 		d, err := tmpfsDir()

@@ -42,7 +42,7 @@ func main() {
 	tier2Profile := flag.String("tier2-profile", "", "write CPU profiles of every node of the Tier 2 discard-backend cells with a quota (1 and 3 nodes) into this folder, one subfolder per cell")
 	tier2ProfileClients := flag.Int("tier2-profile-clients", 64, "the client count whose cells -tier2-profile profiles")
 	groupsOnly := flag.Bool("groups-only", false, "run only the multi-group prototype: tokens sharded over 1, 2, 4 Raft groups")
-	flag.StringVar(&scaleLogStore, "log-store", "", "the log store of the scale and catch-up steps: boltdb (default) or wal")
+	flag.StringVar(&scaleLogStore, "log-store", "", "the log store of the scale and catch-up steps: wal (default) or boltdb")
 	runOnly := flag.String("run", "", "run only the steps whose label matches this regular expression (labels are printed as steps start, e.g. 'tier 1: raftquota 3-node, hot'); the report goes to stdout, and into -out only when -out is given")
 	flag.Parse()
 	only := *scaleOnly || *tier2Only || *fleetOnly || *groupsOnly
@@ -79,7 +79,7 @@ func main() {
 		make func(dir string) (system, error)
 	}{
 		{"raftquota 3-node", func(dir string) (system, error) { return newRaftquota(3, dir, "") }},
-		{"raftquota 3-node, log_store wal", func(dir string) (system, error) { return newRaftquota(3, dir, raftstore.LogStoreWAL) }},
+		{"raftquota 3-node, log_store boltdb", func(dir string) (system, error) { return newRaftquota(3, dir, raftstore.LogStoreBolt) }},
 		{"raftquota 1-node", func(dir string) (system, error) { return newRaftquota(1, dir, "") }},
 		// Not a deployment: the suspected bottleneck (the shared disk's
 		// fsyncs) removed, to show how much of the rows above it is.
@@ -185,7 +185,7 @@ func main() {
 		{"1 KiB check_only, discard backend", "discard", "/check/", 1 << 10, true},
 	}
 	const discard1K = "1 KiB, discard backend"
-	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4", "quota1wal", "quota3wal", "quota1tmpfs", "quota3tmpfs"} {
+	for _, mode := range []string{"plain", "quota1", "quota3", "quota3gw2", "quota3gw4", "quota1boltdb", "quota3boltdb", "quota1tmpfs", "quota3tmpfs"} {
 		if only && !*tier2Only && !*fleetOnly {
 			break
 		}
@@ -197,8 +197,8 @@ func main() {
 			if *fleetOnly && (!fleetRow || wl.label != discard1K) {
 				continue
 			}
-			if (strings.HasPrefix(mode, "quota3gw") || strings.HasSuffix(mode, "tmpfs") || strings.HasSuffix(mode, "wal")) && wl.label != discard1K {
-				continue // gateways, log_store wal and tmpfs data dirs are measured against the discard backend only
+			if (strings.HasPrefix(mode, "quota3gw") || strings.HasSuffix(mode, "tmpfs") || strings.HasSuffix(mode, "boltdb")) && wl.label != discard1K {
+				continue // gateways, log_store boltdb and tmpfs data dirs are measured against the discard backend only
 			}
 			steps = append(steps, step{fmt.Sprintf("tier 2: %s, %s", mode, wl.label), time.Duration(len(tier2Clients)) * (*cell + time.Second), func() {
 				dir := filepath.Join(work, fmt.Sprintf("t2-%s-%s-%d-%s", mode, wl.backend, wl.size, strings.Trim(wl.path, "/")))

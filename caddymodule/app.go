@@ -143,12 +143,11 @@ type App struct {
 	// MaxBatch caps how many consumes share one log entry. Default 1024.
 	MaxBatch int `json:"max_batch,omitempty"`
 
-	// LogStore is where a voter keeps the Raft log: "boltdb" (default, in
-	// data_dir/raft.db with the term and vote) or "wal" (data_dir/wal,
-	// hashicorp/raft-wal: one fsync per append where a bbolt commit takes
-	// two; a 3-node commit round of 1.09 ms instead of 1.70 ms for one client
-	// on the development machine, see BENCHMARKS.md). Changing it moves the
-	// log on the next start. Gateways keep their log in memory and take
+	// LogStore is where a voter keeps the Raft log: "wal" (default,
+	// data_dir/wal, hashicorp/raft-wal: one fsync per append where a bbolt
+	// commit takes two) or "boltdb" (in data_dir/raft.db with the term and
+	// vote, which stay there either way). Changing it moves the log on the
+	// next start, crash-safely. Gateways keep their log in memory and take
 	// neither.
 	LogStore string `json:"log_store,omitempty"`
 

@@ -40,7 +40,7 @@ func init() {
 //	    commit_timeout       <duration>
 //	    apply_timeout        <duration>
 //	    snapshot_threshold   <entries>
-//	    log_store            boltdb|wal           # voters: where the Raft log lives
+//	    log_store            wal|boltdb           # voters: where the Raft log lives (default wal)
 //	    dedup_size           <entries>
 //	    max_batch            <consumes>
 //	}

@@ -70,10 +70,11 @@
 //
 // # Storage
 //
-// A voter keeps its log and stable store in raft-boltdb/v2 (DataDir/raft.db)
-// or, with Config.LogStore "wal", its log in hashicorp/raft-wal (DataDir/wal:
-// one fsync per append where a bbolt commit takes two; logstore.go moves
-// the log when the setting changes), behind a log cache, and snapshots in
+// A voter keeps its log in hashicorp/raft-wal (DataDir/wal: one fsync per
+// append where a bbolt commit takes two) or, with Config.LogStore
+// "boltdb", in raft-boltdb/v2 (DataDir/raft.db, which holds the stable
+// store either way; logstore.go moves the log when the setting changes),
+// behind a log cache, and snapshots in
 // DataDir/snapshots. A gateway keeps all of it in memory. A new data dir
 // bootstraps the cluster from Config.Peers (or alone, with no peers); a data
 // dir with state simply rejoins. Snapshot captures handles (a frozen token

@@ -174,8 +174,8 @@ func TestLogMovesBackFromWALIntoBolt(t *testing.T) {
 }
 
 // TestSwitchingTheLogStoreKeepsTheState: a node runs on the WAL, restarts
-// on raft.db, then on the WAL again; every start sees what the last
-// answered, and takes new decisions.
+// on raft.db, then on the WAL again, on raft.db, and on the default (the
+// WAL); every start sees what the last answered, and takes new decisions.
 func TestSwitchingTheLogStoreKeepsTheState(t *testing.T) {
 	dir := t.TempDir()
 	ctx := ctxT(t, 60*time.Second)
@@ -194,7 +194,7 @@ func TestSwitchingTheLogStoreKeepsTheState(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := int64(0)
-	for _, kind := range []string{LogStoreWAL, LogStoreBolt, LogStoreWAL, ""} {
+	for _, kind := range []string{LogStoreWAL, LogStoreBolt, LogStoreWAL, LogStoreBolt, ""} {
 		for range 3 {
 			if d, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "switch", Units: 1}); err != nil || !d.Allowed {
 				t.Fatalf("%s: consume: %+v, %v", kind, d, err)
@@ -207,7 +207,7 @@ func TestSwitchingTheLogStoreKeepsTheState(t *testing.T) {
 		if err != nil || tok.UsageCount != want {
 			t.Fatalf("restarted on %q: usage %v, %v; want %d", kind, tok, err, want)
 		}
-		if onWAL := exists(filepath.Join(dir, walDir)); onWAL != (kind == LogStoreWAL) {
+		if onWAL := exists(filepath.Join(dir, walDir)); onWAL != (kind != LogStoreBolt) {
 			t.Fatalf("restarted on %q: wal/ there: %v", kind, onWAL)
 		}
 	}

@@ -95,10 +95,10 @@ type Config struct {
 	// sends to the log or forwards to the leader.
 	OnBatch func(size int, forwarded bool)
 
-	// LogStore is where a voter keeps the Raft log: "boltdb" (default;
-	// raft-boltdb, DataDir/raft.db, beside the stable store) or "wal"
-	// (hashicorp/raft-wal, DataDir/wal: one fsync per append where a bbolt
-	// commit takes two). Changing it moves the log on the next start.
+	// LogStore is where a voter keeps the Raft log: "wal" (default;
+	// hashicorp/raft-wal, DataDir/wal: one fsync per append where a bbolt
+	// commit takes two) or "boltdb" (raft-boltdb, DataDir/raft.db, beside
+	// the stable store). Changing it moves the log on the next start.
 	LogStore string
 
 	// raftTimeout bounds Raft's RPCs and dials (0: 10 s); tests shorten it

@@ -286,6 +286,11 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := openFixtureNode(t, dir)
+			// Opened with the default log store, the fixture's log moved
+			// into the WAL (from raft.db, where the older ones keep it).
+			if !exists(filepath.Join(dir, walDir)) {
+				t.Error("the fixture's log did not move into the WAL")
+			}
 			compareFixture(t, "log", want, readFixtureState(t, s))
 			if want.DedupSize != 0 && s.fsm.dedupSize() != want.DedupSize {
 				t.Errorf("log: dedup size %d, want %d", s.fsm.dedupSize(), want.DedupSize)
