@@ -30,9 +30,10 @@ func init() {
 //	POST   /quota/tokens/lookup               {"name"}: the token with that name (404)
 //	GET    /quota/tokens                      a page: ?status= ?remaining_below= ?created_by= ?limit= ?cursor=
 //	GET    /quota/tokens/{id}                 one token, with remaining (404)
-//	PATCH  /quota/tokens/{id}                 update usage_limit, bytes_limit, expires_at, renew_every, metadata
+//	PATCH  /quota/tokens/{id}                 update usage_limit, bytes_limit, expires_at, renew_every, metadata, pools
 //	POST   /quota/tokens/{id}/revoke          also /reactivate and /reset
 //	DELETE /quota/tokens/{id}                 204
+//	/quota/pools...                           shared quotas (adminpools.go)
 //
 // Token names are secrets: they travel only in request and response
 // bodies, never in URLs (which Caddy's admin log records), and are stored
@@ -105,6 +106,8 @@ func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return a.token(ctx, store, w, r, parts[1])
 	case parts[0] == "tokens" && len(parts) == 3:
 		return a.tokenAction(ctx, store, w, r, parts[1], parts[2])
+	case parts[0] == "pools":
+		return a.servePools(ctx, store, w, r, parts[1:])
 	case parts[0] == "cluster" && len(parts) == 1:
 		if r.Method != http.MethodGet {
 			return methodNotAllowed(r, "GET")

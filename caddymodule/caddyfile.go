@@ -159,6 +159,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	    check_only
 //	    dry_run
 //	    timeout         <duration>
+//	    pool            <placeholder>   # repeatable: pools named by the request
+//	    pool_missing    refuse|skip
 //	    s3 {
 //	        multipart_expiry <duration>
 //	        domain           <name>    # repeatable
@@ -223,6 +225,19 @@ func (q *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "timeout":
 			if err := durationArg(d, &q.Timeout); err != nil {
 				return err
+			}
+		case "pool":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			q.Pools = append(q.Pools, v)
+		case "pool_missing":
+			if err := oneArg(d, &q.PoolMissing); err != nil {
+				return err
+			}
+			if q.PoolMissing != "refuse" && q.PoolMissing != "skip" {
+				return d.Errf("pool_missing must be refuse or skip, got %q", q.PoolMissing)
 			}
 		case "s3":
 			if d.NextArg() {

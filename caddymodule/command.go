@@ -95,6 +95,7 @@ func quotaCommand(cmd *cobra.Command) {
 	renew := create.Flags().Duration("renew-every", 0, "reset usage at every window of this length")
 	expires := create.Flags().String("expires-at", "", "RFC 3339 time after which the token is refused")
 	createdBy := create.Flags().String("created-by", "", "who made it")
+	inPools := create.Flags().StringArray("pool", nil, "a pool (id or name) the token draws on; repeatable, up to 4")
 	create.RunE = func(_ *cobra.Command, args []string) error {
 		body := map[string]any{"usage_limit": *limit, "bytes_limit": *bytesLimit}
 		switch {
@@ -116,6 +117,13 @@ func quotaCommand(cmd *cobra.Command) {
 		}
 		if *createdBy != "" {
 			body["created_by"] = *createdBy
+		}
+		if len(*inPools) > 0 {
+			ids, err := resolvePools(address, *inPools)
+			if err != nil {
+				return err
+			}
+			body["pools"] = ids
 		}
 		return adminCall(address, http.MethodPost, "/quota/tokens", body)
 	}
@@ -203,7 +211,7 @@ func quotaCommand(cmd *cobra.Command) {
 	restore.RunE = func(_ *cobra.Command, args []string) error {
 		return restoreFrom(args[0], *dataDir, *nodeID, *peers)
 	}
-	cmd.AddCommand(certs, token, cluster, member, health, backup, restore)
+	cmd.AddCommand(certs, token, poolCommand(&address), cluster, member, health, backup, restore)
 }
 
 // backupTo saves a backup from the admin API into file, written to a

@@ -78,6 +78,17 @@ type Handler struct {
 	// retries included. Default 3s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// Pools are placeholders naming pools (shared quotas, by name) to charge
+	// besides the token and the token's own pools, e.g.
+	// {http.quota.s3.bucket} or {http.request.host}: one decision charges
+	// them all or none. At most 4.
+	Pools []string `json:"pools,omitempty"`
+
+	// PoolMissing is what happens when a pool a placeholder names does
+	// not exist (or the placeholder is empty): "refuse" (default, 403) or
+	// "skip" (charge the other quotas).
+	PoolMissing string `json:"pool_missing,omitempty"`
+
 	// S3, when set, makes the handler understand the S3 API on its routes:
 	// one object is charged one unit (cost) however it is uploaded, bytes
 	// are the object's bytes, multipart uploads are refunded when aborted
@@ -112,6 +123,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.OnUnavailable == "" {
 		h.OnUnavailable = "deny"
+	}
+	if h.PoolMissing == "" {
+		h.PoolMissing = "refuse"
 	}
 	if h.Timeout == 0 {
 		h.Timeout = caddy.Duration(3 * time.Second)
@@ -181,7 +195,36 @@ func (h *Handler) Validate() error {
 	if h.Timeout < 0 {
 		return fmt.Errorf("quota: timeout must be positive")
 	}
+	if h.PoolMissing != "" && h.PoolMissing != "refuse" && h.PoolMissing != "skip" {
+		return fmt.Errorf("quota: pool_missing must be refuse or skip, got %q", h.PoolMissing)
+	}
+	if len(h.Pools) > raftstore.MaxTokenPools {
+		return fmt.Errorf("quota: at most %d pool placeholders, got %d", raftstore.MaxTokenPools, len(h.Pools))
+	}
 	return nil
+}
+
+// poolNames are the pools the request names through the pool
+// placeholders. ok is false when one names no pool that could exist and
+// pool_missing is refuse.
+func (h *Handler) poolNames(repl *caddy.Replacer) (names []string, ok bool) {
+	for _, p := range h.Pools {
+		n := repl.ReplaceAll(p, "")
+		if raftstore.ValidatePoolName(n) != nil {
+			if h.PoolMissing == "skip" {
+				continue
+			}
+			return nil, false
+		}
+		names = append(names, n)
+	}
+	return names, true
+}
+
+// charge is the request for a decision on this request: its token,
+// amounts and pools.
+func (h *Handler) charge(id raftstore.RequestID, key raftstore.TokenKey, units, bytes int64, pools []string) raftstore.ConsumeRequest {
+	return raftstore.ConsumeRequest{ID: id, Key: key, Units: units, Bytes: bytes, Pools: pools, SkipMissingPools: h.PoolMissing == "skip"}
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -221,6 +264,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	tokenKey := raftstore.KeyOf(key)    // hashed once: the fingerprint and the consume share it
 	fp := store.FingerprintOf(tokenKey) // the raw key is never logged
 	repl.Set("http.quota.token_fingerprint", fp)
+	pools, ok := h.poolNames(repl)
+	if !ok {
+		cancel()
+		return h.refuse(w, r, next, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
+	}
 
 	id := raftstore.NewRequestID()
 	if h.IdempotencyKey != "" {
@@ -232,10 +280,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	start := time.Now()
 	var d raftstore.Decision
 	var err error
+	req := h.charge(id, tokenKey, h.Cost, bytes, pools)
 	if h.CheckOnly {
-		d, err = store.Check(ctx, key, h.Cost, bytes)
+		d, err = store.Check(ctx, req)
 	} else {
-		d, err = store.Consume(ctx, raftstore.ConsumeRequest{ID: id, Key: tokenKey, Units: h.Cost, Bytes: bytes})
+		d, err = store.Consume(ctx, req)
 	}
 	cancel()
 	consumeSeconds.Observe(time.Since(start).Seconds())
@@ -377,6 +426,7 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 		h.logger.Log(level, msg,
 			zap.String("token_fingerprint", fp),
 			zap.String("reason", string(d.Reason)),
+			zap.String("quota", d.Quota),
 			zap.Int64("usage_count", d.UsageCount),
 			zap.Int64("usage_limit", d.UsageLimit),
 			zap.Int64("bytes_used", d.BytesUsed),
@@ -389,10 +439,13 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 			zap.Int("other_denials_not_logged", unlogged))
 	}
 	if h.DryRun {
-		countDecision("dry_run", string(d.Reason))
+		countDenial("dry_run", string(d.Reason), d.Quota)
 		return next.ServeHTTP(w, r)
 	}
-	countDecision("denied", string(d.Reason))
+	countDenial("denied", string(d.Reason), d.Quota)
+	if pool, ok := strings.CutPrefix(d.Quota, "pool:"); ok {
+		return h.poolDenied(w, r, repl, pool, d)
+	}
 	switch d.Reason {
 	case raftstore.ReasonExhausted:
 		detail := "This token has no uploads left."
@@ -420,6 +473,21 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 	default:
 		return h.deny(w, r, repl, http.StatusForbidden, "unknown", "Unknown token", "No such token.", raftstore.ReasonUnknown, nil)
 	}
+}
+
+// poolDenied answers a charge a pool refused.
+func (h *Handler) poolDenied(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, pool string, d raftstore.Decision) error {
+	switch d.Reason {
+	case raftstore.ReasonExhausted:
+		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted",
+			fmt.Sprintf("Pool %s has no uploads left.", pool), d.Reason, &d)
+	case raftstore.ReasonBytesExhausted:
+		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
+			fmt.Sprintf("This upload would exceed pool %s's byte quota.", pool), d.Reason, &d)
+	case raftstore.ReasonExpired:
+		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Pool expired", fmt.Sprintf("Pool %s has expired.", pool), d.Reason, &d)
+	}
+	return h.deny(w, r, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", fmt.Sprintf("No pool named %s.", pool), raftstore.ReasonUnknown, &d)
 }
 
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, err error) error {
@@ -469,10 +537,12 @@ type problem struct {
 	Detail   string           `json:"detail"`
 	Instance string           `json:"instance,omitempty"`
 	Reason   raftstore.Reason `json:"reason,omitempty"`
-	Limit    *int64           `json:"usage_limit,omitempty"`
-	Used     *int64           `json:"usage_count,omitempty"`
-	BLimit   *int64           `json:"bytes_limit,omitempty"`
-	BUsed    *int64           `json:"bytes_used,omitempty"`
+	// Quota is the quota that refused: "token" or "pool:NAME".
+	Quota  string `json:"quota,omitempty"`
+	Limit  *int64 `json:"usage_limit,omitempty"`
+	Used   *int64 `json:"usage_count,omitempty"`
+	BLimit *int64 `json:"bytes_limit,omitempty"`
+	BUsed  *int64 `json:"bytes_used,omitempty"`
 }
 
 // deny writes a problem+json answer. Nothing in it names the token.
@@ -493,6 +563,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 	}
 	p := problem{Type: "urn:raftquota:problem:" + kind, Title: title, Status: status, Detail: detail, Instance: originalPath(r), Reason: reason}
 	if d != nil {
+		p.Quota = d.Quota
 		p.Limit, p.Used, p.BLimit, p.BUsed = &d.UsageLimit, &d.UsageCount, &d.BytesLimit, &d.BytesUsed
 		if d.ResetAt > 0 && status == http.StatusTooManyRequests {
 			secs := max(1, int64(time.Until(time.Unix(0, d.ResetAt)).Seconds()+0.999))
@@ -514,6 +585,7 @@ func setDecisionPlaceholders(repl *caddy.Replacer, d raftstore.Decision) {
 	}
 	repl.Set("http.quota.limit", d.UsageLimit)
 	repl.Set("http.quota.remaining", d.Remaining())
+	repl.Set("http.quota.quota", d.Quota)
 }
 
 // setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and RateLimit

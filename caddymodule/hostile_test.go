@@ -148,7 +148,7 @@ func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
 	startCaddy(t)
 	before := len(adminTokenList(t))
 	logBefore := logSize(t)
-	countBefore := metricValue(t, `raftquota_decisions_total{reason="unknown",result="denied"}`)
+	countBefore := metricValue(t, `raftquota_decisions_total{quota="token",reason="unknown",result="denied"}`)
 	const flood = 1500
 	for i := 0; i < flood; i++ {
 		if resp := upload(t, "/up/b/flood", fmt.Sprintf("random-key-%d", i), "x"); resp.StatusCode != http.StatusForbidden {
@@ -167,7 +167,7 @@ func TestUnknownTokenFloodLeavesNoTrace(t *testing.T) {
 	if lines == 0 || lines > 2*denialLogBudget {
 		t.Fatalf("%d log lines for %d denials: want at least one and at most %d", lines, flood, 2*denialLogBudget)
 	}
-	if got := metricValue(t, `raftquota_decisions_total{reason="unknown",result="denied"}`) - countBefore; got != flood {
+	if got := metricValue(t, `raftquota_decisions_total{quota="token",reason="unknown",result="denied"}`) - countBefore; got != flood {
 		t.Fatalf("decisions_total counted %v unknown-token denials, want %d", got, flood)
 	}
 }
@@ -259,7 +259,7 @@ func TestForgottenBracesAreFlagged(t *testing.T) {
 func TestEveryDenialIsCounted(t *testing.T) {
 	startCaddy(t)
 	series := func(reason string) string {
-		return `raftquota_decisions_total{reason="` + reason + `",result="denied"}`
+		return `raftquota_decisions_total{quota="token",reason="` + reason + `",result="denied"}`
 	}
 	before := map[string]float64{}
 	for _, r := range []string{"missing_key", "invalid_key", "length_required"} {

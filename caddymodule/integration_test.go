@@ -690,7 +690,7 @@ func TestRawTokenNeverLogged(t *testing.T) {
 		t.Fatal("a raw token appears in the logs")
 	}
 	metrics := scrapeMetrics(t)
-	if !bytes.Contains(metrics, []byte(`raftquota_decisions_total{reason="exhausted",result="denied"}`)) {
+	if !bytes.Contains(metrics, []byte(`raftquota_decisions_total{quota="token",reason="exhausted",result="denied"}`)) {
 		t.Fatalf("quota metrics missing from /metrics:\n%.2000s", metrics)
 	}
 	if bytes.Contains(metrics, []byte(planted)) {

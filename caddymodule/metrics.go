@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,8 +15,8 @@ var (
 	decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "raftquota",
 		Name:      "decisions_total",
-		Help:      "Quota decisions by result (allowed, denied, dry_run, unavailable) and denial reason.",
-	}, []string{"result", "reason"})
+		Help:      "Quota decisions by result (allowed, denied, dry_run, unavailable), denial reason, and the quota that refused (token or pool).",
+	}, []string{"result", "reason", "quota"})
 	consumeSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "raftquota",
 		Name:      "consume_duration_seconds",
@@ -90,7 +91,21 @@ func registerMetrics(ctx caddy.Context) {
 	}
 }
 
-func countDecision(result, reason string) { decisions.WithLabelValues(result, reason).Inc() }
+func countDecision(result, reason string) { countDenial(result, reason, "") }
+
+// countDenial counts a decision that quota ("token", "pool:NAME", or ""
+// for a refusal before any quota was asked) made; the label holds the
+// kind of quota only, never a pool's name.
+func countDenial(result, reason, quota string) {
+	kind := ""
+	switch {
+	case strings.HasPrefix(quota, "pool:"):
+		kind = "pool"
+	case result != "allowed" && reason != "":
+		kind = "token"
+	}
+	decisions.WithLabelValues(result, reason, kind).Inc()
+}
 
 func observeBatch(n int, fwd bool) {
 	label := "false"

@@ -242,6 +242,13 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		repl.Set("http.quota.token_fingerprint", c.fp)
 	}
 	upload := raftstore.UploadKeyOf(uploadObject(r, target), r.URL.Query().Get("uploadId"))
+	var pools []string
+	if op == s3Put || op == s3Copy || op == s3PostObject || op == s3Create {
+		var ok bool
+		if pools, ok = h.poolNames(repl); !ok {
+			return h.refuse(w, r, next, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
+		}
+	}
 
 	switch op {
 	case s3Put, s3Copy, s3PostObject:
@@ -257,7 +264,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
 		}
 		c.bytes = n
-		d, err := store.Consume(ctx, raftstore.ConsumeRequest{ID: c.id, Key: tokenKey, Units: c.units, Bytes: c.bytes})
+		d, err := store.Consume(ctx, h.charge(c.id, tokenKey, c.units, c.bytes, pools))
 		cancel()
 		return h.decided(w, r, next, repl, store, c, d, err)
 
@@ -280,7 +287,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return h.decided(w, r, next, repl, store, c, d, err)
 
 	case s3Create:
-		d, err := store.ReserveUpload(ctx, c.id, tokenKey, h.Cost, time.Duration(h.S3.MultipartExpiry))
+		d, err := store.ReserveUpload(ctx, h.charge(c.id, tokenKey, h.Cost, 0, pools), time.Duration(h.S3.MultipartExpiry))
 		cancel()
 		if err != nil || !d.Allowed {
 			return h.decided(w, r, next, repl, store, c, d, err)
@@ -296,7 +303,7 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 	default:
 		// Deleting and configuring are not charged, but need a token that
 		// could be used: no write passes the gate without one.
-		d, err := store.Check(ctx, name, 0, 0)
+		d, err := store.Check(ctx, raftstore.ConsumeRequest{Key: tokenKey})
 		cancel()
 		if err == nil && (d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted) {
 			d.Allowed, d.Reason = true, ""

@@ -317,13 +317,13 @@ func TestAnyNodeServesEveryOperation(t *testing.T) {
 	if d, _ := f.Consume(ctx, ConsumeRequest{ID: id, Token: "t1", Units: 2}); !d.Allowed {
 		t.Fatal("consume denied")
 	}
-	if d, err := f.Check(ctx, "t1", 1, 0); err != nil || d.Allowed || d.Reason != ReasonExhausted {
+	if d, err := f.Check(ctx, ConsumeRequest{Token: "t1", Units: 1, Bytes: 0}); err != nil || d.Allowed || d.Reason != ReasonExhausted {
 		t.Fatalf("check: %+v %v", d, err)
 	}
 	if err := f.Refund(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := f.Check(ctx, "t1", 1, 0); err != nil || !d.Allowed {
+	if d, err := f.Check(ctx, ConsumeRequest{Token: "t1", Units: 1, Bytes: 0}); err != nil || !d.Allowed {
 		t.Fatalf("check after refund: %+v %v", d, err)
 	}
 	t1, err := f.Lookup(ctx, "t1")

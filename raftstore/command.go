@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -81,6 +82,10 @@ const (
 	opCompleteEnd
 	opAbortUpload
 	opExpireUploads
+	opCreatePool
+	opUpdatePool
+	opResetPool
+	opDeletePool
 )
 
 // commandDef is how the FSM applies one op.
@@ -116,6 +121,11 @@ var commands = map[op]commandDef{
 	opCompleteEnd:   {"complete_end", (*fsm).applyCompleteEnd, true},
 	opAbortUpload:   {"abort_upload", (*fsm).applyAbortUpload, true},
 	opExpireUploads: {"expire_uploads", (*fsm).applyExpireUploads, false},
+	// Pools (pool.go).
+	opCreatePool: {"create_pool", (*fsm).applyCreatePool, true},
+	opUpdatePool: {"update_pool", (*fsm).applyUpdatePool, true},
+	opResetPool:  {"reset_pool", (*fsm).applyResetPool, true},
+	opDeletePool: {"delete_pool", (*fsm).applyDeletePool, true},
 }
 
 func (o op) String() string {
@@ -141,6 +151,11 @@ type ConsumeRequest struct {
 	Key   TokenKey  `json:"key"`
 	Units int64     `json:"units"`
 	Bytes int64     `json:"bytes"`
+	// Pools names pools to charge besides the token's own (the handler's
+	// pool placeholders); a name with no pool refuses the charge unless
+	// SkipMissingPools.
+	Pools            []string `json:"pools,omitempty"`
+	SkipMissingPools bool     `json:"skip_missing_pools,omitempty"`
 }
 
 // hashName checks the name and replaces it with its key.
@@ -175,6 +190,14 @@ func (r *ConsumeRequest) validateCharge() error {
 	if r.Bytes < 0 {
 		return invalidf("bytes must not be negative, got %d", r.Bytes)
 	}
+	if len(r.Pools) > MaxTokenPools {
+		return invalidf("a request names at most %d pools, got %d", MaxTokenPools, len(r.Pools))
+	}
+	for _, n := range r.Pools {
+		if err := ValidatePoolName(n); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -199,6 +222,10 @@ type command struct {
 	DedupSize int `json:"dedup_size,omitempty"`
 	// Upload carries the multipart commands' fields.
 	Upload *UploadOp `json:"upload,omitempty"`
+	// Pool, PoolID and PoolUpdate carry the pool commands' fields.
+	Pool       *PoolSpec   `json:"pool,omitempty"`
+	PoolID     string      `json:"pool_id,omitempty"`
+	PoolUpdate *PoolUpdate `json:"pool_update,omitempty"`
 }
 
 // The first byte of every encoded command names its encoding, so the format
@@ -209,6 +236,7 @@ const (
 	codecJSON          = 1
 	codecBinaryConsume = 2 // tokens by name: read only, from older logs
 	codecConsumeKeys   = 3 // tokens by key
+	codecConsumePools  = 4 // tokens by key, and the pools each request names
 )
 
 // maxDecodedBatch bounds a decoded batch, so a forged length cannot make a
@@ -227,10 +255,18 @@ func encodeCommand(c *command) ([]byte, error) {
 }
 
 // encodeConsumes writes: version, time (8 bytes), count (uvarint), then per
-// consume: id (16 bytes), token key (32 bytes), units and bytes (varints).
+// consume: id (16 bytes), token key (32 bytes), units and bytes (varints),
+// and in version 4 a flags byte (1: skip missing pools), the count of pool
+// names and each name (uvarint length, bytes). A batch that names no pool
+// is written as version 3, which nodes from before pools read.
 func encodeConsumes(c *command) []byte {
+	withPools := slices.ContainsFunc(c.Consumes, func(r ConsumeRequest) bool { return len(r.Pools) > 0 })
 	b := make([]byte, 0, 1+8+binary.MaxVarintLen64+len(c.Consumes)*(16+32+2*binary.MaxVarintLen64))
-	b = append(b, codecConsumeKeys)
+	if withPools {
+		b = append(b, codecConsumePools)
+	} else {
+		b = append(b, codecConsumeKeys)
+	}
 	b = binary.BigEndian.AppendUint64(b, uint64(c.Time))
 	b = binary.AppendUvarint(b, uint64(len(c.Consumes)))
 	for i := range c.Consumes {
@@ -239,15 +275,49 @@ func encodeConsumes(c *command) []byte {
 		b = append(b, r.Key[:]...)
 		b = binary.AppendVarint(b, r.Units)
 		b = binary.AppendVarint(b, r.Bytes)
+		if withPools {
+			var flags byte
+			if r.SkipMissingPools {
+				flags = 1
+			}
+			b = append(b, flags)
+			b = binary.AppendUvarint(b, uint64(len(r.Pools)))
+			for _, n := range r.Pools {
+				b = binary.AppendUvarint(b, uint64(len(n)))
+				b = append(b, n...)
+			}
+		}
 	}
 	return b
 }
 
 var errShortCommand = errors.New("truncated consume batch")
 
-// decodeConsumes reads a consume batch of either binary version: with keys
-// (3), or with names (2), which it hashes.
-func decodeConsumes(b []byte, byName bool) (*command, error) {
+// decodePools reads one consume's pool fields (version 4).
+func decodePools(b []byte, r *ConsumeRequest) ([]byte, error) {
+	if len(b) < 1 || b[0] > 1 {
+		return nil, errShortCommand
+	}
+	r.SkipMissingPools = b[0] == 1
+	n, k := binary.Uvarint(b[1:])
+	if k <= 0 || n > MaxTokenPools {
+		return nil, errShortCommand
+	}
+	b = b[1+k:]
+	for range n {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > MaxNameLength || l > uint64(len(b)-k) {
+			return nil, errShortCommand
+		}
+		r.Pools = append(r.Pools, string(b[k:k+int(l)]))
+		b = b[k+int(l):]
+	}
+	return b, nil
+}
+
+// decodeConsumes reads a consume batch of any binary version: with keys
+// and pools (4), with keys (3), or with names (2), which it hashes.
+func decodeConsumes(b []byte, byName, withPools bool) (*command, error) {
 	if len(b) < 8 {
 		return nil, errShortCommand
 	}
@@ -289,6 +359,12 @@ func decodeConsumes(b []byte, byName bool) (*command, error) {
 			return nil, errShortCommand
 		}
 		b = b[k:]
+		if withPools {
+			var err error
+			if b, err = decodePools(b, r); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if len(b) != 0 {
 		return nil, fmt.Errorf("%d bytes after a consume batch", len(b))
@@ -308,8 +384,8 @@ func decodeCommand(b []byte) (*command, error) {
 		return nil, fmt.Errorf("%w: empty entry", errUnknownCommand)
 	}
 	switch b[0] {
-	case codecBinaryConsume, codecConsumeKeys:
-		c, err := decodeConsumes(b[1:], b[0] == codecBinaryConsume)
+	case codecBinaryConsume, codecConsumeKeys, codecConsumePools:
+		c, err := decodeConsumes(b[1:], b[0] == codecBinaryConsume, b[0] == codecConsumePools)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errUnknownCommand, err)
 		}

@@ -36,6 +36,7 @@ type WriteArgs struct{ Cmd []byte }
 // WriteReply answers WriteArgs.
 type WriteReply struct {
 	Token *Token
+	Pool  *Pool
 	// Decisions answers commands that decide (multipart reserves and parts).
 	Decisions []Decision
 	Code      uint8
@@ -49,12 +50,17 @@ const (
 	readCheck
 	readIndex
 	readLookup
+	readPool
+	readPoolByName
+	readPools
+	readPoolTokens
 )
 
 // ReadArgs is a forwarded linearizable read.
 type ReadArgs struct {
 	Kind   uint8
 	ID     string
+	Name   string
 	Key    TokenKey
 	Filter TokenFilter
 	Check  ConsumeRequest
@@ -64,6 +70,8 @@ type ReadArgs struct {
 type ReadReply struct {
 	Token    *Token
 	Tokens   []Token
+	Pool     *Pool
+	Pools    []Pool
 	Next     string
 	Decision Decision
 	// Index is the leader's applied index after the read barrier (raft's,
@@ -141,7 +149,7 @@ func (q *Quota) Write(args *WriteArgs, out *WriteReply) error {
 	res, err := q.s.applyLocal(c)
 	if err == nil {
 		err = res.Err
-		out.Token, out.Decisions = res.Token, res.Decisions
+		out.Token, out.Pool, out.Decisions = res.Token, res.Pool, res.Decisions
 	}
 	out.Code, out.Msg = reply(err)
 	return nil
@@ -173,6 +181,24 @@ func (q *Quota) readLocal(ctx context.Context, args *ReadArgs, out *ReadReply) e
 		}
 		out.Token = t
 	case readList:
+		out.Tokens, out.Next = page(q.s.fsm.list(), &args.Filter)
+	case readPool, readPoolByName:
+		var ok bool
+		if args.Kind == readPool {
+			out.Pool, ok = q.s.fsm.pool(args.ID)
+		} else {
+			out.Pool, ok = q.s.fsm.poolNamed(args.Name)
+		}
+		if !ok {
+			return errPoolNotFound
+		}
+	case readPools:
+		out.Pools = q.s.fsm.poolList()
+	case readPoolTokens:
+		if _, ok := q.s.fsm.pool(args.ID); !ok {
+			return errPoolNotFound
+		}
+		args.Filter.Pool = args.ID
 		out.Tokens, out.Next = page(q.s.fsm.list(), &args.Filter)
 	case readIndex:
 		out.Index = q.s.raft.AppliedIndex()

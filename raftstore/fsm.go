@@ -23,11 +23,13 @@ const DefaultDedupSize = 1 << 20
 type dedupEntry struct {
 	// Token is the id of the token charged (0: none). Its generation, Gen,
 	// tells it from a later token that reuses the id.
-	Token    tokenIDBits
-	Units    int64
-	Bytes    int64
-	Window   int64
-	Gen      uint64
+	Token  tokenIDBits
+	Units  int64
+	Bytes  int64
+	Window int64
+	Gen    uint64
+	// Pools are the pools an allowed charge took from (nil: none).
+	Pools    *[]poolRef
 	Op       op
 	Code     errCode
 	Reason   reasonCode
@@ -60,6 +62,7 @@ func (c reasonCode) reason() Reason {
 // applyResult is what Apply returns to the leader that proposed the command.
 type applyResult struct {
 	Token     *Token
+	Pool      *Pool
 	Err       error
 	Decisions []Decision
 }
@@ -73,7 +76,9 @@ type fsm struct {
 	dedup  *dedupTable
 	// uploads is the multipart state (multipart.go).
 	uploads *uploadTable
-	secret  []byte
+	// pools are the shared quotas (pool.go).
+	pools  *poolTable
+	secret []byte
 	// now is the latest leader timestamp applied. Time never moves backwards
 	// in the FSM even if a new leader's clock is behind the old one's.
 	now int64
@@ -107,6 +112,7 @@ func (f *fsm) reset() {
 	f.tokens = newTokenTable(0)
 	f.dedup = newDedupTable(DefaultDedupSize)
 	f.uploads = newUploadTable()
+	f.pools = newPoolTable()
 	f.secret = nil
 	f.now = 0
 	f.generation = 0
@@ -267,6 +273,17 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		return Decision{Reason: ReasonUnknown}
 	}
 	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.id}
+	var refs []poolRef
+	var tightest *poolState
+	var denied *poolDenial
+	if reason == "" && (len(t.pools()) > 0 || len(r.Pools) > 0) {
+		// The token allows: the pools decide too, and are charged with it.
+		refs, tightest, denied = f.chargePools(t.pools(), r.Pools, r.SkipMissingPools, r.Units, r.Bytes, now)
+		if denied != nil {
+			reason = denied.reason
+			entry.Reason = codeOfReason(reason)
+		}
+	}
 	if reason == "" {
 		t.UsageCount = addSat(t.UsageCount, r.Units)
 		t.BytesUsed = addSat(t.BytesUsed, r.Bytes)
@@ -275,10 +292,21 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		entry.Allowed, entry.Units, entry.Bytes = true, r.Units, r.Bytes
 		entry.Gen = t.Generation
 		entry.Window = t.window()
+		if len(refs) > 0 {
+			entry.Pools = &refs
+		}
 	}
 	f.dedup.Add(r.ID, entry)
 	d := decisionFor(t)
 	d.Allowed, d.Reason = entry.Allowed, reason
+	switch {
+	case denied != nil && denied.pool != nil:
+		poolDecision(&d, denied.pool)
+	case denied != nil:
+		d.Quota = "pool:" + denied.name
+	case tightest != nil && tighterThanToken(tightest, &d):
+		poolDecision(&d, tightest)
+	}
 	return d
 }
 
@@ -316,9 +344,14 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 		CreatedAt:  now.UnixNano(),
 		UpdatedAt:  now.UnixNano(),
 	}
+	pools, err := f.tokenPools(spec.Pools)
+	if err != nil {
+		return &applyResult{Err: err}
+	}
 	if spec.CreatedBy != "" || spec.Metadata != nil || spec.RenewEvery != 0 {
 		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery}
 	}
+	f.setTokenPools(t, pools)
 	t.setExpiresAt(spec.ExpiresAt)
 	if t.renewEvery() > 0 {
 		t.setWindowStart(now.UnixNano())
@@ -348,6 +381,9 @@ func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
 	}
 	e.Refunded = true
 	f.dedup.Add(id, e)
+	if e.Pools != nil {
+		f.givePoolsBack(*e.Pools, e.Units, e.Bytes, now)
+	}
 	t := f.tokens.byID(e.Token)
 	if t == nil || t.Generation != e.Gen {
 		return &applyResult{}
@@ -376,6 +412,13 @@ func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
 	}
 	if err := u.Validate(); err != nil {
 		return &applyResult{Err: err}
+	}
+	if u.Pools != nil {
+		pools, err := f.tokenPools(*u.Pools)
+		if err != nil {
+			return &applyResult{Err: err}
+		}
+		f.setTokenPools(t, pools)
 	}
 	if u.UsageLimit != nil {
 		t.UsageLimit = *u.UsageLimit
@@ -438,6 +481,7 @@ func (f *fsm) applyDelete(c *command, _ time.Time) *applyResult {
 	if t == nil {
 		return &applyResult{Err: ErrNotFound}
 	}
+	f.setTokenPools(f.tokens.mut(t.Key), nil)
 	f.tokens.del(t.Key)
 	return &applyResult{}
 }
@@ -507,6 +551,9 @@ func (f *fsm) check(r *ConsumeRequest, at time.Time) Decision {
 	renew(c, now)
 	d := decisionFor(c)
 	d.Reason = decide(c, r.Units, r.Bytes, now)
+	if d.Reason == "" {
+		f.checkPools(&d, c.pools(), r, now)
+	}
 	d.Allowed = d.Reason == ""
 	return d
 }
@@ -549,6 +596,9 @@ type fsmSnapshot struct {
 	// uploads is a copy: the multipart state is small (bounded by
 	// MaxOpenUploads and MaxOpenPartCharges).
 	uploads []keyedUpload
+	// pools are a copy, by id (see poolTable.copyOut).
+	pools    []poolState
+	poolNext poolID
 }
 
 // Snapshot captures the state in O(1) for tokens and O(dedup chunks) for
@@ -558,13 +608,15 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	defer f.mu.Unlock()
 	f.tokens.thaw() // a snapshot that failed before Release
 	s := &fsmSnapshot{
-		f:       f,
-		header:  snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation, DedupSize: f.dedup.Cap()},
-		tokens:  f.tokens.freeze(),
-		table:   f.tokens,
-		dedup:   f.dedup.capture(),
-		dtable:  f.dedup,
-		uploads: f.uploads.copyOut(),
+		f:        f,
+		header:   snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation, DedupSize: f.dedup.Cap()},
+		tokens:   f.tokens.freeze(),
+		table:    f.tokens,
+		dedup:    f.dedup.capture(),
+		dtable:   f.dedup,
+		uploads:  f.uploads.copyOut(),
+		pools:    f.pools.copyOut(),
+		poolNext: f.pools.next,
 	}
 	return s, nil
 }
@@ -598,7 +650,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.tokens, f.dedup, f.uploads, f.secret, f.now, f.generation = n.tokens, n.dedup, n.uploads, n.secret, n.now, n.generation
+	f.tokens, f.dedup, f.uploads, f.pools, f.secret, f.now, f.generation = n.tokens, n.dedup, n.uploads, n.pools, n.secret, n.now, n.generation
 	f.applied.Store(0) // the snapshot's index is not known here
 	return nil
 }

@@ -105,6 +105,8 @@ type charge struct {
 	Bytes  int64
 	Gen    uint64
 	Window int64
+	// Pools are the pools the charge took from too.
+	Pools []poolRef
 }
 
 // multipartUpload is the replicated record of one upload.
@@ -119,6 +121,9 @@ type multipartUpload struct {
 	// config, carried in the log.
 	Expiry int64
 	Parts  []charge
+	// Pools are the pools the reserve was charged to; parts are charged
+	// to them too.
+	Pools []poolID
 }
 
 // UploadOp carries the fields of the multipart commands.
@@ -134,6 +139,10 @@ type UploadOp struct {
 	// the part numbers it is made of.
 	OK    bool    `json:"ok,omitempty"`
 	Parts []int32 `json:"parts,omitempty"`
+	// Pools and SkipMissingPools are a reserve's pools named by the
+	// request, as in ConsumeRequest.
+	Pools            []string `json:"pools,omitempty"`
+	SkipMissingPools bool     `json:"skip_missing_pools,omitempty"`
 }
 
 // uploadTable is the FSM's multipart state.
@@ -179,7 +188,7 @@ func (ut *uploadTable) copyOut() []keyedUpload {
 	out := make([]keyedUpload, 0, len(ut.uploads))
 	for k, u := range ut.uploads {
 		cp := *u
-		cp.Parts = slices.Clone(u.Parts)
+		cp.Parts = slices.Clone(u.Parts) // pool refs and ids are never changed in place
 		out = append(out, keyedUpload{k, cp})
 	}
 	slices.SortFunc(out, func(a, b keyedUpload) int { return cmp.Compare(string(a.Key[:]), string(b.Key[:])) })
@@ -203,6 +212,7 @@ func (f *fsm) giveBack(tok TokenKey, c charge, now time.Time) {
 		e.Refunded = true
 		f.dedup.Add(c.ID, e)
 	}
+	f.givePoolsBack(c.Pools, c.Units, c.Bytes, now)
 	t := f.tokens.mut(tok)
 	if t == nil || t.Generation != c.Gen {
 		return
@@ -240,17 +250,24 @@ func (f *fsm) applyReserveUpload(c *command, now time.Time) *applyResult {
 		}
 		return &applyResult{Decisions: []Decision{d}}
 	}
-	req := ConsumeRequest{ID: c.ID, Key: *o.Token, Units: o.Units}
+	req := ConsumeRequest{ID: c.ID, Key: *o.Token, Units: o.Units, Pools: o.Pools, SkipMissingPools: o.SkipMissingPools}
 	d := f.consume(&req, now)
 	if d.Allowed && !d.Duplicate {
 		t := f.tokens.get(*o.Token)
-		f.uploads.put(pendingKey(c.ID), &multipartUpload{
+		u := &multipartUpload{
 			Token:    *o.Token,
 			Reserve:  chargeOf(c.ID, t, 0, o.Units, 0),
 			State:    uploadPending,
 			Deadline: now.UnixNano() + o.Expiry,
 			Expiry:   o.Expiry,
-		})
+		}
+		if e, _ := f.dedup.Peek(c.ID); e.Pools != nil {
+			u.Reserve.Pools = *e.Pools
+			for _, r := range *e.Pools {
+				u.Pools = append(u.Pools, r.Pool)
+			}
+		}
+		f.uploads.put(pendingKey(c.ID), u)
 	}
 	return &applyResult{Decisions: []Decision{d}}
 }
@@ -334,12 +351,27 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 		reason = ReasonBytesExhausted
 	}
 	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.id}
+	var refs []poolRef
+	var denied *poolDenial
+	if reason == "" && len(u.Pools) > 0 {
+		// The pools the reserve charged take the part's bytes too (a pool
+		// deleted since is skipped: it no longer holds a quota).
+		refs, _, denied = f.chargePools(u.Pools, nil, false, 0, o.Bytes, now)
+		if denied != nil {
+			reason = denied.reason
+			entry.Reason = codeOfReason(reason)
+		}
+	}
 	if reason == "" {
 		t.BytesUsed = addSat(t.BytesUsed, o.Bytes)
 		settle(t)
 		t.UpdatedAt = now.UnixNano()
 		ch := chargeOf(c.ID, t, o.Part, 0, o.Bytes)
+		ch.Pools = refs
 		entry.Allowed, entry.Bytes, entry.Gen, entry.Window = true, o.Bytes, ch.Gen, ch.Window
+		if len(refs) > 0 {
+			entry.Pools = &refs
+		}
 		u.Parts = append(u.Parts, ch)
 		f.uploads.owner[c.ID] = o.Key
 		f.uploads.charges++
@@ -347,6 +379,9 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 	f.dedup.Add(c.ID, entry)
 	d := decisionFor(t)
 	d.Allowed, d.Reason = reason == "", reason
+	if denied != nil && denied.pool != nil {
+		poolDecision(&d, denied.pool)
+	}
 	return &applyResult{Decisions: []Decision{d}}
 }
 
@@ -508,11 +543,15 @@ func (f *fsm) uploadInfos() []UploadInfo {
 // multipart upload the caller is about to create, and remembers the upload
 // for expiry. Bind it to the backend's upload id with BindUpload, or Refund
 // id when the backend did not create it.
-func (s *Store) ReserveUpload(ctx context.Context, id RequestID, key TokenKey, units int64, expiry time.Duration) (Decision, error) {
-	if id.IsZero() || key.IsZero() || units < 0 || expiry <= 0 {
+func (s *Store) ReserveUpload(ctx context.Context, req ConsumeRequest, expiry time.Duration) (Decision, error) {
+	if err := req.hashName(); err != nil {
+		return Decision{}, err
+	}
+	if err := req.Validate(); err != nil || expiry <= 0 {
 		return Decision{}, invalidf("reserve needs a request id, a token, units and an expiry")
 	}
-	return s.decide(ctx, &command{Op: opReserveUpload, ID: id, Upload: &UploadOp{Token: &key, Units: units, Expiry: int64(expiry)}})
+	return s.decide(ctx, &command{Op: opReserveUpload, ID: req.ID, Upload: &UploadOp{Token: &req.Key, Units: req.Units, Expiry: int64(expiry),
+		Pools: req.Pools, SkipMissingPools: req.SkipMissingPools}})
 }
 
 // BindUpload names the upload reserved by id with the backend's upload.

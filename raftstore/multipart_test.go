@@ -313,7 +313,7 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 			defer wg.Done()
 			s := func(i int) *Store { return c.nodes[(w+i)%3] }
 			id := NewRequestID()
-			d, err := s(0).ReserveUpload(ctx, id, key, 1, time.Hour)
+			d, err := s(0).ReserveUpload(ctx, ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour)
 			if err != nil {
 				t.Error(err)
 				return

@@ -425,7 +425,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 		if _, err := s.Lookup(ctx, "r"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Check(ctx, "r", 1, 0); err != nil {
+		if _, err := s.Check(ctx, ConsumeRequest{Token: "r", Units: 1, Bytes: 0}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -465,7 +465,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 		}
 		// A follower judges checks itself, at a read point the leader gave.
 		floor = acked.Load()
-		d, err := n.Check(ctx, "r", 1, 0)
+		d, err := n.Check(ctx, ConsumeRequest{Token: "r", Units: 1, Bytes: 0})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -483,7 +483,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	// snapshot and applied no command since) lets the leader judge.
 	f := c.nodes[(c.leaderIndex()+1)%3]
 	f.fsm.applied.Store(0)
-	d, err := f.Check(ctx, "r", 1, 0)
+	d, err := f.Check(ctx, ConsumeRequest{Token: "r", Units: 1, Bytes: 0})
 	if err != nil || d.UsageCount != acked.Load() {
 		t.Fatalf("check on a follower after a restore: usage %d, %v; want %d", d.UsageCount, err, acked.Load())
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,10 +60,9 @@ func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
 	return out.Decisions, nil
 }
 
-// Check decides a consume exactly as Consume would at this moment, from
-// linearizable state, but charges nothing.
-func (s *Store) Check(ctx context.Context, token string, units, bytes int64) (Decision, error) {
-	req := ConsumeRequest{Token: token, Units: units, Bytes: bytes}
+// Check decides req exactly as Consume would at this moment, from
+// linearizable state, but charges nothing; req.ID is not needed.
+func (s *Store) Check(ctx context.Context, req ConsumeRequest) (Decision, error) {
 	if err := req.hashName(); err != nil {
 		return Decision{}, err
 	}
@@ -281,7 +281,7 @@ func (s *Store) propose(ctx context.Context, c *command) (*applyResult, error) {
 		if err := s.forward.call(ctx, addr, "Write", &WriteArgs{Cmd: b}, &reply); err != nil {
 			return err
 		}
-		out = &applyResult{Token: reply.Token, Decisions: reply.Decisions}
+		out = &applyResult{Token: reply.Token, Pool: reply.Pool, Decisions: reply.Decisions}
 		return remoteError(reply.Code, reply.Msg)
 	})
 	return out, err
@@ -320,6 +320,8 @@ type TokenFilter struct {
 	After string
 	// Limit caps the page (0: no cap).
 	Limit int
+	// Pool keeps the tokens that belong to the pool with this id.
+	Pool string
 }
 
 func (f *TokenFilter) keep(t *Token) bool {
@@ -330,6 +332,9 @@ func (f *TokenFilter) keep(t *Token) bool {
 		return false
 	}
 	if f.CreatedBy != "" && t.CreatedBy != f.CreatedBy {
+		return false
+	}
+	if f.Pool != "" && !slices.Contains(t.Pools, f.Pool) {
 		return false
 	}
 	return t.ID > f.After

@@ -17,21 +17,26 @@ import (
 //
 //	magic "RQS" version(1)
 //	secret, now, generation, [v3+: dedup size], token count, dedup count
-//	tokens, in creation order: [v6: key (32 bytes), id (8 bytes)]
-//	        [v4, v5: key, id (16 hex digits)] [v2, v3: name], fields
-//	dedup entries, oldest first: id, flags, [v6: token id (8 bytes)]
-//	        [v4, v5: token key (32 bytes)] [v2, v3: token name], amounts
+//	[v7+: next pool id, pool count, pools by id: id, name, fields]
+//	tokens, in creation order: [v6+: key (32 bytes), id (8 bytes)]
+//	        [v4, v5: key, id (16 hex digits)] [v2, v3: name], fields,
+//	        [v7+: pool count, pool ids]
+//	dedup entries, oldest first: id, flags, [v6+: token id (8 bytes)]
+//	        [v4, v5: token key (32 bytes)] [v2, v3: token name], amounts,
+//	        [v7+: pool charges: count, (pool id, window) each]
 //	[v5+: upload count, uploads in key order: key (16 bytes), token key,
-//	      state, deadline, expiry, reserve charge, part count, part charges]
+//	      state, deadline, expiry, reserve charge, part count, part charges
+//	      (each with its v7+ pool charges), [v7+: pool count, pool ids]]
 //
 // Every version ever written stays readable (testdata/formats has a
 // fixture of each): version 2 has no dedup size, which is then the
 // default; versions 2 and 3 hold token names, which are hashed on reading;
 // before version 5 there are no multipart uploads; before version 6, dedup
-// entries name their token by key, which reading maps to the token's id.
+// entries name their token by key, which reading maps to the token's id;
+// before version 7 there are no pools.
 const (
 	snapshotMagic   = "RQS"
-	snapshotVersion = 6
+	snapshotVersion = 7
 )
 
 type snapWriter struct {
@@ -69,6 +74,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	sw.uvarint(uint64(s.header.DedupSize))
 	sw.uvarint(uint64(s.tokens.len()))
 	sw.uvarint(uint64(s.dedup.live))
+	sw.uvarint(uint64(s.poolNext))
+	sw.uvarint(uint64(len(s.pools)))
+	for i := range s.pools {
+		sw.pool(&s.pools[i])
+	}
 	// Creation order: deterministic (generations are unique and replicated).
 	// Sorted as (generation, token) pairs: a comparison that followed the
 	// pointers took 0.8 s of a 1M-token snapshot in cache misses.
@@ -110,6 +120,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.varint(t.CreatedAt)
 		sw.varint(t.UpdatedAt)
 		sw.uvarint(t.Generation)
+		sw.poolIDs(e.Pools)
 	}
 	s.dedup.each(func(id RequestID, e *dedupEntry) {
 		sw.w.Write(id[:])
@@ -129,6 +140,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.varint(e.Bytes)
 		sw.varint(e.Window)
 		sw.uvarint(e.Gen)
+		if e.Pools != nil {
+			sw.poolRefs(*e.Pools)
+		} else {
+			sw.poolRefs(nil)
+		}
 	})
 	sw.uvarint(uint64(len(s.uploads)))
 	for i := range s.uploads {
@@ -143,6 +159,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		for j := range u.Parts {
 			sw.charge(&u.Parts[j])
 		}
+		sw.poolIDs(u.Pools)
 	}
 	return sw.w.Flush()
 }
@@ -154,14 +171,99 @@ func (s *snapWriter) charge(c *charge) {
 	s.varint(c.Bytes)
 	s.uvarint(c.Gen)
 	s.varint(c.Window)
+	s.poolRefs(c.Pools)
 }
 
-func (s *snapReader) charge(c *charge) {
+func (s *snapReader) charge(c *charge, version byte) {
 	s.full(c.ID[:])
 	c.Part = int32(s.varint())
 	c.Units, c.Bytes = s.varint(), s.varint()
 	c.Gen = s.uvarint()
 	c.Window = s.varint()
+	if version >= 7 {
+		c.Pools = s.poolRefs()
+	}
+}
+
+func (s *snapWriter) pool(p *poolState) {
+	s.uvarint(uint64(p.id))
+	s.str(p.Name)
+	s.varint(p.UsageLimit)
+	s.varint(p.UsageCount)
+	s.varint(p.BytesLimit)
+	s.varint(p.BytesUsed)
+	s.byte(byte(p.Status))
+	s.varint(int64(p.RenewEvery))
+	s.optTime(p.WindowStart, p.hasWindow)
+	s.optTime(p.ExpiresAt, p.hasExpiry)
+	s.varint(p.CreatedAt)
+	s.varint(p.UpdatedAt)
+}
+
+func (s *snapReader) pool() *poolState {
+	p := &poolState{id: poolID(s.uvarint()), Name: s.str()}
+	p.UsageLimit, p.UsageCount, p.BytesLimit, p.BytesUsed = s.varint(), s.varint(), s.varint(), s.varint()
+	if st := s.byte(); st > byte(stExhausted) {
+		s.fail()
+	} else {
+		p.Status = statusCode(st)
+	}
+	p.RenewEvery = Duration(s.varint())
+	p.WindowStart, p.hasWindow = s.optTime()
+	p.ExpiresAt, p.hasExpiry = s.optTime()
+	p.CreatedAt, p.UpdatedAt = s.varint(), s.varint()
+	if p.id == 0 || ValidatePoolName(p.Name) != nil {
+		s.fail()
+	}
+	return p
+}
+
+func (s *snapWriter) poolIDs(ids []poolID) {
+	s.uvarint(uint64(len(ids)))
+	for _, id := range ids {
+		s.uvarint(uint64(id))
+	}
+}
+
+func (s *snapReader) poolIDs() []poolID {
+	n := s.uvarint()
+	if n > MaxTokenPools*2 {
+		s.fail()
+		return nil
+	}
+	var out []poolID
+	for range n {
+		out = append(out, poolID(s.uvarint()))
+	}
+	return out
+}
+
+func (s *snapWriter) poolRefs(refs []poolRef) {
+	s.uvarint(uint64(len(refs)))
+	for _, r := range refs {
+		s.uvarint(uint64(r.Pool))
+		s.varint(r.Window)
+	}
+}
+
+func (s *snapReader) poolRefs() []poolRef {
+	n := s.uvarint()
+	if n > MaxTokenPools*2 {
+		s.fail()
+		return nil
+	}
+	var out []poolRef
+	for range n {
+		out = append(out, poolRef{Pool: poolID(s.uvarint()), Window: s.varint()})
+	}
+	return out
+}
+
+// fail marks the snapshot corrupt, unless an error came first.
+func (s *snapReader) fail() {
+	if s.err == nil {
+		s.err = errBadSnapshot
+	}
 }
 
 func (s *snapReader) full(b []byte) {
@@ -171,7 +273,7 @@ func (s *snapReader) full(b []byte) {
 }
 
 // readUploads reads the multipart section of a version 5+ snapshot.
-func (s *snapReader) readUploads(ut *uploadTable) {
+func (s *snapReader) readUploads(ut *uploadTable, version byte) {
 	n := s.uvarint()
 	if n > MaxOpenUploads {
 		s.err = errBadSnapshot
@@ -188,7 +290,7 @@ func (s *snapReader) readUploads(ut *uploadTable) {
 			return
 		}
 		u.Deadline, u.Expiry = s.varint(), s.varint()
-		s.charge(&u.Reserve)
+		s.charge(&u.Reserve, version)
 		np := s.uvarint()
 		if np > MaxChargesPerUpload {
 			s.err = errBadSnapshot
@@ -196,9 +298,30 @@ func (s *snapReader) readUploads(ut *uploadTable) {
 		}
 		u.Parts = make([]charge, np)
 		for j := range u.Parts {
-			s.charge(&u.Parts[j])
+			s.charge(&u.Parts[j], version)
+		}
+		if version >= 7 {
+			u.Pools = s.poolIDs()
 		}
 		ut.put(k, u)
+	}
+}
+
+// readPools reads the pools of a version 7+ snapshot.
+func (s *snapReader) readPools(pt *poolTable) {
+	pt.next = poolID(s.uvarint())
+	n := s.uvarint()
+	if n > MaxPools {
+		s.fail()
+		return
+	}
+	for i := uint64(0); i < n && s.err == nil; i++ {
+		p := s.pool()
+		if pt.byID[p.id] != nil || pt.named(p.Name) != nil || p.id >= pt.next {
+			s.fail()
+			return
+		}
+		pt.put(p)
 	}
 }
 
@@ -325,6 +448,9 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		f.dedup.Resize(int(n))
 	}
 	ntok, ndedup := sr.uvarint(), sr.uvarint()
+	if version >= 7 {
+		sr.readPools(f.pools)
+	}
 	if sr.err != nil {
 		return nil, fmt.Errorf("reading snapshot header: %w", sr.err)
 	}
@@ -380,6 +506,21 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		}
 		t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()
 		t.Generation = sr.uvarint()
+		if version >= 7 {
+			if ids := sr.poolIDs(); len(ids) > 0 {
+				if t.ext == nil {
+					t.ext = &e
+				}
+				t.ext.Pools = ids
+				for _, id := range ids {
+					if p := f.pools.byID[id]; p != nil {
+						p.tokens++
+					} else {
+						sr.fail()
+					}
+				}
+			}
+		}
 		if sr.err == nil && !f.tokens.putNew(t) {
 			sr.err = fmt.Errorf("%w: token %s twice", errBadSnapshot, t.id)
 			break
@@ -414,6 +555,11 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		}
 		e.Units, e.Bytes, e.Window = sr.varint(), sr.varint(), sr.varint()
 		e.Gen = sr.uvarint()
+		if version >= 7 {
+			if refs := sr.poolRefs(); len(refs) > 0 {
+				e.Pools = &refs
+			}
+		}
 		if sr.err != nil {
 			break
 		}
@@ -424,7 +570,7 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		f.dedup.Add(id, e)
 	}
 	if version >= 5 && sr.err == nil {
-		sr.readUploads(f.uploads)
+		sr.readUploads(f.uploads, version)
 	}
 	if sr.err != nil {
 		return nil, fmt.Errorf("reading snapshot: %w", sr.err)

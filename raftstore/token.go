@@ -61,6 +61,9 @@ type Token struct {
 	// Generation tells apart tokens that reuse a deleted token's name, so a
 	// late refund never credits the newer one.
 	Generation uint64 `json:"generation"`
+	// Pools are the ids of the pools the token draws on besides its own
+	// limits.
+	Pools []string `json:"pools,omitempty"`
 }
 
 // Remaining returns the uploads left, or -1 when the count is unlimited.
@@ -99,6 +102,8 @@ type TokenSpec struct {
 	Metadata   map[string]string `json:"metadata,omitempty"`
 	ExpiresAt  *time.Time        `json:"expires_at,omitempty"`
 	RenewEvery Duration          `json:"renew_every,omitempty"`
+	// Pools are ids of pools the token belongs to (at most MaxTokenPools).
+	Pools []string `json:"pools,omitempty"`
 }
 
 // Validate reports the first thing wrong with the spec, in words for the user.
@@ -126,6 +131,9 @@ func (s *TokenSpec) validateFields() error {
 	if len(s.CreatedBy) > 256 {
 		return invalidf("created_by is longer than 256 bytes")
 	}
+	if len(s.Pools) > MaxTokenPools {
+		return invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(s.Pools))
+	}
 	return validateMetadata(s.Metadata)
 }
 
@@ -151,12 +159,17 @@ type LimitUpdate struct {
 	ExpiresAt  *time.Time         `json:"expires_at,omitempty"`
 	RenewEvery *Duration          `json:"renew_every,omitempty"`
 	Metadata   *map[string]string `json:"metadata,omitempty"`
+	// Pools replaces the token's pools (ids; empty: none).
+	Pools *[]string `json:"pools,omitempty"`
 }
 
 // Validate reports the first thing wrong with the update.
 func (u *LimitUpdate) Validate() error {
-	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every or metadata")
+	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil && u.Pools == nil {
+		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, metadata or pools")
+	}
+	if u.Pools != nil && len(*u.Pools) > MaxTokenPools {
+		return invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(*u.Pools))
 	}
 	if u.UsageLimit != nil && *u.UsageLimit < 0 {
 		return invalidf("usage_limit must be 0 (unlimited) or more, got %d", *u.UsageLimit)
@@ -247,6 +260,10 @@ type Decision struct {
 	ResetAt int64 `json:"reset_at,omitempty"`
 	// RenewEvery is the token's renewal window, 0 if it never renews.
 	RenewEvery Duration `json:"renew_every,omitempty"`
+	// Quota names the quota the numbers above are of: "token", or
+	// "pool:NAME" when a pool refused the charge or, allowed, is the
+	// tightest of the quotas charged. Empty for an unknown token.
+	Quota string `json:"quota,omitempty"`
 }
 
 // Remaining returns the uploads left after this decision, or -1 when the
@@ -258,7 +275,7 @@ func (d Decision) Remaining() int64 { return remaining(d.UsageLimit, d.UsageCoun
 func (d Decision) BytesRemaining() int64 { return remaining(d.BytesLimit, d.BytesUsed) }
 
 func decisionFor(t *tokenState) Decision {
-	d := Decision{TokenID: t.id.String(), Status: t.Status.status(), UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed}
+	d := Decision{TokenID: t.id.String(), Quota: "token", Status: t.Status.status(), UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed}
 	if e := t.ext; e != nil {
 		d.RenewEvery = e.RenewEvery
 		if e.RenewEvery > 0 && e.hasWindow {

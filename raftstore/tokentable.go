@@ -34,8 +34,10 @@ type tokenExt struct {
 	RenewEvery  Duration
 	ExpiresAt   int64 // when hasExpiry
 	WindowStart int64 // when hasWindow
-	hasExpiry   bool
-	hasWindow   bool
+	// Pools are the pools the token belongs to (never changed in place).
+	Pools     []poolID
+	hasExpiry bool
+	hasWindow bool
 }
 
 // tokenIDBits is a token id's 8 bytes (its 16 hex digits, decoded).
@@ -78,6 +80,14 @@ func (t *tokenState) extW() *tokenExt {
 		t.ext = &tokenExt{}
 	}
 	return t.ext
+}
+
+// pools are the pools t belongs to.
+func (t *tokenState) pools() []poolID {
+	if t.ext == nil {
+		return nil
+	}
+	return t.ext.Pools
 }
 
 func (t *tokenState) renewEvery() Duration {
@@ -171,6 +181,9 @@ func (t *tokenState) token() *Token {
 		if e.hasWindow {
 			ws := nsTime(e.WindowStart)
 			out.WindowStart = &ws
+		}
+		for _, id := range e.Pools {
+			out.Pools = append(out.Pools, id.String())
 		}
 	}
 	return out

@@ -141,7 +141,7 @@ func multipartWorkload(t *testing.T, s *Store) {
 	key := KeyOf("multipart")
 	upload := func(name string) UploadKey {
 		id := NewRequestID()
-		if d, err := s.ReserveUpload(ctx, id, key, 1, time.Hour); err != nil || !d.Allowed {
+		if d, err := s.ReserveUpload(ctx, ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
 			t.Fatalf("reserve %s: %+v %v", name, d, err)
 		}
 		u := UploadKeyOf("bucket/"+name, "upload-"+name)
@@ -175,7 +175,7 @@ func multipartWorkload(t *testing.T, s *Store) {
 	open := upload("open")
 	part(open, 1, 30)
 	must(s.Refund(ctx, part(open, 2, 40)))
-	if d, err := s.ReserveUpload(ctx, NewRequestID(), key, 1, time.Hour); err != nil || !d.Allowed {
+	if d, err := s.ReserveUpload(ctx, ConsumeRequest{ID: NewRequestID(), Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
 		t.Fatalf("pending reserve: %+v %v", d, err)
 	}
 	failed := upload("failed")

@@ -1,0 +1,142 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/raftquota/raftquota/raftstore"
+)
+
+// The pool routes of the admin API:
+//
+//	POST   /quota/pools                {"name","usage_limit","bytes_limit","renew_every","expires_at"}: 201; 409 name exists
+//	POST   /quota/pools/lookup         {"name"}: the pool with that name (404)
+//	GET    /quota/pools                every pool, by id
+//	GET    /quota/pools/{id}           one pool, with remaining (404)
+//	PATCH  /quota/pools/{id}           update usage_limit, bytes_limit, expires_at, renew_every
+//	POST   /quota/pools/{id}/reset     usage back to zero
+//	DELETE /quota/pools/{id}           204; 409 while a token belongs to it
+//	GET    /quota/pools/{id}/tokens    the pool's tokens (paged as GET /quota/tokens)
+//
+// A token joins pools with "pools": ["<pool id>", ...] in POST
+// /quota/tokens or PATCH /quota/tokens/{id}.
+
+// PoolView is a pool as the admin API shows it.
+type PoolView struct {
+	raftstore.Pool
+	// Remaining is the uploads left; null when unlimited.
+	Remaining *int64 `json:"remaining"`
+	// BytesRemaining is the bytes left; null when unlimited.
+	BytesRemaining *int64 `json:"bytes_remaining"`
+}
+
+func poolView(p *raftstore.Pool) PoolView {
+	v := PoolView{Pool: *p}
+	if r := p.Remaining(); r >= 0 {
+		v.Remaining = &r
+	}
+	if r := p.BytesRemaining(); r >= 0 {
+		v.BytesRemaining = &r
+	}
+	return v
+}
+
+// PoolList is the body of GET /quota/pools.
+type PoolList struct {
+	Pools []PoolView `json:"pools"`
+}
+
+// servePools routes /quota/pools/... (parts after "pools").
+func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, rest []string) error {
+	switch {
+	case len(rest) == 0:
+		return a.pools(ctx, s, w, r)
+	case len(rest) == 1 && rest[0] == "lookup":
+		if r.Method != http.MethodPost {
+			return methodNotAllowed(r, "POST")
+		}
+		var req lookupRequest
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
+		return writePool(w, http.StatusOK)(s.LookupPool(ctx, req.Name))
+	case len(rest) == 1:
+		return a.pool(ctx, s, w, r, rest[0])
+	case len(rest) == 2 && rest[1] == "reset":
+		if r.Method != http.MethodPost {
+			return methodNotAllowed(r, "POST")
+		}
+		return writePool(w, http.StatusOK)(s.ResetPool(ctx, rest[0]))
+	case len(rest) == 2 && rest[1] == "tokens":
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(r, "GET")
+		}
+		filter, err := tokenFilter(r)
+		if err != nil {
+			return err
+		}
+		toks, next, err := s.PoolTokens(ctx, rest[0], filter)
+		if err != nil {
+			return storeError(err)
+		}
+		page := TokenPage{Tokens: make([]TokenView, len(toks)), NextCursor: next}
+		for i := range toks {
+			page.Tokens[i] = viewOf(&toks[i])
+		}
+		return writeJSON(w, http.StatusOK, page)
+	}
+	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
+}
+
+func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet:
+		all, err := s.Pools(ctx)
+		if err != nil {
+			return storeError(err)
+		}
+		out := PoolList{Pools: make([]PoolView, len(all))}
+		for i := range all {
+			out.Pools[i] = poolView(&all[i])
+		}
+		return writeJSON(w, http.StatusOK, out)
+	case http.MethodPost:
+		var spec raftstore.PoolSpec
+		if err := decodeBody(r, &spec); err != nil {
+			return err
+		}
+		return writePool(w, http.StatusCreated)(s.CreatePool(ctx, spec))
+	}
+	return methodNotAllowed(r, "GET, POST")
+}
+
+func (a AdminAPI) pool(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id string) error {
+	switch r.Method {
+	case http.MethodGet:
+		return writePool(w, http.StatusOK)(s.Pool(ctx, id))
+	case http.MethodPatch:
+		var u raftstore.PoolUpdate
+		if err := decodeBody(r, &u); err != nil {
+			return err
+		}
+		return writePool(w, http.StatusOK)(s.UpdatePool(ctx, id, u))
+	case http.MethodDelete:
+		if err := s.DeletePool(ctx, id); err != nil {
+			return storeError(err)
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	return methodNotAllowed(r, "GET, PATCH, DELETE")
+}
+
+// writePool answers with a pool, or the store's error.
+func writePool(w http.ResponseWriter, status int) func(*raftstore.Pool, error) error {
+	return func(p *raftstore.Pool, err error) error {
+		if err != nil {
+			return storeError(err)
+		}
+		return writeJSON(w, status, poolView(p))
+	}
+}

@@ -1,0 +1,206 @@
+package raftstore
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+	"time"
+)
+
+func (tf *testFSM) createPool(at time.Time, spec PoolSpec) *Pool {
+	tf.t.Helper()
+	res := tf.apply(&command{Op: opCreatePool, Time: at.UnixNano(), ID: NewRequestID(), Pool: &spec})
+	if res.Err != nil {
+		tf.t.Fatalf("creating pool %s: %v", spec.Name, res.Err)
+	}
+	return res.Pool
+}
+
+func (tf *testFSM) consumePools(at time.Time, id RequestID, name string, units, bytes int64, pools ...string) Decision {
+	res := tf.apply(&command{Op: opConsume, Time: at.UnixNano(), Consumes: []ConsumeRequest{{ID: id, Token: name, Units: units, Bytes: bytes, Pools: pools}}})
+	return res.Decisions[0]
+}
+
+func (tf *testFSM) poolUsage(name string) (int64, int64) {
+	tf.t.Helper()
+	p, ok := tf.f.poolNamed(name)
+	if !ok {
+		tf.t.Fatalf("no pool %s", name)
+	}
+	return p.UsageCount, p.BytesUsed
+}
+
+// A token in two pools (limits 5 and 8) is held by the tighter: exactly 5
+// uploads, both pools at 5; the refusal names the pool.
+func TestTokenInTwoPoolsIsHeldByTheTighter(t *testing.T) {
+	tf := newTestFSM(t)
+	small := tf.createPool(t0, PoolSpec{Name: "plan-small", UsageLimit: 5})
+	big := tf.createPool(t0, PoolSpec{Name: "team", UsageLimit: 8})
+	if res := tf.create(t0, TokenSpec{Name: "dev1", UsageLimit: 100, Pools: []string{small.ID, big.ID}}); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	allowed := 0
+	var last Decision
+	for i := range 10 {
+		d := tf.consume(t0.Add(time.Duration(i)*time.Second), "dev1", 1, 10)
+		if d.Allowed {
+			allowed++
+			continue
+		}
+		last = d
+	}
+	if allowed != 5 {
+		t.Fatalf("%d uploads allowed, want 5", allowed)
+	}
+	if last.Reason != ReasonExhausted || last.Quota != "pool:plan-small" || last.UsageLimit != 5 || last.UsageCount != 5 {
+		t.Fatalf("refusal: %+v, want exhausted by pool:plan-small at 5/5", last)
+	}
+	for _, n := range []string{"plan-small", "team"} {
+		if c, b := tf.poolUsage(n); c != 5 || b != 50 {
+			t.Errorf("pool %s: %d uploads %d bytes, want 5 and 50", n, c, b)
+		}
+	}
+	if tok, _ := tf.f.tokenNamed("dev1"); tok.UsageCount != 5 {
+		t.Errorf("token: %d uploads, want 5", tok.UsageCount)
+	}
+}
+
+// Any refusal charges nothing anywhere: the token's own limit, a pool's
+// bytes, or a named pool that does not exist.
+func TestPoolChargesAreAllOrNone(t *testing.T) {
+	tf := newTestFSM(t)
+	bytesPool := tf.createPool(t0, PoolSpec{Name: "bytes", BytesLimit: 100})
+	tf.createPool(t0, PoolSpec{Name: "bucket-a", UsageLimit: 1000})
+	tf.create(t0, TokenSpec{Name: "tok", UsageLimit: 3, Pools: []string{bytesPool.ID}})
+
+	if d := tf.consumePools(t0, NewRequestID(), "tok", 1, 60, "bucket-a"); !d.Allowed {
+		t.Fatalf("first upload: %+v", d)
+	}
+	d := tf.consumePools(t0, NewRequestID(), "tok", 1, 60, "bucket-a")
+	if d.Allowed || d.Reason != ReasonBytesExhausted || d.Quota != "pool:bytes" {
+		t.Fatalf("over the byte pool: %+v", d)
+	}
+	d = tf.consumePools(t0, NewRequestID(), "tok", 1, 10, "no-such-bucket")
+	if d.Allowed || d.Reason != ReasonUnknown || d.Quota != "pool:no-such-bucket" {
+		t.Fatalf("a missing named pool: %+v", d)
+	}
+	// Skipped when asked to.
+	res := tf.apply(&command{Op: opConsume, Time: t0.UnixNano(), Consumes: []ConsumeRequest{{ID: NewRequestID(), Token: "tok", Units: 1, Bytes: 10, Pools: []string{"no-such-bucket"}, SkipMissingPools: true}}})
+	if !res.Decisions[0].Allowed {
+		t.Fatalf("a missing pool with skip: %+v", res.Decisions[0])
+	}
+	if c, b := tf.poolUsage("bytes"); c != 2 || b != 70 {
+		t.Fatalf("byte pool: %d, %d; want 2 uploads and 70 bytes", c, b)
+	}
+	if c, _ := tf.poolUsage("bucket-a"); c != 1 {
+		t.Fatalf("bucket-a: %d uploads, want 1", c)
+	}
+	// The token's own limit refuses before the pools are touched.
+	tf.consume(t0, "tok", 1, 0)
+	d = tf.consumePools(t0, NewRequestID(), "tok", 1, 0, "bucket-a")
+	if d.Allowed || d.Quota != "token" || d.Reason != ReasonExhausted {
+		t.Fatalf("token exhausted: %+v", d)
+	}
+	if c, _ := tf.poolUsage("bucket-a"); c != 1 {
+		t.Fatalf("bucket-a charged by a refused upload: %d", c)
+	}
+}
+
+// A refund gives back to every pool once; a retried id charges none again.
+func TestPoolRefundsAndRetriesAreExactlyOnce(t *testing.T) {
+	tf := newTestFSM(t)
+	p := tf.createPool(t0, PoolSpec{Name: "plan", UsageLimit: 10, BytesLimit: 1000})
+	tf.createPool(t0, PoolSpec{Name: "site", UsageLimit: 10})
+	tf.create(t0, TokenSpec{Name: "tok", Pools: []string{p.ID}})
+	id := NewRequestID()
+	for range 3 {
+		if d := tf.consumePools(t0, id, "tok", 1, 100, "site"); !d.Allowed {
+			t.Fatalf("%+v", d)
+		}
+	}
+	if c, b := tf.poolUsage("plan"); c != 1 || b != 100 {
+		t.Fatalf("a retried id charged again: %d %d", c, b)
+	}
+	for range 2 {
+		tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+	}
+	for _, n := range []string{"plan", "site"} {
+		if c, b := tf.poolUsage(n); c != 0 || b != 0 {
+			t.Errorf("pool %s after a refund (twice): %d %d, want 0 0", n, c, b)
+		}
+	}
+}
+
+// Pools renew on their own windows, from the leader's stamped time.
+func TestPoolRenewsOnItsWindow(t *testing.T) {
+	tf := newTestFSM(t)
+	p := tf.createPool(t0, PoolSpec{Name: "daily", UsageLimit: 2, RenewEvery: Duration(24 * time.Hour)})
+	tf.create(t0, TokenSpec{Name: "tok", Pools: []string{p.ID}})
+	tf.consume(t0, "tok", 1, 0)
+	tf.consume(t0.Add(time.Hour), "tok", 1, 0)
+	d := tf.consume(t0.Add(2*time.Hour), "tok", 1, 0)
+	if d.Allowed || d.ResetAt != t0.Add(24*time.Hour).UnixNano() {
+		t.Fatalf("third upload of the day: %+v", d)
+	}
+	if d := tf.consume(t0.Add(25*time.Hour), "tok", 1, 0); !d.Allowed {
+		t.Fatalf("after the window: %+v", d)
+	}
+}
+
+// Pool admin: names are unique, a pool with tokens cannot be deleted, a
+// token's pools can be changed, counts follow.
+func TestPoolAdmin(t *testing.T) {
+	tf := newTestFSM(t)
+	p := tf.createPool(t0, PoolSpec{Name: "cust-1", UsageLimit: 10})
+	if res := tf.apply(&command{Op: opCreatePool, Time: t0.UnixNano(), ID: NewRequestID(), Pool: &PoolSpec{Name: "cust-1"}}); !errors.Is(res.Err, ErrExists) {
+		t.Fatalf("a second pool named cust-1: %v", res.Err)
+	}
+	if res := tf.create(t0, TokenSpec{Name: "bad", Pools: []string{"p99"}}); !errors.Is(res.Err, ErrInvalid) {
+		t.Fatalf("a token in an unknown pool: %v", res.Err)
+	}
+	tok := tf.create(t0, TokenSpec{Name: "tok", Pools: []string{p.ID}}).Token
+	if got, _ := tf.f.pool(p.ID); got.Tokens != 1 {
+		t.Fatalf("pool tokens %d, want 1", got.Tokens)
+	}
+	if res := tf.apply(&command{Op: opDeletePool, Time: t0.UnixNano(), ID: NewRequestID(), PoolID: p.ID}); !errors.Is(res.Err, ErrExists) {
+		t.Fatalf("deleting a pool with a token: %v", res.Err)
+	}
+	none := []string{}
+	if res := tf.apply(&command{Op: opUpdate, Time: t0.UnixNano(), ID: NewRequestID(), TokenID: tok.ID, Update: &LimitUpdate{Pools: &none}}); res.Err != nil || len(res.Token.Pools) != 0 {
+		t.Fatalf("leaving the pool: %+v %v", res.Token, res.Err)
+	}
+	if res := tf.apply(&command{Op: opDeletePool, Time: t0.UnixNano(), ID: NewRequestID(), PoolID: p.ID}); res.Err != nil {
+		t.Fatalf("deleting an empty pool: %v", res.Err)
+	}
+	// Ids are never reused.
+	if q := tf.createPool(t0, PoolSpec{Name: "cust-1"}); q.ID == p.ID {
+		t.Fatalf("a new pool took deleted %s's id", p.ID)
+	}
+}
+
+// Pools, token memberships and the dedup entries' pool charges survive a
+// snapshot, byte for byte.
+func TestPoolsSurviveSnapshots(t *testing.T) {
+	tf := newTestFSM(t)
+	p := tf.createPool(t0, PoolSpec{Name: "plan", UsageLimit: 10, RenewEvery: Duration(time.Hour)})
+	tf.createPool(t0, PoolSpec{Name: "bucket", BytesLimit: 1 << 20})
+	tf.create(t0, TokenSpec{Name: "tok", Pools: []string{p.ID}})
+	id := NewRequestID()
+	tf.consumePools(t0, id, "tok", 1, 100, "bucket")
+	snap := snapshotBytes(t, tf.f)
+	g := newTestFSM(t)
+	if err := g.f.Restore(nopCloser(snap)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(snapshotBytes(t, g.f), snap) {
+		t.Fatal("a restored state writes different snapshot bytes")
+	}
+	if got, _ := g.f.pool(p.ID); got.Tokens != 1 || got.UsageCount != 1 {
+		t.Fatalf("restored pool: %+v", got)
+	}
+	g.index = tf.index
+	g.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+	if c, b := g.poolUsage("bucket"); c != 0 || b != 0 {
+		t.Fatalf("a refund after restore left %d %d on the named pool", c, b)
+	}
+}
