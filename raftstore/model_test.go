@@ -1,6 +1,8 @@
 package raftstore
 
 import (
+	"slices"
+	"strings"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -159,6 +161,123 @@ func TestFSMAgreesWithModel(t *testing.T) {
 				}
 				if got.Status != wantStatus {
 					rt.Fatalf("token %s status %s, model %s", n, got.Status, wantStatus)
+				}
+			}
+		}
+	})
+}
+
+// poolModel is the contract's pool semantics written plainly: a charge
+// takes from the token and from every pool it belongs to or names, all or
+// none; a refund gives back to each once.
+type poolModel struct {
+	limits, counts map[string]int64 // "token:a", "pool:P"
+	member         map[string][]string
+	charged        map[RequestID][]string
+	units          map[RequestID]int64
+	refunded       map[RequestID]bool
+}
+
+func (m *poolModel) consume(id RequestID, tok string, units int64, named []string) bool {
+	if _, seen := m.charged[id]; seen && !m.refunded[id] {
+		return len(m.charged[id]) > 0
+	}
+	delete(m.refunded, id) // a refunded charge's id charges afresh
+	quotas := []string{"token:" + tok}
+	for _, p := range append(append([]string{}, m.member[tok]...), named...) {
+		if !slices.Contains(quotas, "pool:"+p) {
+			quotas = append(quotas, "pool:"+p)
+		}
+	}
+	for _, q := range quotas {
+		if l := m.limits[q]; l > 0 && m.counts[q]+units > l || l > 0 && m.counts[q] >= l {
+			m.charged[id] = nil
+			return false
+		}
+	}
+	for _, q := range quotas {
+		m.counts[q] += units
+	}
+	m.charged[id], m.units[id] = quotas, units
+	return true
+}
+
+func (m *poolModel) refund(id RequestID) {
+	if m.refunded[id] || len(m.charged[id]) == 0 {
+		return
+	}
+	m.refunded[id] = true
+	for _, q := range m.charged[id] {
+		m.counts[q] = max(0, m.counts[q]-m.units[id])
+	}
+}
+
+func TestFSMAgreesWithPoolModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		tf := &testFSM{t: t, f: fsmWithDedup(1<<16, nopLogger())}
+		m := &poolModel{limits: map[string]int64{}, counts: map[string]int64{}, member: map[string][]string{},
+			charged: map[RequestID][]string{}, units: map[RequestID]int64{}, refunded: map[RequestID]bool{}}
+		ids := map[string]string{}
+		for _, p := range []string{"P", "Q", "R"} {
+			limit := rapid.Int64Range(1, 8).Draw(rt, "pool_limit")
+			ids[p] = tf.createPool(t0, PoolSpec{Name: p, UsageLimit: limit}).ID
+			m.limits["pool:"+p] = limit
+		}
+		for _, tok := range []string{"a", "b"} {
+			limit := rapid.Int64Range(0, 8).Draw(rt, "token_limit")
+			pools := rapid.SliceOfNDistinct(rapid.SampledFrom([]string{"P", "Q"}), 0, 2, func(s string) string { return s }).Draw(rt, "pools")
+			var pids []string
+			for _, p := range pools {
+				pids = append(pids, ids[p])
+			}
+			if res := tf.create(t0, TokenSpec{Name: tok, UsageLimit: limit, Pools: pids}); res.Err != nil {
+				rt.Fatal(res.Err)
+			}
+			m.limits["token:"+tok], m.member[tok] = limit, pools
+		}
+		type request struct {
+			tok   string
+			units int64
+			named []string
+		}
+		var reqs []RequestID
+		sent := map[RequestID]request{}
+		for range rapid.IntRange(1, 100).Draw(rt, "steps") {
+			if len(reqs) > 0 && rapid.IntRange(0, 4).Draw(rt, "op") == 0 {
+				id := rapid.SampledFrom(reqs).Draw(rt, "refund")
+				tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+				m.refund(id)
+				continue
+			}
+			id := NewRequestID()
+			if len(reqs) > 0 && rapid.Bool().Draw(rt, "retry") {
+				id = rapid.SampledFrom(reqs).Draw(rt, "id")
+			} else {
+				reqs = append(reqs, id)
+			}
+			tok := rapid.SampledFrom([]string{"a", "b"}).Draw(rt, "token")
+			units := rapid.Int64Range(1, 3).Draw(rt, "units")
+			var named []string
+			if rapid.Bool().Draw(rt, "names_r") {
+				named = []string{"R"}
+			}
+			if r, seen := sent[id]; seen {
+				tok, units, named = r.tok, r.units, r.named // a retry is the same request
+			}
+			sent[id] = request{tok, units, named}
+			d := tf.consumePools(t0, id, tok, units, 0, named...)
+			if want := m.consume(id, tok, units, named); d.Allowed != want {
+				rt.Fatalf("consume %s %d %v: allowed %v, model %v (%+v)", tok, units, named, d.Allowed, want, d)
+			}
+			for q, want := range m.counts {
+				var got int64
+				if name, ok := strings.CutPrefix(q, "pool:"); ok {
+					got, _ = tf.poolUsage(name)
+				} else {
+					got, _ = tf.usage(strings.TrimPrefix(q, "token:"))
+				}
+				if got != want {
+					rt.Fatalf("%s: %d charged, model %d", q, got, want)
 				}
 			}
 		}

@@ -204,3 +204,69 @@ func TestPoolsSurviveSnapshots(t *testing.T) {
 		t.Fatalf("a refund after restore left %d %d on the named pool", c, b)
 	}
 }
+
+// A multipart upload reserves its unit in the token's pools and the pools
+// the request names, charges its parts' bytes to the same pools, and an
+// abort or expiry gives all of it back to each; a part too big for a pool
+// is refused without charging the token.
+func TestMultipartUploadsChargeTheirPools(t *testing.T) {
+	tf := newTestFSM(t)
+	plan := tf.createPool(t0, PoolSpec{Name: "plan", UsageLimit: 1, BytesLimit: 100})
+	tf.createPool(t0, PoolSpec{Name: "bucket", BytesLimit: 1000})
+	tf.create(t0, TokenSpec{Name: "mp", Pools: []string{plan.ID}})
+	reserve := func(at time.Time) (*multipart, Decision) {
+		m := &multipart{tf: tf, token: KeyOf("mp"), reserve: NewRequestID(), key: UploadKeyOf("bucket/x", NewRequestID().String())}
+		res := tf.apply(&command{Op: opReserveUpload, Time: at.UnixNano(), ID: m.reserve, Upload: &UploadOp{Token: &m.token, Units: 1, Expiry: int64(time.Hour), Pools: []string{"bucket"}}})
+		return m, res.Decisions[0]
+	}
+	m, d := reserve(t0)
+	if !d.Allowed {
+		t.Fatalf("reserve: %+v", d)
+	}
+	if err := m.bind(t0); err != nil {
+		t.Fatal(err)
+	}
+	// The plan's one unit is the upload's: its parts still fit.
+	if d := m.part(t0, NewRequestID(), 1, 60); !d.Allowed {
+		t.Fatalf("part 1: %+v", d)
+	}
+	if d := m.part(t0, NewRequestID(), 2, 60); d.Allowed || d.Quota != "pool:plan" || d.Reason != ReasonBytesExhausted {
+		t.Fatalf("part 2 over the plan's bytes: %+v", d)
+	}
+	if _, d := reserve(t0); d.Allowed || d.Quota != "pool:plan" {
+		t.Fatalf("a second upload in a 1-upload plan: %+v", d)
+	}
+	if c, b := tf.usage("mp"); c != 1 || b != 60 {
+		t.Fatalf("token: %d %d, want 1 and 60", c, b)
+	}
+	if c, b := tf.poolUsage("bucket"); c != 1 || b != 60 {
+		t.Fatalf("bucket: %d %d, want 1 and 60", c, b)
+	}
+	if err := m.do(t0, opAbortUpload, UploadOp{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"plan", "bucket"} {
+		if c, b := tf.poolUsage(n); c != 0 || b != 0 {
+			t.Errorf("pool %s after the abort: %d %d", n, c, b)
+		}
+	}
+	// Expiry gives back too.
+	m, _ = reserve(t0)
+	m.bind(t0)
+	m.part(t0, NewRequestID(), 1, 50)
+	tf.apply(&command{Op: opExpireUploads, Time: t0.Add(2 * time.Hour).UnixNano()})
+	for _, n := range []string{"plan", "bucket"} {
+		if c, b := tf.poolUsage(n); c != 0 || b != 0 {
+			t.Errorf("pool %s after expiry: %d %d", n, c, b)
+		}
+	}
+	// A completed upload keeps its charges in the pools.
+	m, _ = reserve(t0.Add(3 * time.Hour))
+	m.bind(t0.Add(3 * time.Hour))
+	m.part(t0.Add(3*time.Hour), NewRequestID(), 1, 70)
+	m.do(t0.Add(3*time.Hour), opCompleteBegin, UploadOp{Expiry: int64(time.Hour)})
+	m.do(t0.Add(3*time.Hour), opCompleteEnd, UploadOp{OK: true, Parts: []int32{1}})
+	if c, b := tf.poolUsage("plan"); c != 1 || b != 70 {
+		t.Errorf("plan after a completed upload: %d %d, want 1 and 70", c, b)
+	}
+}

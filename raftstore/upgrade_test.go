@@ -26,7 +26,7 @@ import (
 var writeFixture = flag.String("write-fixture", "", "write testdata/formats/NAME from this build's code")
 
 // fixtureNames lists the fixtures every build must read.
-var fixtureNames = []string{"v2", "v4", "v5", "v6"}
+var fixtureNames = []string{"v2", "v4", "v5", "v6", "v7"}
 
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
@@ -38,6 +38,8 @@ type fixtureState struct {
 	Replays []fixtureReplay `json:"replays"`
 	// Uploads are the multipart uploads held (none before v5).
 	Uploads []UploadInfo `json:"uploads,omitempty"`
+	// Pools are the pools held (none before v7).
+	Pools []Pool `json:"pools,omitempty"`
 }
 
 type fixtureReplay struct {
@@ -46,7 +48,7 @@ type fixtureReplay struct {
 }
 
 // fixtureNamesOfTokens are the token names the fixture workload uses.
-var fixtureTokenNames = []string{"plain", "bytes", "renewing", "expiring", "revoked", "reactivated", "reset", "raised", "deleted", "meta.data_x-1", "multipart"}
+var fixtureTokenNames = []string{"plain", "bytes", "renewing", "expiring", "revoked", "reactivated", "reset", "raised", "deleted", "meta.data_x-1", "multipart", "pooled", "pooled-mp"}
 
 // fixtureWorkload runs every command op against s and returns the consumes
 // whose outcomes a reader must remember.
@@ -130,7 +132,93 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 		t.Fatal(err)
 	}
 	multipartWorkload(t, s)
+	return append(replays, poolWorkload(t, s)...)
+}
+
+// poolWorkload runs every pool op: pools with limits, bytes, a window and
+// an expiry; a token in two of them; consumes naming pools (allowed, refused
+// by a pool, a missing pool skipped); a refund; a multipart upload in a
+// pool; an update, a reset, a token moved out of a pool and a deleted pool.
+func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
+	ctx := ctxT(t, 30*time.Second)
+	far := time.Date(2099, 1, 2, 3, 4, 5, 0, time.UTC)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := func(spec PoolSpec) *Pool {
+		p, err := s.CreatePool(ctx, spec)
+		must(err)
+		return p
+	}
+	plan := pool(PoolSpec{Name: "plan", UsageLimit: 3, RenewEvery: Duration(time.Hour)})
+	bytesPool := pool(PoolSpec{Name: "bytes-pool", BytesLimit: 500, ExpiresAt: &far})
+	pool(PoolSpec{Name: "bucket-a", UsageLimit: 100})
+	gone := pool(PoolSpec{Name: "gone"})
+	tok, err := s.CreateToken(ctx, TokenSpec{Name: "pooled", UsageLimit: 10, Pools: []string{plan.ID, bytesPool.ID}})
+	must(err)
+	var replays []fixtureReplay
+	consume := func(req ConsumeRequest) RequestID {
+		req.ID = NewRequestID()
+		d, err := s.Consume(ctx, req)
+		must(err)
+		replays = append(replays, fixtureReplay{Req: req, Allowed: d.Allowed})
+		return req.ID
+	}
+	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 100, Pools: []string{"bucket-a"}})
+	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 450})                                                   // refused by bytes-pool
+	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}})                         // refused: no such pool
+	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}, SkipMissingPools: true}) // allowed
+	refunded := consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 20, Pools: []string{"bucket-a"}})
+	must(s.Refund(ctx, refunded))
+	replays = replays[:len(replays)-1]
+	_, err = s.CreateToken(ctx, TokenSpec{Name: "pooled-mp", UsageLimit: 10, Pools: []string{gone.ID}})
+	must(err)
+	id := NewRequestID()
+	if d, err := s.ReserveUpload(ctx, ConsumeRequest{ID: id, Token: "pooled-mp", Units: 1, Pools: []string{"bucket-a"}}, time.Hour); err != nil || !d.Allowed {
+		t.Fatalf("reserve in a pool: %+v %v", d, err)
+	}
+	u := UploadKeyOf("bucket-a/obj", "upload-pooled")
+	must(s.BindUpload(ctx, id, u))
+	if d, err := s.ChargePart(ctx, NewRequestID(), u, 1, 64, TokenKey{}); err != nil || !d.Allowed {
+		t.Fatalf("part in a pool: %+v %v", d, err)
+	}
+	_, err = s.UpdatePool(ctx, plan.ID, PoolUpdate{UsageLimit: i64(5)})
+	must(err)
+	_, err = s.ResetPool(ctx, bytesPool.ID)
+	must(err)
+	none := []string{}
+	_, err = s.UpdateLimits(ctx, tok.ID, LimitUpdate{Pools: &[]string{plan.ID}})
+	must(err)
+	mp, err := s.Lookup(ctx, "pooled-mp")
+	must(err)
+	_, err = s.UpdateLimits(ctx, mp.ID, LimitUpdate{Pools: &none})
+	must(err)
+	must(s.DeletePool(ctx, gone.ID))
 	return replays
+}
+
+// fixturePools is every pool s holds.
+func fixturePools(t *testing.T, s *Store) []Pool {
+	ps, err := s.Pools(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+func comparePools(t *testing.T, from string, want, got []Pool) {
+	t.Helper()
+	w, _ := json.Marshal(want)
+	g, _ := json.Marshal(got)
+	if want == nil {
+		w = []byte("[]")
+	}
+	if !bytes.Equal(w, g) {
+		t.Errorf("%s: pools:\n got %s\nwant %s", from, g, w)
+	}
 }
 
 // multipartWorkload runs every multipart op: a completed upload with a
@@ -243,7 +331,7 @@ func TestWriteFormatFixture(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	replays := fixtureWorkload(t, s)
-	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.dedupSize(), Uploads: s.Uploads()}
+	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.dedupSize(), Uploads: s.Uploads(), Pools: fixturePools(t, s)}
 	snap, err := s.fsm.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +385,7 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 			}
 			checkReplays(t, "log", s, want.Replays)
 			compareUploads(t, "log", want.Uploads, s.Uploads())
+			comparePools(t, "log", want.Pools, fixturePools(t, s))
 			// What this build writes of the upgraded state holds no name.
 			for _, name := range []string{"meta.data_x-1", "reactivated", "renewing", "expiring"} {
 				if bytes.Contains(snapshotBytes(t, s.fsm), []byte(name)) {
@@ -320,6 +409,7 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 			}
 			checkReplays(t, "snapshot", s2, want.Replays)
 			compareUploads(t, "snapshot", want.Uploads, s2.Uploads())
+			comparePools(t, "snapshot", want.Pools, fixturePools(t, s2))
 		})
 	}
 }
