@@ -199,7 +199,9 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if op == s3Read {
 		return next.ServeHTTP(w, r)
 	}
-	if op == s3Ambiguous {
+	if op == s3Ambiguous || (target.style == styleUnknown && len(h.Pools) > 0) {
+		// With pools the bucket matters (a pool may be named after it),
+		// so every write needs its style known.
 		return h.refuse(w, r, next, repl, http.StatusBadRequest, "ambiguous_address", "Ambiguous S3 address", ambiguityMessage(r, h.S3.Domains))
 	}
 	if target.style != styleUnknown {
