@@ -299,7 +299,7 @@ func TestSgraphSendExampleWithACustomerPool(t *testing.T) {
 	}
 	app := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"ok":true}`) })}
 	appPort := freePort(t)
-	l, err := net.Listen("tcp", "127.0.0.1:" + appPort)
+	l, err := net.Listen("tcp", "127.0.0.1:"+appPort)
 	if err != nil {
 		t.Fatal(err)
 	}
