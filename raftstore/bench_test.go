@@ -162,3 +162,60 @@ func BenchmarkSnapshotRoundTrip(b *testing.B) {
 		b.ReportMetric(float64(size)/(1<<20), "MB")
 	}
 }
+
+// BenchmarkPoolMemory reports the heap cost of one pool (100k pools, each
+// with a name like a customer's).
+func BenchmarkPoolMemory(b *testing.B) {
+	const n = 100_000
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f := fsmWithDedup(MinDedupSize, nopLogger())
+		for k := 0; k < n; k++ {
+			if res := f.applyCreatePool(&command{Pool: &PoolSpec{Name: fmt.Sprintf("customer-%07d", k), UsageLimit: 1000, BytesLimit: 1 << 40}}, t0); res.Err != nil {
+				b.Fatal(res.Err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/pool")
+		runtime.KeepAlive(f)
+	}
+}
+
+// BenchmarkConsumeInPools: three nodes, 64 clients, one token in 0, 1 or
+// 4 pools (each charge then touches 1, 2 or 5 counters in one entry).
+func BenchmarkConsumeInPools(b *testing.B) {
+	for _, pools := range []int{0, 1, 4} {
+		b.Run(fmt.Sprintf("pools=%d", pools), func(b *testing.B) {
+			c := newTestCluster(b, 3)
+			ctx := context.Background()
+			var ids []string
+			for i := range pools {
+				p, err := c.nodes[0].CreatePool(ctx, PoolSpec{Name: fmt.Sprintf("pool-%d", i)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ids = append(ids, p.ID)
+			}
+			if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "bench", Pools: ids}); err != nil {
+				b.Fatal(err)
+			}
+			var n atomic.Int64
+			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				s := c.nodes[int(n.Add(1))%3]
+				for pb.Next() {
+					if _, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "bench", Units: 1}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
+		})
+	}
+}

@@ -298,6 +298,14 @@ func (s *Store) start() error {
 		mem := raft.NewInmemStore()
 		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
 	} else {
+		check, err := CheckDataDir(cfg.DataDir, true)
+		if err != nil {
+			return err
+		}
+		for _, p := range check.MovedAside {
+			s.logger.Warn("a damaged snapshot was moved aside; starting from the newest good one",
+				zap.String("path", p), zap.String("data_dir", cfg.DataDir))
+		}
 		stores, err := openLogStores(cfg.DataDir, cfg.LogStore, hl, s.logger, cfg.walSegmentSize)
 		if err != nil {
 			return err
