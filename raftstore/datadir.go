@@ -12,8 +12,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
+	"go.uber.org/zap"
 )
 
 // A node checks its data dir before Raft opens it, so damage is named
@@ -148,7 +150,7 @@ func checkBolt(path string, c *DataDirCheck) error {
 		// for: it uses the other, and rewrites this one on its next commit.
 		c.say("%s: one meta page is damaged (%v); bbolt uses the other", path, errors.Join(err0, err1))
 	}
-	c.say("%s: ok (bbolt check passed, %d bytes, transaction %d)", path, fi.Size(), m.Txid)
+	c.say("%s: ok (meta pages and B+tree checked, %d bytes, transaction %d)", path, fi.Size(), m.Txid)
 	return nil
 }
 
@@ -350,4 +352,82 @@ func checkSnapshot(path string) (*raft.SnapshotMeta, error) {
 		return nil, errors.New("state.bin CRC mismatch")
 	}
 	return &meta.SnapshotMeta, nil
+}
+
+// VerifyDataDir is CheckDataDir without repairs, and it also decodes the
+// newest good snapshot with this build (its format version, its tokens
+// and pools): the offline check `caddy quota verify` runs.
+func VerifyDataDir(dir string) (*DataDirCheck, error) {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return &DataDirCheck{}, fmt.Errorf("%s is not a directory", dir)
+	}
+	c, err := CheckDataDir(dir, false)
+	if err != nil {
+		return c, err
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "node-id")); err == nil {
+		c.say("node id: %s", strings.TrimSpace(string(b)))
+	}
+	snaps := filepath.Join(dir, "snapshots", "snapshots")
+	entries, _ := os.ReadDir(snaps)
+	for i := len(entries) - 1; i >= 0; i-- {
+		path := filepath.Join(snaps, entries[i].Name())
+		if _, err := checkSnapshot(path); err != nil {
+			continue
+		}
+		f, err := os.Open(filepath.Join(path, "state.bin"))
+		if err != nil {
+			return c, &DamageError{Path: path, Problem: err.Error()}
+		}
+		var version [4]byte
+		io.ReadFull(f, version[:])
+		f.Seek(0, io.SeekStart)
+		state, err := readSnapshot(f)
+		f.Close()
+		if err != nil {
+			return c, &DamageError{Path: filepath.Join(path, "state.bin"), Problem: err.Error()}
+		}
+		c.say("%s: snapshot format %d, %d tokens, %d pools, %d request ids, %d open uploads", path, version[3], state.tokens.len(), len(state.pools.byID), state.dedup.Len(), len(state.uploads.uploads))
+		break
+	}
+	return c, nil
+}
+
+// sayWhatWasJoined tells, once a leader is known, whether this node's
+// empty data dir started a new cluster or rejoined one that holds state
+// (a member recovered by wiping its data dir): the leader has applied
+// more than the bootstrap configuration and this node's first leader
+// proposals.
+func (s *Store) sayWhatWasJoined() {
+	defer s.wg.Done()
+	// Judged as soon as a leader is known: a new cluster's leader has
+	// applied only its first few commands then.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		select {
+		case <-s.closed:
+			return
+		case <-tick.C:
+		}
+		id, _, err := s.leader()
+		if err != nil {
+			continue
+		}
+		var leaderApplied uint64
+		if id == s.cfg.NodeID {
+			leaderApplied = s.fsm.applied.Load()
+		} else if points, err := s.fetchReadPoint([]struct{}{{}}); err == nil {
+			leaderApplied = points[0].Applied
+		} else {
+			continue
+		}
+		if leaderApplied > 16 || s.raft.Stats()["last_snapshot_index"] != "0" {
+			s.logger.Info("this node's data dir was empty: it rejoined an existing cluster and copies its state from the leader",
+				zap.String("leader", id), zap.Uint64("leader_applied_index", leaderApplied), zap.String("data_dir", s.cfg.DataDir))
+		} else {
+			s.logger.Info("started a new cluster with the configured peers", zap.String("leader", id), zap.String("data_dir", s.cfg.DataDir))
+		}
+		return
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // damagedNode writes a node's data dir with raft.db holding its log and two
@@ -134,5 +136,61 @@ func TestDamagedSnapshotFallsBackOrStops(t *testing.T) {
 	var de *DamageError
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "no snapshot is readable") {
 		t.Fatalf("opening with every snapshot damaged: %v", err)
+	}
+}
+
+// A member whose data dir was wiped, started again with the same config,
+// rejoins: it says so (not that it made a new cluster), copies the
+// cluster's state, and the cluster keeps deciding.
+func TestWipedMemberRejoinsAndSaysSo(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	c := newTestClusterWith(t, 3, zap.New(core), nil)
+	ctx := ctxT(t, 60*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); logs.FilterMessageSnippet("started a new cluster").Len() < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("a new cluster's nodes did not each say they started one: %v", logs.FilterMessageSnippet("cluster").All())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "kept", UsageLimit: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	for range 30 {
+		if _, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "kept", Units: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victim := (c.leaderIndex() + 1) % 3
+	c.stop(victim)
+	if err := os.RemoveAll(c.config(victim).DataDir); err != nil {
+		t.Fatal(err)
+	}
+	logs.TakeAll()
+	c.reopen(victim)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if tok, err := c.nodes[victim].Lookup(ctx, "kept"); err == nil && tok.UsageCount == 30 && c.nodes[victim].AppliedIndex() > 16 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the wiped member did not catch up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		said := logs.FilterMessageSnippet("rejoined an existing cluster")
+		if said.Len() > 0 {
+			if e := said.All()[0]; said.Len() != 1 || e.LoggerName != c.peers[victim].ID {
+				t.Fatalf("rejoin said by the wrong nodes: %v", said.All())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the wiped member never said it rejoined; it said: %v", logs.All())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := logs.FilterMessageSnippet("new").FilterLevelExact(zapcore.WarnLevel).Len(); n != 0 {
+		t.Fatalf("the rejoining member warned of a new cluster %d times", n)
 	}
 }

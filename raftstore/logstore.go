@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -51,6 +52,8 @@ type logStores struct {
 	// segmentSize is the WAL's segment file size (0: raft-wal's 64 MiB);
 	// the format fixtures are written with small ones.
 	segmentSize int
+	// watch is the log as raft writes it, watched for failing writes.
+	watch *watchedLog
 }
 
 func (ls *logStores) openAt(path string) (*wal.WAL, error) {
@@ -206,9 +209,42 @@ func (ls *logStores) moveBoltLog(dir string, logger *zap.Logger) error {
 // entries, which the leader reads back to replicate them.
 func (ls *logStores) logs() (raft.LogStore, error) {
 	if ls.wal != nil {
-		return raft.NewLogCache(512, ls.wal)
+		ls.watch = &watchedLog{LogStore: ls.wal}
+	} else {
+		ls.watch = &watchedLog{LogStore: ls.bolt}
 	}
-	return raft.NewLogCache(512, ls.bolt)
+	return raft.NewLogCache(512, ls.watch)
+}
+
+// watchedLog notes whether the last log write failed (a full or failing
+// disk), for the health check.
+type watchedLog struct {
+	raft.LogStore
+	failing atomic.Pointer[error]
+}
+
+func (w *watchedLog) StoreLog(l *raft.Log) error { return w.note(w.LogStore.StoreLog(l)) }
+
+func (w *watchedLog) StoreLogs(ls []*raft.Log) error { return w.note(w.LogStore.StoreLogs(ls)) }
+
+func (w *watchedLog) note(err error) error {
+	if err != nil {
+		w.failing.Store(&err)
+	} else if w.failing.Load() != nil {
+		w.failing.Store(nil)
+	}
+	return err
+}
+
+// writeError is the error of the last log write, if it failed.
+func (w *watchedLog) writeError() error {
+	if w == nil {
+		return nil
+	}
+	if p := w.failing.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (ls *logStores) close() error {

@@ -198,6 +198,8 @@ func (c *Config) Validate() error {
 type Store struct {
 	cfg    Config
 	logger *zap.Logger
+	// newDataDir: this start bootstrapped an empty data dir with peers.
+	newDataDir bool
 
 	fsm       *fsm
 	raft      *raft.Raft
@@ -391,10 +393,18 @@ func (s *Store) start() error {
 			if err := raft.BootstrapCluster(rc, logs, stable, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
 				return fmt.Errorf("bootstrapping cluster: %w", err)
 			}
-			// A new cluster on a node that was meant to hold data (a changed
-			// node_id or data_dir) would look like lost tokens: say it loudly.
-			s.logger.Warn("bootstrapped a new, empty cluster in this data dir; if this node should have joined an existing cluster or kept its data, stop it and check node_id and data_dir",
-				zap.String("data_dir", cfg.DataDir), zap.Int("voters", len(servers)))
+			if len(cfg.Peers) == 0 {
+				// A new cluster on a node that was meant to hold data (a
+				// changed node_id or data_dir) would look like lost tokens:
+				// say it loudly.
+				s.logger.Warn("bootstrapped a new, empty cluster in this data dir; if this node should have joined an existing cluster or kept its data, stop it and check node_id and data_dir",
+					zap.String("data_dir", cfg.DataDir), zap.Int("voters", len(servers)))
+			} else {
+				// With peers, an empty data dir is either a new cluster's
+				// first start or a member rejoining after its data dir was
+				// lost: which one shows once a leader is known.
+				s.newDataDir = true
+			}
 		}
 	}
 
@@ -424,6 +434,10 @@ func (s *Store) start() error {
 	r.RegisterObserver(s.observer)
 	s.wg.Add(1)
 	go s.watchLeader(obsCh)
+	if s.newDataDir {
+		s.wg.Add(1)
+		go s.sayWhatWasJoined()
+	}
 	if cfg.Gateway {
 		s.wg.Add(1)
 		go s.joinAsGateway()
@@ -927,6 +941,11 @@ func (s *Store) Health(ctx context.Context) error {
 	if err := s.Halted(); err != nil {
 		return err
 	}
+	if s.stores != nil {
+		if err := s.stores.watch.writeError(); err != nil {
+			return fmt.Errorf("%w: this node cannot write its log (%v); free the disk or fix it", ErrUnavailable, err)
+		}
+	}
 	addr, id := s.raft.LeaderWithID()
 	if addr == "" {
 		return fmt.Errorf("%w: no leader known", ErrUnavailable)
@@ -947,6 +966,27 @@ func (s *Store) Health(ctx context.Context) error {
 	}
 	if since := time.Since(s.raft.LastContact()); since > 2*s.cfg.HeartbeatTimeout {
 		return fmt.Errorf("%w: no contact with leader %s for %s", ErrUnavailable, id, since.Round(time.Millisecond))
+	}
+	return s.caughtUp(ctx)
+}
+
+// HealthLag is how long a follower may take to apply what its leader had
+// applied when asked, before health reports it behind.
+const HealthLag = time.Second
+
+// caughtUp reports a follower that cannot apply, within HealthLag, the
+// commands its leader had applied: one whose log writes fail, or that
+// fell far behind. Such a node would answer every linearizable read late.
+func (s *Store) caughtUp(ctx context.Context) error {
+	points, err := s.readPoints.do(ctx, []struct{}{{}})
+	if err != nil {
+		return fmt.Errorf("%w: cannot reach the leader: %v", ErrUnavailable, err)
+	}
+	want := points[0].Applied
+	wctx, cancel := context.WithTimeout(ctx, HealthLag)
+	defer cancel()
+	if _, err := s.waitApplied(wctx, want); err != nil {
+		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", ErrUnavailable, s.fsm.applied.Load(), want, HealthLag)
 	}
 	return nil
 }

@@ -1,0 +1,90 @@
+package raftstore
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestHealthSaysWhenADiskIsFull: a follower whose data dir (a small tmpfs)
+// fills up answers health with the reason while the others decide on, and
+// is healthy again once space is freed. Needs root for the mount; CI
+// runs as root.
+func TestHealthSaysWhenADiskIsFull(t *testing.T) {
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=160m"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mounting a tmpfs: %v (CI runs as root)", err)
+		}
+		t.Skipf("mounting a tmpfs needs root: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	c, layers := listenTestCluster(t, 3, nil)
+	c.tweak = func(i int, cfg *Config) {
+		if i == 2 {
+			// Small WAL segments: a full disk shows at the next one, not
+			// after a 64 MiB preallocated segment fills.
+			cfg.DataDir, cfg.walSegmentSize = filepath.Join(mnt, "node3"), 1<<20
+		}
+	}
+	c.start(layers)
+	ctx := ctxT(t, 60*time.Second)
+	if c.leaderIndex() == 2 {
+		if err := c.nodes[2].raft.LeadershipTransfer().Error(); err != nil {
+			t.Fatal(err)
+		}
+		for c.leaderIndex() == 2 || c.leaderIndex() < 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "disk"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.nodes[2].Health(ctx); err != nil {
+		t.Fatalf("health before the disk fills: %v", err)
+	}
+	// Fill the tmpfs.
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Close()
+	var reason error
+	deadline := time.Now().Add(30 * time.Second)
+	for reason == nil {
+		for range 50 {
+			// Entries big enough to need new pages and segments.
+			if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "t" + NewRequestID().String()[:12], Metadata: map[string]string{"pad": strings.Repeat("x", 1000)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		reason = c.nodes[2].Health(ctx)
+		if time.Now().After(deadline) {
+			t.Fatal("a follower with a full disk still says it is healthy")
+		}
+	}
+	t.Logf("full disk: %v", reason)
+	if err := c.nodes[0].Health(ctx); err != nil {
+		t.Fatalf("the leader's health with a follower's disk full: %v", err)
+	}
+	os.Remove(filler)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		c.nodes[0].CreateToken(ctx, TokenSpec{Name: "t" + NewRequestID().String()[:12]})
+		if err := c.nodes[2].Health(ctx); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the follower is still unhealthy after space was freed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
