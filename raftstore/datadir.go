@@ -56,6 +56,9 @@ func (c *DataDirCheck) say(format string, args ...any) {
 // older one is good. A *DamageError says what stops the node.
 func CheckDataDir(dir string, repair bool) (*DataDirCheck, error) {
 	c := &DataDirCheck{}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs // messages name files an operator can find
+	}
 	if err := checkBolt(filepath.Join(dir, boltFile), c); err != nil {
 		return c, err
 	}
