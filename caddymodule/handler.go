@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -100,6 +101,30 @@ type Handler struct {
 	app     *App
 	logger  *zap.Logger
 	denials *denialLog
+	outage  *everyInterval
+}
+
+// everyInterval admits one event per outageLogInterval and counts the
+// others.
+type everyInterval struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// outageLogInterval is how often an ongoing outage is logged.
+const outageLogInterval = 10 * time.Second
+
+func (e *everyInterval) admit(now time.Time) (bool, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now.Sub(e.last) < outageLogInterval {
+		e.skipped++
+		return false, 0
+	}
+	n := e.skipped
+	e.last, e.skipped = now, 0
+	return true, n
 }
 
 // CaddyModule returns the Caddy module information.
@@ -115,6 +140,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.denials = newDenialLog()
+	h.outage = new(everyInterval)
 	if h.Cost == 0 {
 		h.Cost = 1
 	}
@@ -308,8 +334,10 @@ func (h *Handler) decided(w http.ResponseWriter, r *http.Request, next caddyhttp
 			// The consume may have been applied without this node learning
 			// of it. The client is told it failed, so take the charge back:
 			// a refund by the same id undoes it, or, if the consume is
-			// applied later, makes it charge nothing.
-			h.refund(store, c.id, fp, http.StatusServiceUnavailable, err)
+			// applied later, makes it charge nothing. The cluster could not
+			// be reached just now, so the refund is kept and retried in the
+			// background until the leader has it; the 503 goes out now.
+			store.RefundLater(c.id)
 		}
 		return h.unavailable(w, r, next, repl, fp, err)
 	}
@@ -406,7 +434,10 @@ func (h *Handler) refund(store *raftstore.Store, id raftstore.RequestID, fp stri
 		fields = append(fields, zap.NamedError("cause", cause))
 	}
 	if err := store.Refund(ctx, id); err != nil {
-		h.logger.Error("refunding failed upload", append(fields, zap.Error(err))...)
+		// Kept and retried until the leader has it (the store says at
+		// WARN while refunds wait).
+		store.RefundLater(id)
+		h.logger.Debug("refund of a failed upload queued for retry", append(fields, zap.Error(err))...)
 		return
 	}
 	refunds.Inc()
@@ -498,8 +529,13 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddy
 			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)), zap.Error(err))
 		return next.ServeHTTP(w, r)
 	}
-	h.logger.Error("quota cluster unavailable",
-		zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)), zap.Error(err))
+	if ok, since := h.outage.admit(time.Now()); ok {
+		// One line per interval however many requests get a 503: an
+		// outage must not flood the log it is diagnosed from.
+		h.logger.Warn("quota cluster unavailable; answering 503 with Retry-After",
+			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)),
+			zap.Int("unavailable_answers_not_logged", since), zap.Error(err))
+	}
 	w.Header().Set("Retry-After", "1")
 	return h.deny(w, r, repl, http.StatusServiceUnavailable, "unavailable", "Quota service unavailable",
 		"The quota cluster could not decide in time; retry shortly.", "", nil)

@@ -22,7 +22,7 @@ func TestOnUnavailable(t *testing.T) {
 		status int
 		level  string
 	}{
-		{"deny", http.StatusServiceUnavailable, "error"},
+		{"deny", http.StatusServiceUnavailable, "warn"},
 		{"allow", http.StatusNoContent, "warn"},
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
@@ -30,7 +30,7 @@ func TestOnUnavailable(t *testing.T) {
 			h := &Handler{
 				Key: "{http.request.header.X-Quota-Token}", Cost: 1, ChargeOn: "success",
 				OnUnavailable: tt.mode, Timeout: caddy.Duration(time.Second),
-				app: &App{node: new(atomic.Pointer[node])}, logger: zap.New(core),
+				app: &App{node: new(atomic.Pointer[node])}, logger: zap.New(core), outage: new(everyInterval),
 			}
 			req := httptest.NewRequest("PUT", "/bucket/object", http.NoBody)
 			req.Header.Set("X-Quota-Token", "some-token")

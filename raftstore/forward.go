@@ -294,7 +294,7 @@ func (f *forwarder) serve() {
 }
 
 // client returns a pooled client for addr, dialing when the pool is short.
-func (f *forwarder) client(addr string) (*rpc.Client, error) {
+func (f *forwarder) client(addr string, gone <-chan struct{}) (*rpc.Client, error) {
 	i := int(f.next.Add(1) % forwardPoolSize)
 	f.mu.Lock()
 	if f.closed {
@@ -308,7 +308,7 @@ func (f *forwarder) client(addr string) (*rpc.Client, error) {
 		return c, nil
 	}
 	f.mu.Unlock()
-	conn, err := f.s.mux.forward.Dial(raft.ServerAddress(addr), f.s.cfg.ApplyTimeout)
+	conn, err := f.dial(addr, gone)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dialing leader %s: %v", ErrUnavailable, addr, err)
 	}
@@ -325,6 +325,31 @@ func (f *forwarder) client(addr string) (*rpc.Client, error) {
 	}
 	f.clients[addr] = append(f.clients[addr], c)
 	return c, nil
+}
+
+// dial connects to addr, giving up when the leader changes: a dial to a
+// leader that is black-holed waits out its whole timeout otherwise.
+func (f *forwarder) dial(addr string, gone <-chan struct{}) (net.Conn, error) {
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan dialed, 1)
+	go func() {
+		c, err := f.s.mux.forward.Dial(raft.ServerAddress(addr), f.s.cfg.ApplyTimeout)
+		ch <- dialed{c, err}
+	}()
+	select {
+	case d := <-ch:
+		return d.c, d.err
+	case <-gone:
+		go func() {
+			if d := <-ch; d.c != nil {
+				d.c.Close()
+			}
+		}()
+		return nil, errors.New("the leader changed while dialing it")
+	}
 }
 
 func (f *forwarder) drop(addr string, c *rpc.Client) {
@@ -344,7 +369,8 @@ func (f *forwarder) drop(addr string, c *rpc.Client) {
 // ErrUnavailable: the call may or may not have been applied, and the caller
 // retries with the same request id.
 func (f *forwarder) call(ctx context.Context, addr, method string, args, out any) error {
-	c, err := f.client(addr)
+	gone := f.s.leaderGoneCh()
+	c, err := f.client(addr, gone)
 	if err != nil {
 		return err
 	}
@@ -365,6 +391,9 @@ func (f *forwarder) call(ctx context.Context, addr, method string, args, out any
 		// forever. Drop it; the next call dials afresh.
 		f.drop(addr, c)
 		return fmt.Errorf("%w: %s to %s: %v", ErrUnavailable, method, addr, ctx.Err())
+	case <-gone:
+		f.drop(addr, c)
+		return fmt.Errorf("%w: %s to %s: the leader changed", ErrUnavailable, method, addr)
 	}
 }
 

@@ -200,6 +200,11 @@ type Store struct {
 	logger *zap.Logger
 	// newDataDir: this start bootstrapped an empty data dir with peers.
 	newDataDir bool
+	// refunds are refunds waiting for a leader (refundqueue.go).
+	refunds *refundQueue
+	// leaderGone is closed when the leader this node knows changes
+	// (leaderMoved): forwarded calls to the old one end and are re-sent.
+	leaderGone atomic.Pointer[chan struct{}]
 
 	fsm       *fsm
 	raft      *raft.Raft
@@ -438,6 +443,9 @@ func (s *Store) start() error {
 		s.wg.Add(1)
 		go s.sayWhatWasJoined()
 	}
+	s.refunds = newRefundQueue()
+	s.wg.Add(1)
+	go s.retryRefunds()
 	if cfg.Gateway {
 		s.wg.Add(1)
 		go s.joinAsGateway()
@@ -470,6 +478,7 @@ func (s *Store) watchLeader(ch chan raft.Observation) {
 			case raft.ResumedHeartbeatObservation:
 				s.peers.resumed(string(d.PeerID))
 			case raft.LeaderObservation:
+				s.leaderMoved()
 				s.leaderChanges.Add(1)
 				s.clock.invalidate()
 				s.peers.reset()
@@ -483,6 +492,25 @@ func (s *Store) watchLeader(ch chan raft.Observation) {
 			}
 		}
 	}
+}
+
+// leaderMoved ends the calls forwarded to the leader this node knew: they
+// return ErrUnavailable and are retried, with the same request ids, with
+// whichever leader is known next, instead of waiting out their timeouts
+// on a leader that is gone (a black-holed one answers nothing).
+func (s *Store) leaderMoved() {
+	ch := make(chan struct{})
+	if old := s.leaderGone.Swap(&ch); old != nil {
+		close(*old)
+	}
+}
+
+// leaderGoneCh is closed when the current leader changes.
+func (s *Store) leaderGoneCh() <-chan struct{} {
+	if p := s.leaderGone.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // leaderDuties runs when this node becomes leader: it proposes the
