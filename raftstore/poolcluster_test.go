@@ -122,3 +122,51 @@ func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 		t.Errorf("token after the refund: %d", tok.UsageCount)
 	}
 }
+
+// TestRefundWaitsForTheLeader: a refund made while no quorum can be
+// reached is kept and retried; once the cluster is back the leader has it
+// and the charge is gone, from the token and its pool.
+func TestRefundWaitsForTheLeader(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	p, err := c.nodes[0].CreatePool(ctx, PoolSpec{Name: "plan", UsageLimit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "tok", UsageLimit: 10, Pools: []string{p.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	id := NewRequestID()
+	if d, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: id, Token: "tok", Units: 1}); err != nil || !d.Allowed {
+		t.Fatalf("%+v %v", d, err)
+	}
+	survivor := c.leaderIndex()
+	for i := range c.nodes {
+		if i != survivor {
+			c.stop(i)
+		}
+	}
+	c.nodes[survivor].RefundLater(id)
+	time.Sleep(500 * time.Millisecond)
+	if n := c.nodes[survivor].PendingRefunds(); n != 1 {
+		t.Fatalf("%d refunds pending without a quorum, want 1", n)
+	}
+	for i := range c.nodes {
+		if i != survivor {
+			c.reopen(i)
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); c.nodes[survivor].PendingRefunds() != 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the refund never reached the leader")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tok, err := c.nodes[survivor].Lookup(ctx, "tok")
+	if err != nil || tok.UsageCount != 0 {
+		t.Fatalf("token after the refund: %+v %v", tok, err)
+	}
+	if got, _ := c.nodes[survivor].Pool(ctx, p.ID); got.UsageCount != 0 {
+		t.Fatalf("pool after the refund: %+v", got)
+	}
+}
