@@ -1,12 +1,17 @@
 package robustness
 
 import (
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The pool recipes in README.md and examples/sgraph-send/README.md run as
@@ -99,4 +104,152 @@ func TestPoolRecipesRunAsWritten(t *testing.T) {
 	}
 	// The global cap recipe's pool.
 	run([]string{"quota", "pool", "create", "global-daily", "--bytes-limit", "1099511627776", "--renew-every", "24h"})
+}
+
+// TestHolderUsageEndpoint: the embedded default's GET /usage answers the
+// caller's own token: its usage and its pools, with RateLimit headers,
+// charging nothing; refusals as an upload route gives them.
+func TestHolderUsageEndpoint(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	admin, web := freePort(t), freePort(t)
+	s := movePorts(string(b), map[string]string{"2019": admin, "8080": web, "9000": freePort(t)})
+	s = strings.Replace(s, "\tpersist_config off\n", "\tpersist_config off\n\tquota {\n\t\traft_address 127.0.0.1:"+freePort(t)+"\n\t}\n", 1)
+	os.WriteFile(filepath.Join(dir, "Caddyfile"), []byte(s), 0o644)
+	_, exited := spawn(t, dir, "default", "run", "--config", "Caddyfile")
+	adminURL := "http://127.0.0.1:" + admin
+	waitHealth(t, adminURL, exited)
+	p := createPool(t, adminURL, map[string]any{"name": "plan-usage", "usage_limit": 3, "renew_every": "720h"})
+	adminJSON(t, "POST", adminURL+"/quota/tokens", map[string]any{"name": "holder-secret-1", "usage_limit": 10, "bytes_limit": 1000, "pools": []string{p.ID}}, http.StatusCreated, nil)
+	do := func(method, path, tok, body string) (*http.Response, string) {
+		req, _ := http.NewRequest(method, "http://127.0.0.1:"+web+path, strings.NewReader(body))
+		if tok != "" {
+			req.Header.Set("X-Quota-Token", tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+	for i := range 2 {
+		if resp, body := do("PUT", fmt.Sprintf("/upload/u/o%d", i), "holder-secret-1", "12345"); resp.StatusCode != 200 {
+			t.Fatalf("upload: %d %s", resp.StatusCode, body)
+		}
+	}
+	for range 2 { // asking twice charges nothing
+		resp, body := do("GET", "/usage", "holder-secret-1", "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("usage: %d %s", resp.StatusCode, body)
+		}
+		var v struct {
+			Token struct {
+				UsageCount int64  `json:"usage_count"`
+				Remaining  int64  `json:"remaining"`
+				BytesUsed  int64  `json:"bytes_used"`
+				ID         string `json:"id"`
+			} `json:"token"`
+			Pools []struct {
+				Name      string     `json:"name"`
+				Remaining int64      `json:"remaining"`
+				ResetsAt  *time.Time `json:"resets_at"`
+			} `json:"pools"`
+			Quota string `json:"quota"`
+		}
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Token.UsageCount != 2 || v.Token.Remaining != 8 || v.Token.BytesUsed != 10 || len(v.Pools) != 1 || v.Pools[0].Remaining != 1 || v.Pools[0].ResetsAt == nil || v.Quota != "pool:plan-usage" {
+			t.Fatalf("usage answer: %s", body)
+		}
+		if strings.Contains(body, "holder-secret-1") {
+			t.Fatal("the usage answer holds the token's name")
+		}
+		if got := resp.Header.Get("RateLimit"); !strings.Contains(got, `"uploads";r=1`) {
+			t.Fatalf("RateLimit %q, want the pool's 1 left", got)
+		}
+	}
+	if resp, body := do("GET", "/usage", "no-such-token", ""); resp.StatusCode != 403 || !strings.Contains(body, "unknown") {
+		t.Fatalf("usage of an unknown token: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := do("GET", "/usage", "", ""); resp.StatusCode != 401 {
+		t.Fatalf("usage without a token: %d", resp.StatusCode)
+	}
+	do("PUT", "/upload/u/o3", "holder-secret-1", "x")
+	if resp, body := do("GET", "/usage", "holder-secret-1", ""); resp.StatusCode != 200 || !strings.Contains(body, `"remaining":0`) {
+		t.Fatalf("usage with the pool spent: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestQuickStartRunsAsWritten runs the README's quick start block line by
+// line with bash against the embedded default (ports moved), checking
+// each line's commented expectation: an HTTP status, or a word.
+func TestQuickStartRunsAsWritten(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	i := strings.Index(readme, "With the first command running")
+	start := strings.Index(readme[i:], "```sh\n") + i + 6
+	end := strings.Index(readme[start:], "```") + start
+	block := readme[start:end]
+
+	c, err := os.ReadFile(filepath.Join("..", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ports := map[string]string{"2019": freePort(t), "8080": freePort(t), "9000": freePort(t)}
+	s := movePorts(string(c), ports)
+	s = strings.Replace(s, "\tpersist_config off\n", "\tpersist_config off\n\tquota {\n\t\traft_address 127.0.0.1:"+freePort(t)+"\n\t}\n", 1)
+	os.WriteFile(filepath.Join(dir, "Caddyfile"), []byte(s), 0o644)
+	_, exited := spawn(t, dir, "default", "run", "--config", "Caddyfile")
+	waitHealth(t, "http://127.0.0.1:"+ports["2019"], exited)
+
+	work := t.TempDir()
+	for _, line := range strings.Split(strings.TrimSpace(block), "\n") {
+		cmdText, want, _ := strings.Cut(line, "#")
+		cmdText, want = strings.TrimSpace(cmdText), strings.TrimSpace(want)
+		if cmdText == "" {
+			continue
+		}
+		for from, to := range ports {
+			cmdText = strings.ReplaceAll(cmdText, "localhost:"+from, "127.0.0.1:"+to)
+		}
+		out, err := exec.Command("bash", "-c", "cd "+work+" && "+cmdText).Output() // curl's progress goes to stderr
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, out)
+		}
+		if want == "" {
+			continue
+		}
+		first := strings.Fields(want)[0]
+		first = strings.TrimSuffix(first, ";")
+		switch {
+		case len(first) == 3 && strings.Trim(first, "0123456789") == "":
+			// The final status: curl -i shows the 100 Continue first.
+			statuses := regexp.MustCompile(`(?m)^HTTP/1\.1 (\d{3})`).FindAllStringSubmatch(string(out), -1)
+			if len(statuses) == 0 || statuses[len(statuses)-1][1] != first {
+				t.Errorf("%s: got %.60q", line, out)
+			}
+		case first == "usage_count":
+			if !strings.Contains(string(out), `"usage_count":2`) || !strings.Contains(string(out), `"remaining":0`) {
+				t.Errorf("%s: got %s", line, out)
+			}
+		case first == "the":
+			if !strings.Contains(string(out), `"remaining":0`) {
+				t.Errorf("%s: got %s", line, out)
+			}
+		default:
+			if !strings.Contains(string(out), first) {
+				t.Errorf("%s: want %q in %s", line, first, out)
+			}
+		}
+	}
 }
