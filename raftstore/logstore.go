@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +55,8 @@ type logStores struct {
 	segmentSize int
 	// watch is the log as raft writes it, watched for failing writes.
 	watch *watchedLog
+	// stable is raft.db's stable store as raft uses it.
+	stable *closableStable
 }
 
 func (ls *logStores) openAt(path string) (*wal.WAL, error) {
@@ -216,6 +219,46 @@ func (ls *logStores) logs() (raft.LogStore, error) {
 	return raft.NewLogCache(512, ls.watch)
 }
 
+// closableStable is the stable store closed under Raft's feet safely:
+// NetworkTransport does not wait for the connection handlers it runs, and
+// one handling a heartbeat when the node stops may still save the term,
+// which Raft turns into a panic if the store is closed (hashicorp/raft
+// #717). close waits for writes in progress; a write after it never
+// returns, so the stopping node acknowledges nothing it did not persist.
+type closableStable struct {
+	raft.StableStore
+	mu     sync.RWMutex
+	closed bool
+}
+
+var never = make(chan struct{})
+
+func (c *closableStable) enter() {
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		<-never
+	}
+}
+
+func (c *closableStable) Set(k, v []byte) error {
+	c.enter()
+	defer c.mu.RUnlock()
+	return c.StableStore.Set(k, v)
+}
+
+func (c *closableStable) SetUint64(k []byte, v uint64) error {
+	c.enter()
+	defer c.mu.RUnlock()
+	return c.StableStore.SetUint64(k, v)
+}
+
+func (c *closableStable) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+}
+
 // watchedLog notes whether the last log write failed (a full or failing
 // disk), for the health check.
 type watchedLog struct {
@@ -248,6 +291,9 @@ func (w *watchedLog) writeError() error {
 }
 
 func (ls *logStores) close() error {
+	if ls.stable != nil {
+		ls.stable.close()
+	}
 	var errs []error
 	if ls.wal != nil {
 		errs = append(errs, ls.wal.Close())

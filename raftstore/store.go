@@ -321,7 +321,8 @@ func (s *Store) start() error {
 		if logs, err = stores.logs(); err != nil {
 			return err
 		}
-		stable = stores.bolt
+		stores.stable = &closableStable{StableStore: stores.bolt}
+		stable = stores.stable
 		if snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hl); err != nil {
 			return fmt.Errorf("opening snapshot store: %w", err)
 		}
