@@ -96,6 +96,7 @@ func quotaCommand(cmd *cobra.Command) {
 	expires := create.Flags().String("expires-at", "", "RFC 3339 time after which the token is refused")
 	createdBy := create.Flags().String("created-by", "", "who made it")
 	inPools := create.Flags().StringArray("pool", nil, "a pool (id or name) the token draws on; repeatable, up to 4")
+	calendar := create.Flags().String("renew-calendar", "", `reset usage on the UTC calendar: "monthly [on DAY] [at HH:MM]", "weekly [on WEEKDAY]", "daily [at HH:MM]"`)
 	create.RunE = func(_ *cobra.Command, args []string) error {
 		body := map[string]any{"usage_limit": *limit, "bytes_limit": *bytesLimit}
 		switch {
@@ -117,6 +118,9 @@ func quotaCommand(cmd *cobra.Command) {
 		}
 		if *createdBy != "" {
 			body["created_by"] = *createdBy
+		}
+		if *calendar != "" {
+			body["renew_calendar"] = *calendar
 		}
 		if len(*inPools) > 0 {
 			ids, err := resolvePools(address, *inPools)

@@ -22,10 +22,14 @@ func poolCommand(address *string) *cobra.Command {
 	limit := create.Flags().Int64("limit", 0, "uploads allowed (0 = unlimited)")
 	bytesLimit := create.Flags().Int64("bytes-limit", 0, "bytes allowed (0 = unlimited)")
 	renew := create.Flags().Duration("renew-every", 0, "reset usage at every window of this length")
+	calendar := create.Flags().String("renew-calendar", "", `reset usage on the UTC calendar: "monthly [on DAY] [at HH:MM]", "weekly [on WEEKDAY]", "daily [at HH:MM]"`)
 	create.RunE = func(_ *cobra.Command, args []string) error {
 		body := map[string]any{"name": args[0], "usage_limit": *limit, "bytes_limit": *bytesLimit}
 		if *renew > 0 {
 			body["renew_every"] = renew.String()
+		}
+		if *calendar != "" {
+			body["renew_calendar"] = *calendar
 		}
 		return adminCall(*address, http.MethodPost, "/quota/pools", body)
 	}

@@ -102,6 +102,7 @@ type TokenUsage struct {
 	BytesUsed      int64              `json:"bytes_used"`
 	BytesRemaining *int64             `json:"bytes_remaining"`
 	RenewEvery     raftstore.Duration `json:"renew_every,omitempty"`
+	RenewCalendar  string             `json:"renew_calendar,omitempty"`
 	ResetsAt       *time.Time         `json:"resets_at,omitempty"`
 	ExpiresAt      *time.Time         `json:"expires_at,omitempty"`
 }
@@ -117,6 +118,7 @@ type PoolUsage struct {
 	BytesUsed      int64              `json:"bytes_used"`
 	BytesRemaining *int64             `json:"bytes_remaining"`
 	RenewEvery     raftstore.Duration `json:"renew_every,omitempty"`
+	RenewCalendar  string             `json:"renew_calendar,omitempty"`
 	ResetsAt       *time.Time         `json:"resets_at,omitempty"`
 }
 
@@ -125,14 +127,6 @@ func orNil(n int64) *int64 {
 		return nil
 	}
 	return &n
-}
-
-func resetOf(start *time.Time, every raftstore.Duration) *time.Time {
-	if start == nil || every <= 0 {
-		return nil
-	}
-	at := start.Add(time.Duration(every))
-	return &at
 }
 
 func (u *Usage) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -187,7 +181,7 @@ func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d raf
 	v := UsageView{Quota: d.Quota, Token: TokenUsage{
 		ID: t.ID, Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, Remaining: orNil(t.Remaining()),
 		BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, BytesRemaining: orNil(t.BytesRemaining()),
-		RenewEvery: t.RenewEvery, ResetsAt: resetOf(t.WindowStart, t.RenewEvery), ExpiresAt: t.ExpiresAt,
+		RenewEvery: t.RenewEvery, RenewCalendar: t.RenewCalendar, ResetsAt: t.ResetsAt, ExpiresAt: t.ExpiresAt,
 	}}
 	for _, id := range t.Pools {
 		p, err := s.Pool(ctx, id)
@@ -197,7 +191,7 @@ func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d raf
 		v.Pools = append(v.Pools, PoolUsage{
 			Name: p.Name, Status: p.Status, UsageLimit: p.UsageLimit, UsageCount: p.UsageCount, Remaining: orNil(p.Remaining()),
 			BytesLimit: p.BytesLimit, BytesUsed: p.BytesUsed, BytesRemaining: orNil(p.BytesRemaining()),
-			RenewEvery: p.RenewEvery, ResetsAt: resetOf(p.WindowStart, p.RenewEvery),
+			RenewEvery: p.RenewEvery, RenewCalendar: p.RenewCalendar, ResetsAt: p.ResetsAt,
 		})
 	}
 	return v, nil

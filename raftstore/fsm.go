@@ -348,13 +348,19 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 	if err != nil {
 		return &applyResult{Err: err}
 	}
-	if spec.CreatedBy != "" || spec.Metadata != nil || spec.RenewEvery != 0 {
-		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery}
+	cal, err := ParseCalendar(spec.RenewCalendar)
+	if err != nil {
+		return &applyResult{Err: err}
+	}
+	if spec.CreatedBy != "" || spec.Metadata != nil || spec.RenewEvery != 0 || !cal.IsZero() {
+		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery, Cal: cal}
 	}
 	f.setTokenPools(t, pools)
 	t.setExpiresAt(spec.ExpiresAt)
 	if t.renewEvery() > 0 {
 		t.setWindowStart(now.UnixNano())
+	} else if !cal.IsZero() {
+		t.setWindowStart(cal.start(now).UnixNano())
 	}
 	f.generation++
 	t.Generation = f.generation
@@ -437,10 +443,26 @@ func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
 		if *u.RenewEvery != 0 || t.ext != nil {
 			t.extW().RenewEvery = *u.RenewEvery
 		}
+		if *u.RenewEvery > 0 && t.ext != nil {
+			t.ext.Cal = Calendar{}
+		}
 		if _, has := t.windowStart(); *u.RenewEvery > 0 && !has {
 			t.setWindowStart(now.UnixNano())
-		} else if *u.RenewEvery == 0 {
+		} else if *u.RenewEvery == 0 && t.calendar().IsZero() {
 			t.clearWindowStart()
+		}
+	}
+	if u.RenewCalendar != nil {
+		cal, _ := ParseCalendar(*u.RenewCalendar) // validated
+		if !cal.IsZero() {
+			e := t.extW()
+			e.Cal, e.RenewEvery = cal, 0
+			t.setWindowStart(cal.start(now).UnixNano())
+		} else if t.ext != nil && !t.ext.Cal.IsZero() {
+			t.ext.Cal = Calendar{}
+			if t.renewEvery() == 0 {
+				t.clearWindowStart()
+			}
 		}
 	}
 	if u.Metadata != nil {
@@ -470,6 +492,8 @@ func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
 		}
 		if t.renewEvery() > 0 {
 			t.setWindowStart(now.UnixNano())
+		} else if cal := t.calendar(); !cal.IsZero() {
+			t.setWindowStart(cal.start(now).UnixNano())
 		}
 	}
 	t.UpdatedAt = now.UnixNano()

@@ -30,16 +30,20 @@ const MaxPools = 1 << 20
 
 // Pool is a shared quota, as the admin API shows it.
 type Pool struct {
-	ID          string     `json:"id"`
-	Name        string     `json:"name"`
-	UsageLimit  int64      `json:"usage_limit"`
-	UsageCount  int64      `json:"usage_count"`
-	BytesLimit  int64      `json:"bytes_limit"`
-	BytesUsed   int64      `json:"bytes_used"`
-	Status      Status     `json:"status"`
-	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
-	RenewEvery  Duration   `json:"renew_every,omitempty"`
-	WindowStart *time.Time `json:"window_start,omitempty"`
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	UsageLimit int64      `json:"usage_limit"`
+	UsageCount int64      `json:"usage_count"`
+	BytesLimit int64      `json:"bytes_limit"`
+	BytesUsed  int64      `json:"bytes_used"`
+	Status     Status     `json:"status"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	RenewEvery Duration   `json:"renew_every,omitempty"`
+	// RenewCalendar is a calendar renewal ("monthly on 1 at 00:00"), UTC.
+	RenewCalendar string     `json:"renew_calendar,omitempty"`
+	WindowStart   *time.Time `json:"window_start,omitempty"`
+	// ResetsAt is when usage next returns to zero (renewing pools only).
+	ResetsAt *time.Time `json:"resets_at,omitempty"`
 	// Tokens is how many tokens belong to the pool.
 	Tokens    int64     `json:"tokens"`
 	CreatedAt time.Time `json:"created_at"`
@@ -59,6 +63,8 @@ type PoolSpec struct {
 	BytesLimit int64      `json:"bytes_limit"`
 	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
 	RenewEvery Duration   `json:"renew_every,omitempty"`
+	// RenewCalendar renews on the UTC calendar, as a token's does.
+	RenewCalendar string `json:"renew_calendar,omitempty"`
 }
 
 // Validate reports the first thing wrong with the spec.
@@ -66,25 +72,26 @@ func (s *PoolSpec) Validate() error {
 	if err := ValidatePoolName(s.Name); err != nil {
 		return err
 	}
-	ts := TokenSpec{UsageLimit: s.UsageLimit, BytesLimit: s.BytesLimit, RenewEvery: s.RenewEvery}
+	ts := TokenSpec{UsageLimit: s.UsageLimit, BytesLimit: s.BytesLimit, RenewEvery: s.RenewEvery, RenewCalendar: s.RenewCalendar}
 	return ts.validateFields()
 }
 
 // PoolUpdate changes a pool's limits, window or expiry; nil fields are
 // left alone.
 type PoolUpdate struct {
-	UsageLimit *int64     `json:"usage_limit,omitempty"`
-	BytesLimit *int64     `json:"bytes_limit,omitempty"`
-	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
-	RenewEvery *Duration  `json:"renew_every,omitempty"`
+	UsageLimit    *int64     `json:"usage_limit,omitempty"`
+	BytesLimit    *int64     `json:"bytes_limit,omitempty"`
+	ExpiresAt     *time.Time `json:"expires_at,omitempty"`
+	RenewEvery    *Duration  `json:"renew_every,omitempty"`
+	RenewCalendar *string    `json:"renew_calendar,omitempty"`
 }
 
 // Validate reports the first thing wrong with the update.
 func (u *PoolUpdate) Validate() error {
-	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at or renew_every")
+	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.RenewCalendar == nil {
+		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every or renew_calendar")
 	}
-	lu := LimitUpdate{UsageLimit: u.UsageLimit, BytesLimit: u.BytesLimit, RenewEvery: u.RenewEvery}
+	lu := LimitUpdate{UsageLimit: u.UsageLimit, BytesLimit: u.BytesLimit, RenewEvery: u.RenewEvery, RenewCalendar: u.RenewCalendar}
 	return lu.Validate()
 }
 
@@ -132,6 +139,7 @@ type poolState struct {
 	BytesLimit  int64
 	BytesUsed   int64
 	RenewEvery  Duration
+	Cal         Calendar
 	WindowStart int64 // when hasWindow
 	ExpiresAt   int64 // when hasExpiry
 	CreatedAt   int64
@@ -157,6 +165,11 @@ func (p *poolState) pool() *Pool {
 		ws := nsTime(p.WindowStart)
 		out.WindowStart = &ws
 	}
+	out.RenewCalendar = p.Cal.String()
+	if end := windowEnd(p.RenewEvery, p.Cal, p.WindowStart, p.hasWindow); end > 0 {
+		at := nsTime(end)
+		out.ResetsAt = &at
+	}
 	return out
 }
 
@@ -171,6 +184,14 @@ func (p *poolState) window() int64 {
 // renewPool moves a pool's window forward past now, as renew does for a
 // token: aligned to the first window's start.
 func renewPool(p *poolState, now time.Time) bool {
+	if !p.Cal.IsZero() {
+		ws, reset := p.Cal.windowAt(p.WindowStart, p.hasWindow, now)
+		p.WindowStart, p.hasWindow = ws, true
+		if reset {
+			p.UsageCount, p.BytesUsed, p.Status = 0, 0, stActive
+		}
+		return reset
+	}
 	period := int64(p.RenewEvery)
 	if period <= 0 {
 		return false
@@ -369,9 +390,9 @@ func (f *fsm) givePoolsBack(refs []poolRef, units, bytes int64, now time.Time) {
 func poolDecision(d *Decision, p *poolState) {
 	d.Quota = "pool:" + p.Name
 	d.UsageLimit, d.UsageCount, d.BytesLimit, d.BytesUsed = p.UsageLimit, p.UsageCount, p.BytesLimit, p.BytesUsed
-	d.RenewEvery, d.ResetAt = p.RenewEvery, 0
-	if p.RenewEvery > 0 && p.hasWindow {
-		d.ResetAt = p.WindowStart + int64(p.RenewEvery)
+	d.RenewEvery, d.ResetAt = p.RenewEvery, windowEnd(p.RenewEvery, p.Cal, p.WindowStart, p.hasWindow)
+	if !p.Cal.IsZero() && d.ResetAt > 0 {
+		d.RenewEvery = Duration(d.ResetAt - p.WindowStart)
 	}
 }
 
@@ -430,8 +451,11 @@ func (f *fsm) applyCreatePool(c *command, now time.Time) *applyResult {
 	if spec.ExpiresAt != nil {
 		p.ExpiresAt, p.hasExpiry = spec.ExpiresAt.UnixNano(), true
 	}
+	p.Cal, _ = ParseCalendar(spec.RenewCalendar) // validated
 	if p.RenewEvery > 0 {
 		p.WindowStart, p.hasWindow = now.UnixNano(), true
+	} else if !p.Cal.IsZero() {
+		p.WindowStart, p.hasWindow = p.Cal.start(now).UnixNano(), true
 	}
 	f.pools.next++
 	f.pools.put(p)
@@ -470,8 +494,20 @@ func (f *fsm) applyUpdatePool(c *command, now time.Time) *applyResult {
 	}
 	if u.RenewEvery != nil {
 		p.RenewEvery = *u.RenewEvery
+		if p.RenewEvery > 0 {
+			p.Cal = Calendar{}
+		}
 		if p.RenewEvery > 0 && !p.hasWindow {
 			p.WindowStart, p.hasWindow = now.UnixNano(), true
+		} else if p.RenewEvery == 0 && p.Cal.IsZero() {
+			p.WindowStart, p.hasWindow = 0, false
+		}
+	}
+	if u.RenewCalendar != nil {
+		p.Cal, _ = ParseCalendar(*u.RenewCalendar) // validated
+		if !p.Cal.IsZero() {
+			p.RenewEvery = 0
+			p.WindowStart, p.hasWindow = p.Cal.start(now).UnixNano(), true
 		} else if p.RenewEvery == 0 {
 			p.WindowStart, p.hasWindow = 0, false
 		}
@@ -489,6 +525,8 @@ func (f *fsm) applyResetPool(c *command, now time.Time) *applyResult {
 	p.UsageCount, p.BytesUsed, p.Status = 0, 0, stActive
 	if p.RenewEvery > 0 {
 		p.WindowStart, p.hasWindow = now.UnixNano(), true
+	} else if !p.Cal.IsZero() {
+		p.WindowStart, p.hasWindow = p.Cal.start(now).UnixNano(), true
 	}
 	p.UpdatedAt = now.UnixNano()
 	return &applyResult{Pool: p.pool()}

@@ -19,7 +19,8 @@ import (
 //	secret, now, generation, [v3+: dedup size], token count, dedup count
 //	[v7+: next pool id, pool count, pools by id: id, name, fields]
 //	tokens, in creation order: [v6+: key (32 bytes), id (8 bytes)]
-//	        [v4, v5: key, id (16 hex digits)] [v2, v3: name], fields,
+//	        [v4, v5: key, id (16 hex digits)] [v2, v3: name], fields
+//	        ([v7+: a calendar renewal after renew_every]),
 //	        [v7+: pool count, pool ids]
 //	dedup entries, oldest first: id, flags, [v6+: token id (8 bytes)]
 //	        [v4, v5: token key (32 bytes)] [v2, v3: token name], amounts,
@@ -116,6 +117,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		}
 		sw.optTime(e.ExpiresAt, e.hasExpiry)
 		sw.varint(int64(e.RenewEvery))
+		sw.calendar(e.Cal)
 		sw.optTime(e.WindowStart, e.hasWindow)
 		sw.varint(t.CreatedAt)
 		sw.varint(t.UpdatedAt)
@@ -194,6 +196,7 @@ func (s *snapWriter) pool(p *poolState) {
 	s.varint(p.BytesUsed)
 	s.byte(byte(p.Status))
 	s.varint(int64(p.RenewEvery))
+	s.calendar(p.Cal)
 	s.optTime(p.WindowStart, p.hasWindow)
 	s.optTime(p.ExpiresAt, p.hasExpiry)
 	s.varint(p.CreatedAt)
@@ -209,6 +212,7 @@ func (s *snapReader) pool() *poolState {
 		p.Status = statusCode(st)
 	}
 	p.RenewEvery = Duration(s.varint())
+	p.Cal = s.calendar()
 	p.WindowStart, p.hasWindow = s.optTime()
 	p.ExpiresAt, p.hasExpiry = s.optTime()
 	p.CreatedAt, p.UpdatedAt = s.varint(), s.varint()
@@ -216,6 +220,21 @@ func (s *snapReader) pool() *poolState {
 		s.fail()
 	}
 	return p
+}
+
+// calendar writes a calendar renewal: unit, day, minute.
+func (s *snapWriter) calendar(c Calendar) {
+	s.byte(byte(c.Unit))
+	s.varint(int64(c.Day))
+	s.varint(int64(c.Minute))
+}
+
+func (s *snapReader) calendar() Calendar {
+	c := Calendar{Unit: calUnit(s.byte()), Day: int8(s.varint()), Minute: int16(s.varint())}
+	if !c.valid() {
+		s.fail()
+	}
+	return c
 }
 
 func (s *snapWriter) poolIDs(ids []poolID) {
@@ -500,8 +519,11 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		}
 		e.ExpiresAt, e.hasExpiry = sr.optTime()
 		e.RenewEvery = Duration(sr.varint())
+		if version >= 7 {
+			e.Cal = sr.calendar()
+		}
 		e.WindowStart, e.hasWindow = sr.optTime()
-		if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow {
+		if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow || !e.Cal.IsZero() {
 			t.ext = &e
 		}
 		t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()

@@ -64,6 +64,10 @@ type Token struct {
 	// Pools are the ids of the pools the token draws on besides its own
 	// limits.
 	Pools []string `json:"pools,omitempty"`
+	// RenewCalendar is a calendar renewal ("monthly on 1 at 00:00"), UTC.
+	RenewCalendar string `json:"renew_calendar,omitempty"`
+	// ResetsAt is when usage next returns to zero (renewing tokens only).
+	ResetsAt *time.Time `json:"resets_at,omitempty"`
 }
 
 // Remaining returns the uploads left, or -1 when the count is unlimited.
@@ -104,6 +108,10 @@ type TokenSpec struct {
 	RenewEvery Duration          `json:"renew_every,omitempty"`
 	// Pools are ids of pools the token belongs to (at most MaxTokenPools).
 	Pools []string `json:"pools,omitempty"`
+	// RenewCalendar renews usage on the UTC calendar: "daily [at HH:MM]",
+	// "weekly [on WEEKDAY] [at HH:MM]", "monthly [on DAY] [at HH:MM]".
+	// Not with renew_every.
+	RenewCalendar string `json:"renew_calendar,omitempty"`
 }
 
 // Validate reports the first thing wrong with the spec, in words for the user.
@@ -134,6 +142,9 @@ func (s *TokenSpec) validateFields() error {
 	if len(s.Pools) > MaxTokenPools {
 		return invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(s.Pools))
 	}
+	if err := validateRenewal(s.RenewEvery, s.RenewCalendar); err != nil {
+		return err
+	}
 	return validateMetadata(s.Metadata)
 }
 
@@ -161,12 +172,24 @@ type LimitUpdate struct {
 	Metadata   *map[string]string `json:"metadata,omitempty"`
 	// Pools replaces the token's pools (ids; empty: none).
 	Pools *[]string `json:"pools,omitempty"`
+	// RenewCalendar sets a calendar renewal ("": none); it replaces
+	// renew_every, and renew_every replaces it.
+	RenewCalendar *string `json:"renew_calendar,omitempty"`
 }
 
 // Validate reports the first thing wrong with the update.
 func (u *LimitUpdate) Validate() error {
-	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil && u.Pools == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, metadata or pools")
+	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil && u.Pools == nil && u.RenewCalendar == nil {
+		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar, metadata or pools")
+	}
+	if u.RenewCalendar != nil {
+		var every Duration
+		if u.RenewEvery != nil {
+			every = *u.RenewEvery
+		}
+		if err := validateRenewal(every, *u.RenewCalendar); err != nil {
+			return err
+		}
 	}
 	if u.Pools != nil && len(*u.Pools) > MaxTokenPools {
 		return invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(*u.Pools))
@@ -278,17 +301,58 @@ func decisionFor(t *tokenState) Decision {
 	d := Decision{TokenID: t.id.String(), Quota: "token", Status: t.Status.status(), UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed}
 	if e := t.ext; e != nil {
 		d.RenewEvery = e.RenewEvery
-		if e.RenewEvery > 0 && e.hasWindow {
-			d.ResetAt = e.WindowStart + int64(e.RenewEvery)
+		d.ResetAt = windowEnd(e.RenewEvery, e.Cal, e.WindowStart, e.hasWindow)
+		if !e.Cal.IsZero() && d.ResetAt > 0 {
+			d.RenewEvery = Duration(d.ResetAt - e.WindowStart) // this window's length
 		}
 	}
 	return d
+}
+
+// windowEnd is when the window that starts at ws ends (ns), or 0 when
+// there is none.
+func windowEnd(every Duration, cal Calendar, ws int64, has bool) int64 {
+	switch {
+	case !has:
+		return 0
+	case !cal.IsZero():
+		return cal.next(time.Unix(0, ws).UTC()).UnixNano()
+	case every > 0:
+		return ws + int64(every)
+	}
+	return 0
+}
+
+// validateRenewal checks a fixed and a calendar renewal: one or neither.
+func validateRenewal(every Duration, calendar string) error {
+	cal, err := ParseCalendar(calendar)
+	if err != nil {
+		return err
+	}
+	if !cal.IsZero() && every != 0 {
+		return invalidf("give renew_every or renew_calendar, not both")
+	}
+	return nil
 }
 
 // renew moves a token's window forward when now has passed its end, and
 // returns whether usage was reset. Windows are aligned to the first window's
 // start, so a late request never shifts the boundaries.
 func renew(t *tokenState, now time.Time) bool {
+	if cal := t.calendar(); !cal.IsZero() {
+		ws, has := t.windowStart()
+		nws, reset := cal.windowAt(ws, has, now)
+		if nws != ws || !has {
+			t.setWindowStart(nws)
+		}
+		if reset {
+			t.UsageCount, t.BytesUsed = 0, 0
+			if t.Status == stExhausted {
+				t.Status = stActive
+			}
+		}
+		return reset
+	}
 	period := int64(t.renewEvery())
 	if period <= 0 {
 		return false

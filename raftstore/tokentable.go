@@ -35,7 +35,9 @@ type tokenExt struct {
 	ExpiresAt   int64 // when hasExpiry
 	WindowStart int64 // when hasWindow
 	// Pools are the pools the token belongs to (never changed in place).
-	Pools     []poolID
+	Pools []poolID
+	// Cal is a calendar renewal (instead of RenewEvery).
+	Cal       Calendar
 	hasExpiry bool
 	hasWindow bool
 }
@@ -80,6 +82,14 @@ func (t *tokenState) extW() *tokenExt {
 		t.ext = &tokenExt{}
 	}
 	return t.ext
+}
+
+// calendar is t's calendar renewal, if it has one.
+func (t *tokenState) calendar() Calendar {
+	if t.ext == nil {
+		return Calendar{}
+	}
+	return t.ext.Cal
 }
 
 // pools are the pools t belongs to.
@@ -184,6 +194,11 @@ func (t *tokenState) token() *Token {
 		}
 		for _, id := range e.Pools {
 			out.Pools = append(out.Pools, id.String())
+		}
+		out.RenewCalendar = e.Cal.String()
+		if end := windowEnd(e.RenewEvery, e.Cal, e.WindowStart, e.hasWindow); end > 0 {
+			at := nsTime(end)
+			out.ResetsAt = &at
 		}
 	}
 	return out

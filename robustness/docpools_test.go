@@ -104,6 +104,31 @@ func TestPoolRecipesRunAsWritten(t *testing.T) {
 	}
 	// The global cap recipe's pool.
 	run([]string{"quota", "pool", "create", "global-daily", "--bytes-limit", "1099511627776", "--renew-every", "24h"})
+	// The stacked windows recipe (its quoted argument, as the shell reads it).
+	for _, args := range quotaLines(t, filepath.Join("..", "README.md"), "**Stacked windows**") {
+		var fixed []string
+		for i := 0; i < len(args); i++ {
+			if strings.HasPrefix(args[i], `"`) {
+				j := i
+				for !strings.HasSuffix(args[j], `"`) {
+					j++
+				}
+				fixed = append(fixed, strings.Trim(strings.Join(args[i:j+1], " "), `"`))
+				i = j
+				continue
+			}
+			fixed = append(fixed, args[i])
+		}
+		run(fixed)
+	}
+	var tok struct {
+		RenewCalendar string   `json:"renew_calendar"`
+		Pools         []string `json:"pools"`
+	}
+	adminJSON(t, "POST", "http://"+admin+"/quota/tokens/lookup", map[string]string{"name": "acme-2027"}, http.StatusOK, &tok)
+	if tok.RenewCalendar != "monthly on 1 at 00:00" || len(tok.Pools) != 1 {
+		t.Fatalf("the stacked-windows token: %+v", tok)
+	}
 }
 
 // TestHolderUsageEndpoint: the embedded default's GET /usage answers the
