@@ -390,7 +390,7 @@ func VerifyDataDir(dir string) (*DataDirCheck, error) {
 		if err != nil {
 			return c, &DamageError{Path: filepath.Join(path, "state.bin"), Problem: err.Error()}
 		}
-		c.say("%s: snapshot format %d, %d tokens, %d pools, %d request ids, %d open uploads", path, version[3], state.tokens.len(), len(state.pools.byID), state.dedup.Len(), len(state.uploads.uploads))
+		c.say("%s: snapshot format %d, %d tokens, %d pools, %d request ids, %d open uploads", path, version[3], state.tokens.len(), state.pools.count, state.dedup.Len(), len(state.uploads.uploads))
 		break
 	}
 	return c, nil

@@ -1,7 +1,6 @@
 package raftstore
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -25,8 +24,12 @@ import (
 // request may name besides.
 const MaxTokenPools = 4
 
-// MaxPools bounds the pools a cluster holds.
-const MaxPools = 1 << 20
+// MaxPools bounds the pools a cluster holds, and maxPoolID the ids it
+// ever hands out (the table is a slice indexed by id).
+const (
+	MaxPools  = 1 << 20
+	maxPoolID = 1 << 26
+)
 
 // Pool is a shared quota, as the admin API shows it.
 type Pool struct {
@@ -245,37 +248,61 @@ type poolRef struct {
 	Window int64
 }
 
-// poolTable holds the pools by id and by name.
+// poolTable holds the pools by id and by name. Ids are never reused, so
+// the pools sit in a slice indexed by id (a deleted pool leaves a nil):
+// 8 bytes an id where a map cost about 40.
 type poolTable struct {
-	byID   map[poolID]*poolState
+	byID   []*poolState
 	byName map[string]poolID
+	count  int
 	// next is the id the next pool gets.
 	next poolID
 }
 
 func newPoolTable() *poolTable {
-	return &poolTable{byID: map[poolID]*poolState{}, byName: map[string]poolID{}, next: 1}
+	return &poolTable{byID: []*poolState{nil}, byName: map[string]poolID{}, next: 1}
 }
 
-func (pt *poolTable) named(name string) *poolState {
-	if id, ok := pt.byName[name]; ok {
+// get is the pool with id, or nil.
+func (pt *poolTable) get(id poolID) *poolState {
+	if uint64(id) < uint64(len(pt.byID)) {
 		return pt.byID[id]
 	}
 	return nil
 }
 
+func (pt *poolTable) named(name string) *poolState {
+	if id, ok := pt.byName[name]; ok {
+		return pt.get(id)
+	}
+	return nil
+}
+
 func (pt *poolTable) put(p *poolState) {
+	for uint64(len(pt.byID)) <= uint64(p.id) {
+		pt.byID = append(pt.byID, nil)
+	}
+	if pt.byID[p.id] == nil {
+		pt.count++
+	}
 	pt.byID[p.id] = p
 	pt.byName[p.Name] = p.id
 }
 
+func (pt *poolTable) remove(p *poolState) {
+	pt.byID[p.id] = nil
+	delete(pt.byName, p.Name)
+	pt.count--
+}
+
 // sorted is every pool, by id.
 func (pt *poolTable) sorted() []*poolState {
-	out := make([]*poolState, 0, len(pt.byID))
+	out := make([]*poolState, 0, pt.count)
 	for _, p := range pt.byID {
-		out = append(out, p)
+		if p != nil {
+			out = append(out, p)
+		}
 	}
-	slices.SortFunc(out, func(a, b *poolState) int { return cmp.Compare(a.id, b.id) })
 	return out
 }
 
@@ -338,7 +365,7 @@ func (f *fsm) poolsOf(ids []poolID, names []string, skipMissing bool) ([]*poolSt
 		}
 	}
 	for _, id := range ids {
-		if p := f.pools.byID[id]; p != nil {
+		if p := f.pools.get(id); p != nil {
 			add(p)
 		}
 	}
@@ -370,7 +397,7 @@ func tighter(a, b *poolState) bool {
 // the pool still exists and its window has not renewed since.
 func (f *fsm) givePoolsBack(refs []poolRef, units, bytes int64, now time.Time) {
 	for _, r := range refs {
-		p := f.pools.byID[r.Pool]
+		p := f.pools.get(r.Pool)
 		if p == nil {
 			continue
 		}
@@ -443,7 +470,7 @@ func (f *fsm) applyCreatePool(c *command, now time.Time) *applyResult {
 	if f.pools.named(spec.Name) != nil {
 		return &applyResult{Err: errPoolExists}
 	}
-	if len(f.pools.byID) >= MaxPools {
+	if f.pools.count >= MaxPools || f.pools.next >= maxPoolID {
 		return &applyResult{Err: invalidf("the cluster holds %d pools, as many as it keeps", MaxPools)}
 	}
 	p := &poolState{id: f.pools.next, Name: spec.Name, UsageLimit: spec.UsageLimit, BytesLimit: spec.BytesLimit,
@@ -468,7 +495,7 @@ func (f *fsm) targetPool(c *command) *poolState {
 	if !ok {
 		return nil
 	}
-	return f.pools.byID[id]
+	return f.pools.get(id)
 }
 
 func (f *fsm) applyUpdatePool(c *command, now time.Time) *applyResult {
@@ -540,8 +567,7 @@ func (f *fsm) applyDeletePool(c *command, _ time.Time) *applyResult {
 	if p.tokens > 0 {
 		return &applyResult{Err: &codedError{base: ErrExists, msg: fmt.Sprintf("pool %s still has %d tokens; remove them from it first", p.Name, p.tokens)}}
 	}
-	delete(f.pools.byID, p.id)
-	delete(f.pools.byName, p.Name)
+	f.pools.remove(p)
 	return &applyResult{}
 }
 
@@ -553,7 +579,7 @@ func (f *fsm) tokenPools(ids []string) ([]poolID, error) {
 	out := make([]poolID, 0, len(ids))
 	for _, s := range ids {
 		id, ok := parsePoolID(s)
-		if !ok || f.pools.byID[id] == nil {
+		if !ok || f.pools.get(id) == nil {
 			return nil, invalidf("no pool with id %q", s)
 		}
 		if !slices.Contains(out, id) {
@@ -566,12 +592,12 @@ func (f *fsm) tokenPools(ids []string) ([]poolID, error) {
 // setTokenPools moves t into the pools ids, keeping the pools' counts.
 func (f *fsm) setTokenPools(t *tokenState, ids []poolID) {
 	for _, id := range t.pools() {
-		if p := f.pools.byID[id]; p != nil {
+		if p := f.pools.get(id); p != nil {
 			p.tokens--
 		}
 	}
 	for _, id := range ids {
-		f.pools.byID[id].tokens++
+		f.pools.get(id).tokens++
 	}
 	if len(ids) > 0 || t.ext != nil {
 		t.extW().Pools = ids
@@ -593,7 +619,7 @@ func (f *fsm) pool(id string) (*Pool, bool) {
 	if !ok {
 		return nil, false
 	}
-	p := f.pools.byID[pid]
+	p := f.pools.get(pid)
 	if p == nil {
 		return nil, false
 	}

@@ -330,13 +330,13 @@ func (s *snapReader) readUploads(ut *uploadTable, version byte) {
 func (s *snapReader) readPools(pt *poolTable) {
 	pt.next = poolID(s.uvarint())
 	n := s.uvarint()
-	if n > MaxPools {
+	if n > MaxPools || pt.next < 1 || pt.next > maxPoolID {
 		s.fail()
 		return
 	}
 	for i := uint64(0); i < n && s.err == nil; i++ {
 		p := s.pool()
-		if pt.byID[p.id] != nil || pt.named(p.Name) != nil || p.id >= pt.next {
+		if pt.get(p.id) != nil || pt.named(p.Name) != nil || p.id >= pt.next {
 			s.fail()
 			return
 		}
@@ -535,7 +535,7 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 				}
 				t.ext.Pools = ids
 				for _, id := range ids {
-					if p := f.pools.byID[id]; p != nil {
+					if p := f.pools.get(id); p != nil {
 						p.tokens++
 					} else {
 						sr.fail()
