@@ -151,6 +151,14 @@ type App struct {
 	// neither.
 	LogStore string `json:"log_store,omitempty"`
 
+	// EventsWebhook is a URL the leader POSTs each threshold event to
+	// (tokens' and pools' notify_at): a JSON body with an Idempotency-Key
+	// header derived from the quota, its window and the threshold, retried
+	// with backoff until the receiver answers 2xx. Events are logged at
+	// INFO with or without it. Every voter should have the same: whichever
+	// leads delivers.
+	EventsWebhook string `json:"events_webhook,omitempty"`
+
 	cfg    raftstore.Config
 	logger *zap.Logger
 	// node is set by Start; a pointer so App values can be copied.
@@ -233,6 +241,7 @@ func (a *App) provisionConfig() error {
 		DedupSize:          a.DedupSize,
 		MaxBatch:           a.MaxBatch,
 		LogStore:           a.LogStore,
+		EventsWebhook:      a.EventsWebhook,
 		OnBatch:            observeBatch,
 	}
 	if err := a.cfg.Validate(); err != nil {
@@ -364,6 +373,7 @@ func restartOnly(running, next raftstore.Config) []string {
 	add("apply_timeout", running.ApplyTimeout != next.ApplyTimeout)
 	add("snapshot_threshold", running.SnapshotThreshold != next.SnapshotThreshold)
 	add("log_store", running.LogStore != next.LogStore)
+	add("events_webhook", running.EventsWebhook != next.EventsWebhook)
 	add("dedup_size", running.DedupSize != next.DedupSize)
 	add("max_batch", running.MaxBatch != next.MaxBatch)
 	return changed

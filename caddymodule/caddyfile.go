@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"net/url"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -41,6 +42,7 @@ func init() {
 //	    apply_timeout        <duration>
 //	    snapshot_threshold   <entries>
 //	    log_store            wal|boltdb           # voters: where the Raft log lives (default wal)
+//	    events_webhook       <url>                # where the leader POSTs threshold events
 //	    dedup_size           <entries>
 //	    max_batch            <consumes>
 //	}
@@ -131,6 +133,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			}
 			if app.Role != "voter" && app.Role != "gateway" {
 				return nil, d.Errf("role is voter or gateway, got %q", app.Role)
+			}
+		case "events_webhook":
+			if err := oneArg(d, &app.EventsWebhook); err != nil {
+				return nil, err
+			}
+			if u, err := url.Parse(app.EventsWebhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return nil, d.Errf("events_webhook must be an http:// or https:// URL, got %q", app.EventsWebhook)
 			}
 		case "log_store":
 			if err := oneArg(d, &app.LogStore); err != nil {

@@ -54,6 +54,36 @@ var (
 		}
 		return 0
 	})
+	pendingEvents = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "events_pending",
+		Help:      "Threshold events waiting in the replicated outbox for the leader to deliver them.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.EventStats().Pending)
+		}
+		return 0
+	})
+	deliveredEvents = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "raftquota",
+		Name:      "events_delivered_total",
+		Help:      "Threshold events this node delivered as leader (logged, and posted to the webhook when one is set).",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.EventStats().Delivered)
+		}
+		return 0
+	})
+	failedEvents = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "raftquota",
+		Name:      "event_delivery_failures_total",
+		Help:      "Failed delivery rounds of threshold events on this node (the webhook did not answer 2xx); they are retried.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.EventStats().Failed)
+		}
+		return 0
+	})
 	openUploads = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "raftquota",
 		Name:      "multipart_uploads",
@@ -81,7 +111,7 @@ func registerMetrics(ctx caddy.Context) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded, openUploads} {
+	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -93,33 +93,37 @@ type UsageView struct {
 
 // TokenUsage is what a holder sees of their token (never its name).
 type TokenUsage struct {
-	ID             string             `json:"id"`
-	Status         raftstore.Status   `json:"status"`
-	UsageLimit     int64              `json:"usage_limit"`
-	UsageCount     int64              `json:"usage_count"`
-	Remaining      *int64             `json:"remaining"`
-	BytesLimit     int64              `json:"bytes_limit"`
-	BytesUsed      int64              `json:"bytes_used"`
-	BytesRemaining *int64             `json:"bytes_remaining"`
-	RenewEvery     raftstore.Duration `json:"renew_every,omitempty"`
-	RenewCalendar  string             `json:"renew_calendar,omitempty"`
-	ResetsAt       *time.Time         `json:"resets_at,omitempty"`
-	ExpiresAt      *time.Time         `json:"expires_at,omitempty"`
+	ID                string             `json:"id"`
+	Status            raftstore.Status   `json:"status"`
+	UsageLimit        int64              `json:"usage_limit"`
+	UsageCount        int64              `json:"usage_count"`
+	Remaining         *int64             `json:"remaining"`
+	BytesLimit        int64              `json:"bytes_limit"`
+	BytesUsed         int64              `json:"bytes_used"`
+	BytesRemaining    *int64             `json:"bytes_remaining"`
+	RenewEvery        raftstore.Duration `json:"renew_every,omitempty"`
+	RenewCalendar     string             `json:"renew_calendar,omitempty"`
+	NotifyAt          []int              `json:"notify_at,omitempty"`
+	ThresholdsReached []int              `json:"thresholds_reached,omitempty"`
+	ResetsAt          *time.Time         `json:"resets_at,omitempty"`
+	ExpiresAt         *time.Time         `json:"expires_at,omitempty"`
 }
 
 // PoolUsage is what a holder sees of a pool their token draws on.
 type PoolUsage struct {
-	Name           string             `json:"name"`
-	Status         raftstore.Status   `json:"status"`
-	UsageLimit     int64              `json:"usage_limit"`
-	UsageCount     int64              `json:"usage_count"`
-	Remaining      *int64             `json:"remaining"`
-	BytesLimit     int64              `json:"bytes_limit"`
-	BytesUsed      int64              `json:"bytes_used"`
-	BytesRemaining *int64             `json:"bytes_remaining"`
-	RenewEvery     raftstore.Duration `json:"renew_every,omitempty"`
-	RenewCalendar  string             `json:"renew_calendar,omitempty"`
-	ResetsAt       *time.Time         `json:"resets_at,omitempty"`
+	Name              string             `json:"name"`
+	Status            raftstore.Status   `json:"status"`
+	UsageLimit        int64              `json:"usage_limit"`
+	UsageCount        int64              `json:"usage_count"`
+	Remaining         *int64             `json:"remaining"`
+	BytesLimit        int64              `json:"bytes_limit"`
+	BytesUsed         int64              `json:"bytes_used"`
+	BytesRemaining    *int64             `json:"bytes_remaining"`
+	RenewEvery        raftstore.Duration `json:"renew_every,omitempty"`
+	RenewCalendar     string             `json:"renew_calendar,omitempty"`
+	NotifyAt          []int              `json:"notify_at,omitempty"`
+	ThresholdsReached []int              `json:"thresholds_reached,omitempty"`
+	ResetsAt          *time.Time         `json:"resets_at,omitempty"`
 }
 
 func orNil(n int64) *int64 {
@@ -182,6 +186,7 @@ func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d raf
 		ID: t.ID, Status: t.Status, UsageLimit: t.UsageLimit, UsageCount: t.UsageCount, Remaining: orNil(t.Remaining()),
 		BytesLimit: t.BytesLimit, BytesUsed: t.BytesUsed, BytesRemaining: orNil(t.BytesRemaining()),
 		RenewEvery: t.RenewEvery, RenewCalendar: t.RenewCalendar, ResetsAt: t.ResetsAt, ExpiresAt: t.ExpiresAt,
+		NotifyAt: t.NotifyAt, ThresholdsReached: t.ThresholdsReached,
 	}}
 	for _, id := range t.Pools {
 		p, err := s.Pool(ctx, id)
@@ -192,6 +197,7 @@ func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d raf
 			Name: p.Name, Status: p.Status, UsageLimit: p.UsageLimit, UsageCount: p.UsageCount, Remaining: orNil(p.Remaining()),
 			BytesLimit: p.BytesLimit, BytesUsed: p.BytesUsed, BytesRemaining: orNil(p.BytesRemaining()),
 			RenewEvery: p.RenewEvery, RenewCalendar: p.RenewCalendar, ResetsAt: p.ResetsAt,
+			NotifyAt: p.NotifyAt, ThresholdsReached: p.ThresholdsReached,
 		})
 	}
 	return v, nil

@@ -86,6 +86,7 @@ const (
 	opUpdatePool
 	opResetPool
 	opDeletePool
+	opAckEvents
 )
 
 // commandDef is how the FSM applies one op.
@@ -126,6 +127,8 @@ var commands = map[op]commandDef{
 	opUpdatePool: {"update_pool", (*fsm).applyUpdatePool, true},
 	opResetPool:  {"reset_pool", (*fsm).applyResetPool, true},
 	opDeletePool: {"delete_pool", (*fsm).applyDeletePool, true},
+	// Threshold events (events.go).
+	opAckEvents: {"ack_events", (*fsm).applyAckEvents, false},
 }
 
 func (o op) String() string {
@@ -226,6 +229,8 @@ type command struct {
 	Pool       *PoolSpec   `json:"pool,omitempty"`
 	PoolID     string      `json:"pool_id,omitempty"`
 	PoolUpdate *PoolUpdate `json:"pool_update,omitempty"`
+	// EventSeq acknowledges the delivered events up to it (ack_events).
+	EventSeq uint64 `json:"event_seq,omitempty"`
 }
 
 // The first byte of every encoded command names its encoding, so the format

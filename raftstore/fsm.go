@@ -77,7 +77,9 @@ type fsm struct {
 	// uploads is the multipart state (multipart.go).
 	uploads *uploadTable
 	// pools are the shared quotas (pool.go).
-	pools  *poolTable
+	pools *poolTable
+	// events wait here for the leader to deliver them (events.go).
+	events *outbox
 	secret []byte
 	// now is the latest leader timestamp applied. Time never moves backwards
 	// in the FSM even if a new leader's clock is behind the old one's.
@@ -113,6 +115,7 @@ func (f *fsm) reset() {
 	f.dedup = newDedupTable(DefaultDedupSize)
 	f.uploads = newUploadTable()
 	f.pools = newPoolTable()
+	f.events = &outbox{}
 	f.secret = nil
 	f.now = 0
 	f.generation = 0
@@ -278,7 +281,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 	var denied *poolDenial
 	if reason == "" && (len(t.pools()) > 0 || len(r.Pools) > 0) {
 		// The token allows: the pools decide too, and are charged with it.
-		refs, tightest, denied = f.chargePools(t.pools(), r.Pools, r.SkipMissingPools, r.Units, r.Bytes, now)
+		refs, tightest, denied = f.chargePools(t, t.pools(), r.Pools, r.SkipMissingPools, r.Units, r.Bytes, now)
 		if denied != nil {
 			reason = denied.reason
 			entry.Reason = codeOfReason(reason)
@@ -292,6 +295,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		entry.Allowed, entry.Units, entry.Bytes = true, r.Units, r.Bytes
 		entry.Gen = t.Generation
 		entry.Window = t.window()
+		f.noteToken(t, now)
 		if len(refs) > 0 {
 			entry.Pools = &refs
 		}
@@ -356,6 +360,9 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery, Cal: cal}
 	}
 	f.setTokenPools(t, pools)
+	if th, _ := validateThresholds(spec.NotifyAt); len(th) > 0 {
+		t.extW().Notify = th
+	}
 	t.setExpiresAt(spec.ExpiresAt)
 	if t.renewEvery() > 0 {
 		t.setWindowStart(now.UnixNano())
@@ -468,6 +475,13 @@ func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
 	if u.Metadata != nil {
 		t.extW().Metadata = *u.Metadata
 	}
+	if u.NotifyAt != nil {
+		th, _ := validateThresholds(*u.NotifyAt) // validated
+		if len(th) > 0 || t.ext != nil {
+			e := t.extW()
+			e.Notify, e.Notified = th, crossed(th, t.UsageCount, t.UsageLimit, t.BytesUsed, t.BytesLimit)
+		}
+	}
 	settle(t)
 	t.UpdatedAt = now.UnixNano()
 	f.warnIfOver(t)
@@ -487,6 +501,9 @@ func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
 		settle(t)
 	case opReset:
 		t.UsageCount, t.BytesUsed = 0, 0
+		if t.ext != nil {
+			t.ext.Notified = 0
+		}
 		if t.Status != stRevoked {
 			t.Status = stActive
 		}
@@ -623,6 +640,8 @@ type fsmSnapshot struct {
 	// pools are a copy, by id (see poolTable.copyOut).
 	pools    []poolState
 	poolNext poolID
+	// events is a copy of the outbox (bounded by maxOutbox).
+	events outbox
 }
 
 // Snapshot captures the state in O(1) for tokens and O(dedup chunks) for
@@ -641,6 +660,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 		uploads:  f.uploads.copyOut(),
 		pools:    f.pools.copyOut(),
 		poolNext: f.pools.next,
+		events:   outbox{events: slices.Clone(f.events.events), nextSeq: f.events.nextSeq, dropped: f.events.dropped},
 	}
 	return s, nil
 }
@@ -674,7 +694,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.tokens, f.dedup, f.uploads, f.pools, f.secret, f.now, f.generation = n.tokens, n.dedup, n.uploads, n.pools, n.secret, n.now, n.generation
+	f.tokens, f.dedup, f.uploads, f.pools, f.events, f.secret, f.now, f.generation = n.tokens, n.dedup, n.uploads, n.pools, n.events, n.secret, n.now, n.generation
 	f.applied.Store(0) // the snapshot's index is not known here
 	return nil
 }

@@ -356,7 +356,7 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 	if reason == "" && len(u.Pools) > 0 {
 		// The pools the reserve charged take the part's bytes too (a pool
 		// deleted since is skipped: it no longer holds a quota).
-		refs, _, denied = f.chargePools(u.Pools, nil, false, 0, o.Bytes, now)
+		refs, _, denied = f.chargePools(t, u.Pools, nil, false, 0, o.Bytes, now)
 		if denied != nil {
 			reason = denied.reason
 			entry.Reason = codeOfReason(reason)
@@ -366,6 +366,7 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 		t.BytesUsed = addSat(t.BytesUsed, o.Bytes)
 		settle(t)
 		t.UpdatedAt = now.UnixNano()
+		f.noteToken(t, now)
 		ch := chargeOf(c.ID, t, o.Part, 0, o.Bytes)
 		ch.Pools = refs
 		entry.Allowed, entry.Bytes, entry.Gen, entry.Window = true, o.Bytes, ch.Gen, ch.Window

@@ -47,6 +47,9 @@ type Pool struct {
 	WindowStart   *time.Time `json:"window_start,omitempty"`
 	// ResetsAt is when usage next returns to zero (renewing pools only).
 	ResetsAt *time.Time `json:"resets_at,omitempty"`
+	// NotifyAt and ThresholdsReached are as a token's.
+	NotifyAt          []int `json:"notify_at,omitempty"`
+	ThresholdsReached []int `json:"thresholds_reached,omitempty"`
 	// Tokens is how many tokens belong to the pool.
 	Tokens    int64     `json:"tokens"`
 	CreatedAt time.Time `json:"created_at"`
@@ -68,6 +71,8 @@ type PoolSpec struct {
 	RenewEvery Duration   `json:"renew_every,omitempty"`
 	// RenewCalendar renews on the UTC calendar, as a token's does.
 	RenewCalendar string `json:"renew_calendar,omitempty"`
+	// NotifyAt are thresholds events are made for, as a token's.
+	NotifyAt []int `json:"notify_at,omitempty"`
 }
 
 // Validate reports the first thing wrong with the spec.
@@ -75,7 +80,7 @@ func (s *PoolSpec) Validate() error {
 	if err := ValidatePoolName(s.Name); err != nil {
 		return err
 	}
-	ts := TokenSpec{UsageLimit: s.UsageLimit, BytesLimit: s.BytesLimit, RenewEvery: s.RenewEvery, RenewCalendar: s.RenewCalendar}
+	ts := TokenSpec{UsageLimit: s.UsageLimit, BytesLimit: s.BytesLimit, RenewEvery: s.RenewEvery, RenewCalendar: s.RenewCalendar, NotifyAt: s.NotifyAt}
 	return ts.validateFields()
 }
 
@@ -87,14 +92,15 @@ type PoolUpdate struct {
 	ExpiresAt     *time.Time `json:"expires_at,omitempty"`
 	RenewEvery    *Duration  `json:"renew_every,omitempty"`
 	RenewCalendar *string    `json:"renew_calendar,omitempty"`
+	NotifyAt      *[]int     `json:"notify_at,omitempty"`
 }
 
 // Validate reports the first thing wrong with the update.
 func (u *PoolUpdate) Validate() error {
-	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.RenewCalendar == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every or renew_calendar")
+	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.RenewCalendar == nil && u.NotifyAt == nil {
+		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar or notify_at")
 	}
-	lu := LimitUpdate{UsageLimit: u.UsageLimit, BytesLimit: u.BytesLimit, RenewEvery: u.RenewEvery, RenewCalendar: u.RenewCalendar}
+	lu := LimitUpdate{UsageLimit: u.UsageLimit, BytesLimit: u.BytesLimit, RenewEvery: u.RenewEvery, RenewCalendar: u.RenewCalendar, NotifyAt: u.NotifyAt}
 	return lu.Validate()
 }
 
@@ -143,8 +149,10 @@ type poolState struct {
 	BytesUsed   int64
 	RenewEvery  Duration
 	Cal         Calendar
-	WindowStart int64 // when hasWindow
-	ExpiresAt   int64 // when hasExpiry
+	Notify      []uint8 // thresholds, percent, ascending
+	Notified    uint8   // how many the current window crossed
+	WindowStart int64   // when hasWindow
+	ExpiresAt   int64   // when hasExpiry
 	CreatedAt   int64
 	UpdatedAt   int64
 	tokens      int64 // derived: tokens that belong to it
@@ -169,6 +177,12 @@ func (p *poolState) pool() *Pool {
 		out.WindowStart = &ws
 	}
 	out.RenewCalendar = p.Cal.String()
+	for i, th := range p.Notify {
+		out.NotifyAt = append(out.NotifyAt, int(th))
+		if i < int(p.Notified) {
+			out.ThresholdsReached = append(out.ThresholdsReached, int(th))
+		}
+	}
 	if end := windowEnd(p.RenewEvery, p.Cal, p.WindowStart, p.hasWindow); end > 0 {
 		at := nsTime(end)
 		out.ResetsAt = &at
@@ -191,7 +205,7 @@ func renewPool(p *poolState, now time.Time) bool {
 		ws, reset := p.Cal.windowAt(p.WindowStart, p.hasWindow, now)
 		p.WindowStart, p.hasWindow = ws, true
 		if reset {
-			p.UsageCount, p.BytesUsed, p.Status = 0, 0, stActive
+			p.UsageCount, p.BytesUsed, p.Status, p.Notified = 0, 0, stActive, 0
 		}
 		return reset
 	}
@@ -208,7 +222,7 @@ func renewPool(p *poolState, now time.Time) bool {
 		return false
 	}
 	p.WindowStart += elapsed / period * period
-	p.UsageCount, p.BytesUsed = 0, 0
+	p.UsageCount, p.BytesUsed, p.Notified = 0, 0, 0
 	p.Status = stActive
 	return true
 }
@@ -328,7 +342,7 @@ type poolDenial struct {
 // chargePools decides a charge of units and bytes on the pools ids and
 // names (the token's and the request's), and when all allow, charges them
 // and returns what it took. Nothing is charged on a denial.
-func (f *fsm) chargePools(ids []poolID, names []string, skipMissing bool, units, bytes int64, now time.Time) ([]poolRef, *poolState, *poolDenial) {
+func (f *fsm) chargePools(t *tokenState, ids []poolID, names []string, skipMissing bool, units, bytes int64, now time.Time) ([]poolRef, *poolState, *poolDenial) {
 	ps, deny := f.poolsOf(ids, names, skipMissing)
 	if deny != nil {
 		return nil, nil, deny
@@ -348,6 +362,7 @@ func (f *fsm) chargePools(ids []poolID, names []string, skipMissing bool, units,
 		p.BytesUsed = addSat(p.BytesUsed, bytes)
 		settlePool(p)
 		p.UpdatedAt = now.UnixNano()
+		f.notePool(p, t, now)
 		refs = append(refs, poolRef{Pool: p.id, Window: p.window()})
 		if tightest == nil || tighter(p, tightest) {
 			tightest = p
@@ -479,6 +494,7 @@ func (f *fsm) applyCreatePool(c *command, now time.Time) *applyResult {
 		p.ExpiresAt, p.hasExpiry = spec.ExpiresAt.UnixNano(), true
 	}
 	p.Cal, _ = ParseCalendar(spec.RenewCalendar) // validated
+	p.Notify, _ = validateThresholds(spec.NotifyAt)
 	if p.RenewEvery > 0 {
 		p.WindowStart, p.hasWindow = now.UnixNano(), true
 	} else if !p.Cal.IsZero() {
@@ -530,6 +546,10 @@ func (f *fsm) applyUpdatePool(c *command, now time.Time) *applyResult {
 			p.WindowStart, p.hasWindow = 0, false
 		}
 	}
+	if u.NotifyAt != nil {
+		p.Notify, _ = validateThresholds(*u.NotifyAt) // validated
+		p.Notified = crossed(p.Notify, p.UsageCount, p.UsageLimit, p.BytesUsed, p.BytesLimit)
+	}
 	if u.RenewCalendar != nil {
 		p.Cal, _ = ParseCalendar(*u.RenewCalendar) // validated
 		if !p.Cal.IsZero() {
@@ -549,7 +569,7 @@ func (f *fsm) applyResetPool(c *command, now time.Time) *applyResult {
 	if p == nil {
 		return &applyResult{Err: errPoolNotFound}
 	}
-	p.UsageCount, p.BytesUsed, p.Status = 0, 0, stActive
+	p.UsageCount, p.BytesUsed, p.Status, p.Notified = 0, 0, stActive, 0
 	if p.RenewEvery > 0 {
 		p.WindowStart, p.hasWindow = now.UnixNano(), true
 	} else if !p.Cal.IsZero() {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +29,7 @@ import (
 //	[v5+: upload count, uploads in key order: key (16 bytes), token key,
 //	      state, deadline, expiry, reserve charge, part count, part charges
 //	      (each with its v7+ pool charges), [v7+: pool count, pool ids]]
+//	[v7+: event outbox: next seq, dropped, count, events (JSON)]
 //
 // Every version ever written stays readable (testdata/formats has a
 // fixture of each): version 2 has no dedup size, which is then the
@@ -118,6 +120,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.optTime(e.ExpiresAt, e.hasExpiry)
 		sw.varint(int64(e.RenewEvery))
 		sw.calendar(e.Cal)
+		sw.thresholds(e.Notify, e.Notified)
 		sw.optTime(e.WindowStart, e.hasWindow)
 		sw.varint(t.CreatedAt)
 		sw.varint(t.UpdatedAt)
@@ -163,6 +166,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		}
 		sw.poolIDs(u.Pools)
 	}
+	sw.outbox(&s.events)
 	return sw.w.Flush()
 }
 
@@ -197,6 +201,7 @@ func (s *snapWriter) pool(p *poolState) {
 	s.byte(byte(p.Status))
 	s.varint(int64(p.RenewEvery))
 	s.calendar(p.Cal)
+	s.thresholds(p.Notify, p.Notified)
 	s.optTime(p.WindowStart, p.hasWindow)
 	s.optTime(p.ExpiresAt, p.hasExpiry)
 	s.varint(p.CreatedAt)
@@ -213,6 +218,7 @@ func (s *snapReader) pool() *poolState {
 	}
 	p.RenewEvery = Duration(s.varint())
 	p.Cal = s.calendar()
+	p.Notify, p.Notified = s.thresholds()
 	p.WindowStart, p.hasWindow = s.optTime()
 	p.ExpiresAt, p.hasExpiry = s.optTime()
 	p.CreatedAt, p.UpdatedAt = s.varint(), s.varint()
@@ -220,6 +226,53 @@ func (s *snapReader) pool() *poolState {
 		s.fail()
 	}
 	return p
+}
+
+// thresholds writes notify_at and how many are reached.
+func (s *snapWriter) thresholds(th []uint8, reached uint8) {
+	s.bytes(th)
+	s.byte(reached)
+}
+
+func (s *snapReader) thresholds() ([]uint8, uint8) {
+	th := s.rawBytes()
+	reached := s.byte()
+	if len(th) > MaxThresholds || int(reached) > len(th) {
+		s.fail()
+	}
+	if len(th) == 0 {
+		th = nil
+	}
+	return th, reached
+}
+
+// outbox writes the events waiting for delivery: next seq, dropped,
+// count, then each as JSON (few, and read back whole).
+func (s *snapWriter) outbox(o *outbox) {
+	s.uvarint(o.nextSeq)
+	s.uvarint(o.dropped)
+	s.uvarint(uint64(len(o.events)))
+	for _, e := range o.events {
+		b, _ := json.Marshal(e)
+		s.bytes(b)
+	}
+}
+
+func (s *snapReader) readOutbox(o *outbox) {
+	o.nextSeq, o.dropped = s.uvarint(), s.uvarint()
+	n := s.uvarint()
+	if n > maxOutbox {
+		s.fail()
+		return
+	}
+	for i := uint64(0); i < n && s.err == nil; i++ {
+		var e Event
+		if err := json.Unmarshal(s.rawBytes(), &e); err != nil || e.Seq > o.nextSeq {
+			s.fail()
+			return
+		}
+		o.events = append(o.events, e)
+	}
 }
 
 // calendar writes a calendar renewal: unit, day, minute.
@@ -521,9 +574,10 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		e.RenewEvery = Duration(sr.varint())
 		if version >= 7 {
 			e.Cal = sr.calendar()
+			e.Notify, e.Notified = sr.thresholds()
 		}
 		e.WindowStart, e.hasWindow = sr.optTime()
-		if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow || !e.Cal.IsZero() {
+		if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow || !e.Cal.IsZero() || e.Notify != nil {
 			t.ext = &e
 		}
 		t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()
@@ -593,6 +647,9 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 	}
 	if version >= 5 && sr.err == nil {
 		sr.readUploads(f.uploads, version)
+	}
+	if version >= 7 && sr.err == nil {
+		sr.readOutbox(f.events)
 	}
 	if sr.err != nil {
 		return nil, fmt.Errorf("reading snapshot: %w", sr.err)

@@ -95,6 +95,11 @@ type Config struct {
 	// sends to the log or forwards to the leader.
 	OnBatch func(size int, forwarded bool)
 
+	// EventsWebhook, when set, is where the leader POSTs each threshold
+	// event (JSON, with an Idempotency-Key header), retrying until it
+	// answers 2xx. Events are logged at INFO either way.
+	EventsWebhook string
+
 	// LogStore is where a voter keeps the Raft log: "wal" (default;
 	// hashicorp/raft-wal, DataDir/wal: one fsync per append where a bbolt
 	// commit takes two) or "boltdb" (raft-boltdb, DataDir/raft.db, beside
@@ -202,6 +207,8 @@ type Store struct {
 	newDataDir bool
 	// refunds are refunds waiting for a leader (refundqueue.go).
 	refunds *refundQueue
+	// eventsDelivered and eventsFailed count this node's event deliveries.
+	eventsDelivered, eventsFailed atomic.Uint64
 	// leaderGone is closed when the leader this node knows changes
 	// (leaderMoved): forwarded calls to the old one end and are re-sent.
 	leaderGone atomic.Pointer[chan struct{}]
@@ -445,8 +452,9 @@ func (s *Store) start() error {
 		go s.sayWhatWasJoined()
 	}
 	s.refunds = newRefundQueue()
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.retryRefunds()
+	go s.deliverEvents()
 	if cfg.Gateway {
 		s.wg.Add(1)
 		go s.joinAsGateway()

@@ -68,6 +68,10 @@ type Token struct {
 	RenewCalendar string `json:"renew_calendar,omitempty"`
 	// ResetsAt is when usage next returns to zero (renewing tokens only).
 	ResetsAt *time.Time `json:"resets_at,omitempty"`
+	// NotifyAt are the thresholds (percent of a limit) events are made
+	// for; ThresholdsReached those the current window has crossed.
+	NotifyAt          []int `json:"notify_at,omitempty"`
+	ThresholdsReached []int `json:"thresholds_reached,omitempty"`
 }
 
 // Remaining returns the uploads left, or -1 when the count is unlimited.
@@ -112,6 +116,9 @@ type TokenSpec struct {
 	// "weekly [on WEEKDAY] [at HH:MM]", "monthly [on DAY] [at HH:MM]".
 	// Not with renew_every.
 	RenewCalendar string `json:"renew_calendar,omitempty"`
+	// NotifyAt are thresholds, in percent of the count or byte limit, at
+	// whose crossing an event is made, once per window (at most 8).
+	NotifyAt []int `json:"notify_at,omitempty"`
 }
 
 // Validate reports the first thing wrong with the spec, in words for the user.
@@ -145,6 +152,9 @@ func (s *TokenSpec) validateFields() error {
 	if err := validateRenewal(s.RenewEvery, s.RenewCalendar); err != nil {
 		return err
 	}
+	if _, err := validateThresholds(s.NotifyAt); err != nil {
+		return err
+	}
 	return validateMetadata(s.Metadata)
 }
 
@@ -175,12 +185,20 @@ type LimitUpdate struct {
 	// RenewCalendar sets a calendar renewal ("": none); it replaces
 	// renew_every, and renew_every replaces it.
 	RenewCalendar *string `json:"renew_calendar,omitempty"`
+	// NotifyAt replaces the thresholds (empty: none). Thresholds usage
+	// has already reached in this window make no event.
+	NotifyAt *[]int `json:"notify_at,omitempty"`
 }
 
 // Validate reports the first thing wrong with the update.
 func (u *LimitUpdate) Validate() error {
-	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil && u.Pools == nil && u.RenewCalendar == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar, metadata or pools")
+	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil && u.Pools == nil && u.RenewCalendar == nil && u.NotifyAt == nil {
+		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar, notify_at, metadata or pools")
+	}
+	if u.NotifyAt != nil {
+		if _, err := validateThresholds(*u.NotifyAt); err != nil {
+			return err
+		}
 	}
 	if u.RenewCalendar != nil {
 		var every Duration
@@ -347,6 +365,7 @@ func renew(t *tokenState, now time.Time) bool {
 		}
 		if reset {
 			t.UsageCount, t.BytesUsed = 0, 0
+			t.ext.Notified = 0
 			if t.Status == stExhausted {
 				t.Status = stActive
 			}
@@ -368,6 +387,7 @@ func renew(t *tokenState, now time.Time) bool {
 	}
 	t.setWindowStart(ws + elapsed/period*period)
 	t.UsageCount, t.BytesUsed = 0, 0
+	t.ext.Notified = 0
 	if t.Status == stExhausted {
 		t.Status = stActive
 	}

@@ -37,7 +37,11 @@ type tokenExt struct {
 	// Pools are the pools the token belongs to (never changed in place).
 	Pools []poolID
 	// Cal is a calendar renewal (instead of RenewEvery).
-	Cal       Calendar
+	Cal Calendar
+	// Notify are the thresholds (percent, ascending) events are made for;
+	// Notified how many of them the current window has crossed.
+	Notify    []uint8
+	Notified  uint8
 	hasExpiry bool
 	hasWindow bool
 }
@@ -196,6 +200,12 @@ func (t *tokenState) token() *Token {
 			out.Pools = append(out.Pools, id.String())
 		}
 		out.RenewCalendar = e.Cal.String()
+		for i, th := range e.Notify {
+			out.NotifyAt = append(out.NotifyAt, int(th))
+			if i < int(e.Notified) {
+				out.ThresholdsReached = append(out.ThresholdsReached, int(th))
+			}
+		}
 		if end := windowEnd(e.RenewEvery, e.Cal, e.WindowStart, e.hasWindow); end > 0 {
 			at := nsTime(end)
 			out.ResetsAt = &at

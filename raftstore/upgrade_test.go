@@ -157,8 +157,8 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 	bytesPool := pool(PoolSpec{Name: "bytes-pool", BytesLimit: 500, ExpiresAt: &far})
 	pool(PoolSpec{Name: "bucket-a", UsageLimit: 100})
 	gone := pool(PoolSpec{Name: "gone"})
-	monthly := pool(PoolSpec{Name: "monthly-plan", BytesLimit: 1 << 30, RenewCalendar: "monthly on 31 at 06:00"})
-	if _, err := s.CreateToken(ctx, TokenSpec{Name: "calendar", UsageLimit: 5, RenewCalendar: "weekly on monday at 06:00", Pools: []string{monthly.ID}}); err != nil {
+	monthly := pool(PoolSpec{Name: "monthly-plan", BytesLimit: 1 << 30, RenewCalendar: "monthly on 31 at 06:00", NotifyAt: []int{1, 90}})
+	if _, err := s.CreateToken(ctx, TokenSpec{Name: "calendar", UsageLimit: 5, RenewCalendar: "weekly on monday at 06:00", Pools: []string{monthly.ID}, NotifyAt: []int{20, 80}}); err != nil {
 		t.Fatal(err)
 	}
 	tok, err := s.CreateToken(ctx, TokenSpec{Name: "pooled", UsageLimit: 10, Pools: []string{plan.ID, bytesPool.ID}})
@@ -171,7 +171,7 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 		replays = append(replays, fixtureReplay{Req: req, Allowed: d.Allowed})
 		return req.ID
 	}
-	consume(ConsumeRequest{Token: "calendar", Units: 1, Bytes: 1000})
+	consume(ConsumeRequest{Token: "calendar", Units: 1, Bytes: 20 << 20}) // crosses 20% and the pool's 1%
 	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 100, Pools: []string{"bucket-a"}})
 	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 450})                                                   // refused by bytes-pool
 	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}})                         // refused: no such pool
