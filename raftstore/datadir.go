@@ -36,7 +36,7 @@ type DamageError struct {
 }
 
 func (e *DamageError) Error() string {
-	return fmt.Sprintf("the data dir is damaged: %s: %s. Recover this node as a member rejoining with an empty data dir: stop it, move %s aside, and start it again with the same config (it copies the cluster's state from the leader; see README, Recovering a node). If most voters are damaged, restore from a backup (caddy quota restore)",
+	return fmt.Sprintf("the data dir is damaged: %s: %s. Recover this node as a member rejoining with an empty data dir: stop it, move %s aside, and start it again with the same config (it copies the cluster's state from the leader; see docs/OPERATIONS.md, Recovering a node). If most voters are damaged, restore from a backup (caddy quota restore)",
 		e.Path, e.Problem, filepath.Dir(e.Path))
 }
 

@@ -14,7 +14,7 @@ import (
 // with the real binary (certificate paths moved to files `caddy quota
 // certs` makes), the systemd unit runs that binary the way it takes its
 // flags and gives a graceful stop time to finish, and the container image
-// builds with the same xcaddy line as the README and CI.
+// builds with the same xcaddy line as docs/OPERATIONS.md and CI.
 func TestDeploymentFilesAgree(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary")
@@ -72,7 +72,7 @@ func TestDeploymentFilesAgree(t *testing.T) {
 
 	xcaddyLine := regexp.MustCompile(`xcaddy build v[0-9.]+ --with github\.com/raftquota/raftquota@v0\.0\.0=`)
 	docker := read(filepath.Join(deploy, "Dockerfile"))
-	readme := read(filepath.Join("..", "README.md"))
+	readme := read(filepath.Join("..", "docs", "OPERATIONS.md")) // "Building your own Caddy"
 	ci := read(filepath.Join("..", ".ci", "run"))
 	lineOf := func(s string) string {
 		s = strings.ReplaceAll(s, `"$tmp/bin/xcaddy"`, "xcaddy")
@@ -95,7 +95,7 @@ func TestDeploymentFilesAgree(t *testing.T) {
 }
 
 // TestJSONExampleLoads: examples/json/caddy.json, which sets every field
-// of the quota app and handler the README documents, passes `caddy
+// of the quota app and handler docs/REFERENCE.md documents, passes `caddy
 // validate` (with its certificate paths pointed at files `caddy quota
 // certs` makes).
 func TestJSONExampleLoads(t *testing.T) {

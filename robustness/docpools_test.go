@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// The pool recipes in README.md and examples/sgraph-send/README.md run as
+// The pool recipes in docs/QUOTAS.md and examples/sgraph-send/README.md run as
 // written against the embedded single-node default (ports moved): every
 // `caddy quota` line of the marked blocks, with --address added.
 
@@ -78,7 +78,7 @@ func TestPoolRecipesRunAsWritten(t *testing.T) {
 	// Both recipes name their pool customer-acme: the second one's is
 	// renamed so each can be checked.
 	for _, doc := range []struct{ path, marker, suffix string }{
-		{filepath.Join("..", "README.md"), "**A plan shared by a customer's tokens:**", ""},
+		{filepath.Join("..", "docs", "QUOTAS.md"), "**A plan shared by a customer's tokens:**", ""},
 		{filepath.Join("..", "examples", "sgraph-send", "README.md"), "## A customer's plan across its tokens", "-sg"},
 	} {
 		for _, args := range quotaLines(t, doc.path, doc.marker) {
@@ -93,7 +93,7 @@ func TestPoolRecipesRunAsWritten(t *testing.T) {
 	var p poolAnswer
 	adminJSON(t, "POST", "http://"+admin+"/quota/pools/lookup", map[string]string{"name": "customer-acme"}, http.StatusOK, &p)
 	if p.Tokens != 2 {
-		t.Fatalf("the README's plan has %d tokens, want 2", p.Tokens)
+		t.Fatalf("the docs' plan has %d tokens, want 2", p.Tokens)
 	}
 	adminJSON(t, "POST", "http://"+admin+"/quota/pools/lookup", map[string]string{"name": "customer-acme-sg"}, http.StatusOK, &p)
 	if p.Tokens != 2 {
@@ -105,7 +105,7 @@ func TestPoolRecipesRunAsWritten(t *testing.T) {
 	// The global cap recipe's pool.
 	run([]string{"quota", "pool", "create", "global-daily", "--bytes-limit", "1099511627776", "--renew-every", "24h"})
 	// The stacked windows recipe (its quoted argument, as the shell reads it).
-	for _, args := range quotaLines(t, filepath.Join("..", "README.md"), "**Stacked windows**") {
+	for _, args := range quotaLines(t, filepath.Join("..", "docs", "QUOTAS.md"), "**Stacked windows**") {
 		var fixed []string
 		for i := 0; i < len(args); i++ {
 			if strings.HasPrefix(args[i], `"`) {

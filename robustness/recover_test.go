@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// The README's "Recovering a node" runbook on the three-node example, with
+// docs/OPERATIONS.md's "Recovering a node" runbook on the three-node example, with
 // the real binary: a follower's raft.db is damaged; it refuses to start
 // with one error naming the file and the way out; caddy quota verify says
 // the same; the runbook's step (move the data dir aside, start it again
