@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,9 +111,16 @@ func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	time.Sleep(time.Second) // deliveries fail meanwhile
+	// Deliveries fail meanwhile. RAFTQUOTA_WEBHOOK_OUTAGE=1m measures a
+	// longer outage (the default suite keeps it short).
+	outage := time.Second
+	if v, err := time.ParseDuration(os.Getenv("RAFTQUOTA_WEBHOOK_OUTAGE")); err == nil {
+		outage = v
+	}
+	time.Sleep(outage)
 	down.Store(false)
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	back := time.Now()
+	for deadline := time.Now().Add(40 * time.Second); ; {
 		mu.Lock()
 		n := len(byKey)
 		mu.Unlock()
@@ -141,7 +149,8 @@ func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 	if len(byKey) != 2 || !thresholds[50] || !thresholds[90] {
 		t.Fatalf("events delivered: %v", byKey)
 	}
-	t.Logf("2 crossings, %d deliveries (repeats carry the same key)", deliveries)
+	t.Logf("2 crossings, %d deliveries (repeats carry the same key); the receiver was down %v and had both events %v after it came back",
+		deliveries, outage, time.Since(back).Round(100*time.Millisecond)-500*time.Millisecond)
 	for _, s := range c.nodes {
 		if st := s.EventStats(); st.Pending != 0 {
 			t.Fatalf("%s still has %d events pending", s.NodeID(), st.Pending)
