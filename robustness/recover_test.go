@@ -101,7 +101,17 @@ func TestRecoveringADamagedNode(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if out, err := exec.Command(binary, "quota", "verify", "--data-dir", dataDir).CombinedOutput(); err != nil {
-		t.Logf("verify on a running node's dir: %v\n%s", err, out)
+	// caddy quota verify checks a backup too, and names a damaged one.
+	backup := filepath.Join(t.TempDir(), "quota.backup")
+	if out, err := exec.Command(binary, "quota", "backup", backup, "--address", strings.TrimPrefix(c.adminURL(0), "http://")).CombinedOutput(); err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(binary, "quota", "verify", "--backup", backup).CombinedOutput(); err != nil || !strings.Contains(string(out), "ok") {
+		t.Fatalf("verify of a good backup: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(backup)
+	os.WriteFile(backup, b[:len(b)-10], 0o600)
+	if out, err := exec.Command(binary, "quota", "verify", "--backup", backup).CombinedOutput(); err == nil || !strings.Contains(string(out), "damaged") {
+		t.Fatalf("verify of a truncated backup: %v\n%s", err, out)
 	}
 }
