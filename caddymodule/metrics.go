@@ -1,8 +1,10 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +53,50 @@ var (
 	}, func() float64 {
 		if s := currentStore(); s != nil {
 			return float64(s.LeaderChanges())
+		}
+		return 0
+	})
+	healthy = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "healthy",
+		Help:      "1 when this node can take part in decisions (what /quota/health answers 200 for), else 0.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if s.Health(ctx) == nil {
+				return 1
+			}
+		}
+		return 0
+	})
+	halted = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "halted",
+		Help:      "1 when this node stopped applying the log (an entry it cannot read), else 0.",
+	}, func() float64 {
+		if s := currentStore(); s != nil && s.Halted() != nil {
+			return 1
+		}
+		return 0
+	})
+	appliedIndex = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "applied_index",
+		Help:      "The index of the last log entry this node applied; a node far below the others lags.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.AppliedIndex())
+		}
+		return 0
+	})
+	pendingRefunds = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "raftquota",
+		Name:      "refunds_pending",
+		Help:      "Refunds this node keeps and retries because the leader could not be reached.",
+	}, func() float64 {
+		if s := currentStore(); s != nil {
+			return float64(s.PendingRefunds())
 		}
 		return 0
 	})
@@ -111,7 +157,7 @@ func registerMetrics(ctx caddy.Context) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents} {
+	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents, healthy, halted, appliedIndex, pendingRefunds} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
