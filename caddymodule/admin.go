@@ -89,7 +89,19 @@ func viewOf(t *raftstore.Token) TokenView {
 	return v
 }
 
+// serve answers a request; a client's mistake (a 4xx) is answered here,
+// as Caddy's admin API would, but not logged at ERROR as Caddy logs the
+// errors handlers return: ERROR is for faults of this node.
 func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	err := a.route(w, r)
+	var ae caddy.APIError
+	if errors.As(err, &ae) && ae.HTTPStatus >= 400 && ae.HTTPStatus < 500 {
+		return writeJSON(w, ae.HTTPStatus, map[string]string{"error": ae.Message})
+	}
+	return err
+}
+
+func (a AdminAPI) route(w http.ResponseWriter, r *http.Request) error {
 	store := currentStore()
 	if store == nil {
 		return apiError(http.StatusServiceUnavailable, errors.New("the quota app is not running in this Caddy instance"))

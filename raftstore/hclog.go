@@ -85,15 +85,30 @@ var routine = map[string]bool{
 	"no known peers, aborting election":             true,
 	"appendEntries rejected, sending older logs":    true,
 	"failed to get previous log":                    true,
+	// A node back from a partition or restart asks for pre-votes with a
+	// stale term; the others refuse it, as they should.
+	"rejecting pre-vote request since our last term is greater": true,
+	"rejecting pre-vote request since we have a leader":         true,
+	"rejecting vote request since we have a leader":             true,
 }
 
-func (l *zapHCLog) Error(msg string, args ...any) { l.z.Error(msg, l.fields(args)...) }
-func (l *zapHCLog) IsTrace() bool                 { return false }
-func (l *zapHCLog) IsDebug() bool                 { return l.z.Core().Enabled(zapcore.DebugLevel) }
-func (l *zapHCLog) IsInfo() bool                  { return l.z.Core().Enabled(zapcore.InfoLevel) }
-func (l *zapHCLog) IsWarn() bool                  { return l.z.Core().Enabled(zapcore.WarnLevel) }
-func (l *zapHCLog) IsError() bool                 { return l.z.Core().Enabled(zapcore.ErrorLevel) }
-func (l *zapHCLog) ImpliedArgs() []any            { return l.args }
+// Error logs at ERROR, except a connection that ends because this node is
+// stopping (a graceful stop is not a fault).
+func (l *zapHCLog) Error(msg string, args ...any) {
+	for i := 0; i+1 < len(args); i += 2 {
+		if err, ok := args[i+1].(error); ok && strings.Contains(err.Error(), "transport shutdown") {
+			l.z.Info(msg, l.fields(args)...)
+			return
+		}
+	}
+	l.z.Error(msg, l.fields(args)...)
+}
+func (l *zapHCLog) IsTrace() bool      { return false }
+func (l *zapHCLog) IsDebug() bool      { return l.z.Core().Enabled(zapcore.DebugLevel) }
+func (l *zapHCLog) IsInfo() bool       { return l.z.Core().Enabled(zapcore.InfoLevel) }
+func (l *zapHCLog) IsWarn() bool       { return l.z.Core().Enabled(zapcore.WarnLevel) }
+func (l *zapHCLog) IsError() bool      { return l.z.Core().Enabled(zapcore.ErrorLevel) }
+func (l *zapHCLog) ImpliedArgs() []any { return l.args }
 func (l *zapHCLog) With(args ...any) hclog.Logger {
 	return &zapHCLog{z: l.z, name: l.name, args: append(append([]any(nil), l.args...), args...)}
 }
