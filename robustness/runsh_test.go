@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,4 +197,81 @@ func nodePID(t *testing.T, dir, config string) int {
 	}
 	t.Fatalf("no caddy process for %s", config)
 	return 0
+}
+
+// TestFailOverRunsAsWritten runs the README's "Trying fail-over" blocks
+// with bash against examples/three-node/run.sh (copied, ports moved): the
+// leader found, killed by its pid file, the survivors answering 200 and
+// the dead node nothing, and `run.sh start` bringing it back healthy.
+func TestFailOverRunsAsWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary")
+	}
+	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
+	for i := 1; i <= nodes; i++ {
+		for _, p := range []string{"808", "202", "700"} {
+			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
+		}
+	}
+	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
+		c.writeFile(name, c.template(name))
+	}
+	rs := startRunScript(t, "three-node", c.dir)
+	for i := 0; i < nodes; i++ {
+		c.waitNodeHealthy(i, 60*time.Second)
+	}
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	at := strings.Index(readme, "### Trying fail-over")
+	var script strings.Builder
+	for range 2 {
+		start := strings.Index(readme[at:], "```sh\n") + at + 6
+		end := strings.Index(readme[start:], "```") + start
+		script.WriteString(readme[start:end])
+		at = end + 3
+	}
+	s := script.String()
+	s = strings.ReplaceAll(s, "examples/three-node/data/caddy", binary)
+	s = strings.ReplaceAll(s, "examples/three-node/", "./")
+	for i := 1; i <= nodes; i++ {
+		s = strings.ReplaceAll(s, fmt.Sprintf("127.0.0.1:202%d", i), "127.0.0.1:"+c.ports[fmt.Sprintf("202%d", i)])
+		s = strings.ReplaceAll(s, fmt.Sprintf("808%d", i), c.ports[fmt.Sprintf("808%d", i)])
+	}
+	cmd := exec.Command("bash", "-c", s)
+	cmd.Dir, cmd.Env = c.dir, rs.env
+	out, err := cmd.Output()
+	t.Logf("the fail-over blocks printed:\n%s", out)
+	if err != nil {
+		t.Fatalf("the fail-over blocks: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	leader := ""
+	for _, l := range lines {
+		if regexp.MustCompile(`^node[1-3]$`).MatchString(l) {
+			leader = l
+		}
+	}
+	if leader == "" {
+		t.Fatal("the blocks printed no leader")
+	}
+	ok, none := 0, 0
+	for _, l := range lines {
+		switch {
+		case strings.HasSuffix(l, " 200"):
+			ok++
+		case strings.HasSuffix(l, " 000"):
+			none++
+		}
+	}
+	if ok != 2 || none != 1 {
+		t.Fatalf("after killing %s: %d answered 200 and %d nothing, want 2 and 1", leader, ok, none)
+	}
+	if !strings.Contains(rs.out.String(), leader+" died") {
+		t.Fatalf("run.sh did not say %s died", leader)
+	}
+	i := int(leader[len(leader)-1]-'1')
+	c.waitNodeHealthy(i, 60*time.Second)
 }

@@ -73,6 +73,7 @@ declare -A pids=()
 start() {
 	"$caddy" run --config "$(config_of "$1")" --adapter caddyfile &
 	pids[$1]=$!
+	echo "$!" >"data/$1.pid" # for `kill -9 "$(cat data/node1.pid)"`
 }
 
 stopping=0
@@ -83,6 +84,7 @@ stop() {
 	for name in "${!pids[@]}"; do kill -TERM "${pids[$name]}" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -f data/run.pid data/start-*
+	for name in "${members[@]}"; do rm -f "data/$name.pid"; done
 }
 trap stop INT TERM EXIT
 # `run.sh start NAME` leaves data/start-NAME and sends USR1.
@@ -116,6 +118,7 @@ while ((!stopping)); do
 	for name in "${!pids[@]}"; do
 		if [[ "${pids[$name]}" == "$died" ]]; then
 			unset "pids[$name]"
+			rm -f "data/$name.pid"
 			echo "$name died (exit status $status); the others keep running. Start it again with: $0 start $name" >&2
 		fi
 	done
