@@ -272,6 +272,6 @@ func TestFailOverRunsAsWritten(t *testing.T) {
 	if !strings.Contains(rs.out.String(), leader+" died") {
 		t.Fatalf("run.sh did not say %s died", leader)
 	}
-	i := int(leader[len(leader)-1]-'1')
+	i := int(leader[len(leader)-1] - '1')
 	c.waitNodeHealthy(i, 60*time.Second)
 }
