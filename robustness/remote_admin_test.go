@@ -2,9 +2,7 @@ package robustness
 
 import (
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,38 +26,53 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 		t.Skip("runs the real binary")
 	}
 	dir := t.TempDir()
-	opsCA, rogueCA := filepath.Join(dir, "ops"), filepath.Join(dir, "rogue")
-	if err := clustercert.Generate(opsCA, []clustercert.Node{{ID: "operator"}}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if err := clustercert.Generate(rogueCA, []clustercert.Node{{ID: "intruder"}}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(clustercert.NodeFiles(opsCA, "operator").CA)
+	doc, err := os.ReadFile(filepath.Join("..", "SECURITY.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode(caPEM)
-
-	local, remote, raftAddr := freePort(t), freePort(t), freePort(t)
-	cfg := map[string]any{
-		"admin": map[string]any{
-			"listen":   "127.0.0.1:" + local,
-			"config":   map[string]any{"persist": false},
-			"identity": map[string]any{"identifiers": []string{"127.0.0.1"}, "issuers": []any{map[string]any{"module": "internal"}}},
-			"remote": map[string]any{
-				"listen": "127.0.0.1:" + remote,
-				"access_control": []any{map[string]any{
-					"public_keys": []string{base64.StdEncoding.EncodeToString(block.Bytes)},
-					"permissions": []any{map[string]any{"paths": []string{"/quota/"}, "methods": []string{"GET", "POST"}}},
-				}},
-			},
-		},
-		"apps": map[string]any{
-			"quota": map[string]any{"node_id": "node1", "data_dir": filepath.Join(dir, "raft"), "raft_address": "127.0.0.1:" + raftAddr},
-			"pki":   map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},
-		},
+	section := string(doc)[strings.Index(string(doc), "## Administering remotely"):]
+	block := func(lang string, n int) string {
+		s := section
+		for range n {
+			s = s[strings.Index(s, "```"+lang+"\n")+len(lang)+4:]
+			s = s[strings.Index(s, "```")+3:]
+		}
+		s = s[strings.Index(s, "```"+lang+"\n")+len(lang)+4:]
+		return s[:strings.Index(s, "```")]
 	}
+	// The recipe's commands: the operators' CA and certificate, and the
+	// public_keys value.
+	var publicKey string
+	for _, line := range strings.Split(strings.TrimSpace(block("sh", 0)), "\n") {
+		cmdText, _, _ := strings.Cut(line, "#")
+		cmdText = strings.TrimSpace(cmdText)
+		if rest, ok := strings.CutPrefix(cmdText, "caddy "); ok {
+			cmdText = binary + " " + rest
+		}
+		out, err := exec.Command("bash", "-c", "cd "+dir+" && "+cmdText).Output()
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		publicKey = string(out)
+	}
+	opsCA, rogueCA := filepath.Join(dir, "ops"), filepath.Join(dir, "rogue")
+	if err := clustercert.Generate(rogueCA, []clustercert.Node{{ID: "intruder"}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+
+	// The recipe's JSON, pointed at free ports and this node.
+	local, remote, raftAddr := freePort(t), freePort(t), freePort(t)
+	var cfg map[string]any
+	text := block("json", 0)
+	text = strings.Replace(text, "127.0.0.1:2019", "127.0.0.1:"+local, 1)
+	text = strings.Replace(text, `":2021"`, `"127.0.0.1:`+remote+`"`, 1)
+	text = strings.Replace(text, "node1.example", "127.0.0.1", 1)
+	text = strings.Replace(text, "<the public_keys value above>", publicKey, 1)
+	if err := json.Unmarshal([]byte(text), &cfg); err != nil {
+		t.Fatalf("SECURITY.md's JSON: %v\n%s", err, text)
+	}
+	cfg["admin"].(map[string]any)["config"] = map[string]any{"persist": false}
+	cfg["apps"].(map[string]any)["quota"] = map[string]any{"node_id": "node1", "data_dir": filepath.Join(dir, "raft"), "raft_address": "127.0.0.1:" + raftAddr}
 	b, _ := json.Marshal(cfg)
 	cfgPath := filepath.Join(dir, "caddy.json")
 	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
@@ -112,8 +125,8 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 	if resp, err := operator.Get(base + "/config/"); err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("operator reading /config/ (not permitted): %v %v", resp, err)
 	}
-	if resp, err := operator.Do(mustRequest("DELETE", base+"/quota/tokens/"+created.ID)); err != nil || resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("operator using DELETE (not permitted): %v %v", resp, err)
+	if resp, err := operator.Do(mustRequest("PUT", base+"/quota/tokens/"+created.ID)); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("operator using PUT (not permitted): %v %v", resp, err)
 	}
 	for name, c := range map[string]*http.Client{"no certificate": client("", ""), "another CA": client(rogueCA, "intruder")} {
 		if resp, err := c.Get(base + "/quota/tokens"); err == nil {
@@ -121,13 +134,21 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 			t.Errorf("%s: remote admin answered %d", name, resp.StatusCode)
 		}
 	}
-	// The CLI, as SECURITY.md shows it: the remote admin address, the
-	// operator's certificate, and the CA of the endpoint's certificate
-	// (Caddy's local CA here).
+	// The CLI line, as SECURITY.md writes it, with the admin CA copied
+	// from Caddy's data directory to admin-ca.pem.
+	root, err := os.ReadFile(filepath.Join(dir, "xdg-caddy", "caddy", "pki", "authorities", "local", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "admin-ca.pem"), root, 0o644)
+	line := strings.TrimSpace(block("sh", 1))
+	line = strings.Replace(strings.Replace(line, "caddy ", binary+" ", 1), "https://node1.example:2021", base, 1)
+	if out, err := exec.Command("bash", "-c", "cd "+dir+" && "+line).CombinedOutput(); err != nil || !strings.Contains(string(out), "remote-token") && !strings.Contains(string(out), created.ID) {
+		t.Fatalf("SECURITY.md's CLI line: %v\n%s", err, out)
+	}
 	ops := clustercert.NodeFiles(opsCA, "operator")
-	serverCA := filepath.Join(dir, "xdg-caddy", "caddy", "pki", "authorities", "local", "root.crt")
 	cli := func(args ...string) (string, error) {
-		args = append(append([]string{"quota"}, args...), "--address", base, "--cert", ops.Cert, "--key", ops.Key, "--ca", serverCA)
+		args = append(append([]string{"quota"}, args...), "--address", base, "--cert", ops.Cert, "--key", ops.Key, "--ca", filepath.Join(dir, "admin-ca.pem"))
 		out, err := exec.Command(binary, args...).CombinedOutput()
 		return string(out), err
 	}
@@ -137,8 +158,8 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 	if out, err := cli("token", "create", "--generate", "--limit", "2"); err != nil || !strings.Contains(out, `"name": "rq_`) {
 		t.Fatalf("caddy quota token create over remote admin: %v\n%s", err, out)
 	}
-	if out, err := cli("token", "delete", created.ID); err == nil || !strings.Contains(out, "HTTP 403") {
-		t.Fatalf("DELETE is not permitted remotely, yet: %v\n%s", err, out)
+	if out, err := cli("token", "delete", created.ID); err != nil {
+		t.Fatalf("DELETE is permitted remotely by the recipe: %v\n%s", err, out)
 	}
 	out, err := exec.Command(binary, "quota", "token", "list", "--address", base).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "--cert and --key") {
@@ -146,7 +167,7 @@ func TestRemoteAdminNeedsAClientCertificate(t *testing.T) {
 	}
 
 	// The local admin endpoint is on loopback, as configured.
-	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/quota/tokens/%s", local, created.ID)); err != nil || resp.StatusCode != http.StatusOK {
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%s/quota/tokens", local)); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("local admin: %v %v", resp, err)
 	}
 }
