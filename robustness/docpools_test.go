@@ -278,3 +278,34 @@ func TestQuickStartRunsAsWritten(t *testing.T) {
 		}
 	}
 }
+
+// TestJSONExampleValidatesAsWritten runs docs/REFERENCE.md's block that
+// makes the JSON example's certificates and validates it, in a copy of
+// the repository's examples/json (the test's binary standing in for the
+// go build line).
+func TestJSONExampleValidatesAsWritten(t *testing.T) {
+	ref, err := os.ReadFile(filepath.Join("..", "docs", "REFERENCE.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(ref)
+	s = s[strings.Index(s, "## JSON"):]
+	start := strings.Index(s, "```sh\n") + 6
+	block := s[start : start+strings.Index(s[start:], "```")]
+	root := t.TempDir()
+	if err := os.CopyFS(filepath.Join(root, "examples", "json"), os.DirFS(filepath.Join("..", "examples", "json"))); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(block), "\n") {
+		if line == "go build -o caddy ./cmd/caddy" {
+			line = "cp " + binary + " caddy"
+		}
+		out, err := exec.Command("bash", "-c", "cd "+root+" && "+line).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, out)
+		}
+		if strings.Contains(line, "validate") && !strings.Contains(string(out), "Valid configuration") {
+			t.Fatalf("%s:\n%s", line, out)
+		}
+	}
+}

@@ -119,7 +119,11 @@ while ((!stopping)); do
 		if [[ "${pids[$name]}" == "$died" ]]; then
 			unset "pids[$name]"
 			rm -f "data/$name.pid"
-			echo "$name died (exit status $status); the others keep running. Start it again with: $0 start $name" >&2
+			if ((status == 0)); then
+				echo "$name stopped; the others keep running. Start it again with: $0 start $name" >&2
+			else
+				echo "$name died (exit status $status); the others keep running. Start it again with: $0 start $name" >&2
+			fi
 		fi
 	done
 done
