@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -313,4 +314,54 @@ func shortPut(t *testing.T, port, host, target, access string) (string, string) 
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return strconv.Itoa(resp.StatusCode), string(b)
+}
+
+// TestS3GatewayWalkthroughRunsAsWritten runs the sh blocks of
+// examples/s3-gateway/README.md after its first (which builds and runs
+// Caddy: the test's binary runs the example's Caddyfile, ports moved)
+// with bash, in a directory holding ./photos and big.iso, the clients'
+// settings in a HOME of its own; then checks what the token was charged.
+func TestS3GatewayWalkthroughRunsAsWritten(t *testing.T) {
+	for _, c := range []string{"rclone", "s3cmd"} {
+		lookClient(t, c)
+	}
+	lookClient(t, "/usr/bin/aws", "aws")
+	g := startS3Gate(t, "24h")
+	b, err := os.ReadFile(filepath.Join("..", "examples", "s3-gateway", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	os.Mkdir(filepath.Join(work, "photos"), 0o755)
+	for i := range 3 {
+		randomFile(t, filepath.Join(work, "photos"), fmt.Sprintf("p%d.jpg", i), 1000)
+	}
+	randomFile(t, work, "big.iso", 6*mib)
+	os.WriteFile(filepath.Join(work, "report.pdf"), []byte("pdf"), 0o644)
+	ports := map[string]string{"8333": g.gate, "2333": g.admin, "9333": g.storage}
+	var script strings.Builder
+	blocks := regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(b), -1)
+	for _, blk := range blocks[1:] { // the first builds and runs Caddy
+		s := blk[1]
+		s = strings.ReplaceAll(s, "./caddy ", binary+" ")
+		for from, to := range ports {
+			s = strings.ReplaceAll(s, ":"+from, ":"+to)
+		}
+		script.WriteString(s + "\n")
+	}
+	home := t.TempDir()
+	cmd := exec.Command("bash", "-e", "-c", script.String())
+	cmd.Dir = work
+	cmd.Env = clientEnv(home, "PATH=/usr/bin:"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the walkthrough: %v\n%s", err, out)
+	}
+	// 3 photos, big.iso by rclone and by aws-cli, the copy, s3cmd's put,
+	// and the virtual-hosted curl.
+	n, by := g.usage("AKIAEXAMPLEGATE00001")
+	t.Logf("the walkthrough charged %d uploads and %d bytes", n, by)
+	if want := int64(3*1000 + 6*mib*4 + 3); n != 8 || by != want {
+		t.Fatalf("the walkthrough charged %d uploads and %d bytes, want 8 and %d\n%s", n, by, want, out)
+	}
 }
