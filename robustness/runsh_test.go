@@ -275,3 +275,78 @@ func TestFailOverRunsAsWritten(t *testing.T) {
 	i := int(leader[len(leader)-1] - '1')
 	c.waitNodeHealthy(i, 60*time.Second)
 }
+
+// TestBackupAndRestoreRunAsWritten runs docs/OPERATIONS.md's backup and
+// restore blocks against examples/three-node/run.sh (copied, ports moved):
+// a backup under the running cluster, run.sh stopped, every data dir
+// emptied and restored with the documented command (node1's as written,
+// node2's and node3's the same with their names), run.sh started again:
+// the token's usage is the backup's.
+func TestBackupAndRestoreRunAsWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary")
+	}
+	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
+	for i := 1; i <= nodes; i++ {
+		for _, p := range []string{"808", "202", "700"} {
+			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
+		}
+	}
+	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
+		c.writeFile(name, c.template(name))
+	}
+	rs := startRunScript(t, "three-node", c.dir)
+	for i := 0; i < nodes; i++ {
+		c.waitNodeHealthy(i, 60*time.Second)
+	}
+	c.createToken("kept", 100)
+	for i := range 7 {
+		if st := upload(c, i%3, "kept", fmt.Sprintf("o%d", i)); st != 200 {
+			t.Fatalf("upload: %d", st)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join("..", "docs", "OPERATIONS.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	doc = doc[strings.Index(doc, "## Backup and restore"):]
+	blocks := regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(doc, 2)
+	fix := func(s string) string {
+		s = strings.ReplaceAll(s, "caddy quota", binary+" quota")
+		s = strings.ReplaceAll(s, "examples/three-node/", "")
+		s = strings.ReplaceAll(s, "127.0.0.1:2021", "127.0.0.1:"+c.ports["2021"])
+		for i := 1; i <= nodes; i++ {
+			s = strings.ReplaceAll(s, fmt.Sprintf("127.0.0.1:700%d", i), "127.0.0.1:"+c.ports[fmt.Sprintf("700%d", i)])
+		}
+		return s
+	}
+	run := func(s string) string {
+		cmd := exec.Command("bash", "-e", "-c", s)
+		cmd.Dir, cmd.Env = c.dir, rs.env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", s, err, out)
+		}
+		return string(out)
+	}
+	if out := run(fix(blocks[0][1])); !strings.Contains(out, "backup of 1 tokens") {
+		t.Fatalf("backup said: %s", out)
+	}
+	if !rs.stop() {
+		t.Fatal("run.sh did not stop")
+	}
+	restore := fix(blocks[1][1])
+	for i := 1; i <= nodes; i++ {
+		name := fmt.Sprintf("node%d", i)
+		os.RemoveAll(filepath.Join(c.dir, "data", name, "raft"))
+		run(strings.NewReplacer("data/node1/raft", "data/"+name+"/raft", "--node-id node1", "--node-id "+name).Replace(restore))
+	}
+	startRunScript(t, "three-node", c.dir)
+	for i := 0; i < nodes; i++ {
+		c.waitNodeHealthy(i, 60*time.Second)
+	}
+	if n := c.usage("kept"); n != 7 {
+		t.Fatalf("after restore the token has %d uploads, the backup 7", n)
+	}
+}
