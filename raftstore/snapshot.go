@@ -82,7 +82,16 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	for i := range s.pools {
 		sw.pool(&s.pools[i])
 	}
-	// Creation order: deterministic (generations are unique and replicated).
+	s.writeTokens(sw)
+	s.writeDedup(sw)
+	s.writeUploads(sw)
+	sw.outbox(&s.events)
+	return sw.w.Flush()
+}
+
+// writeTokens writes the tokens in creation order: deterministic
+// (generations are unique and replicated).
+func (s *fsmSnapshot) writeTokens(sw *snapWriter) {
 	// Sorted as (generation, token) pairs: a comparison that followed the
 	// pointers took 0.8 s of a 1M-token snapshot in cache misses.
 	type genToken struct {
@@ -127,6 +136,10 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		sw.uvarint(t.Generation)
 		sw.poolIDs(e.Pools)
 	}
+}
+
+// writeDedup writes the remembered request ids, oldest first.
+func (s *fsmSnapshot) writeDedup(sw *snapWriter) {
 	s.dedup.each(func(id RequestID, e *dedupEntry) {
 		sw.w.Write(id[:])
 		var flags byte
@@ -151,6 +164,10 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 			sw.poolRefs(nil)
 		}
 	})
+}
+
+// writeUploads writes the multipart uploads, in key order.
+func (s *fsmSnapshot) writeUploads(sw *snapWriter) {
 	sw.uvarint(uint64(len(s.uploads)))
 	for i := range s.uploads {
 		k, u := s.uploads[i].Key, &s.uploads[i].U
@@ -166,8 +183,6 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		}
 		sw.poolIDs(u.Pools)
 	}
-	sw.outbox(&s.events)
-	return sw.w.Flush()
 }
 
 func (s *snapWriter) charge(c *charge) {
@@ -401,6 +416,8 @@ func (s *snapReader) readPools(pt *poolTable) {
 type snapReader struct {
 	r   *bufio.Reader
 	err error
+	// version is the format being read.
+	version byte
 }
 
 var errBadSnapshot = errors.New("corrupt snapshot")
@@ -501,154 +518,24 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 	if _, err := io.ReadFull(sr.r, magic); err != nil {
 		return nil, fmt.Errorf("reading snapshot header: %w", err)
 	}
-	version := magic[3]
-	if string(magic[:3]) != snapshotMagic || version < 2 || version > snapshotVersion {
+	sr.version = magic[3]
+	if string(magic[:3]) != snapshotMagic || sr.version < 2 || sr.version > snapshotVersion {
 		return nil, fmt.Errorf("unknown snapshot format %q: written by a newer version of raftquota?", magic)
 	}
 	f := &fsm{}
 	f.reset()
-	if secret := sr.rawBytes(); len(secret) > 0 {
-		f.secret = secret
+	ntok, ndedup, err := sr.header(f)
+	if err != nil {
+		return nil, err
 	}
-	f.now = sr.varint()
-	f.generation = sr.uvarint()
-	if version >= 3 {
-		n := sr.uvarint()
-		if n < 1 || n > MaxDedupSize {
-			return nil, fmt.Errorf("reading snapshot: %w: dedup size %d", errBadSnapshot, n)
-		}
-		f.dedup.Resize(int(n))
-	}
-	ntok, ndedup := sr.uvarint(), sr.uvarint()
-	if version >= 7 {
-		sr.readPools(f.pools)
-	}
-	if sr.err != nil {
-		return nil, fmt.Errorf("reading snapshot header: %w", sr.err)
-	}
-	// Tokens are allocated in chunks rather than one by one: restoring a
-	// million tokens was dominated by allocation and GC. Chunks (not one
-	// slab of the claimed count) keep a corrupt count from allocating much.
-	const chunk = 1 << 16
-	var slab []tokenState
-	f.tokens = newTokenTable(int(min(ntok, 1<<22)))
-	for i := uint64(0); i < ntok && sr.err == nil; i++ {
-		if len(slab) == 0 {
-			slab = make([]tokenState, min(ntok-i, chunk))
-		}
-		t := &slab[0]
-		slab = slab[1:]
-		switch {
-		case version >= 6:
-			sr.key(&t.Key)
-			t.id = sr.id()
-		case version >= 4:
-			sr.key(&t.Key)
-			t.id = sr.idText()
-		default:
-			t.Key = keyOfStored(sr.str())
-			t.id, _ = parseTokenID(tokenID(f.secret, t.Key))
-		}
-		t.UsageLimit, t.UsageCount = sr.varint(), sr.varint()
-		t.BytesLimit, t.BytesUsed = sr.varint(), sr.varint()
-		st := sr.byte()
-		if int(st) >= len(statusByCode) {
-			sr.err = errBadSnapshot
-			break
-		}
-		t.Status = statusCode(st)
-		var e tokenExt
-		e.CreatedBy = sr.str()
-		if n := sr.uvarint(); n > 0 {
-			if n > 1<<16 {
-				sr.err = errBadSnapshot
-				break
-			}
-			e.Metadata = make(map[string]string, n)
-			for j := uint64(0); j < n; j++ {
-				k := sr.str()
-				e.Metadata[k] = sr.str()
-			}
-		}
-		e.ExpiresAt, e.hasExpiry = sr.optTime()
-		e.RenewEvery = Duration(sr.varint())
-		if version >= 7 {
-			e.Cal = sr.calendar()
-			e.Notify, e.Notified = sr.thresholds()
-		}
-		e.WindowStart, e.hasWindow = sr.optTime()
-		if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow || !e.Cal.IsZero() || e.Notify != nil {
-			t.ext = &e
-		}
-		t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()
-		t.Generation = sr.uvarint()
-		if version >= 7 {
-			if ids := sr.poolIDs(); len(ids) > 0 {
-				if t.ext == nil {
-					t.ext = &e
-				}
-				t.ext.Pools = ids
-				for _, id := range ids {
-					if p := f.pools.get(id); p != nil {
-						p.tokens++
-					} else {
-						sr.fail()
-					}
-				}
-			}
-		}
-		if sr.err == nil && !f.tokens.putNew(t) {
-			sr.err = fmt.Errorf("%w: token %s twice", errBadSnapshot, t.id)
-			break
-		}
-	}
+	sr.readTokens(f, ntok)
 	for i := uint64(0); i < ndedup && sr.err == nil; i++ {
-		var id RequestID
-		if _, err := io.ReadFull(sr.r, id[:]); err != nil {
-			sr.err = err
-			break
-		}
-		e := dedupEntry{Op: op(sr.byte()), Code: errCode(sr.byte())}
-		flags := sr.byte()
-		e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
-		e.Reason = reasonCode(sr.byte())
-		var key TokenKey
-		switch {
-		case version >= 6:
-			e.Token = sr.id()
-		case version >= 4:
-			sr.key(&key)
-		default:
-			key = keyOfStored(sr.str())
-		}
-		if version < 6 && !key.IsZero() {
-			// The token it charged, if it still exists; a deleted one's
-			// entry refunds nothing either way (Gen tells a token that
-			// took the name since).
-			if t := f.tokens.stored(key); t != nil {
-				e.Token = t.id
-			}
-		}
-		e.Units, e.Bytes, e.Window = sr.varint(), sr.varint(), sr.varint()
-		e.Gen = sr.uvarint()
-		if version >= 7 {
-			if refs := sr.poolRefs(); len(refs) > 0 {
-				e.Pools = &refs
-			}
-		}
-		if sr.err != nil {
-			break
-		}
-		if _, known := commands[e.Op]; !known {
-			sr.err = errBadSnapshot
-			break
-		}
-		f.dedup.Add(id, e)
+		sr.readDedupEntry(f)
 	}
-	if version >= 5 && sr.err == nil {
-		sr.readUploads(f.uploads, version)
+	if sr.version >= 5 && sr.err == nil {
+		sr.readUploads(f.uploads, sr.version)
 	}
-	if version >= 7 && sr.err == nil {
+	if sr.version >= 7 && sr.err == nil {
 		sr.readOutbox(f.events)
 	}
 	if sr.err != nil {
@@ -658,4 +545,168 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 		return nil, fmt.Errorf("reading snapshot: %w: data after the last entry", errBadSnapshot)
 	}
 	return f, nil
+}
+
+// header reads what precedes the tokens into f, and the counts of tokens
+// and dedup entries.
+func (sr *snapReader) header(f *fsm) (ntok, ndedup uint64, err error) {
+	if secret := sr.rawBytes(); len(secret) > 0 {
+		f.secret = secret
+	}
+	f.now = sr.varint()
+	f.generation = sr.uvarint()
+	if sr.version >= 3 {
+		n := sr.uvarint()
+		if n < 1 || n > MaxDedupSize {
+			return 0, 0, fmt.Errorf("reading snapshot: %w: dedup size %d", errBadSnapshot, n)
+		}
+		f.dedup.Resize(int(n))
+	}
+	ntok, ndedup = sr.uvarint(), sr.uvarint()
+	if sr.version >= 7 {
+		sr.readPools(f.pools)
+	}
+	if sr.err != nil {
+		return 0, 0, fmt.Errorf("reading snapshot header: %w", sr.err)
+	}
+	return ntok, ndedup, nil
+}
+
+// readTokens reads ntok tokens into f. They are allocated in chunks
+// rather than one by one: restoring a million tokens was dominated by
+// allocation and GC. Chunks (not one slab of the claimed count) keep a
+// corrupt count from allocating much.
+func (sr *snapReader) readTokens(f *fsm, ntok uint64) {
+	const chunk = 1 << 16
+	var slab []tokenState
+	f.tokens = newTokenTable(int(min(ntok, 1<<22)))
+	for i := uint64(0); i < ntok && sr.err == nil; i++ {
+		if len(slab) == 0 {
+			slab = make([]tokenState, min(ntok-i, chunk))
+		}
+		t := &slab[0]
+		slab = slab[1:]
+		sr.readToken(f, t)
+		if sr.err == nil && !f.tokens.putNew(t) {
+			sr.err = fmt.Errorf("%w: token %s twice", errBadSnapshot, t.id)
+		}
+	}
+}
+
+// readToken reads one token into t.
+func (sr *snapReader) readToken(f *fsm, t *tokenState) {
+	switch {
+	case sr.version >= 6:
+		sr.key(&t.Key)
+		t.id = sr.id()
+	case sr.version >= 4:
+		sr.key(&t.Key)
+		t.id = sr.idText()
+	default:
+		t.Key = keyOfStored(sr.str())
+		t.id, _ = parseTokenID(tokenID(f.secret, t.Key))
+	}
+	t.UsageLimit, t.UsageCount = sr.varint(), sr.varint()
+	t.BytesLimit, t.BytesUsed = sr.varint(), sr.varint()
+	st := sr.byte()
+	if int(st) >= len(statusByCode) {
+		sr.fail()
+		return
+	}
+	t.Status = statusCode(st)
+	e := sr.tokenExt()
+	if sr.err != nil {
+		return
+	}
+	if e.CreatedBy != "" || e.Metadata != nil || e.RenewEvery != 0 || e.hasExpiry || e.hasWindow || !e.Cal.IsZero() || e.Notify != nil {
+		t.ext = e
+	}
+	t.CreatedAt, t.UpdatedAt = sr.varint(), sr.varint()
+	t.Generation = sr.uvarint()
+	if sr.version < 7 {
+		return
+	}
+	if ids := sr.poolIDs(); len(ids) > 0 {
+		if t.ext == nil {
+			t.ext = e
+		}
+		t.ext.Pools = ids
+		for _, id := range ids {
+			if p := f.pools.get(id); p != nil {
+				p.tokens++
+			} else {
+				sr.fail()
+			}
+		}
+	}
+}
+
+// tokenExt reads the fields of a token that few tokens have.
+func (sr *snapReader) tokenExt() *tokenExt {
+	e := &tokenExt{}
+	e.CreatedBy = sr.str()
+	if n := sr.uvarint(); n > 0 {
+		if n > 1<<16 {
+			sr.fail()
+			return e
+		}
+		e.Metadata = make(map[string]string, n)
+		for j := uint64(0); j < n; j++ {
+			k := sr.str()
+			e.Metadata[k] = sr.str()
+		}
+	}
+	e.ExpiresAt, e.hasExpiry = sr.optTime()
+	e.RenewEvery = Duration(sr.varint())
+	if sr.version >= 7 {
+		e.Cal = sr.calendar()
+		e.Notify, e.Notified = sr.thresholds()
+	}
+	e.WindowStart, e.hasWindow = sr.optTime()
+	return e
+}
+
+// readDedupEntry reads one remembered request id into f.
+func (sr *snapReader) readDedupEntry(f *fsm) {
+	var id RequestID
+	if _, err := io.ReadFull(sr.r, id[:]); err != nil {
+		sr.err = err
+		return
+	}
+	e := dedupEntry{Op: op(sr.byte()), Code: errCode(sr.byte())}
+	flags := sr.byte()
+	e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
+	e.Reason = reasonCode(sr.byte())
+	var key TokenKey
+	switch {
+	case sr.version >= 6:
+		e.Token = sr.id()
+	case sr.version >= 4:
+		sr.key(&key)
+	default:
+		key = keyOfStored(sr.str())
+	}
+	if sr.version < 6 && !key.IsZero() {
+		// The token it charged, if it still exists; a deleted one's
+		// entry refunds nothing either way (Gen tells a token that
+		// took the name since).
+		if t := f.tokens.stored(key); t != nil {
+			e.Token = t.id
+		}
+	}
+	e.Units, e.Bytes, e.Window = sr.varint(), sr.varint(), sr.varint()
+	e.Gen = sr.uvarint()
+	if sr.version >= 7 {
+		if refs := sr.poolRefs(); len(refs) > 0 {
+			e.Pools = &refs
+		}
+	}
+	if sr.err != nil {
+		return
+	}
+	if _, known := commands[e.Op]; !known {
+		sr.fail()
+		return
+	}
+	f.dedup.Add(id, e)
 }
