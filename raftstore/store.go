@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 )
@@ -298,9 +299,33 @@ func claimDataDir(dir, id string) error {
 }
 
 func (s *Store) start() error {
-	cfg := s.cfg
 	hl := newHCLog(s.logger.Named("raft"))
+	logs, stable, snaps, err := s.openStores(hl)
+	if err != nil {
+		return err
+	}
+	s.snaps = snaps
+	if err := s.openTransport(hl); err != nil {
+		return err
+	}
+	rc := s.raftConfig(hl)
+	if err := s.bootstrapIfNew(rc, logs, stable, snaps); err != nil {
+		return err
+	}
+	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, s.transport)
+	if err != nil {
+		return fmt.Errorf("starting raft: %w", err)
+	}
+	s.raft = r
+	s.raftNode.Store(r)
+	s.startWorkers(r)
+	return nil
+}
 
+// openStores opens the log, stable and snapshot stores: a voter's data
+// dir, checked first, or a gateway's memory.
+func (s *Store) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, error) {
+	cfg := s.cfg
 	// A gateway keeps its copy of the log in memory: it never votes, so
 	// nothing it holds is needed for a commit, and a restarted gateway is
 	// sent the state again by the leader. Fsyncing every entry on every
@@ -314,7 +339,7 @@ func (s *Store) start() error {
 	} else {
 		check, err := CheckDataDir(cfg.DataDir, true)
 		if err != nil {
-			return err
+			return nil, nil, nil, err
 		}
 		for _, p := range check.MovedAside {
 			s.logger.Warn("a damaged snapshot was moved aside; starting from the newest good one",
@@ -322,20 +347,25 @@ func (s *Store) start() error {
 		}
 		stores, err := openLogStores(cfg.DataDir, cfg.LogStore, hl, s.logger, cfg.walSegmentSize)
 		if err != nil {
-			return err
+			return nil, nil, nil, err
 		}
 		s.stores = stores
 		if logs, err = stores.logs(); err != nil {
-			return err
+			return nil, nil, nil, err
 		}
 		stores.stable = &closableStable{StableStore: stores.bolt}
 		stable = stores.stable
 		if snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hl); err != nil {
-			return fmt.Errorf("opening snapshot store: %w", err)
+			return nil, nil, nil, fmt.Errorf("opening snapshot store: %w", err)
 		}
 	}
-	s.snaps = snaps
+	return logs, stable, snaps, nil
+}
 
+// openTransport listens (or takes the configured stream layer), shares the
+// port between Raft and forwarding, and makes Raft's transport.
+func (s *Store) openTransport(hl hclog.Logger) error {
+	cfg := s.cfg
 	stream := cfg.Stream
 	if stream == nil {
 		var err error
@@ -372,6 +402,12 @@ func (s *Store) start() error {
 	}
 	s.transport = raft.NewNetworkTransportWithConfig(tc)
 
+	return nil
+}
+
+// raftConfig is hashicorp/raft's configuration from the node's.
+func (s *Store) raftConfig(hl hclog.Logger) *raft.Config {
+	cfg := s.cfg
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
@@ -390,44 +426,51 @@ func (s *Store) start() error {
 	// when it is back, instead of stopping.
 	rc.ShutdownOnRemove = !cfg.Gateway
 
-	if !cfg.NoBootstrap && !cfg.Gateway {
-		has, err := raft.HasExistingState(logs, stable, snaps)
-		if err != nil {
-			return err
-		}
-		if !has {
-			servers := []raft.Server{{ID: rc.LocalID, Address: s.transport.LocalAddr(), Suffrage: raft.Voter}}
-			if len(cfg.Peers) > 0 {
-				servers = servers[:0]
-				for _, p := range cfg.Peers {
-					servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address), Suffrage: raft.Voter})
-				}
-			}
-			if err := raft.BootstrapCluster(rc, logs, stable, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
-				return fmt.Errorf("bootstrapping cluster: %w", err)
-			}
-			if len(cfg.Peers) == 0 {
-				// A new cluster on a node that was meant to hold data (a
-				// changed node_id or data_dir) would look like lost tokens:
-				// say it loudly.
-				s.logger.Warn("bootstrapped a new, empty cluster in this data dir; if this node should have joined an existing cluster or kept its data, stop it and check node_id and data_dir",
-					zap.String("data_dir", cfg.DataDir), zap.Int("voters", len(servers)))
-			} else {
-				// With peers, an empty data dir is either a new cluster's
-				// first start or a member rejoining after its data dir was
-				// lost: which one shows once a leader is known.
-				s.newDataDir = true
-			}
-		}
-	}
+	return rc
+}
 
-	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, s.transport)
+// bootstrapIfNew writes the first configuration into an empty voter's
+// data dir: itself alone, or the configured peers.
+func (s *Store) bootstrapIfNew(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore) error {
+	cfg := s.cfg
+	if cfg.NoBootstrap || cfg.Gateway {
+		return nil
+	}
+	has, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
-		return fmt.Errorf("starting raft: %w", err)
+		return err
 	}
-	s.raft = r
-	s.raftNode.Store(r)
+	if !has {
+		servers := []raft.Server{{ID: rc.LocalID, Address: s.transport.LocalAddr(), Suffrage: raft.Voter}}
+		if len(cfg.Peers) > 0 {
+			servers = servers[:0]
+			for _, p := range cfg.Peers {
+				servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address), Suffrage: raft.Voter})
+			}
+		}
+		if err := raft.BootstrapCluster(rc, logs, stable, snaps, s.transport, raft.Configuration{Servers: servers}); err != nil {
+			return fmt.Errorf("bootstrapping cluster: %w", err)
+		}
+		if len(cfg.Peers) == 0 {
+			// A new cluster on a node that was meant to hold data (a
+			// changed node_id or data_dir) would look like lost tokens:
+			// say it loudly.
+			s.logger.Warn("bootstrapped a new, empty cluster in this data dir; if this node should have joined an existing cluster or kept its data, stop it and check node_id and data_dir",
+				zap.String("data_dir", cfg.DataDir), zap.Int("voters", len(servers)))
+		} else {
+			// With peers, an empty data dir is either a new cluster's
+			// first start or a member rejoining after its data dir was
+			// lost: which one shows once a leader is known.
+			s.newDataDir = true
+		}
+	}
+	return nil
+}
 
+// startWorkers starts the batchers, forwarding and the node's goroutines
+// on a running Raft.
+func (s *Store) startWorkers(r *raft.Raft) {
+	cfg := s.cfg
 	s.leaderConsumes = newBatcher(cfg.MaxBatch, 1, s.applyConsumes)
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
 	s.forwardConsumes = newBatcher(cfg.MaxBatch, 2, s.forwardConsumeBatch)
@@ -463,7 +506,6 @@ func (s *Store) start() error {
 	go s.reapGateways()
 	s.wg.Add(1)
 	go s.expireUploads()
-	return nil
 }
 
 func (s *Store) onBatch(n int, forwarded bool) {
