@@ -252,67 +252,102 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		}
 	}
 
+	x := &s3Exchange{h: h, w: w, r: r, next: next, repl: repl, target: target, op: op, store: store, key: tokenKey, c: c, pools: pools, upload: upload}
 	switch op {
 	case s3Put, s3Copy, s3PostObject:
-		n := formSize
-		if op != s3PostObject {
-			n = h.s3ObjectSize(w, r, next, op, target)
-		}
-		if n < 0 && op == s3Copy {
-			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required",
-				"The copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range, or download and upload.")
-		}
-		if n < 0 {
-			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
-		}
-		c.bytes = n
-		d, err := store.Consume(ctx, h.charge(c.id, tokenKey, c.units, c.bytes, pools))
-		cancel()
-		return h.decided(w, r, next, repl, store, c, d, err)
-
+		return x.object(ctx, formSize)
 	case s3Part, s3PartCopy:
-		partNumber, err := strconv.ParseInt(r.URL.Query().Get("partNumber"), 10, 32)
-		if err != nil || partNumber < 1 {
-			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad_part", "Bad part number", "partNumber must be a positive integer.")
-		}
-		n := h.s3ObjectSize(w, r, next, op, target)
-		if n < 0 && op == s3PartCopy {
-			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required",
-				"The part copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range.")
-		}
-		if n < 0 {
-			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This part's length is not known up front.")
-		}
-		c.units, c.bytes = 0, n
-		d, err := store.ChargePart(ctx, c.id, upload, int32(partNumber), n, tokenKey)
-		cancel()
-		return h.decided(w, r, next, repl, store, c, d, err)
-
+		return x.part(ctx)
 	case s3Create:
-		d, err := store.ReserveUpload(ctx, h.charge(c.id, tokenKey, h.Cost, 0, pools), time.Duration(h.S3.MultipartExpiry))
-		cancel()
-		if err != nil || !d.Allowed {
-			return h.decided(w, r, next, repl, store, c, d, err)
-		}
-		return h.createUpload(w, r, next, store, c, d, target)
-
+		return x.create(ctx)
 	case s3Complete:
 		return h.completeUpload(ctx, w, r, next, repl, store, upload, tokenKey)
-
 	case s3Abort:
 		return h.abortUpload(w, r, next, store, upload, tokenKey, c.fp)
-
-	default:
-		// Deleting and configuring are not charged, but need a token that
-		// could be used: no write passes the gate without one.
-		d, err := store.Check(ctx, raftstore.ConsumeRequest{Key: tokenKey})
-		cancel()
-		if err == nil && (d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted) {
-			d.Allowed, d.Reason = true, ""
-		}
-		c.check = true
-		return h.decided(w, r, next, repl, store, c, d, err)
 	}
+	return x.otherWrite(ctx)
+}
+
+// s3Exchange is one S3 write through the gate: what it does, whose it is,
+// and where it is answered.
+type s3Exchange struct {
+	h      *Handler
+	w      http.ResponseWriter
+	r      *http.Request
+	next   caddyhttp.Handler
+	repl   *caddy.Replacer
+	target s3Target
+	op     s3Op
+	store  *raftstore.Store
+	key    raftstore.TokenKey
+	c      charged
+	pools  []string
+	upload raftstore.UploadKey
+}
+
+func (x *s3Exchange) refuse(status int, kind, title, detail string) error {
+	return x.h.refuse(x.w, x.r, x.next, x.repl, status, kind, title, detail)
+}
+
+func (x *s3Exchange) decided(d raftstore.Decision, err error) error {
+	return x.h.decided(x.w, x.r, x.next, x.repl, x.store, x.c, d, err)
+}
+
+// object charges PutObject, CopyObject and POST Object: a unit and the
+// object's bytes (formSize for a form).
+func (x *s3Exchange) object(ctx context.Context, formSize int64) error {
+	n := formSize
+	if x.op != s3PostObject {
+		n = x.h.s3ObjectSize(x.w, x.r, x.next, x.op, x.target)
+	}
+	if n < 0 && x.op == s3Copy {
+		return x.refuse(http.StatusLengthRequired, "length_required", "Length required",
+			"The copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range, or download and upload.")
+	}
+	if n < 0 {
+		return x.refuse(http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
+	}
+	x.c.bytes = n
+	return x.decided(x.store.Consume(ctx, x.h.charge(x.c.id, x.key, x.c.units, x.c.bytes, x.pools)))
+}
+
+// part charges UploadPart and UploadPartCopy: the part's bytes, to the
+// upload's token and pools.
+func (x *s3Exchange) part(ctx context.Context) error {
+	partNumber, err := strconv.ParseInt(x.r.URL.Query().Get("partNumber"), 10, 32)
+	if err != nil || partNumber < 1 {
+		return x.refuse(http.StatusBadRequest, "bad_part", "Bad part number", "partNumber must be a positive integer.")
+	}
+	n := x.h.s3ObjectSize(x.w, x.r, x.next, x.op, x.target)
+	if n < 0 && x.op == s3PartCopy {
+		return x.refuse(http.StatusLengthRequired, "length_required", "Length required",
+			"The part copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range.")
+	}
+	if n < 0 {
+		return x.refuse(http.StatusLengthRequired, "length_required", "Length required", "This part's length is not known up front.")
+	}
+	x.c.units, x.c.bytes = 0, n
+	return x.decided(x.store.ChargePart(ctx, x.c.id, x.upload, int32(partNumber), n, x.key))
+}
+
+// create reserves a multipart upload's unit, then forwards it.
+func (x *s3Exchange) create(ctx context.Context) error {
+	d, err := x.store.ReserveUpload(ctx, x.h.charge(x.c.id, x.key, x.h.Cost, 0, x.pools), time.Duration(x.h.S3.MultipartExpiry))
+	if err != nil || !d.Allowed {
+		return x.decided(d, err)
+	}
+	return x.h.createUpload(x.w, x.r, x.next, x.store, x.c, d, x.target)
+}
+
+// otherWrite passes deletes and settings, uncharged, with a token that
+// could be used: no write passes the gate without one.
+func (x *s3Exchange) otherWrite(ctx context.Context) error {
+	d, err := x.store.Check(ctx, raftstore.ConsumeRequest{Key: x.key})
+	if err == nil && (d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted) {
+		d.Allowed, d.Reason = true, ""
+	}
+	x.c.check = true
+	return x.decided(d, err)
 }
 
 // s3ObjectSize is how many bytes of object data r stores: its body's, or
