@@ -54,12 +54,18 @@ works offline, on a data dir of a node that is not running.`,
 }
 
 func quotaCommand(cmd *cobra.Command) {
-	var address string
-	cmd.PersistentFlags().StringVar(&address, "address", "", "admin API address of a running node (default localhost:2019), or https://HOST:PORT for Caddy's remote admin")
+	address := new(string)
+	cmd.PersistentFlags().StringVar(address, "address", "", "admin API address of a running node (default localhost:2019), or https://HOST:PORT for Caddy's remote admin")
 	cmd.PersistentFlags().StringVar(&remote.cert, "cert", "", "with an https:// address: the operator's client certificate (PEM)")
 	cmd.PersistentFlags().StringVar(&remote.key, "key", "", "with an https:// address: its private key (PEM)")
 	cmd.PersistentFlags().StringVar(&remote.ca, "ca", "", "with an https:// address: the CA that signed the admin endpoint's certificate (PEM; default: the system's)")
+	cmd.AddCommand(certsCommand(), tokenCommand(address), poolCommand(address))
+	cmd.AddCommand(clusterCommands(address)...)
+	cmd.AddCommand(dataCommands(address)...)
+}
 
+// certsCommand is `caddy quota certs`: the cluster CA and node certificates.
+func certsCommand() *cobra.Command {
 	certs := &cobra.Command{
 		Use:   "certs --dir DIR ID=HOST[,HOST...] ...",
 		Short: "Makes a cluster CA (or reuses the one in DIR) and a certificate per node",
@@ -86,8 +92,77 @@ func quotaCommand(cmd *cobra.Command) {
 		return nil
 	}
 
+	return certs
+}
+
+// tokenCommand is `caddy quota token ...`.
+func tokenCommand(address *string) *cobra.Command {
 	token := &cobra.Command{Use: "token", Short: "Manages tokens through the admin API"}
 
+	create := tokenCreateCommand(address)
+
+	update := &cobra.Command{Use: "update-limit TOKEN", Short: "Changes a token's limits", Args: cobra.ExactArgs(1)}
+	newLimit := update.Flags().Int64("limit", -1, "new upload limit (0 = unlimited)")
+	newBytes := update.Flags().Int64("bytes-limit", -1, "new byte limit (0 = unlimited)")
+	update.RunE = func(_ *cobra.Command, args []string) error {
+		body := map[string]any{}
+		if *newLimit >= 0 {
+			body["usage_limit"] = *newLimit
+		}
+		if *newBytes >= 0 {
+			body["bytes_limit"] = *newBytes
+		}
+		if len(body) == 0 {
+			return errors.New("give --limit and/or --bytes-limit")
+		}
+		id, err := resolveToken(*address, args[0])
+		if err != nil {
+			return err
+		}
+		return adminCall(*address, http.MethodPatch, "/quota/tokens/"+id, body)
+	}
+
+	list := &cobra.Command{Use: "list", Short: "Lists tokens as a table (no secrets)", Args: cobra.NoArgs}
+	status := list.Flags().String("status", "", "only tokens with this status: active, exhausted, revoked")
+	below := list.Flags().Int64("remaining-below", 0, "only tokens with fewer uploads left than this")
+	by := list.Flags().String("created-by", "", "only tokens made by this creator")
+	asJSON := list.Flags().Bool("json", false, "print the pages as JSON instead of a table")
+	list.RunE = func(*cobra.Command, []string) error {
+		return listTokens(*address, *status, *below, *by, *asJSON)
+	}
+
+	token.AddCommand(create, update, list,
+		&cobra.Command{Use: "show TOKEN", Short: "Shows a token (by id, or by name)", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			id, err := resolveToken(*address, args[0])
+			if err != nil {
+				return err
+			}
+			return adminCall(*address, http.MethodGet, "/quota/tokens/"+id, nil)
+		}},
+		&cobra.Command{Use: "delete TOKEN", Short: "Deletes a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			id, err := resolveToken(*address, args[0])
+			if err != nil {
+				return err
+			}
+			return adminCall(*address, http.MethodDelete, "/quota/tokens/"+id, nil)
+		}},
+	)
+	for _, action := range []string{"revoke", "reactivate", "reset"} {
+		token.AddCommand(&cobra.Command{Use: action + " TOKEN", Short: "Runs " + action + " on a token", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				id, err := resolveToken(*address, args[0])
+				if err != nil {
+					return err
+				}
+				return adminCall(*address, http.MethodPost, "/quota/tokens/"+id+"/"+action, nil)
+			}})
+	}
+
+	return token
+}
+
+// tokenCreateCommand is `caddy quota token create`.
+func tokenCreateCommand(address *string) *cobra.Command {
 	create := &cobra.Command{Use: "create [NAME]", Short: "Creates a token (--generate: with a new random name)", Args: cobra.MaximumNArgs(1)}
 	generate := create.Flags().Bool("generate", false, "make a high-entropy name (printed once) instead of giving one")
 	limit := create.Flags().Int64("limit", 0, "uploads allowed (0 = unlimited)")
@@ -123,90 +198,42 @@ func quotaCommand(cmd *cobra.Command) {
 			body["renew_calendar"] = *calendar
 		}
 		if len(*inPools) > 0 {
-			ids, err := resolvePools(address, *inPools)
+			ids, err := resolvePools(*address, *inPools)
 			if err != nil {
 				return err
 			}
 			body["pools"] = ids
 		}
-		return adminCall(address, http.MethodPost, "/quota/tokens", body)
+		return adminCall(*address, http.MethodPost, "/quota/tokens", body)
 	}
+	return create
+}
 
-	update := &cobra.Command{Use: "update-limit TOKEN", Short: "Changes a token's limits", Args: cobra.ExactArgs(1)}
-	newLimit := update.Flags().Int64("limit", -1, "new upload limit (0 = unlimited)")
-	newBytes := update.Flags().Int64("bytes-limit", -1, "new byte limit (0 = unlimited)")
-	update.RunE = func(_ *cobra.Command, args []string) error {
-		body := map[string]any{}
-		if *newLimit >= 0 {
-			body["usage_limit"] = *newLimit
-		}
-		if *newBytes >= 0 {
-			body["bytes_limit"] = *newBytes
-		}
-		if len(body) == 0 {
-			return errors.New("give --limit and/or --bytes-limit")
-		}
-		id, err := resolveToken(address, args[0])
-		if err != nil {
-			return err
-		}
-		return adminCall(address, http.MethodPatch, "/quota/tokens/"+id, body)
-	}
-
-	list := &cobra.Command{Use: "list", Short: "Lists tokens as a table (no secrets)", Args: cobra.NoArgs}
-	status := list.Flags().String("status", "", "only tokens with this status: active, exhausted, revoked")
-	below := list.Flags().Int64("remaining-below", 0, "only tokens with fewer uploads left than this")
-	by := list.Flags().String("created-by", "", "only tokens made by this creator")
-	asJSON := list.Flags().Bool("json", false, "print the pages as JSON instead of a table")
-	list.RunE = func(*cobra.Command, []string) error {
-		return listTokens(address, *status, *below, *by, *asJSON)
-	}
-
-	token.AddCommand(create, update, list,
-		&cobra.Command{Use: "show TOKEN", Short: "Shows a token (by id, or by name)", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			id, err := resolveToken(address, args[0])
-			if err != nil {
-				return err
-			}
-			return adminCall(address, http.MethodGet, "/quota/tokens/"+id, nil)
-		}},
-		&cobra.Command{Use: "delete TOKEN", Short: "Deletes a token", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			id, err := resolveToken(address, args[0])
-			if err != nil {
-				return err
-			}
-			return adminCall(address, http.MethodDelete, "/quota/tokens/"+id, nil)
-		}},
-	)
-	for _, action := range []string{"revoke", "reactivate", "reset"} {
-		token.AddCommand(&cobra.Command{Use: action + " TOKEN", Short: "Runs " + action + " on a token", Args: cobra.ExactArgs(1),
-			RunE: func(_ *cobra.Command, args []string) error {
-				id, err := resolveToken(address, args[0])
-				if err != nil {
-					return err
-				}
-				return adminCall(address, http.MethodPost, "/quota/tokens/"+id+"/"+action, nil)
-			}})
-	}
-
+// clusterCommands are `caddy quota cluster`, `member` and `health`.
+func clusterCommands(address *string) []*cobra.Command {
 	cluster := &cobra.Command{Use: "cluster", Short: "Shows the leader and members", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
-		return adminCall(address, http.MethodGet, "/quota/cluster", nil)
+		return adminCall(*address, http.MethodGet, "/quota/cluster", nil)
 	}}
 	member := &cobra.Command{Use: "member", Short: "Adds or removes a voter"}
 	member.AddCommand(
 		&cobra.Command{Use: "add ID ADDRESS", Short: "Adds a voter (start it with join first)", Args: cobra.ExactArgs(2), RunE: func(_ *cobra.Command, args []string) error {
-			return adminCall(address, http.MethodPost, "/quota/cluster/members", map[string]string{"id": args[0], "address": args[1]})
+			return adminCall(*address, http.MethodPost, "/quota/cluster/members", map[string]string{"id": args[0], "address": args[1]})
 		}},
 		&cobra.Command{Use: "remove ID", Short: "Removes a member", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return adminCall(address, http.MethodDelete, "/quota/cluster/members/"+url.PathEscape(args[0]), nil)
+			return adminCall(*address, http.MethodDelete, "/quota/cluster/members/"+url.PathEscape(args[0]), nil)
 		}},
 	)
 	health := &cobra.Command{Use: "health", Short: "Says whether the node can decide (exit status 1 when not)", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
-		return adminCall(address, http.MethodGet, "/quota/health", nil)
+		return adminCall(*address, http.MethodGet, "/quota/health", nil)
 	}}
+	return []*cobra.Command{cluster, member, health}
+}
+
+// dataCommands are `caddy quota backup`, `restore` and `verify`.
+func dataCommands(address *string) []*cobra.Command {
 	backup := &cobra.Command{Use: "backup FILE", Short: "Writes a consistent backup of the cluster's state to FILE", Args: cobra.ExactArgs(1)}
 	backup.RunE = func(_ *cobra.Command, args []string) error {
-		return backupTo(address, args[0])
+		return backupTo(*address, args[0])
 	}
 	restore := &cobra.Command{Use: "restore FILE --data-dir DIR --node-id ID --peer ID=ADDRESS ...", Short: "Seeds an empty data dir from a backup, as a node of a new cluster", Args: cobra.ExactArgs(1)}
 	dataDir := restore.Flags().String("data-dir", "", "the node's data dir (data_dir in its config); must be empty")
@@ -221,7 +248,7 @@ func quotaCommand(cmd *cobra.Command) {
 	verify.RunE = func(*cobra.Command, []string) error {
 		return verifyOffline(*verifyDir, *verifyBackup)
 	}
-	cmd.AddCommand(certs, token, poolCommand(&address), cluster, member, health, backup, restore, verify)
+	return []*cobra.Command{backup, restore, verify}
 }
 
 // backupTo saves a backup from the admin API into file, written to a
