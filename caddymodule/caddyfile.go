@@ -48,112 +48,120 @@ func init() {
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
-	durations := map[string]*caddy.Duration{
-		"heartbeat_timeout":    &app.HeartbeatTimeout,
-		"election_timeout":     &app.ElectionTimeout,
-		"leader_lease_timeout": &app.LeaderLeaseTimeout,
-		"commit_timeout":       &app.CommitTimeout,
-		"apply_timeout":        &app.ApplyTimeout,
-		"gateway_timeout":      &app.GatewayTimeout,
-	}
-	var snapshotThreshold, dedupSize, maxBatch int64
-	counts := map[string]*int64{
-		"snapshot_threshold": &snapshotThreshold,
-		"dedup_size":         &dedupSize,
-		"max_batch":          &maxBatch,
-	}
 	d.Next() // the option name
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		if dst, ok := durations[d.Val()]; ok {
-			if err := durationArg(d, dst); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if dst, ok := counts[d.Val()]; ok {
-			if err := intArg(d, dst, 1); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		switch d.Val() {
-		case "node_id":
-			if err := oneArg(d, &app.NodeID); err != nil {
-				return nil, err
-			}
-		case "data_dir":
-			if err := oneArg(d, &app.DataDir); err != nil {
-				return nil, err
-			}
-		case "raft_address":
-			if err := oneArg(d, &app.RaftAddress); err != nil {
-				return nil, err
-			}
-		case "advertise_address":
-			if err := oneArg(d, &app.AdvertiseAddress); err != nil {
-				return nil, err
-			}
-		case "peer":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return nil, d.Errf("peer takes an id and an address: peer <id> <host:port>")
-			}
-			app.Peers = append(app.Peers, raftstore.Peer{ID: args[0], Address: args[1]})
-		case "dial":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return nil, d.Errf("dial takes a peer id and an address: dial <id> <host:port>")
-			}
-			if app.DialAddresses == nil {
-				app.DialAddresses = map[string]string{}
-			}
-			app.DialAddresses[args[0]] = args[1]
-		case "tls":
-			args := d.RemainingArgs()
-			if len(args) != 3 {
-				return nil, d.Errf("tls takes three files: tls <cert_file> <key_file> <ca_file>")
-			}
-			app.TLS = &raftstore.TLSFiles{CertFile: args[0], KeyFile: args[1], CAFile: args[2]}
-		case "plaintext":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			app.Plaintext = true
-		case "join":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			app.Join = true
-		case "role":
-			if err := oneArg(d, &app.Role); err != nil {
-				return nil, err
-			}
-			if app.Role != "voter" && app.Role != "gateway" {
-				return nil, d.Errf("role is voter or gateway, got %q", app.Role)
-			}
-		case "events_webhook":
-			if err := oneArg(d, &app.EventsWebhook); err != nil {
-				return nil, err
-			}
-			if u, err := url.Parse(app.EventsWebhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return nil, d.Errf("events_webhook must be an http:// or https:// URL, got %q", app.EventsWebhook)
-			}
-		case "log_store":
-			if err := oneArg(d, &app.LogStore); err != nil {
-				return nil, err
-			}
-			if app.LogStore != raftstore.LogStoreBolt && app.LogStore != raftstore.LogStoreWAL {
-				return nil, d.Errf("log_store is %s or %s, got %q", raftstore.LogStoreBolt, raftstore.LogStoreWAL, app.LogStore)
-			}
-		default:
+		parse, ok := globalOptions[d.Val()]
+		if !ok {
 			return nil, d.Errf("unrecognized quota option %q", d.Val())
 		}
+		if err := parse(d, app); err != nil {
+			return nil, err
+		}
 	}
-	app.SnapshotThreshold, app.DedupSize, app.MaxBatch = uint64(snapshotThreshold), int(dedupSize), int(maxBatch)
 	return httpcaddyfile.App{Name: "quota", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// globalOptions reads each option of the quota global option into the app
+// (one entry an option; TestReferenceCoversEveryOption checks each is in
+// docs/REFERENCE.md).
+var globalOptions = map[string]func(d *caddyfile.Dispenser, app *App) error{
+	"node_id":           func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.NodeID) },
+	"data_dir":          func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.DataDir) },
+	"raft_address":      func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.RaftAddress) },
+	"advertise_address": func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.AdvertiseAddress) },
+
+	"heartbeat_timeout":    func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.HeartbeatTimeout) },
+	"election_timeout":     func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.ElectionTimeout) },
+	"leader_lease_timeout": func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.LeaderLeaseTimeout) },
+	"commit_timeout":       func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.CommitTimeout) },
+	"apply_timeout":        func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.ApplyTimeout) },
+	"gateway_timeout":      func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.GatewayTimeout) },
+
+	"snapshot_threshold": func(d *caddyfile.Dispenser, a *App) error {
+		return countArg(d, func(n int64) { a.SnapshotThreshold = uint64(n) })
+	},
+	"dedup_size": func(d *caddyfile.Dispenser, a *App) error { return countArg(d, func(n int64) { a.DedupSize = int(n) }) },
+	"max_batch":  func(d *caddyfile.Dispenser, a *App) error { return countArg(d, func(n int64) { a.MaxBatch = int(n) }) },
+
+	"plaintext": func(d *caddyfile.Dispenser, a *App) error { return flagArg(d, &a.Plaintext) },
+	"join":      func(d *caddyfile.Dispenser, a *App) error { return flagArg(d, &a.Join) },
+
+	"peer": func(d *caddyfile.Dispenser, a *App) error {
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("peer takes an id and an address: peer <id> <host:port>")
+		}
+		a.Peers = append(a.Peers, raftstore.Peer{ID: args[0], Address: args[1]})
+		return nil
+	},
+	"dial": func(d *caddyfile.Dispenser, a *App) error {
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("dial takes a peer id and an address: dial <id> <host:port>")
+		}
+		if a.DialAddresses == nil {
+			a.DialAddresses = map[string]string{}
+		}
+		a.DialAddresses[args[0]] = args[1]
+		return nil
+	},
+	"tls": func(d *caddyfile.Dispenser, a *App) error {
+		args := d.RemainingArgs()
+		if len(args) != 3 {
+			return d.Errf("tls takes three files: tls <cert_file> <key_file> <ca_file>")
+		}
+		a.TLS = &raftstore.TLSFiles{CertFile: args[0], KeyFile: args[1], CAFile: args[2]}
+		return nil
+	},
+	"role": func(d *caddyfile.Dispenser, a *App) error {
+		if err := oneArg(d, &a.Role); err != nil {
+			return err
+		}
+		if a.Role != "voter" && a.Role != "gateway" {
+			return d.Errf("role is voter or gateway, got %q", a.Role)
+		}
+		return nil
+	},
+	"events_webhook": func(d *caddyfile.Dispenser, a *App) error {
+		if err := oneArg(d, &a.EventsWebhook); err != nil {
+			return err
+		}
+		if u, err := url.Parse(a.EventsWebhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return d.Errf("events_webhook must be an http:// or https:// URL, got %q", a.EventsWebhook)
+		}
+		return nil
+	},
+	"log_store": func(d *caddyfile.Dispenser, a *App) error {
+		if err := oneArg(d, &a.LogStore); err != nil {
+			return err
+		}
+		if a.LogStore != raftstore.LogStoreBolt && a.LogStore != raftstore.LogStoreWAL {
+			return d.Errf("log_store is %s or %s, got %q", raftstore.LogStoreBolt, raftstore.LogStoreWAL, a.LogStore)
+		}
+		return nil
+	},
+}
+
+// countArg reads a whole number of at least 1 and gives it to set.
+func countArg(d *caddyfile.Dispenser, set func(int64)) error {
+	var n int64
+	if err := intArg(d, &n, 1); err != nil {
+		return err
+	}
+	set(n)
+	return nil
+}
+
+// flagArg reads an option that takes no value.
+func flagArg(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
+	return nil
 }
 
 // parseDirective parses the quota directive:

@@ -22,8 +22,8 @@ func TestReferenceCoversEveryOption(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, m := range regexp.MustCompile(`case "([a-z_0-9]+)"`).FindAllStringSubmatch(string(src), -1) {
-			opt := m[1]
+		for _, m := range regexp.MustCompile(`(?m)case "([a-z_0-9]+)"|^\t"([a-z_0-9]+)":\s+func`).FindAllStringSubmatch(string(src), -1) {
+			opt := m[1] + m[2]
 			if !regexp.MustCompile(`(?m)(^\s+` + opt + `\b|` + "`" + opt + "[` ])").MatchString(doc) {
 				t.Errorf("%s option %q is not in docs/REFERENCE.md", file, opt)
 			}
