@@ -198,95 +198,87 @@ func (q *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("quota takes its settings in a block, e.g. quota { key {http.request.header.X-Quota-Token} } or quota { s3 }")
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
-		case "key":
-			if err := oneArg(d, &q.Key); err != nil {
-				return err
-			}
-		case "cost":
-			if err := intArg(d, &q.Cost, 1); err != nil {
-				return err
-			}
-		case "bytes":
-			if err := oneArg(d, &q.Bytes); err != nil {
-				return err
-			}
-		case "charge_on":
-			if err := oneArg(d, &q.ChargeOn); err != nil {
-				return err
-			}
-			if q.ChargeOn != "success" && q.ChargeOn != "attempt" {
-				return d.Errf("charge_on must be success or attempt, got %q", q.ChargeOn)
-			}
-		case "idempotency_key":
-			if err := oneArg(d, &q.IdempotencyKey); err != nil {
-				return err
-			}
-		case "on_unavailable":
-			if err := oneArg(d, &q.OnUnavailable); err != nil {
-				return err
-			}
-			if q.OnUnavailable != "deny" && q.OnUnavailable != "allow" {
-				return d.Errf("on_unavailable must be deny or allow, got %q", q.OnUnavailable)
-			}
-		case "check_only":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			q.CheckOnly = true
-		case "dry_run":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			q.DryRun = true
-		case "timeout":
-			if err := durationArg(d, &q.Timeout); err != nil {
-				return err
-			}
-		case "pool":
-			var v string
-			if err := oneArg(d, &v); err != nil {
-				return err
-			}
-			q.Pools = append(q.Pools, v)
-		case "pool_missing":
-			if err := oneArg(d, &q.PoolMissing); err != nil {
-				return err
-			}
-			if q.PoolMissing != "refuse" && q.PoolMissing != "skip" {
-				return d.Errf("pool_missing must be refuse or skip, got %q", q.PoolMissing)
-			}
-		case "s3":
-			if d.NextArg() {
-				return d.Errf("s3 takes its settings in a block, e.g. s3 { multipart_expiry 24h }")
-			}
-			q.S3 = new(S3)
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				switch d.Val() {
-				case "multipart_expiry":
-					if err := durationArg(d, &q.S3.MultipartExpiry); err != nil {
-						return err
-					}
-				case "domain":
-					var v string
-					if err := oneArg(d, &v); err != nil {
-						return err
-					}
-					n, err := normalizeDomain(v)
-					if err != nil {
-						return d.Err(err.Error())
-					}
-					q.S3.Domains = append(q.S3.Domains, n)
-				default:
-					return d.Errf("unrecognized s3 setting %q", d.Val())
-				}
-			}
-		default:
+		parse, ok := directiveOptions[d.Val()]
+		if !ok {
 			return d.Errf("unrecognized quota subdirective %q", d.Val())
+		}
+		if err := parse(d, q); err != nil {
+			return err
 		}
 	}
 	if q.Key == "" && q.S3 == nil {
 		return d.Err("quota needs a key, e.g. key {http.request.header.X-Quota-Token}")
+	}
+	return nil
+}
+
+// directiveOptions reads each setting of the quota directive into the
+// handler (one entry a setting).
+var directiveOptions = map[string]func(d *caddyfile.Dispenser, q *Handler) error{
+	"key":             func(d *caddyfile.Dispenser, q *Handler) error { return oneArg(d, &q.Key) },
+	"cost":            func(d *caddyfile.Dispenser, q *Handler) error { return intArg(d, &q.Cost, 1) },
+	"bytes":           func(d *caddyfile.Dispenser, q *Handler) error { return oneArg(d, &q.Bytes) },
+	"idempotency_key": func(d *caddyfile.Dispenser, q *Handler) error { return oneArg(d, &q.IdempotencyKey) },
+	"check_only":      func(d *caddyfile.Dispenser, q *Handler) error { return flagArg(d, &q.CheckOnly) },
+	"dry_run":         func(d *caddyfile.Dispenser, q *Handler) error { return flagArg(d, &q.DryRun) },
+	"timeout":         func(d *caddyfile.Dispenser, q *Handler) error { return durationArg(d, &q.Timeout) },
+	"charge_on": func(d *caddyfile.Dispenser, q *Handler) error {
+		return choiceArg(d, &q.ChargeOn, "success", "attempt")
+	},
+	"on_unavailable": func(d *caddyfile.Dispenser, q *Handler) error {
+		return choiceArg(d, &q.OnUnavailable, "deny", "allow")
+	},
+	"pool_missing": func(d *caddyfile.Dispenser, q *Handler) error {
+		return choiceArg(d, &q.PoolMissing, "refuse", "skip")
+	},
+	"pool": func(d *caddyfile.Dispenser, q *Handler) error {
+		var v string
+		if err := oneArg(d, &v); err != nil {
+			return err
+		}
+		q.Pools = append(q.Pools, v)
+		return nil
+	},
+	"s3": parseS3Block,
+}
+
+// choiceArg reads one of two values.
+func choiceArg(d *caddyfile.Dispenser, dst *string, a, b string) error {
+	name := d.Val()
+	if err := oneArg(d, dst); err != nil {
+		return err
+	}
+	if *dst != a && *dst != b {
+		return d.Errf("%s must be %s or %s, got %q", name, a, b, *dst)
+	}
+	return nil
+}
+
+// parseS3Block reads `s3` and its block of settings.
+func parseS3Block(d *caddyfile.Dispenser, q *Handler) error {
+	if d.NextArg() {
+		return d.Errf("s3 takes its settings in a block, e.g. s3 { multipart_expiry 24h }")
+	}
+	q.S3 = new(S3)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "multipart_expiry":
+			if err := durationArg(d, &q.S3.MultipartExpiry); err != nil {
+				return err
+			}
+		case "domain":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			n, err := normalizeDomain(v)
+			if err != nil {
+				return d.Err(err.Error())
+			}
+			q.S3.Domains = append(q.S3.Domains, n)
+		default:
+			return d.Errf("unrecognized s3 setting %q", d.Val())
+		}
 	}
 	return nil
 }
