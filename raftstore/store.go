@@ -662,30 +662,9 @@ func (s *Store) shutdown() error {
 		s.barriers.close()
 		s.readPoints.close()
 	}
-	raftStopped := true
-	if s.raft != nil {
-		if s.observer != nil {
-			s.raft.DeregisterObserver(s.observer)
-		}
-		// hashicorp/raft can leave a goroutine blocked after a leadership
-		// transfer races a step-down (hashicorp/raft#696), and then
-		// Shutdown never returns. A node that is stopping must stop: give
-		// Raft a bounded time, then let go of it.
-		done := make(chan error, 1)
-		if s.mux != nil {
-			s.mux.stopDialing() // a replication goroutine may be dialing a down peer
-		}
-		go func() { done <- s.raft.Shutdown().Error() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				errs = append(errs, err)
-			}
-		case <-time.After(raftShutdownTimeout):
-			raftStopped = false
-			s.logger.Error("raft did not shut down in time; stopping without it (the data dir is left open until the process exits)",
-				zap.Duration("waited", raftShutdownTimeout))
-		}
+	raftStopped, err := s.stopRaft()
+	if err != nil {
+		errs = append(errs, err)
 	}
 	s.wg.Wait()
 	if s.forward != nil {
@@ -712,6 +691,36 @@ func (s *Store) shutdown() error {
 
 // raftShutdownTimeout bounds how long Close waits for Raft to stop.
 const raftShutdownTimeout = 15 * time.Second
+
+// stopRaft shuts Raft down, within raftShutdownTimeout; stopped is false
+// when it did not stop in time.
+func (s *Store) stopRaft() (stopped bool, err error) {
+	if s.raft != nil {
+		if s.observer != nil {
+			s.raft.DeregisterObserver(s.observer)
+		}
+		// hashicorp/raft can leave a goroutine blocked after a leadership
+		// transfer races a step-down (hashicorp/raft#696), and then
+		// Shutdown never returns. A node that is stopping must stop: give
+		// Raft a bounded time, then let go of it.
+		done := make(chan error, 1)
+		if s.mux != nil {
+			s.mux.stopDialing() // a replication goroutine may be dialing a down peer
+		}
+		go func() { done <- s.raft.Shutdown().Error() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				return true, err
+			}
+		case <-time.After(raftShutdownTimeout):
+			s.logger.Error("raft did not shut down in time; stopping without it (the data dir is left open until the process exits)",
+				zap.Duration("waited", raftShutdownTimeout))
+			return false, nil
+		}
+	}
+	return true, nil
+}
 
 // enter admits an operation unless the node is shutting down; leave ends it.
 func (s *Store) enter() bool {
