@@ -1,7 +1,10 @@
 // Package caddymodule plugs raftquota into Caddy: the "quota" app that owns
-// this instance's Raft node, the "quota" HTTP handler that gates uploads,
-// the admin API under /quota/, the Caddyfile global option and directive,
-// and metrics.
+// this instance's Raft node, the "quota" HTTP handler that gates uploads
+// (S3 mode in s3*.go), the quota_usage and quota_health site handlers, the
+// admin API under /quota/, the Caddyfile global option and directive, the
+// caddy quota commands, and metrics. It owns everything Caddy-facing; it
+// reaches the replicated state only through raftstore's Store, and
+// nothing below it (raftstore, internal/clustercert) may import it.
 package caddymodule
 
 import (

@@ -1,6 +1,12 @@
 // Package raftstore is raftquota's replicated quota engine: a state machine
-// of upload tokens, replicated with hashicorp/raft, that any node can ask to
-// consume and that never admits past a limit.
+// of upload tokens and the pools they share, replicated with hashicorp/raft,
+// that any node can ask to consume and that never admits past a limit.
+//
+// One idea a file: the state (fsm.go, token.go, tokentable.go, pool.go,
+// calendar.go, events.go, dedup*.go, multipart.go, command.go,
+// snapshot.go), the node (store.go, ops.go, batch.go, clock.go,
+// refundqueue.go, datadir.go, logstore.go, backup.go, gateway.go), and
+// forwarding and transport (forward.go, transport.go, tls.go).
 //
 // # How a consume is decided
 //
@@ -80,4 +86,10 @@
 // dir with state simply rejoins. Snapshot captures handles (a frozen token
 // map with a copy-on-write overlay, the dedup table's chunk list), so taking
 // one never holds Apply up; Persist encodes while Apply goes on.
+//
+// # What it may import
+//
+// Nothing of Caddy and nothing of this module's caddymodule: the engine is
+// usable, and tested, without an HTTP server. Test rigs (rapid) appear only
+// in its tests.
 package raftstore
