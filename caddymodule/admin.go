@@ -158,15 +158,7 @@ func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.Respons
 		if err != nil {
 			return err
 		}
-		toks, next, err := s.Tokens(ctx, filter)
-		if err != nil {
-			return storeError(err)
-		}
-		page := TokenPage{Tokens: make([]TokenView, len(toks)), NextCursor: next}
-		for i := range toks {
-			page.Tokens[i] = viewOf(&toks[i])
-		}
-		return writeJSON(w, http.StatusOK, page)
+		return writeTokenPage(w)(s.Tokens(ctx, filter))
 	case http.MethodPost:
 		var spec raftstore.TokenSpec
 		if err := decodeBody(r, &spec); err != nil {
@@ -184,6 +176,20 @@ func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.Respons
 		return writeJSON(w, http.StatusCreated, v)
 	}
 	return methodNotAllowed(r, "GET, POST")
+}
+
+// writeTokenPage answers with a page of tokens, or the store's error.
+func writeTokenPage(w http.ResponseWriter) func([]raftstore.Token, string, error) error {
+	return func(toks []raftstore.Token, next string, err error) error {
+		if err != nil {
+			return storeError(err)
+		}
+		page := TokenPage{Tokens: make([]TokenView, len(toks)), NextCursor: next}
+		for i := range toks {
+			page.Tokens[i] = viewOf(&toks[i])
+		}
+		return writeJSON(w, http.StatusOK, page)
+	}
 }
 
 // tokenFilter reads the list filters from the query string.

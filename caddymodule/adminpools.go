@@ -76,15 +76,7 @@ func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.Res
 		if err != nil {
 			return err
 		}
-		toks, next, err := s.PoolTokens(ctx, rest[0], filter)
-		if err != nil {
-			return storeError(err)
-		}
-		page := TokenPage{Tokens: make([]TokenView, len(toks)), NextCursor: next}
-		for i := range toks {
-			page.Tokens[i] = viewOf(&toks[i])
-		}
-		return writeJSON(w, http.StatusOK, page)
+		return writeTokenPage(w)(s.PoolTokens(ctx, rest[0], filter))
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
 }

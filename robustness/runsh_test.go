@@ -207,19 +207,7 @@ func TestFailOverRunsAsWritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary")
 	}
-	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
-	for i := 1; i <= nodes; i++ {
-		for _, p := range []string{"808", "202", "700"} {
-			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
-		}
-	}
-	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
-		c.writeFile(name, c.template(name))
-	}
-	rs := startRunScript(t, "three-node", c.dir)
-	for i := 0; i < nodes; i++ {
-		c.waitNodeHealthy(i, 60*time.Second)
-	}
+	c, rs := startThreeNodeExample(t)
 	b, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -286,19 +274,7 @@ func TestBackupAndRestoreRunAsWritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary")
 	}
-	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
-	for i := 1; i <= nodes; i++ {
-		for _, p := range []string{"808", "202", "700"} {
-			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
-		}
-	}
-	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
-		c.writeFile(name, c.template(name))
-	}
-	rs := startRunScript(t, "three-node", c.dir)
-	for i := 0; i < nodes; i++ {
-		c.waitNodeHealthy(i, 60*time.Second)
-	}
+	c, rs := startThreeNodeExample(t)
 	c.createToken("kept", 100)
 	for i := range 7 {
 		if st := upload(c, i%3, "kept", fmt.Sprintf("o%d", i)); st != 200 {
@@ -349,4 +325,24 @@ func TestBackupAndRestoreRunAsWritten(t *testing.T) {
 	if n := c.usage("kept"); n != 7 {
 		t.Fatalf("after restore the token has %d uploads, the backup 7", n)
 	}
+}
+
+// startThreeNodeExample runs a copy of examples/three-node/run.sh with its
+// Caddyfiles, ports moved to free ones, and waits until every node is
+// healthy.
+func startThreeNodeExample(t *testing.T) (*cluster, *runScript) {
+	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
+	for i := 1; i <= nodes; i++ {
+		for _, p := range []string{"808", "202", "700"} {
+			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
+		}
+	}
+	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
+		c.writeFile(name, c.template(name))
+	}
+	rs := startRunScript(t, "three-node", c.dir)
+	for i := 0; i < nodes; i++ {
+		c.waitNodeHealthy(i, 60*time.Second)
+	}
+	return c, rs
 }
