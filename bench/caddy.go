@@ -123,34 +123,15 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		mode, dataDir = m, d
 		defer func() { c.name = tmpfsLabel(c.name) }()
 	}
-	if backend == "discard" {
-		srv, addr, err := startDiscard()
-		if err != nil {
-			return nil, err
-		}
-		c.discard, c.storage = srv, addr
-	} else {
-		c.storage = freeAddr()
-		storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage {\n\t\tpath %s\n\t}\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
-		if err := c.start("storage", storage); err != nil {
-			return nil, err
-		}
-	}
-	// /upload/ charges; /check/ decides with check_only, charging nothing.
-	site := func(front string, gate bool) string {
-		q, check := "", ""
-		if gate {
-			q = "\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t}\n"
-			check = fmt.Sprintf("\thandle_path /check/* {\n\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t\tcheck_only\n\t\t}\n\t\treverse_proxy %s {\n\t\t\ttransport http {\n\t\t\t\tkeepalive_idle_conns_per_host 256\n\t\t\t}\n\t\t}\n\t}\n", c.storage)
-		}
-		return fmt.Sprintf(":%s {\n\tbind 127.0.0.1\n\thandle_path /upload/* {\n%s\t\treverse_proxy %s {\n\t\t\ttransport http {\n\t\t\t\tkeepalive_idle_conns_per_host 256\n\t\t\t}\n\t\t}\n\t}\n%s}\n", port(front), q, c.storage, check)
+	if err := c.startBackend(backend); err != nil {
+		return nil, err
 	}
 	switch mode {
 	case "plain":
 		c.name = "Caddy reverse_proxy (no quota)"
 		front := freeAddr()
 		c.fronts = []string{"http://" + front}
-		if err := c.start("plain", "{\n\tadmin off\n\tpersist_config off\n}\n"+site(front, false)); err != nil {
+		if err := c.start("plain", "{\n\tadmin off\n\tpersist_config off\n}\n"+c.site(front, false)); err != nil {
 			return c, err
 		}
 	case "quota1":
@@ -159,61 +140,102 @@ func newCaddyCluster(bin, dir, mode, backend string) (*caddyCluster, error) {
 		c.fronts, c.admin = []string{"http://" + front}, "http://"+admin
 		c.admins = append(c.admins, c.admin)
 		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node1\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t}\n}\n", admin, filepath.Join(dataDir, "raft1"), raftAddr, logStore)
-		if err := c.start("node1", cfg+site(front, true)); err != nil {
+		if err := c.start("node1", cfg+c.site(front, true)); err != nil {
 			return c, err
 		}
 	default: // quota3, or quota3gwN: 3 voters and N gateways, load over all of them
-		gateways := 0
-		if n, ok := strings.CutPrefix(mode, "quota3gw"); ok {
-			fmt.Sscan(n, &gateways)
-		} else if mode != "quota3" {
-			return c, fmt.Errorf("unknown mode %q", mode)
-		}
-		c.name = "Caddy + quota, 3 nodes (mTLS)"
-		if gateways > 0 {
-			c.name = fmt.Sprintf("Caddy + quota, 3 voters + %d gateways (mTLS)", gateways)
-		}
-		names := []string{"node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1"}
-		for g := 1; g <= gateways; g++ {
-			names = append(names, fmt.Sprintf("gw%d=127.0.0.1", g))
-		}
-		certs := exec.Command(bin, append([]string{"quota", "certs", "--dir", filepath.Join(dir, "certs")}, names...)...)
-		if out, err := certs.CombinedOutput(); err != nil {
-			return c, fmt.Errorf("making certificates: %v: %s", err, out)
-		}
-		var raftAddrs, peers []string
-		for i := 1; i <= 3; i++ {
-			a := freeAddr()
-			raftAddrs = append(raftAddrs, a)
-			peers = append(peers, fmt.Sprintf("\t\tpeer node%d %s\n", i, a))
-		}
-		for i := 1; i <= 3; i++ {
-			front, admin := freeAddr(), freeAddr()
-			c.fronts = append(c.fronts, "http://"+front)
-			c.admins = append(c.admins, "http://"+admin)
-			if i == 1 {
-				c.admin = "http://" + admin
-			}
-			certDir := filepath.Join(dir, "certs")
-			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n%s\t}\n}\n",
-				admin, i, filepath.Join(dataDir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir, logStore)
-			if err := c.start(fmt.Sprintf("node%d", i), cfg+site(front, true)); err != nil {
-				return c, err
-			}
-		}
-		for g := 1; g <= gateways; g++ {
-			front, admin := freeAddr(), freeAddr()
-			c.fronts = append(c.fronts, "http://"+front)
-			c.admins = append(c.admins, "http://"+admin)
-			certDir := filepath.Join(dir, "certs")
-			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id gw%d\n\t\trole gateway\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/gw%d.pem %s/gw%d-key.pem %s/ca.pem\n\t}\n}\n",
-				admin, g, filepath.Join(dir, fmt.Sprintf("gw%d", g)), freeAddr(), strings.Join(peers, ""), certDir, g, certDir, g, certDir)
-			if err := c.start(fmt.Sprintf("gw%d", g), cfg+site(front, true)); err != nil {
-				return c, err
-			}
+		if err := c.startQuota3(mode, dataDir, logStore); err != nil {
+			return c, err
 		}
 	}
 	return c, c.ready()
+}
+
+// startBackend starts the storage the fronts proxy to: the examples' S3
+// store, or a discard server.
+func (c *caddyCluster) startBackend(backend string) error {
+	dir := c.dir
+	if backend == "discard" {
+		srv, addr, err := startDiscard()
+		if err != nil {
+			return err
+		}
+		c.discard, c.storage = srv, addr
+	} else {
+		c.storage = freeAddr()
+		storage := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%s {\n\tbind 127.0.0.1\n\ts3_storage {\n\t\tpath %s\n\t}\n}\n", port(c.storage), filepath.Join(dir, "s3.db"))
+		if err := c.start("storage", storage); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// site is a front's site block: /upload/ charges (when gate), /check/
+// decides with check_only, charging nothing.
+func (c *caddyCluster) site(front string, gate bool) string {
+	q, check := "", ""
+	if gate {
+		q = "\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t}\n"
+		check = fmt.Sprintf("\thandle_path /check/* {\n\t\tquota {\n\t\t\tkey {http.request.header.X-Quota-Token}\n\t\t\tbytes {http.request.header.Content-Length}\n\t\t\tcheck_only\n\t\t}\n\t\treverse_proxy %s {\n\t\t\ttransport http {\n\t\t\t\tkeepalive_idle_conns_per_host 256\n\t\t\t}\n\t\t}\n\t}\n", c.storage)
+	}
+	return fmt.Sprintf(":%s {\n\tbind 127.0.0.1\n\thandle_path /upload/* {\n%s\t\treverse_proxy %s {\n\t\t\ttransport http {\n\t\t\t\tkeepalive_idle_conns_per_host 256\n\t\t\t}\n\t\t}\n\t}\n%s}\n", port(front), q, c.storage, check)
+}
+
+// startQuota3 starts 3 voters with mutual TLS, and N gateways for mode
+// quota3gwN.
+func (c *caddyCluster) startQuota3(mode, dataDir, logStore string) error {
+	bin, dir := c.bin, c.dir
+	gateways := 0
+	if n, ok := strings.CutPrefix(mode, "quota3gw"); ok {
+		fmt.Sscan(n, &gateways)
+	} else if mode != "quota3" {
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+	c.name = "Caddy + quota, 3 nodes (mTLS)"
+	if gateways > 0 {
+		c.name = fmt.Sprintf("Caddy + quota, 3 voters + %d gateways (mTLS)", gateways)
+	}
+	names := []string{"node1=127.0.0.1", "node2=127.0.0.1", "node3=127.0.0.1"}
+	for g := 1; g <= gateways; g++ {
+		names = append(names, fmt.Sprintf("gw%d=127.0.0.1", g))
+	}
+	certs := exec.Command(bin, append([]string{"quota", "certs", "--dir", filepath.Join(dir, "certs")}, names...)...)
+	if out, err := certs.CombinedOutput(); err != nil {
+		return fmt.Errorf("making certificates: %v: %s", err, out)
+	}
+	var raftAddrs, peers []string
+	for i := 1; i <= 3; i++ {
+		a := freeAddr()
+		raftAddrs = append(raftAddrs, a)
+		peers = append(peers, fmt.Sprintf("\t\tpeer node%d %s\n", i, a))
+	}
+	for i := 1; i <= 3; i++ {
+		front, admin := freeAddr(), freeAddr()
+		c.fronts = append(c.fronts, "http://"+front)
+		c.admins = append(c.admins, "http://"+admin)
+		if i == 1 {
+			c.admin = "http://" + admin
+		}
+		certDir := filepath.Join(dir, "certs")
+		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id node%d\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/node%d.pem %s/node%d-key.pem %s/ca.pem\n%s\t}\n}\n",
+			admin, i, filepath.Join(dataDir, fmt.Sprintf("raft%d", i)), raftAddrs[i-1], strings.Join(peers, ""), certDir, i, certDir, i, certDir, logStore)
+		if err := c.start(fmt.Sprintf("node%d", i), cfg+c.site(front, true)); err != nil {
+			return err
+		}
+	}
+	for g := 1; g <= gateways; g++ {
+		front, admin := freeAddr(), freeAddr()
+		c.fronts = append(c.fronts, "http://"+front)
+		c.admins = append(c.admins, "http://"+admin)
+		certDir := filepath.Join(dir, "certs")
+		cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tquota {\n\t\tnode_id gw%d\n\t\trole gateway\n\t\tdata_dir %s\n\t\traft_address %s\n%s\t\ttls %s/gw%d.pem %s/gw%d-key.pem %s/ca.pem\n\t}\n}\n",
+			admin, g, filepath.Join(dir, fmt.Sprintf("gw%d", g)), freeAddr(), strings.Join(peers, ""), certDir, g, certDir, g, certDir)
+		if err := c.start(fmt.Sprintf("gw%d", g), cfg+c.site(front, true)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ready waits until an upload goes through every front.

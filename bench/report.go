@@ -24,60 +24,11 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n\n", env)
-	if len(tier1) > 0 {
-		b.WriteString("### Tier 1: linearizable \"consume 1 if remaining ≥ 1\"\n\n")
-		b.WriteString("| system | workload | clients | ops/s | p50 ms | p99 ms | retries/op | errors |\n|---|---|---|---|---|---|---|---|\n")
-		for _, r := range tier1 {
-			retries := "—"
-			if strings.HasPrefix(r.System, "etcd") && r.Ops > 0 {
-				retries = fmt.Sprintf("%.2f", float64(r.Retries)/float64(r.Ops))
-			}
-			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), retries, r.Errors)
-		}
-		b.WriteString("\nWhere a raftquota commit round went (hashicorp/raft's own timings, means over the cell):\n\n")
-		for _, r := range tier1 {
-			if r.Note != "" {
-				fmt.Fprintf(&b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
-			}
-		}
-		b.WriteString("\n![Tier 1, hot token](tier1.png)\n\n")
-		if err := chart(filepath.Join(dir, "tier1.png"), tier1, "hot"); err != nil {
-			return "", err
-		}
+	if err := writeTier1(&b, dir, tier1); err != nil {
+		return "", err
 	}
-	if len(tier2) > 0 {
-		b.WriteString("### Tier 2: uploads end to end through Caddy\n\n")
-		b.WriteString("| system | body | clients | ops/s | p50 ms | p99 ms | vs plain Caddy | errors |\n|---|---|---|---|---|---|---|---|\n")
-		plain := map[string]float64{}
-		for _, r := range tier2 {
-			if strings.HasPrefix(r.System, "Caddy reverse_proxy") {
-				plain[fmt.Sprintf("%s/%d", r.Workload, r.Clients)] = r.opsPerSec()
-			}
-		}
-		for _, r := range tier2 {
-			ratio := "—"
-			if p := plain[fmt.Sprintf("%s/%d", r.Workload, r.Clients)]; p > 0 {
-				ratio = fmt.Sprintf("%.2f×", r.opsPerSec()/p)
-			}
-			fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
-		}
-		b.WriteString("\nWhere the two cores went in each cell (CPU time over wall time, per process), and the cell's mean batches:\n\n")
-		for _, r := range tier2 {
-			if r.Note != "" {
-				fmt.Fprintf(&b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
-			}
-		}
-		b.WriteString("\n")
-		const discard = "1 KiB, discard backend"
-		for _, r := range tier2 {
-			if r.Workload == discard {
-				b.WriteString("![Tier 2, 1 KiB uploads to a discard backend](tier2.png)\n\n")
-				if err := chartTitled(filepath.Join(dir, "tier2.png"), tier2, discard, "Tier 2, 1 KiB uploads, discard backend: uploads per second"); err != nil {
-					return "", err
-				}
-				break
-			}
-		}
+	if err := writeTier2(&b, dir, tier2); err != nil {
+		return "", err
 	}
 	if len(groups) > 0 {
 		b.WriteString("### Past one leader: tokens sharded over G Raft groups (3 nodes each, one process), spread workload\n\n")
@@ -113,6 +64,73 @@ func writeReport(dir string, env string, tier1, tier2, groups []result, scales [
 	}
 	md := b.String()
 	return md, os.WriteFile(filepath.Join(dir, "results.md"), []byte(md), 0o644)
+}
+
+// writeTier1 writes the report's tier1 section, and its chart into dir.
+func writeTier1(b *strings.Builder, dir string, tier1 []result) error {
+	if len(tier1) == 0 {
+		return nil
+	}
+	b.WriteString("### Tier 1: linearizable \"consume 1 if remaining ≥ 1\"\n\n")
+	b.WriteString("| system | workload | clients | ops/s | p50 ms | p99 ms | retries/op | errors |\n|---|---|---|---|---|---|---|---|\n")
+	for _, r := range tier1 {
+		retries := "—"
+		if strings.HasPrefix(r.System, "etcd") && r.Ops > 0 {
+			retries = fmt.Sprintf("%.2f", float64(r.Retries)/float64(r.Ops))
+		}
+		fmt.Fprintf(b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), retries, r.Errors)
+	}
+	b.WriteString("\nWhere a raftquota commit round went (hashicorp/raft's own timings, means over the cell):\n\n")
+	for _, r := range tier1 {
+		if r.Note != "" {
+			fmt.Fprintf(b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
+		}
+	}
+	b.WriteString("\n![Tier 1, hot token](tier1.png)\n\n")
+	if err := chart(filepath.Join(dir, "tier1.png"), tier1, "hot"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// writeTier2 writes the report's tier2 section, and its chart into dir.
+func writeTier2(b *strings.Builder, dir string, tier2 []result) error {
+	if len(tier2) == 0 {
+		return nil
+	}
+	b.WriteString("### Tier 2: uploads end to end through Caddy\n\n")
+	b.WriteString("| system | body | clients | ops/s | p50 ms | p99 ms | vs plain Caddy | errors |\n|---|---|---|---|---|---|---|---|\n")
+	plain := map[string]float64{}
+	for _, r := range tier2 {
+		if strings.HasPrefix(r.System, "Caddy reverse_proxy") {
+			plain[fmt.Sprintf("%s/%d", r.Workload, r.Clients)] = r.opsPerSec()
+		}
+	}
+	for _, r := range tier2 {
+		ratio := "—"
+		if p := plain[fmt.Sprintf("%s/%d", r.Workload, r.Clients)]; p > 0 {
+			ratio = fmt.Sprintf("%.2f×", r.opsPerSec()/p)
+		}
+		fmt.Fprintf(b, "| %s | %s | %d | %.0f | %s | %s | %s | %d |\n", r.System, r.Workload, r.Clients, r.opsPerSec(), ms(r.P50), ms(r.P99), ratio, r.Errors)
+	}
+	b.WriteString("\nWhere the two cores went in each cell (CPU time over wall time, per process), and the cell's mean batches:\n\n")
+	for _, r := range tier2 {
+		if r.Note != "" {
+			fmt.Fprintf(b, "- %s, %s, %d clients: %s\n", r.System, r.Workload, r.Clients, r.Note)
+		}
+	}
+	b.WriteString("\n")
+	const discard = "1 KiB, discard backend"
+	for _, r := range tier2 {
+		if r.Workload == discard {
+			b.WriteString("![Tier 2, 1 KiB uploads to a discard backend](tier2.png)\n\n")
+			if err := chartTitled(filepath.Join(dir, "tier2.png"), tier2, discard, "Tier 2, 1 KiB uploads, discard backend: uploads per second"); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	return nil
 }
 
 // chart draws ops/s against clients, one line per system, for a workload.
