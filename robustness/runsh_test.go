@@ -257,8 +257,8 @@ func TestFailOverRunsAsWritten(t *testing.T) {
 	if ok != 2 || none != 1 {
 		t.Fatalf("after killing %s: %d answered 200 and %d nothing, want 2 and 1", leader, ok, none)
 	}
-	if !strings.Contains(rs.out.String(), leader+" died") {
-		t.Fatalf("run.sh did not say %s died", leader)
+	if !strings.Contains(rs.out.String(), leader+" died") || strings.Contains(rs.out.String(), "Killed") {
+		t.Fatalf("run.sh did not say %s died in its own words only", leader)
 	}
 	i := int(leader[len(leader)-1] - '1')
 	c.waitNodeHealthy(i, 60*time.Second)

@@ -113,7 +113,7 @@ while ((!stopping)); do
 	fi
 	died=""
 	status=0
-	wait -n -p died "${pids[@]}" || status=$?
+	wait -n -p died "${pids[@]}" 2>/dev/null || status=$? # our own line says which died, not bash's "Killed"
 	[[ -n "${died:-}" ]] || continue # woken by a start request
 	for name in "${!pids[@]}"; do
 		if [[ "${pids[$name]}" == "$died" ]]; then
