@@ -163,10 +163,6 @@ func (f *fsm) pendingEvents(n int) ([]Event, uint64) {
 	return slices.Clone(f.events.events[:min(n, len(f.events.events))]), f.events.dropped
 }
 
-func (e Event) String() string {
-	return fmt.Sprintf("%s crossed %d%%", e.Quota, e.Threshold)
-}
-
 // EventStats are the delivery counters of this node.
 type EventStats struct {
 	// Pending are the events waiting in the replicated outbox.

@@ -190,7 +190,8 @@ func (p *poolState) pool() *Pool {
 	return out
 }
 
-// quota is the part of a token or a pool that a charge decides on.
+// window is the start of the pool's current window, as charges record
+// it: 0 when it does not renew.
 func (p *poolState) window() int64 {
 	if !p.hasWindow {
 		return 0
