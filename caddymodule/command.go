@@ -409,22 +409,29 @@ func adminDo(address, method, path string, body any) ([]byte, error) {
 // resolveToken turns what an operator typed (a token id, or a name) into
 // the token's id. A name goes only in a request body, never in a URL.
 func resolveToken(address, token string) (string, error) {
-	if raftstore.IsTokenID(token) {
-		if _, err := adminDo(address, http.MethodGet, "/quota/tokens/"+token, nil); err == nil {
-			return token, nil
+	return resolveID(address, "/quota/tokens/", token, raftstore.IsTokenID(token))
+}
+
+// resolveID turns what an operator typed for an object under base
+// (/quota/tokens/ or /quota/pools/) into its id: as typed when it has an
+// id's form (isID) and exists, else the id a lookup by name answers.
+func resolveID(address, base, typed string, isID bool) (string, error) {
+	if isID {
+		if _, err := adminDo(address, http.MethodGet, base+typed, nil); err == nil {
+			return typed, nil
 		}
 	}
-	out, err := adminDo(address, http.MethodPost, "/quota/tokens/lookup", map[string]string{"name": token})
+	out, err := adminDo(address, http.MethodPost, base+"lookup", map[string]string{"name": typed})
 	if err != nil {
 		return "", err
 	}
-	var t struct {
+	var found struct {
 		ID string `json:"id"`
 	}
-	if err := json.Unmarshal(out, &t); err != nil || t.ID == "" {
+	if err := json.Unmarshal(out, &found); err != nil || found.ID == "" {
 		return "", fmt.Errorf("lookup answered %q", out)
 	}
-	return t.ID, nil
+	return found.ID, nil
 }
 
 // listTokens prints every page of the token list as a table (or as JSON).

@@ -88,22 +88,7 @@ func onPool(address, pool, method, suffix string, body any) error {
 
 // resolvePool turns a pool's id or name into its id.
 func resolvePool(address, pool string) (string, error) {
-	if raftstore.IsPoolID(pool) {
-		if _, err := adminDo(address, http.MethodGet, "/quota/pools/"+pool, nil); err == nil {
-			return pool, nil
-		}
-	}
-	out, err := adminDo(address, http.MethodPost, "/quota/pools/lookup", map[string]string{"name": pool})
-	if err != nil {
-		return "", err
-	}
-	var p struct {
-		ID string `json:"id"`
-	}
-	if err := json.Unmarshal(out, &p); err != nil || p.ID == "" {
-		return "", fmt.Errorf("no pool %q (lookup answered %s)", pool, out)
-	}
-	return p.ID, nil
+	return resolveID(address, "/quota/pools/", pool, raftstore.IsPoolID(pool))
 }
 
 // resolvePools turns pool ids or names into ids.
