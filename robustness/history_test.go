@@ -66,25 +66,8 @@ func (w workload) run(ctx context.Context) []op {
 				obj := fmt.Sprintf("%s-c%02d-%06d", tok, c, seq)
 				via := (c + seq) % len(w.urls)
 				url := w.urls[via] + "/upload/rb/" + obj
-				o := op{client: c, via: via, token: tok, object: obj, call: int64(time.Since(start))}
-				req, _ := http.NewRequest("PUT", url, strings.NewReader(obj))
-				req.Header.Set("X-Quota-Token", tok)
-				resp, err := client.Do(req)
-				o.ret = int64(time.Since(start))
-				switch {
-				case err != nil:
-					o.out = unknown
-				case resp.StatusCode == http.StatusOK:
-					o.out = allowed
-				case resp.StatusCode == http.StatusTooManyRequests:
-					o.out = denied
-				default:
-					o.out = unknown
-				}
-				if resp != nil {
-					o.status = resp.StatusCode
-					resp.Body.Close()
-				}
+				o := op{client: c, via: via, token: tok, object: obj}
+				o.upload(client, url, start)
 				mu.Lock()
 				ops = append(ops, o)
 				mu.Unlock()
@@ -97,6 +80,30 @@ func (w workload) run(ctx context.Context) []op {
 	}
 	wg.Wait()
 	return ops
+}
+
+// upload PUTs o's object to url with o's token and records when it was
+// called and answered (since start) and what the answer means.
+func (o *op) upload(client *http.Client, url string, start time.Time) {
+	o.call = int64(time.Since(start))
+	req, _ := http.NewRequest("PUT", url, strings.NewReader(o.object))
+	req.Header.Set("X-Quota-Token", o.token)
+	resp, err := client.Do(req)
+	o.ret = int64(time.Since(start))
+	switch {
+	case err != nil:
+		o.out = unknown
+	case resp.StatusCode == http.StatusOK:
+		o.out = allowed
+	case resp.StatusCode == http.StatusTooManyRequests:
+		o.out = denied
+	default:
+		o.out = unknown
+	}
+	if resp != nil {
+		o.status = resp.StatusCode
+		resp.Body.Close()
+	}
 }
 
 // consumeInput is what porcupine sees of one upload.

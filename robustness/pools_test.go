@@ -171,25 +171,8 @@ func TestThreeNodesNeverOverAdmitAPoolExample(t *testing.T) {
 			for seq := range 8 {
 				tok := tokens[(cl+seq)%10]
 				obj := fmt.Sprintf("%s-c%02d-%d", tok, cl, seq)
-				o := op{client: cl, via: (cl + seq) % 3, token: tok, object: obj, call: int64(time.Since(start))}
-				req, _ := http.NewRequest("PUT", c.httpURL(o.via)+"/upload/pools/"+obj, strings.NewReader(obj))
-				req.Header.Set("X-Quota-Token", tok)
-				resp, err := httpc.Do(req)
-				o.ret = int64(time.Since(start))
-				switch {
-				case err != nil:
-					o.out = unknown
-				case resp.StatusCode == 200:
-					o.out = allowed
-				case resp.StatusCode == http.StatusTooManyRequests:
-					o.out = denied
-				default:
-					o.out = unknown
-				}
-				if resp != nil {
-					o.status = resp.StatusCode
-					resp.Body.Close()
-				}
+				o := op{client: cl, via: (cl + seq) % 3, token: tok, object: obj}
+				o.upload(httpc, c.httpURL(o.via)+"/upload/pools/"+obj, start)
 				mu.Lock()
 				ops = append(ops, o)
 				mu.Unlock()
