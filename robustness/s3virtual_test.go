@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -363,5 +364,67 @@ func TestS3GatewayWalkthroughRunsAsWritten(t *testing.T) {
 	t.Logf("the walkthrough charged %d uploads and %d bytes", n, by)
 	if want := int64(3*1000 + 6*mib*4 + 3); n != 8 || by != want {
 		t.Fatalf("the walkthrough charged %d uploads and %d bytes, want 8 and %d\n%s", n, by, want, out)
+	}
+}
+
+// TestS3VirtualHostedShapes: the request shapes SDKs and browsers send,
+// virtual-hosted: a presigned PUT (the credential in the query), a POST
+// Object form to the bucket's root, and an aws-chunked body (charged its
+// decoded length). Each is charged one unit and the object's bytes and
+// stored in the bucket the Host names.
+func TestS3VirtualHostedShapes(t *testing.T) {
+	g := startS3Gate(t, "1h")
+	const key = "AKIAVHSHAPES00000001"
+	g.token(key, 10, 0)
+	host := "shapes.localhost:" + g.gate
+	send := func(req *http.Request) {
+		t.Helper()
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			t.Fatalf("%s %s: %s %s", req.Method, req.URL, resp.Status, b)
+		}
+	}
+
+	presigned, _ := http.NewRequest("PUT", "http://127.0.0.1:"+g.gate+"/presigned.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="+key+
+		"%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Signature=00", strings.NewReader(strings.Repeat("p", 700)))
+	send(presigned)
+	g.waitUsage(key, 1, 700, time.Second)
+
+	var form bytes.Buffer
+	mw := multipart.NewWriter(&form)
+	mw.WriteField("key", "form.bin")
+	mw.WriteField("X-Amz-Credential", key+"/20260101/us-east-1/s3/aws4_request")
+	fw, _ := mw.CreateFormFile("file", "form.bin")
+	fw.Write(bytes.Repeat([]byte("f"), 1234))
+	mw.Close()
+	post, _ := http.NewRequest("POST", "http://127.0.0.1:"+g.gate+"/", &form)
+	post.Header.Set("Content-Type", mw.FormDataContentType())
+	send(post)
+	g.waitUsage(key, 2, 700+1234, time.Second)
+
+	// aws-chunked: one 300-byte chunk and the final empty one.
+	payload := strings.Repeat("c", 300)
+	chunked := fmt.Sprintf("%x;chunk-signature=%s\r\n%s\r\n0;chunk-signature=%s\r\n\r\n", len(payload), strings.Repeat("0", 64), payload, strings.Repeat("0", 64))
+	put, _ := http.NewRequest("PUT", "http://127.0.0.1:"+g.gate+"/chunked.bin", strings.NewReader(chunked))
+	put.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential="+key+"/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00")
+	put.Header.Set("X-Amz-Content-Sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+	put.Header.Set("Content-Encoding", "aws-chunked")
+	put.Header.Set("X-Amz-Decoded-Content-Length", "300")
+	send(put)
+	g.waitUsage(key, 3, 700+1234+300, time.Second)
+
+	for obj, size := range map[string]int{"presigned.bin": 700, "form.bin": 1234} {
+		if got, ok := g.object("shapes", obj); !ok || len(got) != size {
+			t.Errorf("shapes/%s: stored %v, %d bytes; want %d", obj, ok, len(got), size)
+		}
+	}
+	if _, ok := g.object("shapes", "chunked.bin"); !ok {
+		t.Error("the aws-chunked object was not stored in the Host's bucket")
 	}
 }
