@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 func init() {
@@ -69,7 +70,7 @@ const adminTimeout = 10 * time.Second
 type TokenView struct {
 	// Name is the secret, shown only in the answer to its creation.
 	Name string `json:"name,omitempty"`
-	raftstore.Token
+	state.Token
 	// Remaining is the uploads left; null when unlimited.
 	Remaining *int64 `json:"remaining"`
 	// BytesRemaining is the bytes left; null when unlimited.
@@ -77,7 +78,7 @@ type TokenView struct {
 	Expired        bool   `json:"expired"`
 }
 
-func viewOf(t *raftstore.Token) TokenView {
+func viewOf(t *state.Token) TokenView {
 	v := TokenView{Token: *t}
 	if r := t.Remaining(); r >= 0 {
 		v.Remaining = &r
@@ -160,12 +161,12 @@ func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.Respons
 		}
 		return writeTokenPage(w)(s.Tokens(ctx, filter))
 	case http.MethodPost:
-		var spec raftstore.TokenSpec
+		var spec state.TokenSpec
 		if err := decodeBody(r, &spec); err != nil {
 			return err
 		}
 		if spec.Name == "" {
-			spec.Name = raftstore.GenerateName()
+			spec.Name = state.GenerateName()
 		}
 		t, err := s.CreateToken(ctx, spec)
 		if err != nil {
@@ -179,8 +180,8 @@ func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.Respons
 }
 
 // writeTokenPage answers with a page of tokens, or the store's error.
-func writeTokenPage(w http.ResponseWriter) func([]raftstore.Token, string, error) error {
-	return func(toks []raftstore.Token, next string, err error) error {
+func writeTokenPage(w http.ResponseWriter) func([]state.Token, string, error) error {
+	return func(toks []state.Token, next string, err error) error {
 		if err != nil {
 			return storeError(err)
 		}
@@ -193,16 +194,16 @@ func writeTokenPage(w http.ResponseWriter) func([]raftstore.Token, string, error
 }
 
 // tokenFilter reads the list filters from the query string.
-func tokenFilter(r *http.Request) (raftstore.TokenFilter, error) {
+func tokenFilter(r *http.Request) (state.TokenFilter, error) {
 	q := r.URL.Query()
-	f := raftstore.TokenFilter{
-		Status:    raftstore.Status(q.Get("status")),
+	f := state.TokenFilter{
+		Status:    state.Status(q.Get("status")),
 		CreatedBy: q.Get("created_by"),
 		After:     q.Get("cursor"),
 		Limit:     maxPage,
 	}
 	switch f.Status {
-	case "", raftstore.StatusActive, raftstore.StatusExhausted, raftstore.StatusRevoked:
+	case "", state.StatusActive, state.StatusExhausted, state.StatusRevoked:
 	default:
 		return f, apiError(http.StatusBadRequest, fmt.Errorf("status must be active, exhausted or revoked, got %q", f.Status))
 	}
@@ -244,13 +245,13 @@ func (a AdminAPI) lookup(ctx context.Context, s *raftstore.Store, w http.Respons
 }
 
 func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id string) error {
-	var t *raftstore.Token
+	var t *state.Token
 	var err error
 	switch r.Method {
 	case http.MethodGet:
 		t, err = s.Token(ctx, id)
 	case http.MethodPatch:
-		var u raftstore.LimitUpdate
+		var u state.LimitUpdate
 		if err := decodeBody(r, &u); err != nil {
 			return err
 		}
@@ -271,7 +272,7 @@ func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.Response
 }
 
 func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id, action string) error {
-	actions := map[string]func(context.Context, string) (*raftstore.Token, error){
+	actions := map[string]func(context.Context, string) (*state.Token, error){
 		"revoke": s.Revoke, "reactivate": s.Reactivate, "reset": s.Reset,
 	}
 	do, ok := actions[action]
@@ -380,11 +381,11 @@ func decodeBody(r *http.Request, v any) error {
 
 func storeError(err error) error {
 	switch {
-	case errors.Is(err, raftstore.ErrNotFound), errors.Is(err, raftstore.ErrNoMember):
+	case errors.Is(err, state.ErrNotFound), errors.Is(err, state.ErrNoMember):
 		return apiError(http.StatusNotFound, err)
-	case errors.Is(err, raftstore.ErrExists):
+	case errors.Is(err, state.ErrExists):
 		return apiError(http.StatusConflict, err)
-	case errors.Is(err, raftstore.ErrInvalid):
+	case errors.Is(err, state.ErrInvalid):
 		return apiError(http.StatusBadRequest, err)
 	}
 	return apiError(http.StatusServiceUnavailable, err)

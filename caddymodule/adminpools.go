@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // The pool routes of the admin API:
@@ -24,14 +25,14 @@ import (
 
 // PoolView is a pool as the admin API shows it.
 type PoolView struct {
-	raftstore.Pool
+	state.Pool
 	// Remaining is the uploads left; null when unlimited.
 	Remaining *int64 `json:"remaining"`
 	// BytesRemaining is the bytes left; null when unlimited.
 	BytesRemaining *int64 `json:"bytes_remaining"`
 }
 
-func poolView(p *raftstore.Pool) PoolView {
+func poolView(p *state.Pool) PoolView {
 	v := PoolView{Pool: *p}
 	if r := p.Remaining(); r >= 0 {
 		v.Remaining = &r
@@ -94,7 +95,7 @@ func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.Response
 		}
 		return writeJSON(w, http.StatusOK, out)
 	case http.MethodPost:
-		var spec raftstore.PoolSpec
+		var spec state.PoolSpec
 		if err := decodeBody(r, &spec); err != nil {
 			return err
 		}
@@ -108,7 +109,7 @@ func (a AdminAPI) pool(ctx context.Context, s *raftstore.Store, w http.ResponseW
 	case http.MethodGet:
 		return writePool(w, http.StatusOK)(s.Pool(ctx, id))
 	case http.MethodPatch:
-		var u raftstore.PoolUpdate
+		var u state.PoolUpdate
 		if err := decodeBody(r, &u); err != nil {
 			return err
 		}
@@ -124,8 +125,8 @@ func (a AdminAPI) pool(ctx context.Context, s *raftstore.Store, w http.ResponseW
 }
 
 // writePool answers with a pool, or the store's error.
-func writePool(w http.ResponseWriter, status int) func(*raftstore.Pool, error) error {
-	return func(p *raftstore.Pool, err error) error {
+func writePool(w http.ResponseWriter, status int) func(*state.Pool, error) error {
+	return func(p *state.Pool, err error) error {
 		if err != nil {
 			return storeError(err)
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/raftquota/raftquota/internal/clustercert"
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 func init() {
@@ -409,7 +410,7 @@ func adminDo(address, method, path string, body any) ([]byte, error) {
 // resolveToken turns what an operator typed (a token id, or a name) into
 // the token's id. A name goes only in a request body, never in a URL.
 func resolveToken(address, token string) (string, error) {
-	return resolveID(address, "/quota/tokens/", token, raftstore.IsTokenID(token))
+	return resolveID(address, "/quota/tokens/", token, state.IsTokenID(token))
 }
 
 // resolveID turns what an operator typed for an object under base
@@ -459,8 +460,8 @@ func listTokens(address, status string, below int64, createdBy string, asJSON bo
 			fmt.Println(string(bytes.TrimSpace(out)))
 		}
 		var page struct {
-			Tokens     []raftstore.Token `json:"tokens"`
-			NextCursor string            `json:"next_cursor"`
+			Tokens     []state.Token `json:"tokens"`
+			NextCursor string        `json:"next_cursor"`
 		}
 		if err := json.Unmarshal(out, &page); err != nil {
 			return fmt.Errorf("reading the token list: %v", err)

@@ -8,9 +8,8 @@ import (
 	"os"
 	"text/tabwriter"
 
+	"github.com/raftquota/raftquota/raftstore/state"
 	"github.com/spf13/cobra"
-
-	"github.com/raftquota/raftquota/raftstore"
 )
 
 // poolCommand is `caddy quota pool ...`: shared quotas through the admin
@@ -88,7 +87,7 @@ func onPool(address, pool, method, suffix string, body any) error {
 
 // resolvePool turns a pool's id or name into its id.
 func resolvePool(address, pool string) (string, error) {
-	return resolveID(address, "/quota/pools/", pool, raftstore.IsPoolID(pool))
+	return resolveID(address, "/quota/pools/", pool, state.IsPoolID(pool))
 }
 
 // resolvePools turns pool ids or names into ids.

@@ -7,8 +7,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-
-	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // FuzzCaddyfile adapts arbitrary Caddyfiles built around the quota global
@@ -35,7 +34,7 @@ func FuzzAdminJSON(f *testing.F) {
 	f.Add(`{"renew_every":-1}`)
 	f.Add(`[]`)
 	f.Fuzz(func(t *testing.T, body string) {
-		for _, v := range []interface{ Validate() error }{new(raftstore.TokenSpec), new(raftstore.LimitUpdate)} {
+		for _, v := range []interface{ Validate() error }{new(state.TokenSpec), new(state.LimitUpdate)} {
 			req := httptest.NewRequest("POST", "/quota/tokens", bytes.NewBufferString(body))
 			err := decodeBody(req, v)
 			if err != nil {

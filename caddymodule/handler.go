@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 func init() {
@@ -161,7 +162,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// refused. Said at WARN, so `caddy validate` shows it. (The key's value
 	// is not logged: it would be a token.)
 	if h.S3 != nil && h.S3.MultipartExpiry == 0 {
-		h.S3.MultipartExpiry = caddy.Duration(raftstore.DefaultUploadExpiry)
+		h.S3.MultipartExpiry = caddy.Duration(state.DefaultUploadExpiry)
 	}
 	if (h.S3 == nil || h.Key != "") && !strings.Contains(h.Key, "{") {
 		h.logger.Warn("quota: key holds no placeholder, so every request is charged to the one token it names; to read a header write e.g. key {http.request.header.X-Quota-Token}")
@@ -224,8 +225,8 @@ func (h *Handler) Validate() error {
 	if h.PoolMissing != "" && h.PoolMissing != "refuse" && h.PoolMissing != "skip" {
 		return fmt.Errorf("quota: pool_missing must be refuse or skip, got %q", h.PoolMissing)
 	}
-	if len(h.Pools) > raftstore.MaxTokenPools {
-		return fmt.Errorf("quota: at most %d pool placeholders, got %d", raftstore.MaxTokenPools, len(h.Pools))
+	if len(h.Pools) > state.MaxTokenPools {
+		return fmt.Errorf("quota: at most %d pool placeholders, got %d", state.MaxTokenPools, len(h.Pools))
 	}
 	return nil
 }
@@ -236,7 +237,7 @@ func (h *Handler) Validate() error {
 func (h *Handler) poolNames(repl *caddy.Replacer) (names []string, ok bool) {
 	for _, p := range h.Pools {
 		n := repl.ReplaceAll(p, "")
-		if raftstore.ValidatePoolName(n) != nil {
+		if state.ValidatePoolName(n) != nil {
 			if h.PoolMissing == "skip" {
 				continue
 			}
@@ -249,8 +250,8 @@ func (h *Handler) poolNames(repl *caddy.Replacer) (names []string, ok bool) {
 
 // charge is the request for a decision on this request: its token,
 // amounts and pools.
-func (h *Handler) charge(id raftstore.RequestID, key raftstore.TokenKey, units, bytes int64, pools []string) raftstore.ConsumeRequest {
-	return raftstore.ConsumeRequest{ID: id, Key: key, Units: units, Bytes: bytes, Pools: pools, SkipMissingPools: h.PoolMissing == "skip"}
+func (h *Handler) charge(id state.RequestID, key state.TokenKey, units, bytes int64, pools []string) state.ConsumeRequest {
+	return state.ConsumeRequest{ID: id, Key: key, Units: units, Bytes: bytes, Pools: pools, SkipMissingPools: h.PoolMissing == "skip"}
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -262,7 +263,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if key == "" {
 		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
 	}
-	if raftstore.ValidateName(key) != nil {
+	if state.ValidateName(key) != nil {
 		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 	}
 	var bytes int64
@@ -287,7 +288,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		cancel()
 		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
 	}
-	tokenKey := raftstore.KeyOf(key)    // hashed once: the fingerprint and the consume share it
+	tokenKey := state.KeyOf(key)        // hashed once: the fingerprint and the consume share it
 	fp := store.FingerprintOf(tokenKey) // the raw key is never logged
 	repl.Set("http.quota.token_fingerprint", fp)
 	pools, ok := h.poolNames(repl)
@@ -296,15 +297,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, r, next, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
 	}
 
-	id := raftstore.NewRequestID()
+	id := state.NewRequestID()
 	if h.IdempotencyKey != "" {
 		if ik := repl.ReplaceAll(h.IdempotencyKey, ""); ik != "" {
-			id = raftstore.DeriveRequestID(key, ik)
+			id = state.DeriveRequestID(key, ik)
 		}
 	}
 
 	start := time.Now()
-	var d raftstore.Decision
+	var d state.Decision
 	var err error
 	req := h.charge(id, tokenKey, h.Cost, bytes, pools)
 	if h.CheckOnly {
@@ -319,7 +320,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // charged is what a decision was asked for.
 type charged struct {
-	id           raftstore.RequestID
+	id           state.RequestID
 	fp           string
 	units, bytes int64
 	check        bool // nothing was charged
@@ -327,7 +328,7 @@ type charged struct {
 
 // decided answers a request from the cluster's decision on c: a denial, a
 // 503, or the next handler, with the charge refunded when it fails.
-func (h *Handler) decided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, c charged, d raftstore.Decision, err error) error {
+func (h *Handler) decided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, c charged, d state.Decision, err error) error {
 	fp := c.fp
 	if err != nil {
 		if !c.check && h.OnUnavailable != "allow" {
@@ -402,7 +403,7 @@ func watchBody(r *http.Request) *shortBody {
 // is a failure, which this handler refunds, before the headers go out.
 type refundHeaders struct {
 	*caddyhttp.ResponseWriterWrapper
-	d            raftstore.Decision // the charge's decision
+	d            state.Decision // the charge's decision
 	units, bytes int64
 	done         bool
 }
@@ -426,7 +427,7 @@ func (rw *refundHeaders) failed() {
 
 // refund gives back a charge whose upload failed. It runs on its own
 // deadline: the client may already be gone.
-func (h *Handler) refund(store *raftstore.Store, id raftstore.RequestID, fp string, status int, cause error) {
+func (h *Handler) refund(store *raftstore.Store, id state.RequestID, fp string, status int, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 	defer cancel()
 	fields := []zap.Field{zap.String("token_fingerprint", fp), zap.Int("status", status)}
@@ -444,13 +445,13 @@ func (h *Handler) refund(store *raftstore.Store, id raftstore.RequestID, fp stri
 	h.logger.Debug("refunded failed upload", fields...)
 }
 
-func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, d raftstore.Decision) error {
+func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, d state.Decision) error {
 	// Limit exceedances are what operators watch for, at WARN. Unknown,
 	// revoked and expired tokens are ordinary refusals (and a flood of
 	// random keys must not flood the log at WARN), so they go at INFO,
 	// within a shared budget of lines.
 	level, msg := zap.InfoLevel, "quota denied"
-	if d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted {
+	if d.Reason == state.ReasonExhausted || d.Reason == state.ReasonBytesExhausted {
 		level, msg = zap.WarnLevel, "quota exceeded"
 	}
 	if ok, heldBack, unlogged := h.denials.admit(fp+"/"+string(d.Reason), level == zap.InfoLevel, time.Now()); ok {
@@ -478,47 +479,47 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return h.poolDenied(w, r, repl, pool, d)
 	}
 	switch d.Reason {
-	case raftstore.ReasonExhausted:
+	case state.ReasonExhausted:
 		detail := "This token has no uploads left."
 		if left := d.Remaining(); left > 0 {
 			detail = fmt.Sprintf("This request counts as %d uploads; the token has %d left.", h.Cost, left)
 		}
 		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted", detail, d.Reason, &d)
-	case raftstore.ReasonBytesExhausted:
+	case state.ReasonBytesExhausted:
 		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
 			"This upload would exceed the token's byte quota.", d.Reason, &d)
-	case raftstore.ReasonRevoked:
+	case state.ReasonRevoked:
 		return h.deny(w, r, repl, http.StatusForbidden, "revoked", "Token revoked", "This token has been revoked.", d.Reason, nil)
-	case raftstore.ReasonExpired:
+	case state.ReasonExpired:
 		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Token expired", "This token has expired.", d.Reason, nil)
-	case raftstore.ReasonNoSuchUpload:
+	case state.ReasonNoSuchUpload:
 		return h.deny(w, r, repl, http.StatusNotFound, "no_such_upload", "No such upload",
 			"The upload does not exist, or its quota reservation expired or was aborted.", d.Reason, nil)
-	case raftstore.ReasonTooManyUploads:
+	case state.ReasonTooManyUploads:
 		w.Header().Set("Retry-After", "60")
 		return h.deny(w, r, repl, http.StatusServiceUnavailable, "too_many_uploads", "Too many open uploads",
 			"The quota cluster holds as many incomplete multipart uploads as it keeps; complete or abort some.", d.Reason, nil)
-	case raftstore.ReasonRefunded:
+	case state.ReasonRefunded:
 		return h.deny(w, r, repl, http.StatusConflict, "refunded", "Request refunded",
 			"This request's idempotency key belongs to a charge that was refunded while still in flight; retry with the same key.", d.Reason, nil)
 	default:
-		return h.deny(w, r, repl, http.StatusForbidden, "unknown", "Unknown token", "No such token.", raftstore.ReasonUnknown, nil)
+		return h.deny(w, r, repl, http.StatusForbidden, "unknown", "Unknown token", "No such token.", state.ReasonUnknown, nil)
 	}
 }
 
 // poolDenied answers a charge a pool refused.
-func (h *Handler) poolDenied(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, pool string, d raftstore.Decision) error {
+func (h *Handler) poolDenied(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, pool string, d state.Decision) error {
 	switch d.Reason {
-	case raftstore.ReasonExhausted:
+	case state.ReasonExhausted:
 		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted",
 			fmt.Sprintf("Pool %s has no uploads left.", pool), d.Reason, &d)
-	case raftstore.ReasonBytesExhausted:
+	case state.ReasonBytesExhausted:
 		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
 			fmt.Sprintf("This upload would exceed pool %s's byte quota.", pool), d.Reason, &d)
-	case raftstore.ReasonExpired:
+	case state.ReasonExpired:
 		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Pool expired", fmt.Sprintf("Pool %s has expired.", pool), d.Reason, &d)
 	}
-	return h.deny(w, r, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", fmt.Sprintf("No pool named %s.", pool), raftstore.ReasonUnknown, &d)
+	return h.deny(w, r, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", fmt.Sprintf("No pool named %s.", pool), state.ReasonUnknown, &d)
 }
 
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, err error) error {
@@ -567,12 +568,12 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, next caddyhttp.
 
 // problem is an RFC 9457 problem details body.
 type problem struct {
-	Type     string           `json:"type"`
-	Title    string           `json:"title"`
-	Status   int              `json:"status"`
-	Detail   string           `json:"detail"`
-	Instance string           `json:"instance,omitempty"`
-	Reason   raftstore.Reason `json:"reason,omitempty"`
+	Type     string       `json:"type"`
+	Title    string       `json:"title"`
+	Status   int          `json:"status"`
+	Detail   string       `json:"detail"`
+	Instance string       `json:"instance,omitempty"`
+	Reason   state.Reason `json:"reason,omitempty"`
 	// Quota is the quota that refused: "token" or "pool:NAME".
 	Quota  string `json:"quota,omitempty"`
 	Limit  *int64 `json:"usage_limit,omitempty"`
@@ -582,7 +583,7 @@ type problem struct {
 }
 
 // deny writes a problem+json answer. Nothing in it names the token.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, status int, kind, title, detail string, reason raftstore.Reason, d *raftstore.Decision) error {
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, status int, kind, title, detail string, reason state.Reason, d *state.Decision) error {
 	if status == http.StatusServiceUnavailable {
 		repl.Set("http.quota.decision", "unavailable")
 	} else {
@@ -612,7 +613,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 	return json.NewEncoder(w).Encode(p)
 }
 
-func setDecisionPlaceholders(repl *caddy.Replacer, d raftstore.Decision) {
+func setDecisionPlaceholders(repl *caddy.Replacer, d state.Decision) {
 	if d.Allowed {
 		repl.Set("http.quota.decision", "allowed")
 	} else {
@@ -627,7 +628,7 @@ func setDecisionPlaceholders(repl *caddy.Replacer, d raftstore.Decision) {
 // setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and RateLimit
 // fields: one item for uploads and one (qu="content-bytes") for bytes, for
 // the limits the token has.
-func setRateLimitHeaders(hdr http.Header, d raftstore.Decision, now time.Time) {
+func setRateLimitHeaders(hdr http.Header, d state.Decision, now time.Time) {
 	var window, reset string
 	if d.RenewEvery > 0 {
 		window = ";w=" + strconv.FormatInt(int64(time.Duration(d.RenewEvery).Seconds()), 10)

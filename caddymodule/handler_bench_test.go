@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // BenchmarkHandler measures the handler's hot path on a single node of its
@@ -35,7 +36,7 @@ func BenchmarkHandler(b *testing.B) {
 	if err := s.WaitForLeader(ctx); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := s.CreateToken(ctx, raftstore.TokenSpec{Name: "bench-token", UsageLimit: 1 << 40, BytesLimit: 1 << 50}); err != nil {
+	if _, err := s.CreateToken(ctx, state.TokenSpec{Name: "bench-token", UsageLimit: 1 << 40, BytesLimit: 1 << 50}); err != nil {
 		b.Fatal(err)
 	}
 	app := &App{node: new(atomic.Pointer[node])}

@@ -20,6 +20,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/raftquota/raftquota/internal/testport"
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // One Caddy runs in this test process (caddytest starts it), and so one
@@ -492,7 +493,7 @@ func TestHealthAndBackupRoutes(t *testing.T) {
 	}
 	found := false
 	for _, tok := range toks {
-		if tok.Key == raftstore.KeyOf("tok-backup") {
+		if tok.Key == state.KeyOf("tok-backup") {
 			found = tok.UsageCount == 1
 		}
 	}
@@ -556,7 +557,7 @@ func TestAdminAPI(t *testing.T) {
 		{"POST", "/quota/tokens", `{"name":"adm-1","usage_limit":3,"bytes_limit":100,"created_by":"ops","metadata":{"team":"a"}}`, 201,
 			func(m map[string]any) bool {
 				id, _ = m["id"].(string)
-				return m["remaining"] == float64(3) && m["status"] == "active" && m["name"] == "adm-1" && raftstore.IsTokenID(id)
+				return m["remaining"] == float64(3) && m["status"] == "active" && m["name"] == "adm-1" && state.IsTokenID(id)
 			}},
 		{"POST", "/quota/tokens", `{"name":"adm-1"}`, 409, nil},
 		{"POST", "/quota/tokens", `{"name":"bad name"}`, 400, nil},

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // S3 makes the quota handler understand the S3 REST API on the routes it
@@ -222,12 +223,12 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 		// the first request, so the access key does not stand in.
 		name = ""
 	}
-	var tokenKey raftstore.TokenKey
+	var tokenKey state.TokenKey
 	if name != "" {
-		if raftstore.ValidateName(name) != nil {
+		if state.ValidateName(name) != nil {
 			return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 		}
-		tokenKey = raftstore.KeyOf(name)
+		tokenKey = state.KeyOf(name)
 	} else if !ofUpload {
 		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no access key or quota token.")
 	}
@@ -238,12 +239,12 @@ func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if store == nil {
 		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
 	}
-	c := charged{id: raftstore.NewRequestID(), units: h.Cost}
+	c := charged{id: state.NewRequestID(), units: h.Cost}
 	if name != "" {
 		c.fp = store.FingerprintOf(tokenKey)
 		repl.Set("http.quota.token_fingerprint", c.fp)
 	}
-	upload := raftstore.UploadKeyOf(uploadObject(r, target), r.URL.Query().Get("uploadId"))
+	upload := state.UploadKeyOf(uploadObject(r, target), r.URL.Query().Get("uploadId"))
 	var pools []string
 	if op == s3Put || op == s3Copy || op == s3PostObject || op == s3Create {
 		var ok bool
@@ -279,17 +280,17 @@ type s3Exchange struct {
 	target s3Target
 	op     s3Op
 	store  *raftstore.Store
-	key    raftstore.TokenKey
+	key    state.TokenKey
 	c      charged
 	pools  []string
-	upload raftstore.UploadKey
+	upload state.UploadKey
 }
 
 func (x *s3Exchange) refuse(status int, kind, title, detail string) error {
 	return x.h.refuse(x.w, x.r, x.next, x.repl, status, kind, title, detail)
 }
 
-func (x *s3Exchange) decided(d raftstore.Decision, err error) error {
+func (x *s3Exchange) decided(d state.Decision, err error) error {
 	return x.h.decided(x.w, x.r, x.next, x.repl, x.store, x.c, d, err)
 }
 
@@ -342,8 +343,8 @@ func (x *s3Exchange) create(ctx context.Context) error {
 // otherWrite passes deletes and settings, uncharged, with a token that
 // could be used: no write passes the gate without one.
 func (x *s3Exchange) otherWrite(ctx context.Context) error {
-	d, err := x.store.Check(ctx, raftstore.ConsumeRequest{Key: x.key})
-	if err == nil && (d.Reason == raftstore.ReasonExhausted || d.Reason == raftstore.ReasonBytesExhausted) {
+	d, err := x.store.Check(ctx, state.ConsumeRequest{Key: x.key})
+	if err == nil && (d.Reason == state.ReasonExhausted || d.Reason == state.ReasonBytesExhausted) {
 		d.Allowed, d.Reason = true, ""
 	}
 	x.c.check = true
@@ -501,7 +502,7 @@ func isFileField(headers string) bool {
 
 // createUpload forwards a CreateMultipartUpload whose unit is reserved,
 // and binds the reservation to the upload id the backend answers with.
-func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, c charged, d raftstore.Decision, t s3Target) error {
+func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, c charged, d state.Decision, t s3Target) error {
 	if d.TokenID != "" {
 		c.fp = d.TokenID
 	}
@@ -523,7 +524,7 @@ func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 	defer cancel()
-	if err := store.BindUpload(ctx, c.id, raftstore.UploadKeyOf(uploadObject(r, t), res.UploadID)); err != nil {
+	if err := store.BindUpload(ctx, c.id, state.UploadKeyOf(uploadObject(r, t), res.UploadID)); err != nil {
 		// The backend holds an upload the quota does not know: its parts
 		// would be refused, so the client is told to start again.
 		h.logger.Error("recording a multipart upload failed", zap.String("token_fingerprint", c.fp), zap.Error(err))
@@ -542,7 +543,7 @@ const maxCompleteBody = 8 << 20
 // completeUpload marks the upload completing, forwards the complete, and
 // keeps the charges of the parts the object is made of, or reopens the
 // upload when the backend did not make it.
-func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, upload raftstore.UploadKey, tokenKey raftstore.TokenKey) error {
+func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, upload state.UploadKey, tokenKey state.TokenKey) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxCompleteBody+1))
 	if err != nil {
 		return caddyhttp.Error(http.StatusBadRequest, err)
@@ -562,14 +563,14 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 	for i, p := range req.Parts {
 		parts[i] = p.PartNumber
 	}
-	if err := store.BeginComplete(ctx, upload, tokenKey, raftstore.DefaultCompleteLimit); err != nil {
-		if errors.Is(err, raftstore.ErrNotFound) {
+	if err := store.BeginComplete(ctx, upload, tokenKey, state.DefaultCompleteLimit); err != nil {
+		if errors.Is(err, state.ErrNotFound) {
 			if h.DryRun {
-				countDecision("dry_run", string(raftstore.ReasonNoSuchUpload))
+				countDecision("dry_run", string(state.ReasonNoSuchUpload))
 				r.Body = io.NopCloser(bytes.NewReader(body))
 				return next.ServeHTTP(w, r)
 			}
-			countDecision("denied", string(raftstore.ReasonNoSuchUpload))
+			countDecision("denied", string(state.ReasonNoSuchUpload))
 			return h.s3Error(w, r, http.StatusNotFound, "NoSuchUpload", "The upload does not exist, or its quota reservation expired or was aborted.")
 		}
 		return h.unavailable(w, r, next, repl, "", err)
@@ -589,7 +590,7 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 		h.logger.Error("recording a completed multipart upload failed", zap.Bool("completed", ok), zap.Error(err))
 	} else if gone {
 		// The backend no longer has the upload: it will never complete.
-		if err := store.AbortUpload(ectx, upload, raftstore.TokenKey{}); err != nil && !errors.Is(err, raftstore.ErrNotFound) {
+		if err := store.AbortUpload(ectx, upload, state.TokenKey{}); err != nil && !errors.Is(err, state.ErrNotFound) {
 			h.logger.Error("refunding a vanished multipart upload failed", zap.Error(err))
 		}
 	}
@@ -601,7 +602,7 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 
 // abortUpload forwards an abort and, when the backend no longer holds the
 // upload, gives back everything it charged.
-func (h *Handler) abortUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, upload raftstore.UploadKey, tokenKey raftstore.TokenKey, fp string) error {
+func (h *Handler) abortUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, upload state.UploadKey, tokenKey state.TokenKey, fp string) error {
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r)
 	if err != nil {
@@ -610,7 +611,7 @@ func (h *Handler) abortUpload(w http.ResponseWriter, r *http.Request, next caddy
 	if s := rec.Status(); s < 300 || s == http.StatusNotFound {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 		defer cancel()
-		if err := store.AbortUpload(ctx, upload, tokenKey); err != nil && !errors.Is(err, raftstore.ErrNotFound) {
+		if err := store.AbortUpload(ctx, upload, tokenKey); err != nil && !errors.Is(err, state.ErrNotFound) {
 			// A complete in flight decides; else expiry refunds it.
 			h.logger.Warn("refunding an aborted multipart upload failed", zap.String("token_fingerprint", fp), zap.Error(err))
 		} else if err == nil {
@@ -632,16 +633,16 @@ type s3ErrorBody struct {
 // recover get 403, which S3 clients do not retry; one that renews, or a
 // busy or unreachable cluster, gets 503 SlowDown, which they retry after
 // Retry-After.
-func s3Denial(status int, kind string, d *raftstore.Decision) (int, string) {
+func s3Denial(status int, kind string, d *state.Decision) (int, string) {
 	switch kind {
 	case "exhausted", "bytes_exhausted":
 		if d != nil && d.ResetAt > 0 {
 			return http.StatusServiceUnavailable, "SlowDown"
 		}
 		return http.StatusForbidden, "QuotaExceeded"
-	case "unavailable", string(raftstore.ReasonTooManyUploads):
+	case "unavailable", string(state.ReasonTooManyUploads):
 		return http.StatusServiceUnavailable, "SlowDown"
-	case string(raftstore.ReasonNoSuchUpload):
+	case string(state.ReasonNoSuchUpload):
 		return http.StatusNotFound, "NoSuchUpload"
 	case "length_required":
 		return http.StatusLengthRequired, "MissingContentLength"

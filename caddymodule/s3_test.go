@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 func TestClassifyS3(t *testing.T) {
@@ -103,15 +103,15 @@ func TestObjectBytes(t *testing.T) {
 // S3 clients retry 503 and give up on 403: tokens that cannot recover must
 // get 403, renewing ones 503 SlowDown.
 func TestS3DenialsAreFinalOnlyWhenTheTokenCannotRecover(t *testing.T) {
-	renewing := &raftstore.Decision{ResetAt: 1}
+	renewing := &state.Decision{ResetAt: 1}
 	tests := []struct {
 		kind       string
-		d          *raftstore.Decision
+		d          *state.Decision
 		wantStatus int
 		wantCode   string
 	}{
-		{"exhausted", &raftstore.Decision{}, 403, "QuotaExceeded"},
-		{"bytes_exhausted", &raftstore.Decision{}, 403, "QuotaExceeded"},
+		{"exhausted", &state.Decision{}, 403, "QuotaExceeded"},
+		{"bytes_exhausted", &state.Decision{}, 403, "QuotaExceeded"},
 		{"exhausted", renewing, 503, "SlowDown"},
 		{"bytes_exhausted", renewing, 503, "SlowDown"},
 		{"revoked", nil, 403, "AccessDenied"},

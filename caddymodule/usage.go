@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 func init() {
@@ -93,37 +94,37 @@ type UsageView struct {
 
 // TokenUsage is what a holder sees of their token (never its name).
 type TokenUsage struct {
-	ID                string             `json:"id"`
-	Status            raftstore.Status   `json:"status"`
-	UsageLimit        int64              `json:"usage_limit"`
-	UsageCount        int64              `json:"usage_count"`
-	Remaining         *int64             `json:"remaining"`
-	BytesLimit        int64              `json:"bytes_limit"`
-	BytesUsed         int64              `json:"bytes_used"`
-	BytesRemaining    *int64             `json:"bytes_remaining"`
-	RenewEvery        raftstore.Duration `json:"renew_every,omitempty"`
-	RenewCalendar     string             `json:"renew_calendar,omitempty"`
-	NotifyAt          []int              `json:"notify_at,omitempty"`
-	ThresholdsReached []int              `json:"thresholds_reached,omitempty"`
-	ResetsAt          *time.Time         `json:"resets_at,omitempty"`
-	ExpiresAt         *time.Time         `json:"expires_at,omitempty"`
+	ID                string         `json:"id"`
+	Status            state.Status   `json:"status"`
+	UsageLimit        int64          `json:"usage_limit"`
+	UsageCount        int64          `json:"usage_count"`
+	Remaining         *int64         `json:"remaining"`
+	BytesLimit        int64          `json:"bytes_limit"`
+	BytesUsed         int64          `json:"bytes_used"`
+	BytesRemaining    *int64         `json:"bytes_remaining"`
+	RenewEvery        state.Duration `json:"renew_every,omitempty"`
+	RenewCalendar     string         `json:"renew_calendar,omitempty"`
+	NotifyAt          []int          `json:"notify_at,omitempty"`
+	ThresholdsReached []int          `json:"thresholds_reached,omitempty"`
+	ResetsAt          *time.Time     `json:"resets_at,omitempty"`
+	ExpiresAt         *time.Time     `json:"expires_at,omitempty"`
 }
 
 // PoolUsage is what a holder sees of a pool their token draws on.
 type PoolUsage struct {
-	Name              string             `json:"name"`
-	Status            raftstore.Status   `json:"status"`
-	UsageLimit        int64              `json:"usage_limit"`
-	UsageCount        int64              `json:"usage_count"`
-	Remaining         *int64             `json:"remaining"`
-	BytesLimit        int64              `json:"bytes_limit"`
-	BytesUsed         int64              `json:"bytes_used"`
-	BytesRemaining    *int64             `json:"bytes_remaining"`
-	RenewEvery        raftstore.Duration `json:"renew_every,omitempty"`
-	RenewCalendar     string             `json:"renew_calendar,omitempty"`
-	NotifyAt          []int              `json:"notify_at,omitempty"`
-	ThresholdsReached []int              `json:"thresholds_reached,omitempty"`
-	ResetsAt          *time.Time         `json:"resets_at,omitempty"`
+	Name              string         `json:"name"`
+	Status            state.Status   `json:"status"`
+	UsageLimit        int64          `json:"usage_limit"`
+	UsageCount        int64          `json:"usage_count"`
+	Remaining         *int64         `json:"remaining"`
+	BytesLimit        int64          `json:"bytes_limit"`
+	BytesUsed         int64          `json:"bytes_used"`
+	BytesRemaining    *int64         `json:"bytes_remaining"`
+	RenewEvery        state.Duration `json:"renew_every,omitempty"`
+	RenewCalendar     string         `json:"renew_calendar,omitempty"`
+	NotifyAt          []int          `json:"notify_at,omitempty"`
+	ThresholdsReached []int          `json:"thresholds_reached,omitempty"`
+	ResetsAt          *time.Time     `json:"resets_at,omitempty"`
 }
 
 func orNil(n int64) *int64 {
@@ -146,7 +147,7 @@ func (u *Usage) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if name == "" {
 		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
 	}
-	if raftstore.ValidateName(name) != nil {
+	if state.ValidateName(name) != nil {
 		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(u.Timeout))
@@ -155,13 +156,13 @@ func (u *Usage) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if store == nil {
 		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
 	}
-	d, err := store.Check(ctx, raftstore.ConsumeRequest{Token: name})
+	d, err := store.Check(ctx, state.ConsumeRequest{Token: name})
 	if err != nil {
 		return h.unavailable(w, r, next, repl, "", err)
 	}
 	switch {
-	case d.Reason == raftstore.ReasonUnknown,
-		(d.Reason == raftstore.ReasonRevoked || d.Reason == raftstore.ReasonExpired) && d.Quota == "token":
+	case d.Reason == state.ReasonUnknown,
+		(d.Reason == state.ReasonRevoked || d.Reason == state.ReasonExpired) && d.Quota == "token":
 		// As an upload route answers: 403, nothing about the token.
 		return h.exceeded(w, r, next, repl, d.TokenID, d)
 	}
@@ -177,7 +178,7 @@ func (u *Usage) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 }
 
 // view reads the token and its pools (linearizable reads) into the answer.
-func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d raftstore.Decision) (UsageView, error) {
+func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d state.Decision) (UsageView, error) {
 	t, err := s.Lookup(ctx, name)
 	if err != nil {
 		return UsageView{}, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // A backup is a snapshot of the whole state with a header, like `etcdctl
@@ -38,8 +39,8 @@ type BackupInfo struct {
 // began (the same read barrier as a linearizable read), from this node's
 // replica once it has applied that far.
 func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
-	var out ReadReply
-	if err := s.read(ctx, &ReadArgs{Kind: readIndex}, &out); err != nil {
+	point, err := s.point(ctx)
+	if err != nil {
 		return BackupInfo{}, err
 	}
 	// raft's AppliedIndex counts entries handed to the FSM, and a snapshot
@@ -48,19 +49,19 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
 	var meta *raft.SnapshotMeta
 	var rc io.ReadCloser
 	for {
-		if s.raft.AppliedIndex() >= out.Index {
+		if s.raft.AppliedIndex() >= point.Index {
 			var err error
 			if meta, rc, err = s.latestSnapshot(); err != nil {
 				return BackupInfo{}, err
 			}
-			if meta.Index >= out.Index {
+			if meta.Index >= point.Index {
 				break
 			}
 			rc.Close()
 		}
 		select {
 		case <-ctx.Done():
-			return BackupInfo{}, fmt.Errorf("%w: this node has not caught up to index %d", ErrUnavailable, out.Index)
+			return BackupInfo{}, fmt.Errorf("%w: this node has not caught up to index %d", state.ErrUnavailable, point.Index)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -69,11 +70,11 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
 	if err != nil {
 		return BackupInfo{}, fmt.Errorf("reading snapshot: %w", err)
 	}
-	state, err := readSnapshot(bytes.NewReader(data))
+	m, err := state.ReadSnapshot(bytes.NewReader(data))
 	if err != nil {
 		return BackupInfo{}, fmt.Errorf("checking snapshot: %w", err)
 	}
-	info := BackupInfo{Index: meta.Index, Term: meta.Term, NodeID: s.cfg.NodeID, CreatedAt: time.Now().UTC(), Size: int64(len(data)), Tokens: state.tokens.len()}
+	info := BackupInfo{Index: meta.Index, Term: meta.Term, NodeID: s.cfg.NodeID, CreatedAt: time.Now().UTC(), Size: int64(len(data)), Tokens: m.Counts().Tokens}
 	head, _ := json.Marshal(info)
 	if _, err := io.WriteString(w, backupMagic); err != nil {
 		return info, err
@@ -105,7 +106,7 @@ func (s *Store) latestSnapshot() (*raft.SnapshotMeta, io.ReadCloser, error) {
 
 // ReadBackup reads a backup's header and state, checking that the state
 // decodes, and returns its info and tokens (sorted by name).
-func ReadBackup(r io.Reader) (BackupInfo, []Token, []byte, error) {
+func ReadBackup(r io.Reader) (BackupInfo, []state.Token, []byte, error) {
 	br := bufio.NewReader(r)
 	magic, err := br.ReadString('\n')
 	if err != nil || magic != backupMagic {
@@ -126,11 +127,11 @@ func ReadBackup(r io.Reader) (BackupInfo, []Token, []byte, error) {
 	if int64(len(data)) != info.Size {
 		return info, nil, nil, fmt.Errorf("backup is %d bytes of state, its header says %d: truncated or damaged", len(data), info.Size)
 	}
-	f, err := readSnapshot(bytes.NewReader(data))
+	f, err := state.ReadSnapshot(bytes.NewReader(data))
 	if err != nil {
 		return info, nil, nil, fmt.Errorf("backup state: %w", err)
 	}
-	return info, f.list(), data, nil
+	return info, f.Tokens(), data, nil
 }
 
 // RestoreBackup seeds an empty data dir for nodeID from a backup, as the

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/raftstore/state"
+	"go.uber.org/zap"
 )
 
 // TestBackupRestoresIntoANewCluster: a backup taken from a follower holds
@@ -16,16 +19,16 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	leader := c.leaderIndex()
 	follower := c.nodes[(leader+1)%3]
-	var ids []RequestID
+	var ids []state.RequestID
 	for i := 0; i < 5; i++ {
 		name := fmt.Sprintf("b%d", i)
-		if _, err := c.nodes[leader].CreateToken(ctx, TokenSpec{Name: name, UsageLimit: 10, BytesLimit: 1000}); err != nil {
+		if _, err := c.nodes[leader].CreateToken(ctx, state.TokenSpec{Name: name, UsageLimit: 10, BytesLimit: 1000}); err != nil {
 			t.Fatal(err)
 		}
 		for j := 0; j <= i; j++ {
-			id := NewRequestID()
+			id := state.NewRequestID()
 			ids = append(ids, id)
-			if _, err := c.nodes[j%3].Consume(ctx, ConsumeRequest{ID: id, Token: name, Units: 1, Bytes: 10}); err != nil {
+			if _, err := c.nodes[j%3].Consume(ctx, state.ConsumeRequest{ID: id, Token: name, Units: 1, Bytes: 10}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -38,7 +41,7 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 	if info.Tokens != 5 {
 		t.Fatalf("backup info %+v", info)
 	}
-	want, _, err := c.nodes[leader].Tokens(ctx, TokenFilter{})
+	want, _, err := c.nodes[leader].Tokens(ctx, state.TokenFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +49,7 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 
 	// A new cluster on new addresses from the backup.
 	n := newTestClusterFromBackup(t, buf.Bytes())
-	got, _, err := n.nodes[0].Tokens(ctx, TokenFilter{})
+	got, _, err := n.nodes[0].Tokens(ctx, state.TokenFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +57,7 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 		t.Fatalf("restored tokens differ:\n got %v\nwant %v", got, want)
 	}
 	for _, id := range ids {
-		d, err := n.nodes[1].Consume(ctx, ConsumeRequest{ID: id, Token: "b4", Units: 1, Bytes: 10})
+		d, err := n.nodes[1].Consume(ctx, state.ConsumeRequest{ID: id, Token: "b4", Units: 1, Bytes: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,7 +81,7 @@ func TestBackupRestoresIntoANewCluster(t *testing.T) {
 
 func newTestClusterFromBackup(t *testing.T, backup []byte) *testCluster {
 	t.Helper()
-	c, layers := listenTestCluster(t, 3, nopLogger())
+	c, layers := listenTestCluster(t, 3, zap.NewNop())
 	for i := range c.nodes {
 		if _, err := RestoreBackup(bytes.NewReader(backup), filepath.Join(c.dir, c.peers[i].ID), c.peers[i].ID, c.peers); err != nil {
 			t.Fatal(err)

@@ -3,6 +3,8 @@ package raftstore
 import (
 	"context"
 	"sync"
+
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // batcher coalesces concurrent requests into one flush: one Raft log entry
@@ -54,7 +56,7 @@ func (b *batcher[Req, Res]) do(ctx context.Context, reqs []Req) ([]Res, error) {
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
-		return nil, ErrClosed
+		return nil, state.ErrClosed
 	}
 	select {
 	case b.in <- p:
@@ -79,7 +81,7 @@ func (b *batcher[Req, Res]) loop() {
 		select {
 		case b.slots <- struct{}{}:
 		case <-b.stop:
-			first.err = ErrClosed
+			first.err = state.ErrClosed
 			close(first.done)
 			return
 		}
@@ -112,7 +114,7 @@ func (b *batcher[Req, Res]) run(batch []*pending[Req, Res], n int) {
 	}
 	res, err := b.flush(reqs)
 	if err == nil && len(res) != len(reqs) {
-		err = ErrUnavailable
+		err = state.ErrUnavailable
 	}
 	off := 0
 	for _, p := range batch {
@@ -137,7 +139,7 @@ func (b *batcher[Req, Res]) close() {
 	for {
 		select {
 		case p := <-b.in:
-			p.err = ErrClosed
+			p.err = state.ErrClosed
 			close(p.done)
 		default:
 			return

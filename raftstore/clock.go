@@ -96,8 +96,8 @@ func (c *clockSync) measure(s *Store, term uint64) time.Duration {
 			ctx, cancel := context.WithTimeout(context.Background(), clockSampleRPC)
 			defer cancel()
 			sent := time.Now()
-			var out StatusReply
-			if err := s.forward.call(ctx, s.dialAddr(id, addr), "Status", &Empty{}, &out); err != nil || out.Now == 0 {
+			out, err := s.fwd.Status(ctx, s.dialAddr(id, addr))
+			if err != nil || out.Now == 0 {
 				return
 			}
 			rtt := time.Since(sent)

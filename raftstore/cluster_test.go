@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
@@ -150,7 +151,7 @@ func TestThreeNodesNeverOverAdmit(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
 	follower := c.nodes[(c.leaderIndex()+1)%3]
-	if _, err := follower.CreateToken(ctx, TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
+	if _, err := follower.CreateToken(ctx, state.TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
 		t.Fatal(err)
 	}
 	var allowed, denied atomic.Int64
@@ -159,13 +160,13 @@ func TestThreeNodesNeverOverAdmit(t *testing.T) {
 		wg.Add(1)
 		go func(s *Store) {
 			defer wg.Done()
-			d, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "hot", Units: 1})
+			d, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "hot", Units: 1})
 			switch {
 			case err != nil:
 				t.Errorf("consume: %v", err)
 			case d.Allowed:
 				allowed.Add(1)
-			case d.Reason == ReasonExhausted:
+			case d.Reason == state.ReasonExhausted:
 				denied.Add(1)
 			default:
 				t.Errorf("unexpected decision %+v", d)
@@ -181,7 +182,7 @@ func TestThreeNodesNeverOverAdmit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tok.UsageCount != 100 || tok.Status != StatusExhausted {
+		if tok.UsageCount != 100 || tok.Status != state.StatusExhausted {
 			t.Fatalf("%s sees usage %d status %s", s.NodeID(), tok.UsageCount, tok.Status)
 		}
 	}
@@ -190,7 +191,7 @@ func TestThreeNodesNeverOverAdmit(t *testing.T) {
 func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 90*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
 		t.Fatal(err)
 	}
 	leader := c.leaderIndex()
@@ -208,7 +209,7 @@ func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
 			}
 			rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			defer cancel()
-			d, err := s.Consume(rctx, ConsumeRequest{ID: NewRequestID(), Token: "hot", Units: 1})
+			d, err := s.Consume(rctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "hot", Units: 1})
 			if err == nil && d.Allowed {
 				allowed.Add(1)
 			}
@@ -239,11 +240,11 @@ func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
 func TestRestartedClusterKeepsUsage(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[1].CreateToken(ctx, TokenSpec{Name: "keep", UsageLimit: 10, BytesLimit: 1000}); err != nil {
+	if _, err := c.nodes[1].CreateToken(ctx, state.TokenSpec{Name: "keep", UsageLimit: 10, BytesLimit: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 7; i++ {
-		if d, err := c.nodes[i%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "keep", Units: 1, Bytes: 10}); err != nil || !d.Allowed {
+		if d, err := c.nodes[i%3].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "keep", Units: 1, Bytes: 10}); err != nil || !d.Allowed {
 			t.Fatalf("consume %d: %+v %v", i, d, err)
 		}
 	}
@@ -270,12 +271,12 @@ func TestRestartedClusterKeepsUsage(t *testing.T) {
 func TestRetryAfterLeadershipChangeChargesOnce(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "once", UsageLimit: 5}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "once", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
-	id := NewRequestID()
+	id := state.NewRequestID()
 	old := c.leaderIndex()
-	first, err := c.nodes[old].Consume(ctx, ConsumeRequest{ID: id, Token: "once", Units: 2})
+	first, err := c.nodes[old].Consume(ctx, state.ConsumeRequest{ID: id, Token: "once", Units: 2})
 	if err != nil || !first.Allowed {
 		t.Fatalf("first: %+v %v", first, err)
 	}
@@ -286,7 +287,7 @@ func TestRetryAfterLeadershipChangeChargesOnce(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, s := range c.nodes { // the retry lands on every node, new leader included
-		d, err := s.Consume(ctx, ConsumeRequest{ID: id, Token: "once", Units: 2})
+		d, err := s.Consume(ctx, state.ConsumeRequest{ID: id, Token: "once", Units: 2})
 		if err != nil || !d.Allowed || !d.Duplicate {
 			t.Fatalf("retry on %s: %+v %v", s.NodeID(), d, err)
 		}
@@ -304,51 +305,51 @@ func TestAnyNodeServesEveryOperation(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
 	f := c.nodes[(c.leaderIndex()+1)%3]
-	if _, err := f.CreateToken(ctx, TokenSpec{Name: "t1", UsageLimit: 2}); err != nil {
+	if _, err := f.CreateToken(ctx, state.TokenSpec{Name: "t1", UsageLimit: 2}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.CreateToken(ctx, TokenSpec{Name: "t1"}); !errors.Is(err, ErrExists) {
+	if _, err := f.CreateToken(ctx, state.TokenSpec{Name: "t1"}); !errors.Is(err, state.ErrExists) {
 		t.Fatalf("duplicate create via follower: %v", err)
 	}
-	if _, err := f.Lookup(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := f.Lookup(ctx, "nope"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("missing token via follower: %v", err)
 	}
-	id := NewRequestID()
-	if d, _ := f.Consume(ctx, ConsumeRequest{ID: id, Token: "t1", Units: 2}); !d.Allowed {
+	id := state.NewRequestID()
+	if d, _ := f.Consume(ctx, state.ConsumeRequest{ID: id, Token: "t1", Units: 2}); !d.Allowed {
 		t.Fatal("consume denied")
 	}
-	if d, err := f.Check(ctx, ConsumeRequest{Token: "t1", Units: 1, Bytes: 0}); err != nil || d.Allowed || d.Reason != ReasonExhausted {
+	if d, err := f.Check(ctx, state.ConsumeRequest{Token: "t1", Units: 1, Bytes: 0}); err != nil || d.Allowed || d.Reason != state.ReasonExhausted {
 		t.Fatalf("check: %+v %v", d, err)
 	}
 	if err := f.Refund(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := f.Check(ctx, ConsumeRequest{Token: "t1", Units: 1, Bytes: 0}); err != nil || !d.Allowed {
+	if d, err := f.Check(ctx, state.ConsumeRequest{Token: "t1", Units: 1, Bytes: 0}); err != nil || !d.Allowed {
 		t.Fatalf("check after refund: %+v %v", d, err)
 	}
 	t1, err := f.Lookup(ctx, "t1")
 	if err != nil || t1.UsageCount != 0 {
 		t.Fatalf("check must not charge: %+v %v", t1, err)
 	}
-	if byID, err := f.Token(ctx, t1.ID); err != nil || byID.Key != KeyOf("t1") {
+	if byID, err := f.Token(ctx, t1.ID); err != nil || byID.Key != state.KeyOf("t1") {
 		t.Fatalf("by id: %+v %v", byID, err)
 	}
 	limit := int64(9)
-	if tok, err := f.UpdateLimits(ctx, t1.ID, LimitUpdate{UsageLimit: &limit}); err != nil || tok.UsageLimit != 9 {
+	if tok, err := f.UpdateLimits(ctx, t1.ID, state.LimitUpdate{UsageLimit: &limit}); err != nil || tok.UsageLimit != 9 {
 		t.Fatalf("update: %+v %v", tok, err)
 	}
-	for _, step := range []func(context.Context, string) (*Token, error){f.Revoke, f.Reactivate, f.Reset} {
+	for _, step := range []func(context.Context, string) (*state.Token, error){f.Revoke, f.Reactivate, f.Reset} {
 		if _, err := step(ctx, t1.ID); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if toks, _, err := f.Tokens(ctx, TokenFilter{}); err != nil || len(toks) != 1 {
+	if toks, _, err := f.Tokens(ctx, state.TokenFilter{}); err != nil || len(toks) != 1 {
 		t.Fatalf("list: %v %v", toks, err)
 	}
 	if err := f.DeleteToken(ctx, t1.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.DeleteToken(ctx, t1.ID); !errors.Is(err, ErrNotFound) {
+	if err := f.DeleteToken(ctx, t1.ID); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
 	}
 	if f.Fingerprint("x") != c.nodes[c.leaderIndex()].Fingerprint("x") {
@@ -381,13 +382,13 @@ func TestJoinAndRemoveMember(t *testing.T) {
 	if err := follower.Join(ctx, "node4", n4.Addr()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n4.CreateToken(ctx, TokenSpec{Name: "via4", UsageLimit: 1}); err != nil {
+	if _, err := n4.CreateToken(ctx, state.TokenSpec{Name: "via4", UsageLimit: 1}); err != nil {
 		t.Fatalf("new member cannot serve: %v", err)
 	}
 	if err := follower.Remove(ctx, "node4"); err != nil {
 		t.Fatal(err)
 	}
-	if err := follower.Remove(ctx, "node4"); !errors.Is(err, ErrNoMember) {
+	if err := follower.Remove(ctx, "node4"); !errors.Is(err, state.ErrNoMember) {
 		t.Fatalf("removing twice: %v", err)
 	}
 	// A follower learns of the new configuration shortly after the leader.
@@ -403,7 +404,7 @@ func TestJoinAndRemoveMember(t *testing.T) {
 func TestNoQuorumIsUnavailable(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "q", UsageLimit: 5}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "q", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
 	l := c.leaderIndex()
@@ -411,8 +412,8 @@ func TestNoQuorumIsUnavailable(t *testing.T) {
 	c.stop((l + 2) % 3)
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err := c.nodes[l].Consume(rctx, ConsumeRequest{ID: NewRequestID(), Token: "q", Units: 1})
-	if !errors.Is(err, ErrUnavailable) {
+	_, err := c.nodes[l].Consume(rctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "q", Units: 1})
+	if !errors.Is(err, state.ErrUnavailable) {
 		t.Fatalf("consume without quorum: %v, want ErrUnavailable", err)
 	}
 }
@@ -449,12 +450,12 @@ func TestSkewedLeaderNeverRenewsEarlyOrTwice(t *testing.T) {
 			c.transferTo((fast + 1) % 3) // a correct clock leads first
 
 			const window = 2 * time.Second
-			if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "w", UsageLimit: 1, RenewEvery: Duration(window)}); err != nil {
+			if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "w", UsageLimit: 1, RenewEvery: state.Duration(window)}); err != nil {
 				t.Fatal(err)
 			}
-			consume := func() Decision {
+			consume := func() state.Decision {
 				t.Helper()
-				d, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "w", Units: 1})
+				d, err := c.nodes[0].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "w", Units: 1})
 				if err != nil {
 					t.Fatal(err)
 				}

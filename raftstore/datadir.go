@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
 
@@ -385,12 +386,13 @@ func VerifyDataDir(dir string) (*DataDirCheck, error) {
 		var version [4]byte
 		io.ReadFull(f, version[:])
 		f.Seek(0, io.SeekStart)
-		state, err := readSnapshot(f)
+		m, err := state.ReadSnapshot(f)
 		f.Close()
 		if err != nil {
 			return c, &DamageError{Path: filepath.Join(path, "state.bin"), Problem: err.Error()}
 		}
-		c.say("%s: snapshot format %d, %d tokens, %d pools, %d request ids, %d open uploads", path, version[3], state.tokens.len(), state.pools.count, state.dedup.Len(), len(state.uploads.uploads))
+		n := m.Counts()
+		c.say("%s: snapshot format %d, %d tokens, %d pools, %d request ids, %d open uploads", path, version[3], n.Tokens, n.Pools, n.RequestIDs, n.Uploads)
 		break
 	}
 	return c, nil
@@ -419,7 +421,7 @@ func (s *Store) sayWhatWasJoined() {
 		}
 		var leaderApplied uint64
 		if id == s.cfg.NodeID {
-			leaderApplied = s.fsm.applied.Load()
+			leaderApplied = s.fsm.Applied()
 		} else if points, err := s.fetchReadPoint([]struct{}{{}}); err == nil {
 			leaderApplied = points[0].Applied
 		} else {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -25,12 +26,12 @@ func damagedNode(t *testing.T) string {
 	if err := s.WaitForLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateToken(ctx, TokenSpec{Name: "kept", UsageLimit: 100}); err != nil {
+	if _, err := s.CreateToken(ctx, state.TokenSpec{Name: "kept", UsageLimit: 100}); err != nil {
 		t.Fatal(err)
 	}
 	for round := range 2 {
 		for range 5 {
-			if _, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "kept", Units: 1}); err != nil {
+			if _, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "kept", Units: 1}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -152,11 +153,11 @@ func TestWipedMemberRejoinsAndSaysSo(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "kept", UsageLimit: 1000}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "kept", UsageLimit: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	for range 30 {
-		if _, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "kept", Units: 1}); err != nil {
+		if _, err := c.nodes[0].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "kept", Units: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}

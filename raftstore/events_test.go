@@ -2,7 +2,6 @@ package raftstore
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,58 +9,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// Each crossing of a threshold in a window makes one event: retries do
-// not, a renewed window starts over, a pool's crossings are its own.
-func TestThresholdEventsOncePerCrossing(t *testing.T) {
-	tf := newTestFSM(t)
-	p := tf.createPool(t0, PoolSpec{Name: "team", UsageLimit: 8, NotifyAt: []int{50}})
-	tf.create(t0, TokenSpec{Name: "tok", UsageLimit: 4, RenewEvery: Duration(time.Hour), NotifyAt: []int{100, 50, 50}, Pools: []string{p.ID}})
-	id := NewRequestID()
-	for range 3 {
-		tf.consumeID(t0, id, "tok", 2, 0) // 50% once, however often retried
-	}
-	tf.consume(t0, "tok", 1, 0)
-	tf.consume(t0, "tok", 1, 0) // 100%
-	tf.consume(t0, "tok", 1, 0) // refused: no event
-	var got []string
-	for _, e := range tf.f.events.events {
-		got = append(got, fmt.Sprintf("%s@%d", e.Quota, e.Threshold))
-	}
-	if fmt.Sprint(got) != "[token@50 pool:team@50 token@100]" {
-		t.Fatalf("events %v", got)
-	}
-	keys := map[string]bool{}
-	for _, e := range tf.f.events.events {
-		keys[e.Key] = true
-	}
-	if len(keys) != 3 {
-		t.Fatalf("keys are not distinct: %v", tf.f.events.events)
-	}
-	tok, _ := tf.f.tokenNamed("tok")
-	if fmt.Sprint(tok.NotifyAt, tok.ThresholdsReached) != "[50 100] [50 100]" {
-		t.Fatalf("token thresholds %v reached %v", tok.NotifyAt, tok.ThresholdsReached)
-	}
-	// A new window: the token crosses 50% again, a new event with a new key.
-	tf.consume(t0.Add(time.Hour), "tok", 2, 0)
-	last := tf.f.events.events[len(tf.f.events.events)-1]
-	if last.Quota != "token" || last.Threshold != 50 || keys[last.Key] {
-		t.Fatalf("the new window's event: %+v", last)
-	}
-	tf.apply(&command{Op: opAckEvents, Time: t0.UnixNano(), EventSeq: last.Seq - 1})
-	if n := len(tf.f.events.events); n != 1 {
-		t.Fatalf("%d events after the ack, want 1", n)
-	}
-	// The outbox survives a snapshot.
-	g := newTestFSM(t)
-	if err := g.f.Restore(nopCloser(snapshotBytes(t, tf.f))); err != nil {
-		t.Fatal(err)
-	}
-	if len(g.f.events.events) != 1 || g.f.events.events[0] != last {
-		t.Fatalf("restored outbox %+v", g.f.events.events)
-	}
-}
+	"github.com/raftquota/raftquota/raftstore/state"
+)
 
 // TestEventsReachTheWebhookOnceThroughLeaderChanges: three nodes, a storm
 // of uploads across two thresholds while leadership moves and the webhook
@@ -69,14 +19,14 @@ func TestThresholdEventsOncePerCrossing(t *testing.T) {
 // repeat carries the same idempotency key.
 func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 	var mu sync.Mutex
-	byKey := map[string][]Event{}
+	byKey := map[string][]state.Event{}
 	var down atomic.Bool
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		var e Event
+		var e state.Event
 		if err := json.NewDecoder(r.Body).Decode(&e); err != nil || r.Header.Get("Idempotency-Key") != e.Key {
 			http.Error(w, "bad event", http.StatusBadRequest)
 			return
@@ -90,7 +40,7 @@ func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 	c.tweak = func(_ int, cfg *Config) { cfg.EventsWebhook = recv.URL }
 	c.start(layers)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "storm", UsageLimit: 200, NotifyAt: []int{50, 90}}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "storm", UsageLimit: 200, NotifyAt: []int{50, 90}}); err != nil {
 		t.Fatal(err)
 	}
 	down.Store(true)
@@ -100,7 +50,7 @@ func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 14 {
-				c.nodes[(cl+i)%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "storm", Units: 1})
+				c.nodes[(cl+i)%3].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "storm", Units: 1})
 			}
 		}()
 	}

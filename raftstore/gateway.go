@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/internal/forward"
 	"go.uber.org/zap"
 )
 
@@ -41,16 +42,12 @@ func (s *Store) joinAsGateway() {
 // askToJoin tries every voter until one adds this gateway; false when the
 // node closed first.
 func (s *Store) askToJoin() bool {
-	args := &MemberArgs{Add: true, Gateway: true, ID: s.cfg.NodeID, Address: s.Addr()}
+	args := &forward.Member{Add: true, Gateway: true, ID: s.cfg.NodeID, Address: s.Addr()}
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		for _, p := range s.cfg.Peers {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
-			var out WriteReply
-			err := s.forward.call(ctx, s.dialAddr(p.ID, p.Address), "Member", args, &out)
+			err := s.fwd.Member(ctx, s.dialAddr(p.ID, p.Address), args)
 			cancel()
-			if err == nil {
-				err = remoteError(out.Code, out.Msg)
-			}
 			if err == nil {
 				s.logger.Info("joined the cluster as a gateway", zap.String("through", p.ID))
 				return true
@@ -70,7 +67,7 @@ func (s *Store) askToJoin() bool {
 func (s *Store) leaveAsGateway() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := s.member(ctx, &MemberArgs{ID: s.cfg.NodeID, Gateway: true}); err != nil {
+	if err := s.member(ctx, &forward.Member{ID: s.cfg.NodeID, Gateway: true}); err != nil {
 		s.logger.Info("leaving the cluster as a gateway", zap.Error(err))
 		return
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/internal/forward"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // openGateway starts a gateway node that joins c's voters.
@@ -61,7 +63,7 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 		t.Fatalf("%d voters after gateways joined, want 3", n)
 	}
 
-	if _, err := g1.CreateToken(ctx, TokenSpec{Name: "edge", UsageLimit: 200}); err != nil {
+	if _, err := g1.CreateToken(ctx, state.TokenSpec{Name: "edge", UsageLimit: 200}); err != nil {
 		t.Fatal(err)
 	}
 	nodes := []*Store{c.nodes[0], c.nodes[1], c.nodes[2], g1, g2}
@@ -71,7 +73,7 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			d, err := nodes[i%len(nodes)].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "edge", Units: 1})
+			d, err := nodes[i%len(nodes)].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "edge", Units: 1})
 			if err != nil {
 				t.Error(err)
 				return
@@ -108,11 +110,11 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 func TestGatewayCannotTakeAVotersID(t *testing.T) {
 	c := newTestCluster(t, 3)
 	leader := c.nodes[c.leaderIndex()]
-	err := leader.changeMember(&MemberArgs{Add: true, Gateway: true, ID: "node1", Address: "127.0.0.1:1"})
+	err := leader.changeMember(&forward.Member{Add: true, Gateway: true, ID: "node1", Address: "127.0.0.1:1"})
 	if err == nil {
 		t.Fatal("a gateway took a voter's id")
 	}
-	if err := leader.changeMember(&MemberArgs{Gateway: true, ID: "node2"}); err == nil {
+	if err := leader.changeMember(&forward.Member{Gateway: true, ID: "node2"}); err == nil {
 		t.Fatal("a gateway leave removed a voter")
 	}
 	if n := leader.voters(); n != 3 {

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // TestHealthSaysWhenADiskIsFull: a follower whose data dir (a small tmpfs)
@@ -40,7 +42,7 @@ func TestHealthSaysWhenADiskIsFull(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "disk"}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "disk"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.nodes[2].Health(ctx); err != nil {
@@ -64,7 +66,7 @@ func TestHealthSaysWhenADiskIsFull(t *testing.T) {
 	for reason == nil {
 		for range 50 {
 			// Entries big enough to need new pages and segments.
-			if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "t" + NewRequestID().String()[:12], Metadata: map[string]string{"pad": strings.Repeat("x", 1000)}}); err != nil {
+			if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "t" + state.NewRequestID().String()[:12], Metadata: map[string]string{"pad": strings.Repeat("x", 1000)}}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -79,7 +81,7 @@ func TestHealthSaysWhenADiskIsFull(t *testing.T) {
 	}
 	os.Remove(filler)
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		c.nodes[0].CreateToken(ctx, TokenSpec{Name: "t" + NewRequestID().String()[:12]})
+		c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "t" + state.NewRequestID().String()[:12]})
 		if err := c.nodes[2].Health(ctx); err == nil {
 			break
 		} else if time.Now().After(deadline) {

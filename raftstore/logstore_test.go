@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
 
@@ -190,13 +191,13 @@ func TestSwitchingTheLogStoreKeepsTheState(t *testing.T) {
 		return s
 	}
 	s := open(LogStoreWAL)
-	if _, err := s.CreateToken(ctx, TokenSpec{Name: "switch", UsageLimit: 100}); err != nil {
+	if _, err := s.CreateToken(ctx, state.TokenSpec{Name: "switch", UsageLimit: 100}); err != nil {
 		t.Fatal(err)
 	}
 	want := int64(0)
 	for _, kind := range []string{LogStoreWAL, LogStoreBolt, LogStoreWAL, LogStoreBolt, ""} {
 		for range 3 {
-			if d, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "switch", Units: 1}); err != nil || !d.Allowed {
+			if d, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "switch", Units: 1}); err != nil || !d.Allowed {
 				t.Fatalf("%s: consume: %+v, %v", kind, d, err)
 			}
 			want++

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -24,7 +25,7 @@ import (
 func TestGracefulStopOfTheLeaderFailsNoRequest(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "roll"}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "roll"}); err != nil {
 		t.Fatal(err)
 	}
 	leader := c.leaderIndex()
@@ -44,12 +45,12 @@ func TestGracefulStopOfTheLeaderFailsNoRequest(t *testing.T) {
 				default:
 				}
 				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				_, err := c.nodes[node].Consume(rctx, ConsumeRequest{ID: NewRequestID(), Token: "roll", Units: 1})
+				_, err := c.nodes[node].Consume(rctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "roll", Units: 1})
 				cancel()
 				switch {
 				case err == nil:
 					ok.Add(1)
-				case node == leader && errors.Is(err, ErrClosed):
+				case node == leader && errors.Is(err, state.ErrClosed):
 					// Refused before it started: the node was already
 					// shutting down (its HTTP server would be closed).
 					refusedOnLeader.Add(1)
@@ -92,7 +93,7 @@ func TestHealthyClusterIsQuietAtWarn(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), nil)
 	ctx := ctxT(t, 30*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "q"}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "q"}); err != nil {
 		t.Fatal(err)
 	}
 	// A new cluster of configured peers starts without a WARN (a lone
@@ -108,7 +109,7 @@ func TestHealthyClusterIsQuietAtWarn(t *testing.T) {
 		go func(w int) {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
-				if _, err := c.nodes[w%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "q", Units: 1}); err != nil {
+				if _, err := c.nodes[w%3].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "q", Units: 1}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -131,22 +132,22 @@ func TestHealthyClusterIsQuietAtWarn(t *testing.T) {
 // values end with byte-identical state after the same workload, since the
 // size that applies is the one in the log.
 func TestDedupSizeIsClusterState(t *testing.T) {
-	sizes := []int{MinDedupSize, 2 * MinDedupSize, 0}
+	sizes := []int{state.MinDedupSize, 2 * state.MinDedupSize, 0}
 	core, logs := observer.New(zapcore.WarnLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), func(i int, cfg *Config) { cfg.DedupSize = sizes[i] })
 	ctx := ctxT(t, 60*time.Second)
 	leader := c.leaderIndex()
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "d"}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "d"}); err != nil {
 		t.Fatal(err)
 	}
 	// Enough distinct ids to overflow the smaller table.
-	for i := 0; i < 3*MinDedupSize; i += 64 {
+	for i := 0; i < 3*state.MinDedupSize; i += 64 {
 		var wg sync.WaitGroup
 		for j := 0; j < 64; j++ {
 			wg.Add(1)
 			go func(n int) {
 				defer wg.Done()
-				if _, err := c.nodes[n%3].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "d", Units: 1}); err != nil {
+				if _, err := c.nodes[n%3].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "d", Units: 1}); err != nil {
 					t.Error(err)
 				}
 			}(i + j)
@@ -162,7 +163,7 @@ func TestDedupSizeIsClusterState(t *testing.T) {
 	waitApplied(t, c)
 	want := sizes[leader]
 	if want == 0 {
-		want = DefaultDedupSize
+		want = state.DefaultDedupSize
 	}
 	// Raft reports an entry applied when it hands it to the FSM, a moment
 	// before the FSM has run it: compare until the states agree, for a few
@@ -186,7 +187,7 @@ func TestDedupSizeIsClusterState(t *testing.T) {
 		}
 	}
 	for i, s := range c.nodes {
-		if got := s.fsm.dedupSize(); got != want {
+		if got := s.fsm.DedupSize(); got != want {
 			t.Errorf("node %d applies dedup size %d, want the leader's %d", i, got, want)
 		}
 	}
@@ -237,7 +238,7 @@ func TestBatcherAnswersEverythingItAccepted(t *testing.T) {
 			defer wg.Done()
 			_, err := b.do(context.Background(), []int{i})
 			answered.Add(1)
-			if errors.Is(err, ErrClosed) {
+			if errors.Is(err, state.ErrClosed) {
 				closed.Add(1)
 			} else if err != nil {
 				t.Error(err)
@@ -255,7 +256,7 @@ func TestBatcherAnswersEverythingItAccepted(t *testing.T) {
 	if got := flushed.Load() + closed.Load(); got != 20 {
 		t.Fatalf("%d flushed + %d closed != 20", flushed.Load(), closed.Load())
 	}
-	if _, err := b.do(context.Background(), []int{1}); !errors.Is(err, ErrClosed) {
+	if _, err := b.do(context.Background(), []int{1}); !errors.Is(err, state.ErrClosed) {
 		t.Fatalf("do after close: %v", err)
 	}
 }
@@ -269,7 +270,7 @@ func TestMembershipChangesUnderLoad(t *testing.T) {
 	c := newTestClusterWith(t, 3, zap.New(core), nil)
 	ctx := ctxT(t, 60*time.Second)
 	const limit = 1500
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "m", UsageLimit: limit}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "m", UsageLimit: limit}); err != nil {
 		t.Fatal(err)
 	}
 	gone := c.leaderIndex()
@@ -303,7 +304,7 @@ func TestMembershipChangesUnderLoad(t *testing.T) {
 					return
 				default:
 				}
-				d, err := stay[w%len(stay)].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "m", Units: 1})
+				d, err := stay[w%len(stay)].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "m", Units: 1})
 				switch {
 				case err != nil:
 					failed.Add(1)
@@ -397,7 +398,7 @@ func TestRestartedPeerIsAFollowerOnTheFirstPoll(t *testing.T) {
 func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "r"}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "r"}); err != nil {
 		t.Fatal(err)
 	}
 	leader := c.nodes[c.leaderIndex()]
@@ -405,8 +406,8 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	// term (the fingerprint secret, the dedup size), which follow readiness.
 	settled := func() bool {
 		cfg := leader.cfg.DedupSize
-		return leader.readyTerm.Load() == leader.raft.CurrentTerm() && leader.fsm.secretKey() != nil &&
-			(cfg == 0 || cfg == leader.fsm.dedupSize()) && leader.raft.AppliedIndex() == leader.raft.LastIndex()
+		return leader.readyTerm.Load() == leader.raft.CurrentTerm() && leader.fsm.Secret() != nil &&
+			(cfg == 0 || cfg == leader.fsm.DedupSize()) && leader.raft.AppliedIndex() == leader.raft.LastIndex()
 	}
 	for deadline := time.Now().Add(10 * time.Second); !settled(); {
 		if time.Now().After(deadline) {
@@ -421,7 +422,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 		if _, err := s.Lookup(ctx, "r"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Check(ctx, ConsumeRequest{Token: "r", Units: 1, Bytes: 0}); err != nil {
+		if _, err := s.Check(ctx, state.ConsumeRequest{Token: "r", Units: 1, Bytes: 0}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -442,7 +443,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "r", Units: 1}); err != nil {
+			if _, err := c.nodes[0].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "r", Units: 1}); err != nil {
 				t.Error(err)
 				return
 			}
@@ -461,7 +462,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 		}
 		// A follower judges checks itself, at a read point the leader gave.
 		floor = acked.Load()
-		d, err := n.Check(ctx, ConsumeRequest{Token: "r", Units: 1, Bytes: 0})
+		d, err := n.Check(ctx, state.ConsumeRequest{Token: "r", Units: 1, Bytes: 0})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -478,8 +479,8 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	// A follower that cannot say what its FSM applied (it restored a
 	// snapshot and applied no command since) lets the leader judge.
 	f := c.nodes[(c.leaderIndex()+1)%3]
-	f.fsm.applied.Store(0)
-	d, err := f.Check(ctx, ConsumeRequest{Token: "r", Units: 1, Bytes: 0})
+	restoreOwnSnapshot(t, f)
+	d, err := f.Check(ctx, state.ConsumeRequest{Token: "r", Units: 1, Bytes: 0})
 	if err != nil || d.UsageCount != acked.Load() {
 		t.Fatalf("check on a follower after a restore: usage %d, %v; want %d", d.UsageCount, err, acked.Load())
 	}
@@ -523,7 +524,7 @@ func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), func(i int, cfg *Config) { cfg.raftTimeout = 200 * time.Millisecond })
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "a"}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "a"}); err != nil {
 		t.Fatal(err)
 	}
 	leader := c.leaderIndex()
@@ -531,7 +532,7 @@ func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
 	c.stop(f)
 	quietFrom := time.Now().Add(2 * time.Second)
 	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if _, err := c.nodes[leader].Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "a", Units: 1}); err != nil {
+		if _, err := c.nodes[leader].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "a", Units: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -557,5 +558,22 @@ func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
 	t.Logf("caught up %s after it was reopened", took.Round(time.Millisecond))
 	if took > 1500*time.Millisecond {
 		t.Fatalf("the restarted follower caught up only %s after it was reopened", took.Round(time.Millisecond))
+	}
+}
+
+// restoreOwnSnapshot restores s's state from a snapshot of itself, as a
+// node does when it installs one: the state is the same, and the machine
+// no longer knows which command it applied last.
+func restoreOwnSnapshot(t *testing.T, s *Store) {
+	t.Helper()
+	snap := s.fsm.Machine.Snapshot()
+	var buf bytes.Buffer
+	err := snap.Encode(&buf)
+	snap.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.fsm.Machine.Restore(&buf); err != nil {
+		t.Fatal(err)
 	}
 }

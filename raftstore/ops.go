@@ -4,11 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/internal/forward"
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
 
@@ -16,20 +17,20 @@ import (
 // it, as one step of the replicated log. The same req.ID never charges
 // twice: a retry returns the first decision with Duplicate set. An error
 // means no decision was learned; retrying with the same req.ID is safe.
-func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Decision, error) {
-	if err := req.hashName(); err != nil {
-		return Decision{}, err
+func (s *Store) Consume(ctx context.Context, req state.ConsumeRequest) (state.Decision, error) {
+	if err := req.HashName(); err != nil {
+		return state.Decision{}, err
 	}
 	if err := req.Validate(); err != nil {
-		return Decision{}, err
+		return state.Decision{}, err
 	}
-	var d Decision
+	var d state.Decision
 	err := s.do(ctx, func(ctx context.Context) error {
 		b := s.forwardConsumes
 		if s.IsLeader() {
 			b = s.leaderConsumes
 		}
-		res, err := b.do(ctx, []ConsumeRequest{req})
+		res, err := b.do(ctx, []state.ConsumeRequest{req})
 		if err == nil {
 			d = res[0]
 		}
@@ -39,42 +40,34 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Decision, erro
 }
 
 // forwardConsumeBatch sends a batch of consumes to the leader in one RPC.
-func (s *Store) forwardConsumeBatch(reqs []ConsumeRequest) ([]Decision, error) {
+func (s *Store) forwardConsumeBatch(reqs []state.ConsumeRequest) ([]state.Decision, error) {
 	id, addr, err := s.leader()
 	if err != nil {
 		return nil, err
 	}
 	if id == s.cfg.NodeID {
-		return nil, errNotLeader // we are about to lead, or just stopped
+		return nil, state.ErrNotLeader // we are about to lead, or just stopped
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
 	defer cancel()
 	s.forwarded.Add(uint64(len(reqs)))
-	var out ConsumeReply
-	if err := s.forward.call(ctx, addr, "Consume", &ConsumeArgs{Reqs: reqs}, &out); err != nil {
-		return nil, err
-	}
-	if err := remoteError(out.Code, out.Msg); err != nil {
-		return nil, err
-	}
-	return out.Decisions, nil
+	return s.fwd.Consume(ctx, addr, reqs)
 }
 
 // Check decides req exactly as Consume would at this moment, from
 // linearizable state, but charges nothing; req.ID is not needed.
-func (s *Store) Check(ctx context.Context, req ConsumeRequest) (Decision, error) {
-	if err := req.hashName(); err != nil {
-		return Decision{}, err
+func (s *Store) Check(ctx context.Context, req state.ConsumeRequest) (state.Decision, error) {
+	if err := req.HashName(); err != nil {
+		return state.Decision{}, err
 	}
-	if err := req.validateCharge(); err != nil {
-		return Decision{}, err
+	if err := req.ValidateCharge(); err != nil {
+		return state.Decision{}, err
 	}
-	var d Decision
+	var d state.Decision
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
-			var out ReadReply
-			err := (&Quota{s: s}).readLocal(ctx, &ReadArgs{Kind: readCheck, Check: req}, &out)
-			d = out.Decision
+			a, err := s.queryLocal(ctx, state.Query{Kind: state.ReadCheck, Check: req})
+			d = a.Decision
 			return err
 		}
 		// A follower judges the check itself, at the leader's read point:
@@ -87,31 +80,23 @@ func (s *Store) Check(ctx context.Context, req ConsumeRequest) (Decision, error)
 		if ok, err := s.waitApplied(ctx, p.Applied); err != nil {
 			return err
 		} else if ok {
-			d = s.fsm.check(&req, time.Unix(0, p.Now))
+			d = s.fsm.Check(&req, time.Unix(0, p.Now))
 			return nil
 		}
 		// The leader or this node cannot say which commands its FSM
 		// applied (a leader of an earlier version, or a snapshot restored
 		// since the last command): the leader judges.
-		var out ReadReply
-		if err := s.forward.call(ctx, p.leader, "Read", &ReadArgs{Kind: readCheck, Check: req}, &out); err != nil {
-			return err
-		}
-		d = out.Decision
-		return remoteError(out.Code, out.Msg)
+		a, err := s.fwd.Read(ctx, p.leader, &state.Query{Kind: state.ReadCheck, Check: req})
+		d = a.Decision
+		return err
 	})
 	return d, err
 }
 
-// readPoint is where a linearizable read may be served: once a node's FSM
-// has applied the command at Applied, its state holds every write answered
-// before the read began (the leader answers a write once its FSM applied
-// it), judged at Now, the time the leader would stamp. Applied is 0 when
-// the leader cannot say.
+// readPoint is a read point (forward.Point) and the leader that gave it.
 type readPoint struct {
-	Applied uint64
-	Now     int64
-	leader  string
+	forward.Point
+	leader string
 }
 
 // fetchReadPoint asks the leader for a read point, for a batch of reads.
@@ -123,17 +108,13 @@ func (s *Store) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
 	defer cancel()
 	s.forwarded.Add(1)
-	var out ReadReply
-	if err := s.forward.call(ctx, addr, "Read", &ReadArgs{Kind: readIndex}, &out); err != nil {
+	p, err := s.fwd.Point(ctx, addr)
+	if err != nil {
 		return nil, err
 	}
-	if err := remoteError(out.Code, out.Msg); err != nil {
-		return nil, err
-	}
-	p := readPoint{Applied: out.Applied, Now: out.Now, leader: addr}
 	res := make([]readPoint, len(batch))
 	for i := range res {
-		res[i] = p
+		res[i] = readPoint{p, addr}
 	}
 	return res, nil
 }
@@ -144,7 +125,7 @@ func (s *Store) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
 // command since).
 func (s *Store) waitApplied(ctx context.Context, index uint64) (bool, error) {
 	for {
-		applied := s.fsm.applied.Load()
+		applied := s.fsm.Applied()
 		if index == 0 || applied == 0 {
 			return false, nil
 		}
@@ -153,9 +134,9 @@ func (s *Store) waitApplied(ctx context.Context, index uint64) (bool, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("%w: command %d not applied in time", ErrUnavailable, index)
+			return false, fmt.Errorf("%w: command %d not applied in time", state.ErrUnavailable, index)
 		case <-s.closed:
-			return false, ErrClosed
+			return false, state.ErrClosed
 		default:
 		}
 		time.Sleep(50 * time.Microsecond) // as readIndex waits; no timer per turn
@@ -165,26 +146,26 @@ func (s *Store) waitApplied(ctx context.Context, index uint64) (bool, error) {
 // Refund gives back what the allowed consume with this id took, at most
 // once. Refunding an id whose consume has not been applied yet makes that
 // consume charge nothing if it is applied later.
-func (s *Store) Refund(ctx context.Context, id RequestID) error {
+func (s *Store) Refund(ctx context.Context, id state.RequestID) error {
 	if id.IsZero() {
-		return invalidf("refund needs a request id")
+		return state.Invalidf("refund needs a request id")
 	}
-	_, err := s.write(ctx, &command{Op: opRefund, ID: id})
+	_, err := s.write(ctx, &state.Command{Op: state.OpRefund, ID: id})
 	return err
 }
 
 // CreateToken adds a token. ErrExists if the name is taken. The name is
 // hashed here: the log and every replica see only its key.
-func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (*Token, error) {
+func (s *Store) CreateToken(ctx context.Context, spec state.TokenSpec) (*state.Token, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
 	if err := validExpiry(spec.ExpiresAt); err != nil {
 		return nil, err
 	}
-	key := KeyOf(spec.Name)
+	key := state.KeyOf(spec.Name)
 	spec.Name = ""
-	return s.write(ctx, &command{Op: opCreate, ID: NewRequestID(), Key: &key, Spec: &spec})
+	return s.write(ctx, &state.Command{Op: state.OpCreate, ID: state.NewRequestID(), Key: &key, Spec: &spec})
 }
 
 // validExpiry refuses an expiry the state cannot hold: times are kept as
@@ -195,14 +176,14 @@ func validExpiry(at *time.Time) error {
 		return nil
 	}
 	if at.Before(time.Unix(0, 0)) || at.After(time.Unix(0, math.MaxInt64)) {
-		return invalidf("expires_at must be between 1970 and 2262, got %s", at.UTC().Format(time.RFC3339))
+		return state.Invalidf("expires_at must be between 1970 and 2262, got %s", at.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
 
 // UpdateLimits changes the limits, expiry or metadata of the token with id.
 // An exhausted token whose new limits leave room becomes active again.
-func (s *Store) UpdateLimits(ctx context.Context, id string, u LimitUpdate) (*Token, error) {
+func (s *Store) UpdateLimits(ctx context.Context, id string, u state.LimitUpdate) (*state.Token, error) {
 	if err := u.Validate(); err != nil {
 		return nil, err
 	}
@@ -211,43 +192,43 @@ func (s *Store) UpdateLimits(ctx context.Context, id string, u LimitUpdate) (*To
 			return nil, err
 		}
 	}
-	if !IsTokenID(id) {
-		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)
+	if !state.IsTokenID(id) {
+		return nil, fmt.Errorf("%w: %q is not a token id", state.ErrNotFound, id)
 	}
-	return s.write(ctx, &command{Op: opUpdate, ID: NewRequestID(), TokenID: id, Update: &u})
+	return s.write(ctx, &state.Command{Op: state.OpUpdate, ID: state.NewRequestID(), TokenID: id, Update: &u})
 }
 
 // Revoke stops a token from being used until it is reactivated.
-func (s *Store) Revoke(ctx context.Context, id string) (*Token, error) {
-	return s.idOp(ctx, opRevoke, id)
+func (s *Store) Revoke(ctx context.Context, id string) (*state.Token, error) {
+	return s.idOp(ctx, state.OpRevoke, id)
 }
 
 // Reactivate undoes a revoke (the token is exhausted again if it has no room).
-func (s *Store) Reactivate(ctx context.Context, id string) (*Token, error) {
-	return s.idOp(ctx, opReactivate, id)
+func (s *Store) Reactivate(ctx context.Context, id string) (*state.Token, error) {
+	return s.idOp(ctx, state.OpReactivate, id)
 }
 
 // Reset sets a token's usage back to zero.
-func (s *Store) Reset(ctx context.Context, id string) (*Token, error) {
-	return s.idOp(ctx, opReset, id)
+func (s *Store) Reset(ctx context.Context, id string) (*state.Token, error) {
+	return s.idOp(ctx, state.OpReset, id)
 }
 
 // DeleteToken removes a token. Its request ids stay deduplicated.
 func (s *Store) DeleteToken(ctx context.Context, id string) error {
-	_, err := s.idOp(ctx, opDelete, id)
+	_, err := s.idOp(ctx, state.OpDelete, id)
 	return err
 }
 
-func (s *Store) idOp(ctx context.Context, o op, id string) (*Token, error) {
-	if !IsTokenID(id) {
-		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)
+func (s *Store) idOp(ctx context.Context, o state.Op, id string) (*state.Token, error) {
+	if !state.IsTokenID(id) {
+		return nil, fmt.Errorf("%w: %q is not a token id", state.ErrNotFound, id)
 	}
-	return s.write(ctx, &command{Op: o, ID: NewRequestID(), TokenID: id})
+	return s.write(ctx, &state.Command{Op: o, ID: state.NewRequestID(), TokenID: id})
 }
 
 // write proposes c on the leader, forwarding when this node is not it.
 // c.ID is fixed before the first try, so retries are deduplicated.
-func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
+func (s *Store) write(ctx context.Context, c *state.Command) (*state.Token, error) {
 	res, err := s.propose(ctx, c)
 	if err != nil {
 		return nil, err
@@ -257,8 +238,8 @@ func (s *Store) write(ctx context.Context, c *command) (*Token, error) {
 
 // propose applies c on the leader, forwarding when this node is not it, and
 // returns its result; a result's error is returned as the error.
-func (s *Store) propose(ctx context.Context, c *command) (*applyResult, error) {
-	var out *applyResult
+func (s *Store) propose(ctx context.Context, c *state.Command) (*state.Result, error) {
+	var out *state.Result
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
 			res, err := s.applyLocal(c)
@@ -272,101 +253,99 @@ func (s *Store) propose(ctx context.Context, c *command) (*applyResult, error) {
 		if err != nil {
 			return err
 		}
-		b, err := encodeCommand(c)
-		if err != nil {
-			return err
-		}
 		s.forwarded.Add(1)
-		var reply WriteReply
-		if err := s.forward.call(ctx, addr, "Write", &WriteArgs{Cmd: b}, &reply); err != nil {
-			return err
-		}
-		out = &applyResult{Token: reply.Token, Pool: reply.Pool, Decisions: reply.Decisions}
-		return remoteError(reply.Code, reply.Msg)
+		out, err = s.fwd.Write(ctx, addr, c)
+		return err
 	})
 	return out, err
 }
 
 // Token returns the token with id as of now (a linearizable read).
-func (s *Store) Token(ctx context.Context, id string) (*Token, error) {
-	if !IsTokenID(id) {
-		return nil, fmt.Errorf("%w: %q is not a token id", ErrNotFound, id)
+func (s *Store) Token(ctx context.Context, id string) (*state.Token, error) {
+	if !state.IsTokenID(id) {
+		return nil, fmt.Errorf("%w: %q is not a token id", state.ErrNotFound, id)
 	}
-	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readToken, ID: id}, &out)
-	return out.Token, err
+	a, err := s.query(ctx, state.Query{Kind: state.ReadToken, ID: id})
+	return a.Token, err
 }
 
 // Lookup returns the token with this name (the secret) as of now.
-func (s *Store) Lookup(ctx context.Context, name string) (*Token, error) {
-	if err := ValidateName(name); err != nil {
+func (s *Store) Lookup(ctx context.Context, name string) (*state.Token, error) {
+	if err := state.ValidateName(name); err != nil {
 		return nil, err
 	}
-	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readLookup, Key: KeyOf(name)}, &out)
-	return out.Token, err
-}
-
-// TokenFilter selects and pages tokens for Tokens.
-type TokenFilter struct {
-	// Status keeps tokens with this status ("" for all).
-	Status Status
-	// RemainingBelow keeps tokens with a usage limit and fewer than this
-	// many uploads left (0: no filter).
-	RemainingBelow int64
-	// CreatedBy keeps tokens made by this creator ("" for all).
-	CreatedBy string
-	// After starts the page after this id (the previous page's next cursor).
-	After string
-	// Limit caps the page (0: no cap).
-	Limit int
-	// Pool keeps the tokens that belong to the pool with this id.
-	Pool string
-}
-
-func (f *TokenFilter) keep(t *Token) bool {
-	if f.Status != "" && t.Status != f.Status {
-		return false
-	}
-	if f.RemainingBelow > 0 && (t.UsageLimit == 0 || t.Remaining() >= f.RemainingBelow) {
-		return false
-	}
-	if f.CreatedBy != "" && t.CreatedBy != f.CreatedBy {
-		return false
-	}
-	if f.Pool != "" && !slices.Contains(t.Pools, f.Pool) {
-		return false
-	}
-	return t.ID > f.After
+	a, err := s.query(ctx, state.Query{Kind: state.ReadLookup, Key: state.KeyOf(name)})
+	return a.Token, err
 }
 
 // Tokens lists tokens by id (a linearizable read), filtered and paged: next
 // is the cursor of the following page, "" after the last.
-func (s *Store) Tokens(ctx context.Context, filter TokenFilter) (page []Token, next string, err error) {
-	var out ReadReply
-	err = s.read(ctx, &ReadArgs{Kind: readList, Filter: filter}, &out)
-	return out.Tokens, out.Next, err
+func (s *Store) Tokens(ctx context.Context, filter state.TokenFilter) (page []state.Token, next string, err error) {
+	a, err := s.query(ctx, state.Query{Kind: state.ReadList, Filter: filter})
+	return a.Tokens, a.Next, err
 }
 
-// read serves a read on the leader after a read barrier, which makes it
+// query serves a read on the leader after a read barrier, which makes it
 // linearizable: the barrier is committed after the read began, and the
-// leader has applied everything up to it.
-func (s *Store) read(ctx context.Context, args *ReadArgs, out *ReadReply) error {
-	return s.do(ctx, func(ctx context.Context) error {
-		*out = ReadReply{}
+// leader has applied everything up to it. A follower forwards it.
+func (s *Store) query(ctx context.Context, q state.Query) (state.Answer, error) {
+	var a state.Answer
+	err := s.do(ctx, func(ctx context.Context) error {
+		var err error
 		if s.IsLeader() {
-			return (&Quota{s: s}).readLocal(ctx, args, out)
+			a, err = s.queryLocal(ctx, q)
+			return err
 		}
 		_, addr, err := s.leader()
 		if err != nil {
 			return err
 		}
 		s.forwarded.Add(1)
-		if err := s.forward.call(ctx, addr, "Read", args, out); err != nil {
+		a, err = s.fwd.Read(ctx, addr, &q)
+		return err
+	})
+	return a, err
+}
+
+// point returns a read point: this node's, when it leads (after a read
+// barrier), or the leader's.
+func (s *Store) point(ctx context.Context) (forward.Point, error) {
+	var p forward.Point
+	err := s.do(ctx, func(ctx context.Context) error {
+		if s.IsLeader() {
+			var err error
+			p, err = s.localPoint(ctx)
 			return err
 		}
-		return remoteError(out.Code, out.Msg)
+		_, addr, err := s.leader()
+		if err != nil {
+			return err
+		}
+		s.forwarded.Add(1)
+		p, err = s.fwd.Point(ctx, addr)
+		return err
 	})
+	return p, err
+}
+
+// localPoint is this leader's read point.
+func (s *Store) localPoint(ctx context.Context) (forward.Point, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return forward.Point{}, err
+	}
+	return forward.Point{Index: s.raft.AppliedIndex(), Applied: s.fsm.Applied(), Now: s.clock.stamp(s)}, nil
+}
+
+// queryLocal serves q from this node, which leads.
+func (s *Store) queryLocal(ctx context.Context, q state.Query) (state.Answer, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return state.Answer{}, err
+	}
+	if q.Kind == state.ReadCheck {
+		// Judged at the time the leader would stamp into a consume now.
+		q.At = time.Unix(0, s.clock.stamp(s))
+	}
+	return s.fsm.Query(&q)
 }
 
 // --- membership ---
@@ -374,20 +353,20 @@ func (s *Store) read(ctx context.Context, args *ReadArgs, out *ReadReply) error 
 // Join adds a voter (id at address) to the cluster.
 func (s *Store) Join(ctx context.Context, id, address string) error {
 	if id == "" || address == "" {
-		return invalidf("a member needs an id and an address")
+		return state.Invalidf("a member needs an id and an address")
 	}
-	return s.member(ctx, &MemberArgs{Add: true, ID: id, Address: address})
+	return s.member(ctx, &forward.Member{Add: true, ID: id, Address: address})
 }
 
 // Remove takes a server out of the cluster.
 func (s *Store) Remove(ctx context.Context, id string) error {
 	if id == "" {
-		return invalidf("a member needs an id")
+		return state.Invalidf("a member needs an id")
 	}
-	return s.member(ctx, &MemberArgs{ID: id})
+	return s.member(ctx, &forward.Member{ID: id})
 }
 
-func (s *Store) member(ctx context.Context, args *MemberArgs) error {
+func (s *Store) member(ctx context.Context, args *forward.Member) error {
 	return s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
 			return s.changeMember(args)
@@ -396,17 +375,13 @@ func (s *Store) member(ctx context.Context, args *MemberArgs) error {
 		if err != nil {
 			return err
 		}
-		var out WriteReply
-		if err := s.forward.call(ctx, addr, "Member", args, &out); err != nil {
-			return err
-		}
-		return remoteError(out.Code, out.Msg)
+		return s.fwd.Member(ctx, addr, args)
 	})
 }
 
-func (s *Store) changeMember(args *MemberArgs) error {
+func (s *Store) changeMember(args *forward.Member) error {
 	if !s.IsLeader() {
-		return errNotLeader
+		return state.ErrNotLeader
 	}
 	var current *raft.Server
 	for _, srv := range s.configuration() {
@@ -416,7 +391,7 @@ func (s *Store) changeMember(args *MemberArgs) error {
 	}
 	if args.Gateway && current != nil && current.Suffrage != raft.Nonvoter {
 		// A gateway never changes the voter set, even under a voter's id.
-		return invalidf("%q is a voter, not a gateway", args.ID)
+		return state.Invalidf("%q is a voter, not a gateway", args.ID)
 	}
 	var f raft.IndexFuture
 	switch {
@@ -425,7 +400,7 @@ func (s *Store) changeMember(args *MemberArgs) error {
 	case args.Add:
 		f = s.raft.AddVoter(raft.ServerID(args.ID), raft.ServerAddress(args.Address), 0, s.cfg.ApplyTimeout)
 	case current == nil:
-		return fmt.Errorf("%w: %q", ErrNoMember, args.ID)
+		return fmt.Errorf("%w: %q", state.ErrNoMember, args.ID)
 	default:
 		f = s.raft.RemoveServer(raft.ServerID(args.ID), 0, s.cfg.ApplyTimeout)
 	}
@@ -528,8 +503,7 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 func (s *Store) askState(ctx context.Context, id, addr string) string {
 	for range 2 {
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		var out StatusReply
-		err := s.forward.call(cctx, s.dialAddr(id, addr), "Status", &Empty{}, &out)
+		out, err := s.fwd.Status(cctx, s.dialAddr(id, addr))
 		cancel()
 		if err == nil {
 			return out.State

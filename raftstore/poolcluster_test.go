@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // TestThreeNodesNeverOverAdmitAPool: ten tokens of ten uploads each share a
@@ -13,12 +15,12 @@ import (
 func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	p, err := c.nodes[1].CreatePool(ctx, PoolSpec{Name: "customer-1", UsageLimit: 50})
+	p, err := c.nodes[1].CreatePool(ctx, state.PoolSpec{Name: "customer-1", UsageLimit: 50})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 10 {
-		if _, err := c.nodes[i%3].CreateToken(ctx, TokenSpec{Name: fmt.Sprintf("device-%d", i), UsageLimit: 10, Pools: []string{p.ID}}); err != nil {
+		if _, err := c.nodes[i%3].CreateToken(ctx, state.TokenSpec{Name: fmt.Sprintf("device-%d", i), UsageLimit: 10, Pools: []string{p.ID}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -30,14 +32,14 @@ func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 			defer wg.Done()
 			for i := range 10 {
 				s := c.nodes[(cl+i)%3]
-				d, err := s.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: fmt.Sprintf("device-%d", (cl+i)%10), Units: 1, Bytes: 10})
+				d, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: fmt.Sprintf("device-%d", (cl+i)%10), Units: 1, Bytes: 10})
 				if err != nil {
 					t.Errorf("consume: %v", err)
 					return
 				}
 				if d.Allowed {
 					allowed.Add(1)
-				} else if d.Reason != ReasonExhausted {
+				} else if d.Reason != state.ReasonExhausted {
 					t.Errorf("refusal %+v", d)
 				}
 			}
@@ -49,12 +51,12 @@ func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 	}
 	for _, s := range c.nodes {
 		got, err := s.Pool(ctx, p.ID)
-		if err != nil || got.UsageCount != 50 || got.BytesUsed != 500 || got.Status != StatusExhausted {
+		if err != nil || got.UsageCount != 50 || got.BytesUsed != 500 || got.Status != state.StatusExhausted {
 			t.Fatalf("%s sees the pool as %+v (%v)", s.NodeID(), got, err)
 		}
 	}
 	var sum int64
-	toks, _, err := c.nodes[0].PoolTokens(ctx, p.ID, TokenFilter{})
+	toks, _, err := c.nodes[0].PoolTokens(ctx, p.ID, state.TokenFilter{})
 	if err != nil || len(toks) != 10 {
 		t.Fatalf("the pool's tokens: %d, %v", len(toks), err)
 	}
@@ -72,17 +74,17 @@ func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	plan, err := c.nodes[0].CreatePool(ctx, PoolSpec{Name: "plan", UsageLimit: 5, BytesLimit: 5000})
+	plan, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: "plan", UsageLimit: 5, BytesLimit: 5000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.nodes[0].CreatePool(ctx, PoolSpec{Name: "bucket", UsageLimit: 5}); err != nil {
+	if _, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: "bucket", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "tok", UsageLimit: 5, Pools: []string{plan.ID}}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "tok", UsageLimit: 5, Pools: []string{plan.ID}}); err != nil {
 		t.Fatal(err)
 	}
-	req := ConsumeRequest{ID: NewRequestID(), Token: "tok", Units: 2, Bytes: 300, Pools: []string{"bucket"}}
+	req := state.ConsumeRequest{ID: state.NewRequestID(), Token: "tok", Units: 2, Bytes: 300, Pools: []string{"bucket"}}
 	old := c.leaderIndex()
 	if d, err := c.nodes[old].Consume(ctx, req); err != nil || !d.Allowed {
 		t.Fatalf("first: %+v %v", d, err)
@@ -129,15 +131,15 @@ func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 func TestRefundWaitsForTheLeader(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	p, err := c.nodes[0].CreatePool(ctx, PoolSpec{Name: "plan", UsageLimit: 10})
+	p, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: "plan", UsageLimit: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "tok", UsageLimit: 10, Pools: []string{p.ID}}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "tok", UsageLimit: 10, Pools: []string{p.ID}}); err != nil {
 		t.Fatal(err)
 	}
-	id := NewRequestID()
-	if d, err := c.nodes[0].Consume(ctx, ConsumeRequest{ID: id, Token: "tok", Units: 1}); err != nil || !d.Allowed {
+	id := state.NewRequestID()
+	if d, err := c.nodes[0].Consume(ctx, state.ConsumeRequest{ID: id, Token: "tok", Units: 1}); err != nil || !d.Allowed {
 		t.Fatalf("%+v %v", d, err)
 	}
 	survivor := c.leaderIndex()

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
 
@@ -24,25 +25,25 @@ const (
 
 type refundQueue struct {
 	mu      sync.Mutex
-	pending map[RequestID]time.Time // when it was queued
+	pending map[state.RequestID]time.Time // when it was queued
 	wake    chan struct{}
 	dropped int
 }
 
 func newRefundQueue() *refundQueue {
-	return &refundQueue{pending: map[RequestID]time.Time{}, wake: make(chan struct{}, 1)}
+	return &refundQueue{pending: map[state.RequestID]time.Time{}, wake: make(chan struct{}, 1)}
 }
 
 // RefundLater gives back the charge of id as soon as the leader can be
 // reached: now, or by retrying in the background. It never blocks.
-func (s *Store) RefundLater(id RequestID) {
+func (s *Store) RefundLater(id state.RequestID) {
 	if id.IsZero() {
 		return
 	}
 	q := s.refunds
 	q.mu.Lock()
 	if len(q.pending) >= maxQueuedRefunds {
-		var oldest RequestID
+		var oldest state.RequestID
 		var at time.Time
 		for k, t := range q.pending {
 			if at.IsZero() || t.Before(at) {
@@ -83,7 +84,7 @@ func (s *Store) retryRefunds() {
 		case <-time.After(backoff):
 		}
 		q.mu.Lock()
-		ids := make([]RequestID, 0, len(q.pending))
+		ids := make([]state.RequestID, 0, len(q.pending))
 		for id, at := range q.pending {
 			if time.Since(at) > refundRetryFor {
 				delete(q.pending, id)
@@ -102,7 +103,7 @@ func (s *Store) retryRefunds() {
 			cancel()
 			if err != nil {
 				failed++
-				if err == ErrClosed {
+				if err == state.ErrClosed {
 					return
 				}
 				continue

@@ -16,6 +16,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/raftstore/internal/forward"
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
 
@@ -187,8 +189,8 @@ func (c *Config) Validate() error {
 	if c.Gateway && len(c.Peers) == 0 {
 		return fmt.Errorf("a gateway needs the voters it joins (peers)")
 	}
-	if c.DedupSize != 0 && (c.DedupSize < MinDedupSize || c.DedupSize > MaxDedupSize) {
-		return fmt.Errorf("dedup size must be between %d and %d, got %d", MinDedupSize, MaxDedupSize, c.DedupSize)
+	if c.DedupSize != 0 && (c.DedupSize < state.MinDedupSize || c.DedupSize > state.MaxDedupSize) {
+		return fmt.Errorf("dedup size must be between %d and %d, got %d", state.MinDedupSize, state.MaxDedupSize, c.DedupSize)
 	}
 	for id, a := range c.DialAddresses {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -214,16 +216,17 @@ type Store struct {
 	// (leaderMoved): forwarded calls to the old one end and are re-sent.
 	leaderGone atomic.Pointer[chan struct{}]
 
-	fsm       *fsm
+	fsm       *replica
 	raft      *raft.Raft
 	stores    *logStores // a voter's log and stable store
 	snaps     raft.SnapshotStore
 	mux       *mux
 	transport *raft.NetworkTransport
-	forward   *forwarder
+	fwd       *forward.Client
+	fwdServer *forward.Server
 
-	leaderConsumes  *batcher[ConsumeRequest, Decision]
-	forwardConsumes *batcher[ConsumeRequest, Decision]
+	leaderConsumes  *batcher[state.ConsumeRequest, state.Decision]
+	forwardConsumes *batcher[state.ConsumeRequest, state.Decision]
 	barriers        *batcher[struct{}, struct{}]
 	readPoints      *batcher[struct{}, readPoint] // a follower's checks
 
@@ -272,8 +275,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	logger := cfg.Logger.With(zap.String("node_id", cfg.NodeID))
 	s := &Store{cfg: cfg, logger: logger, closed: make(chan struct{})}
-	s.fsm = newFSM(logger)
-	s.fsm.onHalt = s.onHalt
+	s.fsm = newReplica(state.New(logger), logger, s.onHalt)
 	if err := s.start(); err != nil {
 		s.shutdown()
 		return nil, err
@@ -477,7 +479,7 @@ func (s *Store) startWorkers(r *raft.Raft) {
 	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
 	s.barriers = newBatcher(1<<16, 1, s.readIndex)
 	s.readPoints = newBatcher(1<<12, 1, s.fetchReadPoint)
-	s.forward = newForwarder(s)
+	s.startForwarding()
 
 	obsCh := make(chan raft.Observation, 64)
 	s.observer = raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
@@ -579,15 +581,15 @@ func (s *Store) leaderDuties() {
 	if s.raft.CurrentTerm() == term {
 		s.readyTerm.Store(term)
 	}
-	if s.fsm.secretKey() == nil {
+	if s.fsm.Secret() == nil {
 		secret := make([]byte, 32)
 		rand.Read(secret)
-		if _, err := s.applyLocal(&command{Op: opSetSecret, Secret: secret}); err != nil {
+		if _, err := s.applyLocal(&state.Command{Op: state.OpSetSecret, Secret: secret}); err != nil {
 			s.logger.Info("proposing fingerprint secret", zap.Error(err))
 		}
 	}
-	if want := s.cfg.DedupSize; want != 0 && want != s.fsm.dedupSize() {
-		if _, err := s.applyLocal(&command{Op: opSetDedupSize, DedupSize: want}); err != nil {
+	if want := s.cfg.DedupSize; want != 0 && want != s.fsm.DedupSize() {
+		if _, err := s.applyLocal(&state.Command{Op: state.OpSetDedupSize, DedupSize: want}); err != nil {
 			s.logger.Info("proposing dedup size", zap.Error(err))
 			return
 		}
@@ -598,7 +600,7 @@ func (s *Store) leaderDuties() {
 // warnConfigDiffers says once per value when this node's dedup_size is not
 // the cluster's: the cluster's is what applies.
 func (s *Store) warnConfigDiffers() {
-	want, have := s.cfg.DedupSize, s.fsm.dedupSize()
+	want, have := s.cfg.DedupSize, s.fsm.DedupSize()
 	if want == 0 || want == have || s.warnedDedup.Swap(int64(have)) == int64(have) {
 		return
 	}
@@ -667,8 +669,9 @@ func (s *Store) shutdown() error {
 		errs = append(errs, err)
 	}
 	s.wg.Wait()
-	if s.forward != nil {
-		s.forward.close()
+	if s.fwd != nil {
+		s.fwd.Close()
+		s.fwdServer.Close()
 	}
 	if s.transport != nil {
 		s.transport.Close()
@@ -676,8 +679,8 @@ func (s *Store) shutdown() error {
 	if s.mux != nil {
 		s.mux.close()
 	}
-	if s.forward != nil {
-		s.forward.wg.Wait() // its accept loop ends with the mux
+	if s.fwdServer != nil {
+		s.fwdServer.Wait() // its accept loop ends with the mux
 	}
 	if s.stores != nil && raftStopped {
 		// Closing the stores under a Raft that is still running would make
@@ -777,9 +780,9 @@ func (s *Store) WaitForLeader(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: no leader elected: %v", ErrUnavailable, ctx.Err())
+			return fmt.Errorf("%w: no leader elected: %v", state.ErrUnavailable, ctx.Err())
 		case <-s.closed:
-			return ErrClosed
+			return state.ErrClosed
 		case <-t.C:
 		}
 	}
@@ -789,17 +792,17 @@ func (s *Store) WaitForLeader(ctx context.Context) error {
 // token with that name, safe to log (see tokenID). For a token created
 // before the cluster's secret was set, the token's own id (in Decision)
 // differs; prefer that when there is one.
-func (s *Store) Fingerprint(name string) string { return s.FingerprintOf(KeyOf(name)) }
+func (s *Store) Fingerprint(name string) string { return s.FingerprintOf(state.KeyOf(name)) }
 
 // FingerprintOf is Fingerprint for a name already hashed with KeyOf.
-func (s *Store) FingerprintOf(key TokenKey) string { return tokenID(s.fsm.secretKey(), key) }
+func (s *Store) FingerprintOf(key state.TokenKey) string { return state.TokenIDOf(s.fsm.Secret(), key) }
 
 // --- leader-side operations ---
 
 // applyLocal stamps the leader's time into c and proposes it to the log.
-func (s *Store) applyLocal(c *command) (*applyResult, error) {
+func (s *Store) applyLocal(c *state.Command) (*state.Result, error) {
 	c.Time = s.clock.stamp(s)
-	b, err := encodeCommand(c)
+	b, err := state.Encode(c)
 	if err != nil {
 		return nil, err
 	}
@@ -807,15 +810,15 @@ func (s *Store) applyLocal(c *command) (*applyResult, error) {
 	if err := f.Error(); err != nil {
 		return nil, raftError(err)
 	}
-	res, ok := f.Response().(*applyResult)
+	res, ok := f.Response().(*state.Result)
 	if !ok {
-		return nil, fmt.Errorf("%w: unexpected apply response %T", ErrUnavailable, f.Response())
+		return nil, fmt.Errorf("%w: unexpected apply response %T", state.ErrUnavailable, f.Response())
 	}
 	return res, nil
 }
 
-func (s *Store) applyConsumes(reqs []ConsumeRequest) ([]Decision, error) {
-	res, err := s.applyLocal(&command{Op: opConsume, Consumes: reqs})
+func (s *Store) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, error) {
+	res, err := s.applyLocal(&state.Command{Op: state.OpConsume, Consumes: reqs})
 	if err != nil {
 		return nil, err
 	}
@@ -853,12 +856,12 @@ func (s *Store) readIndex([]struct{}) ([]struct{}, error) {
 		return nil, raftError(err)
 	}
 	if s.raft.CurrentTerm() != term {
-		return nil, fmt.Errorf("%w: term changed during a read", errNotLeader)
+		return nil, fmt.Errorf("%w: term changed during a read", state.ErrNotLeader)
 	}
 	deadline := time.Now().Add(s.cfg.ApplyTimeout)
 	for s.raft.AppliedIndex() < index {
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%w: entries up to %d not applied in time", ErrUnavailable, index)
+			return nil, fmt.Errorf("%w: entries up to %d not applied in time", state.ErrUnavailable, index)
 		}
 		time.Sleep(50 * time.Microsecond)
 	}
@@ -869,7 +872,7 @@ func (s *Store) readIndex([]struct{}) ([]struct{}, error) {
 // the leader can.
 func (s *Store) readBarrier(ctx context.Context) error {
 	if !s.IsLeader() {
-		return errNotLeader
+		return state.ErrNotLeader
 	}
 	_, err := s.barriers.do(ctx, nil)
 	return err
@@ -880,22 +883,11 @@ func (s *Store) readBarrier(ctx context.Context) error {
 func raftError(err error) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
-		return fmt.Errorf("%w: %v", errNotLeader, err)
+		return fmt.Errorf("%w: %v", state.ErrNotLeader, err)
 	case errors.Is(err, raft.ErrRaftShutdown):
-		return ErrClosed
+		return state.ErrClosed
 	}
-	return fmt.Errorf("%w: %w", ErrUnavailable, err)
-}
-
-// remoteError rebuilds the error a peer answered with. A peer that is
-// shutting down ("closed") did not decide: to this node that is a leader
-// change like any other, and the operation is retried.
-func remoteError(code uint8, msg string) error {
-	err := errorFrom(errCode(code), msg)
-	if errors.Is(err, ErrClosed) {
-		return fmt.Errorf("%w: the leader is shutting down: %v", ErrUnavailable, err)
-	}
-	return err
+	return fmt.Errorf("%w: %w", state.ErrUnavailable, err)
 }
 
 // retryable reports whether an operation may be tried again. Every write
@@ -903,18 +895,18 @@ func remoteError(code uint8, msg string) error {
 // even after an ambiguous failure (leadership lost, timeout, broken
 // connection): if the first try was applied, the retry returns its outcome.
 func retryable(err error) bool {
-	return errors.Is(err, errNotLeader) || errors.Is(err, ErrUnavailable)
+	return errors.Is(err, state.ErrNotLeader) || errors.Is(err, state.ErrUnavailable)
 }
 
 // do runs fn until it succeeds, fails for good, or ctx ends. Without a
 // deadline in ctx, RequestTimeout bounds it.
 func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) error {
 	if !s.enter() {
-		return ErrClosed
+		return state.ErrClosed
 	}
 	defer s.leave()
 	if err := s.fsm.haltedErr(); err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: %v", state.ErrUnavailable, err)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -931,13 +923,13 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) erro
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			if errors.Is(err, ErrUnavailable) {
+			if errors.Is(err, state.ErrUnavailable) {
 				return err
 			}
-			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return fmt.Errorf("%w: %v", state.ErrUnavailable, err)
 		case <-s.closed:
 			t.Stop()
-			return ErrClosed
+			return state.ErrClosed
 		case <-t.C:
 		}
 		backoff = min(backoff*2, 100*time.Millisecond)
@@ -949,7 +941,7 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) erro
 func (s *Store) leader() (string, string, error) {
 	addr, id := s.raft.LeaderWithID()
 	if addr == "" {
-		return "", "", fmt.Errorf("%w: no leader known", ErrUnavailable)
+		return "", "", fmt.Errorf("%w: no leader known", state.ErrUnavailable)
 	}
 	return string(id), s.dialAddr(string(id), string(addr)), nil
 }
@@ -1031,12 +1023,12 @@ func (s *Store) Health(ctx context.Context) error {
 	}
 	if s.stores != nil {
 		if err := s.stores.watch.writeError(); err != nil {
-			return fmt.Errorf("%w: this node cannot write its log (%v); free the disk or fix it", ErrUnavailable, err)
+			return fmt.Errorf("%w: this node cannot write its log (%v); free the disk or fix it", state.ErrUnavailable, err)
 		}
 	}
 	addr, id := s.raft.LeaderWithID()
 	if addr == "" {
-		return fmt.Errorf("%w: no leader known", ErrUnavailable)
+		return fmt.Errorf("%w: no leader known", state.ErrUnavailable)
 	}
 	if string(id) == s.cfg.NodeID {
 		f := s.raft.VerifyLeader()
@@ -1045,15 +1037,15 @@ func (s *Store) Health(ctx context.Context) error {
 		select {
 		case err := <-done:
 			if err != nil {
-				return fmt.Errorf("%w: leadership not confirmed by a quorum: %v", ErrUnavailable, err)
+				return fmt.Errorf("%w: leadership not confirmed by a quorum: %v", state.ErrUnavailable, err)
 			}
 			return nil
 		case <-ctx.Done():
-			return fmt.Errorf("%w: leadership not confirmed by a quorum in time", ErrUnavailable)
+			return fmt.Errorf("%w: leadership not confirmed by a quorum in time", state.ErrUnavailable)
 		}
 	}
 	if since := time.Since(s.raft.LastContact()); since > 2*s.cfg.HeartbeatTimeout {
-		return fmt.Errorf("%w: no contact with leader %s for %s", ErrUnavailable, id, since.Round(time.Millisecond))
+		return fmt.Errorf("%w: no contact with leader %s for %s", state.ErrUnavailable, id, since.Round(time.Millisecond))
 	}
 	return s.caughtUp(ctx)
 }
@@ -1068,13 +1060,13 @@ const HealthLag = time.Second
 func (s *Store) caughtUp(ctx context.Context) error {
 	points, err := s.readPoints.do(ctx, []struct{}{{}})
 	if err != nil {
-		return fmt.Errorf("%w: cannot reach the leader: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: cannot reach the leader: %v", state.ErrUnavailable, err)
 	}
 	want := points[0].Applied
 	wctx, cancel := context.WithTimeout(ctx, HealthLag)
 	defer cancel()
 	if _, err := s.waitApplied(wctx, want); err != nil {
-		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", ErrUnavailable, s.fsm.applied.Load(), want, HealthLag)
+		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.fsm.Applied(), want, HealthLag)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/internal/clustercert"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 func tlsFiles(dir, id string) TLSFiles {
@@ -55,10 +56,10 @@ func TestMutualTLSClusterServes(t *testing.T) {
 	c, _ := newTLSCluster(t)
 	ctx := ctxT(t, 30*time.Second)
 	f := c.nodes[(c.leaderIndex()+1)%3]
-	if _, err := f.CreateToken(ctx, TokenSpec{Name: "tls", UsageLimit: 2}); err != nil {
+	if _, err := f.CreateToken(ctx, state.TokenSpec{Name: "tls", UsageLimit: 2}); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := f.Consume(ctx, ConsumeRequest{ID: NewRequestID(), Token: "tls", Units: 1}); err != nil || !d.Allowed {
+	if d, err := f.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "tls", Units: 1}); err != nil || !d.Allowed {
 		t.Fatalf("consume forwarded over TLS: %+v %v", d, err)
 	}
 }
@@ -66,7 +67,7 @@ func TestMutualTLSClusterServes(t *testing.T) {
 func TestRoguePeersCannotTouchTheCluster(t *testing.T) {
 	c, _ := newTLSCluster(t)
 	ctx := ctxT(t, 60*time.Second)
-	if _, err := c.nodes[0].CreateToken(ctx, TokenSpec{Name: "guarded", UsageLimit: 5}); err != nil {
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "guarded", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
 	leader := c.nodes[c.leaderIndex()]
@@ -96,7 +97,7 @@ func TestRoguePeersCannotTouchTheCluster(t *testing.T) {
 	}
 	shortCtx2, cancel2 := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel2()
-	if _, err := rogue.Consume(shortCtx2, ConsumeRequest{ID: NewRequestID(), Token: "guarded", Units: 1}); err == nil {
+	if _, err := rogue.Consume(shortCtx2, state.ConsumeRequest{ID: state.NewRequestID(), Token: "guarded", Units: 1}); err == nil {
 		t.Fatal("rogue got a consume through")
 	}
 
@@ -171,7 +172,7 @@ func TestTLSReloadRotatesCertificatesWithoutRestart(t *testing.T) {
 		conn.Close()
 	}
 	f := c.nodes[(c.leaderIndex()+1)%3]
-	if _, err := f.CreateToken(ctx, TokenSpec{Name: "rotated", UsageLimit: 1}); err != nil {
+	if _, err := f.CreateToken(ctx, state.TokenSpec{Name: "rotated", UsageLimit: 1}); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
 	// A reload with files that do not fit keeps the old ones.

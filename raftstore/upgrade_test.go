@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
 
@@ -30,21 +31,21 @@ var fixtureNames = []string{"v2", "v4", "v5", "v6", "v7"}
 
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
-	Tokens map[string]*Token `json:"tokens"`
+	Tokens map[string]*state.Token `json:"tokens"`
 	// DedupSize is the cluster's dedup size (0 in fixtures that predate it).
 	DedupSize int `json:"dedup_size,omitempty"`
 	// Replays are consumes already applied, with their first outcome: a
 	// build that reads the fixture must answer them as duplicates.
 	Replays []fixtureReplay `json:"replays"`
 	// Uploads are the multipart uploads held (none before v5).
-	Uploads []UploadInfo `json:"uploads,omitempty"`
+	Uploads []state.UploadInfo `json:"uploads,omitempty"`
 	// Pools are the pools held (none before v7).
-	Pools []Pool `json:"pools,omitempty"`
+	Pools []state.Pool `json:"pools,omitempty"`
 }
 
 type fixtureReplay struct {
-	Req     ConsumeRequest `json:"req"`
-	Allowed bool           `json:"allowed"`
+	Req     state.ConsumeRequest `json:"req"`
+	Allowed bool                 `json:"allowed"`
 }
 
 // fixtureNamesOfTokens are the token names the fixture workload uses.
@@ -56,10 +57,10 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 	ctx := ctxT(t, 30*time.Second)
 	far := time.Date(2099, 1, 2, 3, 4, 5, 0, time.UTC)
 	past := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
-	specs := []TokenSpec{
+	specs := []state.TokenSpec{
 		{Name: "plain", UsageLimit: 3},
 		{Name: "bytes", BytesLimit: 1000},
-		{Name: "renewing", UsageLimit: 2, RenewEvery: Duration(time.Hour)},
+		{Name: "renewing", UsageLimit: 2, RenewEvery: state.Duration(time.Hour)},
 		{Name: "expiring", UsageLimit: 5, ExpiresAt: &far},
 		{Name: "revoked", UsageLimit: 5},
 		{Name: "reactivated", UsageLimit: 5},
@@ -78,13 +79,13 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 		ids[sp.Name] = tok.ID
 	}
 	var replays []fixtureReplay
-	consume := func(name string, units, bytes int64) RequestID {
-		req := ConsumeRequest{ID: NewRequestID(), Token: name, Units: units, Bytes: bytes}
+	consume := func(name string, units, bytes int64) state.RequestID {
+		req := state.ConsumeRequest{ID: state.NewRequestID(), Token: name, Units: units, Bytes: bytes}
 		d, err := s.Consume(ctx, req)
 		if err != nil {
 			t.Fatalf("consume %s: %v", name, err)
 		}
-		if d.Reason != ReasonUnknown {
+		if d.Reason != state.ReasonUnknown {
 			replays = append(replays, fixtureReplay{Req: req, Allowed: d.Allowed})
 		}
 		return req.ID
@@ -99,7 +100,7 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 		t.Fatal(err)
 	}
 	replays = replays[:len(replays)-1] // a refunded id may charge again
-	tomb := NewRequestID()
+	tomb := state.NewRequestID()
 	if err := s.Refund(ctx, tomb); err != nil { // before its consume: a tombstone
 		t.Fatal(err)
 	}
@@ -124,7 +125,7 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 	if _, err := s.Reset(ctx, ids["reset"]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.UpdateLimits(ctx, ids["raised"], LimitUpdate{UsageLimit: i64(10), ExpiresAt: &past}); err != nil {
+	if _, err := s.UpdateLimits(ctx, ids["raised"], state.LimitUpdate{UsageLimit: i64(10), ExpiresAt: &past}); err != nil {
 		t.Fatal(err)
 	}
 	consume("raised", 1, 0) // expired
@@ -148,65 +149,65 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 			t.Fatal(err)
 		}
 	}
-	pool := func(spec PoolSpec) *Pool {
+	pool := func(spec state.PoolSpec) *state.Pool {
 		p, err := s.CreatePool(ctx, spec)
 		must(err)
 		return p
 	}
-	plan := pool(PoolSpec{Name: "plan", UsageLimit: 3, RenewEvery: Duration(time.Hour)})
-	bytesPool := pool(PoolSpec{Name: "bytes-pool", BytesLimit: 500, ExpiresAt: &far})
-	pool(PoolSpec{Name: "bucket-a", UsageLimit: 100})
-	gone := pool(PoolSpec{Name: "gone"})
-	monthly := pool(PoolSpec{Name: "monthly-plan", BytesLimit: 1 << 30, RenewCalendar: "monthly on 31 at 06:00", NotifyAt: []int{1, 90}})
-	if _, err := s.CreateToken(ctx, TokenSpec{Name: "calendar", UsageLimit: 5, RenewCalendar: "weekly on monday at 06:00", Pools: []string{monthly.ID}, NotifyAt: []int{20, 80}}); err != nil {
+	plan := pool(state.PoolSpec{Name: "plan", UsageLimit: 3, RenewEvery: state.Duration(time.Hour)})
+	bytesPool := pool(state.PoolSpec{Name: "bytes-pool", BytesLimit: 500, ExpiresAt: &far})
+	pool(state.PoolSpec{Name: "bucket-a", UsageLimit: 100})
+	gone := pool(state.PoolSpec{Name: "gone"})
+	monthly := pool(state.PoolSpec{Name: "monthly-plan", BytesLimit: 1 << 30, RenewCalendar: "monthly on 31 at 06:00", NotifyAt: []int{1, 90}})
+	if _, err := s.CreateToken(ctx, state.TokenSpec{Name: "calendar", UsageLimit: 5, RenewCalendar: "weekly on monday at 06:00", Pools: []string{monthly.ID}, NotifyAt: []int{20, 80}}); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := s.CreateToken(ctx, TokenSpec{Name: "pooled", UsageLimit: 10, Pools: []string{plan.ID, bytesPool.ID}})
+	tok, err := s.CreateToken(ctx, state.TokenSpec{Name: "pooled", UsageLimit: 10, Pools: []string{plan.ID, bytesPool.ID}})
 	must(err)
 	var replays []fixtureReplay
-	consume := func(req ConsumeRequest) RequestID {
-		req.ID = NewRequestID()
+	consume := func(req state.ConsumeRequest) state.RequestID {
+		req.ID = state.NewRequestID()
 		d, err := s.Consume(ctx, req)
 		must(err)
 		replays = append(replays, fixtureReplay{Req: req, Allowed: d.Allowed})
 		return req.ID
 	}
-	consume(ConsumeRequest{Token: "calendar", Units: 1, Bytes: 20 << 20}) // crosses 20% and the pool's 1%
-	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 100, Pools: []string{"bucket-a"}})
-	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 450})                                                   // refused by bytes-pool
-	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}})                         // refused: no such pool
-	consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}, SkipMissingPools: true}) // allowed
-	refunded := consume(ConsumeRequest{Token: "pooled", Units: 1, Bytes: 20, Pools: []string{"bucket-a"}})
+	consume(state.ConsumeRequest{Token: "calendar", Units: 1, Bytes: 20 << 20}) // crosses 20% and the pool's 1%
+	consume(state.ConsumeRequest{Token: "pooled", Units: 1, Bytes: 100, Pools: []string{"bucket-a"}})
+	consume(state.ConsumeRequest{Token: "pooled", Units: 1, Bytes: 450})                                                   // refused by bytes-pool
+	consume(state.ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}})                         // refused: no such pool
+	consume(state.ConsumeRequest{Token: "pooled", Units: 1, Bytes: 10, Pools: []string{"nosuch"}, SkipMissingPools: true}) // allowed
+	refunded := consume(state.ConsumeRequest{Token: "pooled", Units: 1, Bytes: 20, Pools: []string{"bucket-a"}})
 	must(s.Refund(ctx, refunded))
 	replays = replays[:len(replays)-1]
-	_, err = s.CreateToken(ctx, TokenSpec{Name: "pooled-mp", UsageLimit: 10, Pools: []string{gone.ID}})
+	_, err = s.CreateToken(ctx, state.TokenSpec{Name: "pooled-mp", UsageLimit: 10, Pools: []string{gone.ID}})
 	must(err)
-	id := NewRequestID()
-	if d, err := s.ReserveUpload(ctx, ConsumeRequest{ID: id, Token: "pooled-mp", Units: 1, Pools: []string{"bucket-a"}}, time.Hour); err != nil || !d.Allowed {
+	id := state.NewRequestID()
+	if d, err := s.ReserveUpload(ctx, state.ConsumeRequest{ID: id, Token: "pooled-mp", Units: 1, Pools: []string{"bucket-a"}}, time.Hour); err != nil || !d.Allowed {
 		t.Fatalf("reserve in a pool: %+v %v", d, err)
 	}
-	u := UploadKeyOf("bucket-a/obj", "upload-pooled")
+	u := state.UploadKeyOf("bucket-a/obj", "upload-pooled")
 	must(s.BindUpload(ctx, id, u))
-	if d, err := s.ChargePart(ctx, NewRequestID(), u, 1, 64, TokenKey{}); err != nil || !d.Allowed {
+	if d, err := s.ChargePart(ctx, state.NewRequestID(), u, 1, 64, state.TokenKey{}); err != nil || !d.Allowed {
 		t.Fatalf("part in a pool: %+v %v", d, err)
 	}
-	_, err = s.UpdatePool(ctx, plan.ID, PoolUpdate{UsageLimit: i64(5)})
+	_, err = s.UpdatePool(ctx, plan.ID, state.PoolUpdate{UsageLimit: i64(5)})
 	must(err)
 	_, err = s.ResetPool(ctx, bytesPool.ID)
 	must(err)
 	none := []string{}
-	_, err = s.UpdateLimits(ctx, tok.ID, LimitUpdate{Pools: &[]string{plan.ID}})
+	_, err = s.UpdateLimits(ctx, tok.ID, state.LimitUpdate{Pools: &[]string{plan.ID}})
 	must(err)
 	mp, err := s.Lookup(ctx, "pooled-mp")
 	must(err)
-	_, err = s.UpdateLimits(ctx, mp.ID, LimitUpdate{Pools: &none})
+	_, err = s.UpdateLimits(ctx, mp.ID, state.LimitUpdate{Pools: &none})
 	must(err)
 	must(s.DeletePool(ctx, gone.ID))
 	return replays
 }
 
 // fixturePools is every pool s holds.
-func fixturePools(t *testing.T, s *Store) []Pool {
+func fixturePools(t *testing.T, s *Store) []state.Pool {
 	ps, err := s.Pools(ctxT(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +215,7 @@ func fixturePools(t *testing.T, s *Store) []Pool {
 	return ps
 }
 
-func comparePools(t *testing.T, from string, want, got []Pool) {
+func comparePools(t *testing.T, from string, want, got []state.Pool) {
 	t.Helper()
 	w, _ := json.Marshal(want)
 	g, _ := json.Marshal(got)
@@ -231,21 +232,21 @@ func comparePools(t *testing.T, from string, want, got []Pool) {
 // pending one, one whose complete failed, and an expiry sweep.
 func multipartWorkload(t *testing.T, s *Store) {
 	ctx := ctxT(t, 30*time.Second)
-	key := KeyOf("multipart")
-	upload := func(name string) UploadKey {
-		id := NewRequestID()
-		if d, err := s.ReserveUpload(ctx, ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
+	key := state.KeyOf("multipart")
+	upload := func(name string) state.UploadKey {
+		id := state.NewRequestID()
+		if d, err := s.ReserveUpload(ctx, state.ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
 			t.Fatalf("reserve %s: %+v %v", name, d, err)
 		}
-		u := UploadKeyOf("bucket/"+name, "upload-"+name)
+		u := state.UploadKeyOf("bucket/"+name, "upload-"+name)
 		if err := s.BindUpload(ctx, id, u); err != nil {
 			t.Fatalf("bind %s: %v", name, err)
 		}
 		return u
 	}
-	part := func(u UploadKey, n int32, bytes int64) RequestID {
-		id := NewRequestID()
-		if d, err := s.ChargePart(ctx, id, u, n, bytes, TokenKey{}); err != nil || !d.Allowed {
+	part := func(u state.UploadKey, n int32, bytes int64) state.RequestID {
+		id := state.NewRequestID()
+		if d, err := s.ChargePart(ctx, id, u, n, bytes, state.TokenKey{}); err != nil || !d.Allowed {
 			t.Fatalf("part %d: %+v %v", n, d, err)
 		}
 		return id
@@ -268,22 +269,22 @@ func multipartWorkload(t *testing.T, s *Store) {
 	open := upload("open")
 	part(open, 1, 30)
 	must(s.Refund(ctx, part(open, 2, 40)))
-	if d, err := s.ReserveUpload(ctx, ConsumeRequest{ID: NewRequestID(), Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
+	if d, err := s.ReserveUpload(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
 		t.Fatalf("pending reserve: %+v %v", d, err)
 	}
 	failed := upload("failed")
 	must(s.BeginComplete(ctx, failed, key, time.Hour))
 	must(s.EndComplete(ctx, failed, false, nil))
-	if _, err := s.applyLocal(&command{Op: opExpireUploads}); err != nil {
+	if _, err := s.applyLocal(&state.Command{Op: state.OpExpireUploads}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // readFixtureState asks s, through its public API, for everything a fixture
 // records.
-func readFixtureState(t *testing.T, s *Store) map[string]*Token {
+func readFixtureState(t *testing.T, s *Store) map[string]*state.Token {
 	ctx := ctxT(t, 30*time.Second)
-	out := map[string]*Token{}
+	out := map[string]*state.Token{}
 	for _, name := range fixtureTokenNames {
 		tok, err := s.Lookup(ctx, name)
 		if err != nil {
@@ -326,26 +327,18 @@ func TestWriteFormatFixture(t *testing.T) {
 		t.Fatalf("%s exists: fixtures are never rewritten, pick a new name", root)
 	}
 	dir := filepath.Join(root, "datadir")
-	s := openFixtureNodeWith(t, dir, 2*MinDedupSize)
+	s := openFixtureNodeWith(t, dir, 2*state.MinDedupSize)
 	// The fingerprint secret and the dedup size are proposed by the first
 	// leader; wait for both so the log holds those ops too.
-	for deadline := time.Now().Add(10 * time.Second); s.fsm.secretKey() == nil || s.fsm.dedupSize() != 2*MinDedupSize; {
+	for deadline := time.Now().Add(10 * time.Second); s.fsm.Secret() == nil || s.fsm.DedupSize() != 2*state.MinDedupSize; {
 		if time.Now().After(deadline) {
 			t.Fatal("no fingerprint secret")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	replays := fixtureWorkload(t, s)
-	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.dedupSize(), Uploads: s.Uploads(), Pools: fixturePools(t, s)}
-	snap, err := s.fsm.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := snap.(*fsmSnapshot).write(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "snapshot.bin"), buf.Bytes(), 0o644); err != nil {
+	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.DedupSize(), Uploads: s.Uploads(), Pools: fixturePools(t, s)}
+	if err := os.WriteFile(filepath.Join(root, "snapshot.bin"), snapshotBytes(t, s.fsm), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := json.MarshalIndent(want, "", "  ")
@@ -385,8 +378,8 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Error("the fixture's log did not move into the WAL")
 			}
 			compareFixture(t, "log", want, readFixtureState(t, s))
-			if want.DedupSize != 0 && s.fsm.dedupSize() != want.DedupSize {
-				t.Errorf("log: dedup size %d, want %d", s.fsm.dedupSize(), want.DedupSize)
+			if want.DedupSize != 0 && s.fsm.DedupSize() != want.DedupSize {
+				t.Errorf("log: dedup size %d, want %d", s.fsm.DedupSize(), want.DedupSize)
 			}
 			checkReplays(t, "log", s, want.Replays)
 			compareUploads(t, "log", want.Uploads, s.Uploads())
@@ -409,8 +402,8 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Fatalf("restoring %s snapshot: %v", name, err)
 			}
 			compareFixture(t, "snapshot", want, readFixtureState(t, s2))
-			if want.DedupSize != 0 && s2.fsm.dedupSize() != want.DedupSize {
-				t.Errorf("snapshot: dedup size %d, want %d", s2.fsm.dedupSize(), want.DedupSize)
+			if want.DedupSize != 0 && s2.fsm.DedupSize() != want.DedupSize {
+				t.Errorf("snapshot: dedup size %d, want %d", s2.fsm.DedupSize(), want.DedupSize)
 			}
 			checkReplays(t, "snapshot", s2, want.Replays)
 			compareUploads(t, "snapshot", want.Uploads, s2.Uploads())
@@ -419,11 +412,11 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 	}
 }
 
-func compareFixture(t *testing.T, from string, want fixtureState, got map[string]*Token) {
+func compareFixture(t *testing.T, from string, want fixtureState, got map[string]*state.Token) {
 	t.Helper()
 	for _, name := range fixtureTokenNames {
 		if g := got[name]; g != nil {
-			if g.Key != KeyOf(name) || !IsTokenID(g.ID) {
+			if g.Key != state.KeyOf(name) || !state.IsTokenID(g.ID) {
 				t.Errorf("%s: token %s has key %x, id %q", from, name, g.Key, g.ID)
 			}
 			if w := want.Tokens[name]; w != nil && w.ID == "" {
@@ -464,7 +457,7 @@ func checkReplays(t *testing.T, from string, s *Store, replays []fixtureReplay) 
 	}
 }
 
-func compareUploads(t *testing.T, from string, want, got []UploadInfo) {
+func compareUploads(t *testing.T, from string, want, got []state.UploadInfo) {
 	t.Helper()
 	w, _ := json.Marshal(want)
 	g, _ := json.Marshal(got)
@@ -475,3 +468,4 @@ func compareUploads(t *testing.T, from string, want, got []UploadInfo) {
 		t.Errorf("%s: uploads:\n got %s\nwant %s", from, g, w)
 	}
 }
+func i64(v int64) *int64 { return &v }

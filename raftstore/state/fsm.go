@@ -1,15 +1,12 @@
-package raftstore
+package state
 
 import (
-	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 )
 
@@ -30,8 +27,8 @@ type dedupEntry struct {
 	Gen    uint64
 	// Pools are the pools an allowed charge took from (nil: none).
 	Pools    *[]poolRef
-	Op       op
-	Code     errCode
+	Op       Op
+	Code     Code
 	Reason   reasonCode
 	Allowed  bool
 	Refunded bool
@@ -60,17 +57,17 @@ func (c reasonCode) reason() Reason {
 }
 
 // applyResult is what Apply returns to the leader that proposed the command.
-type applyResult struct {
+type Result struct {
 	Token     *Token
 	Pool      *Pool
 	Err       error
 	Decisions []Decision
 }
 
-// fsm is the quota state machine. Every method that changes state runs from
+// Machine is the quota state machine. Every method that changes state runs from
 // Apply or Restore, and depends only on the state and the command, so all
 // nodes that apply the same log hold the same state.
-type fsm struct {
+type Machine struct {
 	mu     sync.RWMutex
 	tokens *tokenTable
 	dedup  *dedupTable
@@ -87,30 +84,22 @@ type fsm struct {
 	// generation counts token creations.
 	generation uint64
 
-	// applied is the index of the last command applied since the node
-	// started or last restored a snapshot, 0 until then. raft's
-	// AppliedIndex counts entries handed to the FSM, not applied by it; a
-	// follower serving a read waits on this instead.
+	// applied is the index of the last command applied since the machine
+	// was made or last restored a snapshot, 0 until then.
 	applied atomic.Uint64
-
-	// halted is set when a log entry cannot be applied (written by a newer
-	// version, or corrupt): the node stops applying rather than diverge.
-	halted atomic.Pointer[haltError]
-	// stop ends a halted Apply when the node shuts down.
-	stop     chan struct{}
-	stopOnce sync.Once
-	onHalt   func(error)
 
 	logger *zap.Logger
 }
 
-func newFSM(logger *zap.Logger) *fsm {
-	f := &fsm{logger: logger, stop: make(chan struct{})}
+// New returns an empty state machine. logger takes the few lines Apply
+// writes (a limit lowered below usage).
+func New(logger *zap.Logger) *Machine {
+	f := &Machine{logger: logger}
 	f.reset()
 	return f
 }
 
-func (f *fsm) reset() {
+func (f *Machine) reset() {
 	f.tokens = newTokenTable(0)
 	f.dedup = newDedupTable(DefaultDedupSize)
 	f.uploads = newUploadTable()
@@ -121,59 +110,29 @@ func (f *fsm) reset() {
 	f.generation = 0
 }
 
-// haltError says which log entry stopped the node and why.
-type haltError struct {
-	Index uint64
-	Err   error
-}
-
-func (h *haltError) Error() string {
-	return fmt.Sprintf("cannot apply log entry %d: %v", h.Index, h.Err)
-}
-
-func (h *haltError) Unwrap() error { return h.Err }
-
-// Apply decodes a log entry and applies it. An entry this build cannot
-// decode halts the node: skipping it would let this replica diverge from
-// the ones that understood it.
-func (f *fsm) Apply(l *raft.Log) any {
-	c, err := decodeCommand(l.Data)
+// Apply decodes the log entry at index and applies it. An entry this build
+// cannot decode is an error (ErrUnknownCommand) and changes nothing: the
+// caller must stop applying, since skipping it would let this replica
+// diverge from the ones that understood it.
+func (f *Machine) Apply(index uint64, data []byte) (*Result, error) {
+	c, err := Decode(data)
 	if err != nil {
-		f.halt(l.Index, err)
-		return &applyResult{Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	defer f.applied.Store(l.Index)
-	return f.apply(c)
+	defer f.applied.Store(index)
+	return f.apply(c), nil
 }
 
-// halt stops applying: it logs why once and blocks the FSM until the node
-// shuts down, so no later entry is applied on top of a missing one.
-func (f *fsm) halt(index uint64, err error) {
-	h := &haltError{Index: index, Err: err}
-	if f.halted.CompareAndSwap(nil, h) {
-		f.logger.Error("this node stopped applying the replicated log: an entry was written by a newer version of raftquota, or is corrupt; upgrade this node (or restore it from a backup) and start it again",
-			zap.Uint64("index", index), zap.Error(err))
-		if f.onHalt != nil {
-			go f.onHalt(h)
-		}
-	}
-	<-f.stop
-}
-
-// haltedErr returns why the node halted, or nil.
-func (f *fsm) haltedErr() error {
-	if h := f.halted.Load(); h != nil {
-		return h
-	}
-	return nil
-}
-
-func (f *fsm) shutdown() { f.stopOnce.Do(func() { close(f.stop) }) }
+// Applied is the index of the last command applied since the machine was
+// made or last restored a snapshot, 0 until then. (raft's AppliedIndex
+// counts entries handed to the FSM, not applied by it: a follower serving
+// a read waits on this instead.)
+func (f *Machine) Applied() uint64 { return f.applied.Load() }
 
 // apply runs one command against the state. The caller holds f.mu.
-func (f *fsm) apply(c *command) *applyResult {
+func (f *Machine) apply(c *Command) *Result {
 	if c.Time > f.now {
 		f.now = c.Time
 	}
@@ -187,15 +146,15 @@ func (f *fsm) apply(c *command) *applyResult {
 	}
 	res := def.apply(f, c, now)
 	if !c.ID.IsZero() {
-		f.dedup.Add(c.ID, dedupEntry{Op: c.Op, Code: codeOf(res.Err)})
+		f.dedup.Add(c.ID, dedupEntry{Op: c.Op, Code: CodeOf(res.Err)})
 	}
 	return res
 }
 
 // replay answers a repeated admin command with its first outcome, and the
 // token as it is now.
-func (f *fsm) replay(c *command, e dedupEntry) *applyResult {
-	res := &applyResult{Err: errorFrom(e.Code, "")}
+func (f *Machine) replay(c *Command, e dedupEntry) *Result {
+	res := &Result{Err: ErrorFrom(e.Code, "")}
 	if t := f.target(c); t != nil && res.Err == nil {
 		res.Token = t.token()
 	}
@@ -204,7 +163,7 @@ func (f *fsm) replay(c *command, e dedupEntry) *applyResult {
 
 // target is the token an admin command names (by key, or by id), for
 // reading; nil when there is none.
-func (f *fsm) target(c *command) *tokenState {
+func (f *Machine) target(c *Command) *tokenState {
 	if c.Key != nil {
 		return f.tokens.get(*c.Key)
 	}
@@ -212,49 +171,49 @@ func (f *fsm) target(c *command) *tokenState {
 }
 
 // mutTarget is target, for changing.
-func (f *fsm) mutTarget(c *command) *tokenState {
+func (f *Machine) mutTarget(c *Command) *tokenState {
 	if t := f.target(c); t != nil {
 		return f.tokens.mut(t.Key)
 	}
 	return nil
 }
 
-func (f *fsm) applySetSecret(c *command, _ time.Time) *applyResult {
+func (f *Machine) applySetSecret(c *Command, _ time.Time) *Result {
 	if f.secret == nil && len(c.Secret) > 0 {
 		f.secret = slices.Clone(c.Secret)
 	}
-	return &applyResult{}
+	return &Result{}
 }
 
 // applySetDedupSize changes how many request ids the cluster remembers.
 // It is replicated, never read from a node's config, so every replica
 // forgets the same ids.
-func (f *fsm) applySetDedupSize(c *command, _ time.Time) *applyResult {
+func (f *Machine) applySetDedupSize(c *Command, _ time.Time) *Result {
 	if c.DedupSize < MinDedupSize || c.DedupSize > MaxDedupSize {
-		return &applyResult{Err: invalidf("dedup size must be between %d and %d, got %d", MinDedupSize, MaxDedupSize, c.DedupSize)}
+		return &Result{Err: Invalidf("dedup size must be between %d and %d, got %d", MinDedupSize, MaxDedupSize, c.DedupSize)}
 	}
 	f.dedup.Resize(c.DedupSize)
-	return &applyResult{}
+	return &Result{}
 }
 
-func (f *fsm) applyConsumes(c *command, now time.Time) *applyResult {
+func (f *Machine) applyConsumes(c *Command, now time.Time) *Result {
 	out := make([]Decision, len(c.Consumes))
 	for i := range c.Consumes {
 		out[i] = f.consume(&c.Consumes[i], now)
 	}
-	return &applyResult{Decisions: out}
+	return &Result{Decisions: out}
 }
 
-func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
+func (f *Machine) consume(r *ConsumeRequest, now time.Time) Decision {
 	// A refunded charge's id may charge again: the client retries an upload
 	// that failed, with the same idempotency key.
-	if e, ok := f.dedup.Peek(r.ID); ok && !(e.Op == opConsume && e.Refunded) {
+	if e, ok := f.dedup.Peek(r.ID); ok && !(e.Op == OpConsume && e.Refunded) {
 		var d Decision
 		if t := f.tokens.get(r.Key); t != nil {
 			d = decisionFor(t)
 		}
 		d.Allowed, d.Reason, d.Duplicate = e.Allowed, e.Reason.reason(), true
-		if e.Op == opRefund {
+		if e.Op == OpRefund {
 			d.Allowed, d.Reason = false, ReasonRefunded
 		}
 		return d
@@ -275,7 +234,7 @@ func (f *fsm) consume(r *ConsumeRequest, now time.Time) Decision {
 		// cannot charge twice since this attempt charged nothing.
 		return Decision{Reason: ReasonUnknown}
 	}
-	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.id}
+	entry := dedupEntry{Op: OpConsume, Reason: codeOfReason(reason), Token: t.id}
 	var refs []poolRef
 	var tightest *poolState
 	var denied *poolDenial
@@ -322,22 +281,22 @@ func addSat(a, b int64) int64 {
 	return 1<<63 - 1
 }
 
-func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
+func (f *Machine) applyCreate(c *Command, now time.Time) *Result {
 	spec := c.Spec
 	if spec == nil || c.Key == nil || c.Key.IsZero() {
-		return &applyResult{Err: invalidf("create needs a token spec and key")}
+		return &Result{Err: Invalidf("create needs a token spec and key")}
 	}
 	if err := spec.validateFields(); err != nil {
-		return &applyResult{Err: err}
+		return &Result{Err: err}
 	}
 	if f.tokens.get(*c.Key) != nil {
-		return &applyResult{Err: ErrExists}
+		return &Result{Err: ErrExists}
 	}
-	idText := tokenID(f.secret, *c.Key)
+	idText := TokenIDOf(f.secret, *c.Key)
 	id, _ := parseTokenID(idText)
 	if f.tokens.byID(id) != nil {
 		// Two names whose ids collide (a 1 in 2^64 chance per pair).
-		return &applyResult{Err: invalidf("this name's id is taken by another token; choose another name")}
+		return &Result{Err: Invalidf("this name's id is taken by another token; choose another name")}
 	}
 	t := &tokenState{
 		id:         id,
@@ -350,11 +309,11 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 	}
 	pools, err := f.tokenPools(spec.Pools)
 	if err != nil {
-		return &applyResult{Err: err}
+		return &Result{Err: err}
 	}
 	cal, err := ParseCalendar(spec.RenewCalendar)
 	if err != nil {
-		return &applyResult{Err: err}
+		return &Result{Err: err}
 	}
 	if spec.CreatedBy != "" || spec.Metadata != nil || spec.RenewEvery != 0 || !cal.IsZero() {
 		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery, Cal: cal}
@@ -372,25 +331,25 @@ func (f *fsm) applyCreate(c *command, now time.Time) *applyResult {
 	f.generation++
 	t.Generation = f.generation
 	f.tokens.put(t)
-	return &applyResult{Token: t.token()}
+	return &Result{Token: t.token()}
 }
 
 // applyRefund gives back what one allowed consume took, at most once. A
 // refund that arrives before its consume leaves a tombstone, so the consume,
 // if it is ever applied, charges nothing. A refund is keyed by its
 // consume's id and deduplicated there.
-func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
+func (f *Machine) applyRefund(c *Command, now time.Time) *Result {
 	id := c.ID
 	if f.refundUploadCharge(id, now) {
-		return &applyResult{}
+		return &Result{}
 	}
 	e, ok := f.dedup.Peek(id)
 	if !ok {
-		f.dedup.Add(id, dedupEntry{Op: opRefund, Refunded: true})
-		return &applyResult{}
+		f.dedup.Add(id, dedupEntry{Op: OpRefund, Refunded: true})
+		return &Result{}
 	}
-	if e.Op != opConsume || !e.Allowed || e.Refunded {
-		return &applyResult{}
+	if e.Op != OpConsume || !e.Allowed || e.Refunded {
+		return &Result{}
 	}
 	e.Refunded = true
 	f.dedup.Add(id, e)
@@ -399,37 +358,37 @@ func (f *fsm) applyRefund(c *command, now time.Time) *applyResult {
 	}
 	t := f.tokens.byID(e.Token)
 	if t == nil || t.Generation != e.Gen {
-		return &applyResult{}
+		return &Result{}
 	}
 	t = f.tokens.mut(t.Key)
 	renew(t, now)
 	if t.window() != e.Window {
 		// The window renewed since the charge; its usage is already gone.
-		return &applyResult{Token: t.token()}
+		return &Result{Token: t.token()}
 	}
 	t.UsageCount = max(0, t.UsageCount-e.Units)
 	t.BytesUsed = max(0, t.BytesUsed-e.Bytes)
 	settle(t)
 	t.UpdatedAt = now.UnixNano()
-	return &applyResult{Token: t.token()}
+	return &Result{Token: t.token()}
 }
 
-func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
+func (f *Machine) applyUpdate(c *Command, now time.Time) *Result {
 	t := f.mutTarget(c)
 	if t == nil {
-		return &applyResult{Err: ErrNotFound}
+		return &Result{Err: ErrNotFound}
 	}
 	u := c.Update
 	if u == nil {
-		return &applyResult{Err: invalidf("update needs fields")}
+		return &Result{Err: Invalidf("update needs fields")}
 	}
 	if err := u.Validate(); err != nil {
-		return &applyResult{Err: err}
+		return &Result{Err: err}
 	}
 	if u.Pools != nil {
 		pools, err := f.tokenPools(*u.Pools)
 		if err != nil {
-			return &applyResult{Err: err}
+			return &Result{Err: err}
 		}
 		f.setTokenPools(t, pools)
 	}
@@ -485,21 +444,21 @@ func (f *fsm) applyUpdate(c *command, now time.Time) *applyResult {
 	settle(t)
 	t.UpdatedAt = now.UnixNano()
 	f.warnIfOver(t)
-	return &applyResult{Token: t.token()}
+	return &Result{Token: t.token()}
 }
 
-func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
+func (f *Machine) applyStatus(c *Command, now time.Time) *Result {
 	t := f.mutTarget(c)
 	if t == nil {
-		return &applyResult{Err: ErrNotFound}
+		return &Result{Err: ErrNotFound}
 	}
 	switch c.Op {
-	case opRevoke:
+	case OpRevoke:
 		t.Status = stRevoked
-	case opReactivate:
+	case OpReactivate:
 		t.Status = stActive
 		settle(t)
-	case opReset:
+	case OpReset:
 		t.UsageCount, t.BytesUsed = 0, 0
 		if t.ext != nil {
 			t.ext.Notified = 0
@@ -514,22 +473,22 @@ func (f *fsm) applyStatus(c *command, now time.Time) *applyResult {
 		}
 	}
 	t.UpdatedAt = now.UnixNano()
-	return &applyResult{Token: t.token()}
+	return &Result{Token: t.token()}
 }
 
-func (f *fsm) applyDelete(c *command, _ time.Time) *applyResult {
+func (f *Machine) applyDelete(c *Command, _ time.Time) *Result {
 	t := f.target(c)
 	if t == nil {
-		return &applyResult{Err: ErrNotFound}
+		return &Result{Err: ErrNotFound}
 	}
 	f.setTokenPools(f.tokens.mut(t.Key), nil)
 	f.tokens.del(t.Key)
-	return &applyResult{}
+	return &Result{}
 }
 
 // warnIfOver logs a token whose usage stands above its limit. Consumes can
 // never cause this; lowering a limit below current usage can.
-func (f *fsm) warnIfOver(t *tokenState) {
+func (f *Machine) warnIfOver(t *tokenState) {
 	if !overLimit(t) {
 		return
 	}
@@ -541,45 +500,16 @@ func (f *fsm) warnIfOver(t *tokenState) {
 		zap.Int64("bytes_limit", t.BytesLimit))
 }
 
-// Reads. These look at the local state only; the Store makes them
-// linearizable by waiting for a read barrier first.
-
-// token returns the token with id.
-func (f *fsm) token(id string) (*Token, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	t := f.tokens.byIDString(id)
-	if t == nil {
-		return nil, false
-	}
-	return t.token(), true
-}
-
-// lookup returns the token with key.
-func (f *fsm) lookup(key TokenKey) (*Token, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	t := f.tokens.get(key)
-	if t == nil {
-		return nil, false
-	}
-	return t.token(), true
-}
-
-func (f *fsm) list() []Token {
-	f.mu.RLock()
-	out := make([]Token, 0, f.tokens.len())
-	f.tokens.each(func(t *tokenState) { out = append(out, *t.token()) })
-	f.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Token) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-// check decides a consume without charging, at the time the leader would
+// Check decides a consume without charging, at the time the leader would
 // stamp now, raised to the FSM's latest stamp so time never goes back.
-func (f *fsm) check(r *ConsumeRequest, at time.Time) Decision {
+func (f *Machine) Check(r *ConsumeRequest, at time.Time) Decision {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	return f.check(r, at)
+}
+
+// check is Check; the caller holds f.mu.
+func (f *Machine) check(r *ConsumeRequest, at time.Time) Decision {
 	now := at
 	if stamped := time.Unix(0, f.now); stamped.After(now) {
 		now = stamped
@@ -599,14 +529,14 @@ func (f *fsm) check(r *ConsumeRequest, at time.Time) Decision {
 	return d
 }
 
-func (f *fsm) secretKey() []byte {
+func (f *Machine) Secret() []byte {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.secret
 }
 
 // dedupSize is the replicated number of request ids remembered.
-func (f *fsm) dedupSize() int {
+func (f *Machine) DedupSize() int {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.dedup.Cap()
@@ -627,8 +557,8 @@ type snapshotHeader struct {
 	DedupSize int
 }
 
-type fsmSnapshot struct {
-	f      *fsm
+type Snapshot struct {
+	f      *Machine
 	header snapshotHeader
 	tokens frozenTokens
 	table  *tokenTable
@@ -646,11 +576,11 @@ type fsmSnapshot struct {
 
 // Snapshot captures the state in O(1) for tokens and O(dedup chunks) for
 // request ids; it never copies entries.
-func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+func (f *Machine) Snapshot() *Snapshot {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens.thaw() // a snapshot that failed before Release
-	s := &fsmSnapshot{
+	s := &Snapshot{
 		f:        f,
 		header:   snapshotHeader{Secret: f.secret, Now: f.now, Gen: f.generation, DedupSize: f.dedup.Cap()},
 		tokens:   f.tokens.freeze(),
@@ -662,19 +592,11 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 		poolNext: f.pools.next,
 		events:   outbox{events: slices.Clone(f.events.events), nextSeq: f.events.nextSeq, dropped: f.events.dropped},
 	}
-	return s, nil
-}
-
-func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.write(sink); err != nil {
-		sink.Cancel()
-		return err
-	}
-	return sink.Close()
+	return s
 }
 
 // Release ends copy-on-write, unless Restore replaced the tables meanwhile.
-func (s *fsmSnapshot) Release() {
+func (s *Snapshot) Release() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if s.f.tokens == s.table {
@@ -686,9 +608,8 @@ func (s *fsmSnapshot) Release() {
 }
 
 // Restore replaces the whole state with a snapshot's.
-func (f *fsm) Restore(rc io.ReadCloser) error {
-	defer rc.Close()
-	n, err := readSnapshot(rc)
+func (f *Machine) Restore(r io.Reader) error {
+	n, err := ReadSnapshot(r)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"math/rand/v2"

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"errors"
@@ -23,18 +23,18 @@ var (
 	ErrClosed = errors.New("quota store closed")
 
 	// errNotLeader: this node cannot serve the operation; nothing was applied.
-	errNotLeader = errors.New("not the leader")
+	ErrNotLeader = errors.New("not the leader")
 )
 
-func invalidf(format string, args ...any) error {
+func Invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
 // Error codes carry errors over the forwarding RPC and through the FSM.
-type errCode uint8
+type Code uint8
 
 const (
-	codeOK errCode = iota
+	codeOK Code = iota
 	codeNotFound
 	codeExists
 	codeInvalid
@@ -44,7 +44,7 @@ const (
 	codeNoMember
 )
 
-func codeOf(err error) errCode {
+func CodeOf(err error) Code {
 	switch {
 	case err == nil:
 		return codeOK
@@ -54,7 +54,7 @@ func codeOf(err error) errCode {
 		return codeExists
 	case errors.Is(err, ErrInvalid):
 		return codeInvalid
-	case errors.Is(err, errNotLeader):
+	case errors.Is(err, ErrNotLeader):
 		return codeNotLeader
 	case errors.Is(err, ErrClosed):
 		return codeClosed
@@ -66,7 +66,7 @@ func codeOf(err error) errCode {
 }
 
 // errorFrom rebuilds an error from its code and message.
-func errorFrom(code errCode, msg string) error {
+func ErrorFrom(code Code, msg string) error {
 	var base error
 	switch code {
 	case codeOK:
@@ -78,7 +78,7 @@ func errorFrom(code errCode, msg string) error {
 	case codeInvalid:
 		base = ErrInvalid
 	case codeNotLeader:
-		base = errNotLeader
+		base = ErrNotLeader
 	case codeClosed:
 		base = ErrClosed
 	case codeNoMember:

@@ -1,18 +1,11 @@
-package raftstore
+package state
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
-	"net/http"
 	"slices"
 	"strconv"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // Threshold events: a token or a pool may name thresholds (notify_at, in
@@ -69,12 +62,12 @@ func eventKey(quota string, window int64, threshold uint8) string {
 // MaxThresholds, and returns them sorted without repeats.
 func validateThresholds(ps []int) ([]uint8, error) {
 	if len(ps) > MaxThresholds {
-		return nil, invalidf("notify_at holds at most %d thresholds, got %d", MaxThresholds, len(ps))
+		return nil, Invalidf("notify_at holds at most %d thresholds, got %d", MaxThresholds, len(ps))
 	}
 	out := make([]uint8, 0, len(ps))
 	for _, p := range ps {
 		if p < 1 || p > 100 {
-			return nil, invalidf("notify_at thresholds are percents from 1 to 100, got %d", p)
+			return nil, Invalidf("notify_at thresholds are percents from 1 to 100, got %d", p)
 		}
 		if !slices.Contains(out, uint8(p)) {
 			out = append(out, uint8(p))
@@ -123,7 +116,7 @@ func (o *outbox) ack(seq uint64) {
 }
 
 // noteToken records the thresholds a token's charge crossed.
-func (f *fsm) noteToken(t *tokenState, now time.Time) {
+func (f *Machine) noteToken(t *tokenState, now time.Time) {
 	e := t.ext
 	if e == nil || len(e.Notify) == 0 {
 		return
@@ -138,7 +131,7 @@ func (f *fsm) noteToken(t *tokenState, now time.Time) {
 }
 
 // notePool records the thresholds a pool's charge crossed, by token t.
-func (f *fsm) notePool(p *poolState, t *tokenState, now time.Time) {
+func (f *Machine) notePool(p *poolState, t *tokenState, now time.Time) {
 	if len(p.Notify) == 0 {
 		return
 	}
@@ -151,112 +144,14 @@ func (f *fsm) notePool(p *poolState, t *tokenState, now time.Time) {
 }
 
 // applyAckEvents removes delivered events.
-func (f *fsm) applyAckEvents(c *command, _ time.Time) *applyResult {
+func (f *Machine) applyAckEvents(c *Command, _ time.Time) *Result {
 	f.events.ack(c.EventSeq)
-	return &applyResult{}
+	return &Result{}
 }
 
 // pendingEvents copies the events waiting for delivery, up to n.
-func (f *fsm) pendingEvents(n int) ([]Event, uint64) {
+func (f *Machine) PendingEvents(n int) ([]Event, uint64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return slices.Clone(f.events.events[:min(n, len(f.events.events))]), f.events.dropped
-}
-
-// EventStats are the delivery counters of this node.
-type EventStats struct {
-	// Pending are the events waiting in the replicated outbox.
-	Pending int
-	// Dropped counts events the outbox had no room for (replicated).
-	Dropped uint64
-	// Delivered and Failed count this node's deliveries, as leader.
-	Delivered, Failed uint64
-}
-
-// EventStats reports the outbox and this node's deliveries.
-func (s *Store) EventStats() EventStats {
-	s.fsm.mu.RLock()
-	st := EventStats{Pending: len(s.fsm.events.events), Dropped: s.fsm.events.dropped}
-	s.fsm.mu.RUnlock()
-	st.Delivered, st.Failed = s.eventsDelivered.Load(), s.eventsFailed.Load()
-	return st
-}
-
-// deliverEvents runs on every node; the leader, once ready in its term,
-// delivers the outbox in order — a log line per event, and a POST to the
-// webhook if one is configured — then acknowledges what it delivered
-// through the log. A failing webhook is retried with backoff (up to 30 s)
-// and said at WARN at most once a minute; nothing is acknowledged that
-// was not delivered.
-func (s *Store) deliverEvents() {
-	defer s.wg.Done()
-	client := &http.Client{Timeout: 5 * time.Second}
-	backoff := 100 * time.Millisecond
-	var lastWarn time.Time
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-time.After(backoff):
-		}
-		if !s.IsLeader() || s.readyTerm.Load() != s.raft.CurrentTerm() {
-			backoff = 100 * time.Millisecond
-			continue
-		}
-		evs, _ := s.fsm.pendingEvents(256)
-		var delivered uint64
-		var failure error
-		for _, e := range evs {
-			if s.cfg.EventsWebhook != "" {
-				if failure = postEvent(client, s.cfg.EventsWebhook, e); failure != nil {
-					break
-				}
-			}
-			s.logger.Info("quota threshold crossed", zap.String("quota", e.Quota), zap.String("token_fingerprint", e.TokenID),
-				zap.Uint8("threshold_percent", e.Threshold), zap.Int64("usage_count", e.UsageCount), zap.Int64("usage_limit", e.UsageLimit),
-				zap.Int64("bytes_used", e.BytesUsed), zap.Int64("bytes_limit", e.BytesLimit), zap.String("event_id", e.Key))
-			delivered = e.Seq
-			s.eventsDelivered.Add(1)
-		}
-		if delivered > 0 {
-			if _, err := s.applyLocal(&command{Op: opAckEvents, EventSeq: delivered}); err != nil {
-				failure = err
-			}
-		}
-		switch {
-		case failure != nil:
-			s.eventsFailed.Add(1)
-			backoff = min(max(backoff*2, time.Second), 30*time.Second)
-			if time.Since(lastWarn) > time.Minute {
-				lastWarn = time.Now()
-				s.logger.Warn("threshold events wait for delivery; retrying", zap.Int("pending_events", len(evs)), zap.Error(failure))
-			}
-		case len(evs) == 256:
-			backoff = 0
-		default:
-			backoff = 100 * time.Millisecond
-		}
-	}
-}
-
-// postEvent sends one event to the webhook; any 2xx is delivered.
-func postEvent(client *http.Client, url string, e Event) error {
-	body, _ := json.Marshal(e)
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", e.Key)
-	req.Header.Set("User-Agent", "raftquota")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("webhook answered %s", resp.Status)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 // dedupTable remembers the first outcome of each request id, up to a
 // capacity that is replicated state (opSetDedupSize), so every node forgets

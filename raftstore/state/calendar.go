@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"fmt"
@@ -57,34 +57,34 @@ func ParseCalendar(s string) (Calendar, error) {
 	case "monthly":
 		c.Unit, c.Day = calMonthly, 1
 	default:
-		return c, invalidf("renew_calendar %q: start with daily, weekly or monthly", s)
+		return c, Invalidf("renew_calendar %q: start with daily, weekly or monthly", s)
 	}
 	f = f[1:]
 	for len(f) > 0 {
 		if len(f) < 2 {
-			return c, invalidf("renew_calendar %q: %q needs a value", s, f[0])
+			return c, Invalidf("renew_calendar %q: %q needs a value", s, f[0])
 		}
 		switch word, v := f[0], f[1]; {
 		case word == "on" && c.Unit == calWeekly:
 			i := indexOf(weekdays, v)
 			if i < 0 {
-				return c, invalidf("renew_calendar %q: %q is not a weekday", s, v)
+				return c, Invalidf("renew_calendar %q: %q is not a weekday", s, v)
 			}
 			c.Day = int8(i)
 		case word == "on" && c.Unit == calMonthly:
 			d, err := strconv.Atoi(v)
 			if err != nil || d < 1 || d > 31 {
-				return c, invalidf("renew_calendar %q: the day of the month is 1 to 31 (past a month's end: its last day)", s)
+				return c, Invalidf("renew_calendar %q: the day of the month is 1 to 31 (past a month's end: its last day)", s)
 			}
 			c.Day = int8(d)
 		case word == "at":
 			t, err := time.Parse("15:04", v)
 			if err != nil {
-				return c, invalidf("renew_calendar %q: the time is HH:MM, UTC", s)
+				return c, Invalidf("renew_calendar %q: the time is HH:MM, UTC", s)
 			}
 			c.Minute = int16(t.Hour()*60 + t.Minute())
 		default:
-			return c, invalidf("renew_calendar %q: unexpected %q (write e.g. \"monthly on 1 at 00:00\", \"weekly on monday\", \"daily at 06:00\")", s, word)
+			return c, Invalidf("renew_calendar %q: unexpected %q (write e.g. \"monthly on 1 at 00:00\", \"weekly on monday\", \"daily at 06:00\")", s, word)
 		}
 		f = f[2:]
 	}

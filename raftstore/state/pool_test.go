@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 
 func (tf *testFSM) createPool(at time.Time, spec PoolSpec) *Pool {
 	tf.t.Helper()
-	res := tf.apply(&command{Op: opCreatePool, Time: at.UnixNano(), ID: NewRequestID(), Pool: &spec})
+	res := tf.apply(&Command{Op: OpCreatePool, Time: at.UnixNano(), ID: NewRequestID(), Pool: &spec})
 	if res.Err != nil {
 		tf.t.Fatalf("creating pool %s: %v", spec.Name, res.Err)
 	}
@@ -17,13 +17,14 @@ func (tf *testFSM) createPool(at time.Time, spec PoolSpec) *Pool {
 }
 
 func (tf *testFSM) consumePools(at time.Time, id RequestID, name string, units, bytes int64, pools ...string) Decision {
-	res := tf.apply(&command{Op: opConsume, Time: at.UnixNano(), Consumes: []ConsumeRequest{{ID: id, Token: name, Units: units, Bytes: bytes, Pools: pools}}})
+	res := tf.apply(&Command{Op: OpConsume, Time: at.UnixNano(), Consumes: []ConsumeRequest{{ID: id, Token: name, Units: units, Bytes: bytes, Pools: pools}}})
 	return res.Decisions[0]
 }
 
 func (tf *testFSM) poolUsage(name string) (int64, int64) {
 	tf.t.Helper()
-	p, ok := tf.f.poolNamed(name)
+	a, err := tf.f.Query(&Query{Kind: ReadPoolByName, Name: name})
+	p, ok := a.Pool, err == nil
 	if !ok {
 		tf.t.Fatalf("no pool %s", name)
 	}
@@ -85,7 +86,7 @@ func TestPoolChargesAreAllOrNone(t *testing.T) {
 		t.Fatalf("a missing named pool: %+v", d)
 	}
 	// Skipped when asked to.
-	res := tf.apply(&command{Op: opConsume, Time: t0.UnixNano(), Consumes: []ConsumeRequest{{ID: NewRequestID(), Token: "tok", Units: 1, Bytes: 10, Pools: []string{"no-such-bucket"}, SkipMissingPools: true}}})
+	res := tf.apply(&Command{Op: OpConsume, Time: t0.UnixNano(), Consumes: []ConsumeRequest{{ID: NewRequestID(), Token: "tok", Units: 1, Bytes: 10, Pools: []string{"no-such-bucket"}, SkipMissingPools: true}}})
 	if !res.Decisions[0].Allowed {
 		t.Fatalf("a missing pool with skip: %+v", res.Decisions[0])
 	}
@@ -122,7 +123,7 @@ func TestPoolRefundsAndRetriesAreExactlyOnce(t *testing.T) {
 		t.Fatalf("a retried id charged again: %d %d", c, b)
 	}
 	for range 2 {
-		tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+		tf.apply(&Command{Op: OpRefund, Time: t0.UnixNano(), ID: id})
 	}
 	for _, n := range []string{"plan", "site"} {
 		if c, b := tf.poolUsage(n); c != 0 || b != 0 {
@@ -152,24 +153,24 @@ func TestPoolRenewsOnItsWindow(t *testing.T) {
 func TestPoolAdmin(t *testing.T) {
 	tf := newTestFSM(t)
 	p := tf.createPool(t0, PoolSpec{Name: "cust-1", UsageLimit: 10})
-	if res := tf.apply(&command{Op: opCreatePool, Time: t0.UnixNano(), ID: NewRequestID(), Pool: &PoolSpec{Name: "cust-1"}}); !errors.Is(res.Err, ErrExists) {
+	if res := tf.apply(&Command{Op: OpCreatePool, Time: t0.UnixNano(), ID: NewRequestID(), Pool: &PoolSpec{Name: "cust-1"}}); !errors.Is(res.Err, ErrExists) {
 		t.Fatalf("a second pool named cust-1: %v", res.Err)
 	}
 	if res := tf.create(t0, TokenSpec{Name: "bad", Pools: []string{"p99"}}); !errors.Is(res.Err, ErrInvalid) {
 		t.Fatalf("a token in an unknown pool: %v", res.Err)
 	}
 	tok := tf.create(t0, TokenSpec{Name: "tok", Pools: []string{p.ID}}).Token
-	if got, _ := tf.f.pool(p.ID); got.Tokens != 1 {
-		t.Fatalf("pool tokens %d, want 1", got.Tokens)
+	if a, _ := tf.f.Query(&Query{Kind: ReadPool, ID: p.ID}); a.Pool.Tokens != 1 {
+		t.Fatalf("pool tokens %d, want 1", a.Pool.Tokens)
 	}
-	if res := tf.apply(&command{Op: opDeletePool, Time: t0.UnixNano(), ID: NewRequestID(), PoolID: p.ID}); !errors.Is(res.Err, ErrExists) {
+	if res := tf.apply(&Command{Op: OpDeletePool, Time: t0.UnixNano(), ID: NewRequestID(), PoolID: p.ID}); !errors.Is(res.Err, ErrExists) {
 		t.Fatalf("deleting a pool with a token: %v", res.Err)
 	}
 	none := []string{}
-	if res := tf.apply(&command{Op: opUpdate, Time: t0.UnixNano(), ID: NewRequestID(), TokenID: tok.ID, Update: &LimitUpdate{Pools: &none}}); res.Err != nil || len(res.Token.Pools) != 0 {
+	if res := tf.apply(&Command{Op: OpUpdate, Time: t0.UnixNano(), ID: NewRequestID(), TokenID: tok.ID, Update: &LimitUpdate{Pools: &none}}); res.Err != nil || len(res.Token.Pools) != 0 {
 		t.Fatalf("leaving the pool: %+v %v", res.Token, res.Err)
 	}
-	if res := tf.apply(&command{Op: opDeletePool, Time: t0.UnixNano(), ID: NewRequestID(), PoolID: p.ID}); res.Err != nil {
+	if res := tf.apply(&Command{Op: OpDeletePool, Time: t0.UnixNano(), ID: NewRequestID(), PoolID: p.ID}); res.Err != nil {
 		t.Fatalf("deleting an empty pool: %v", res.Err)
 	}
 	// Ids are never reused.
@@ -189,17 +190,17 @@ func TestPoolsSurviveSnapshots(t *testing.T) {
 	tf.consumePools(t0, id, "tok", 1, 100, "bucket")
 	snap := snapshotBytes(t, tf.f)
 	g := newTestFSM(t)
-	if err := g.f.Restore(nopCloser(snap)); err != nil {
+	if err := g.f.Restore(bytes.NewReader(snap)); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(snapshotBytes(t, g.f), snap) {
 		t.Fatal("a restored state writes different snapshot bytes")
 	}
-	if got, _ := g.f.pool(p.ID); got.Tokens != 1 || got.UsageCount != 1 {
-		t.Fatalf("restored pool: %+v", got)
+	if a, _ := g.f.Query(&Query{Kind: ReadPool, ID: p.ID}); a.Pool.Tokens != 1 || a.Pool.UsageCount != 1 {
+		t.Fatalf("restored pool: %+v", a.Pool)
 	}
 	g.index = tf.index
-	g.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+	g.apply(&Command{Op: OpRefund, Time: t0.UnixNano(), ID: id})
 	if c, b := g.poolUsage("bucket"); c != 0 || b != 0 {
 		t.Fatalf("a refund after restore left %d %d on the named pool", c, b)
 	}
@@ -216,7 +217,7 @@ func TestMultipartUploadsChargeTheirPools(t *testing.T) {
 	tf.create(t0, TokenSpec{Name: "mp", Pools: []string{plan.ID}})
 	reserve := func(at time.Time) (*multipart, Decision) {
 		m := &multipart{tf: tf, token: KeyOf("mp"), reserve: NewRequestID(), key: UploadKeyOf("bucket/x", NewRequestID().String())}
-		res := tf.apply(&command{Op: opReserveUpload, Time: at.UnixNano(), ID: m.reserve, Upload: &UploadOp{Token: &m.token, Units: 1, Expiry: int64(time.Hour), Pools: []string{"bucket"}}})
+		res := tf.apply(&Command{Op: OpReserveUpload, Time: at.UnixNano(), ID: m.reserve, Upload: &UploadOp{Token: &m.token, Units: 1, Expiry: int64(time.Hour), Pools: []string{"bucket"}}})
 		return m, res.Decisions[0]
 	}
 	m, d := reserve(t0)
@@ -242,7 +243,7 @@ func TestMultipartUploadsChargeTheirPools(t *testing.T) {
 	if c, b := tf.poolUsage("bucket"); c != 1 || b != 60 {
 		t.Fatalf("bucket: %d %d, want 1 and 60", c, b)
 	}
-	if err := m.do(t0, opAbortUpload, UploadOp{}); err != nil {
+	if err := m.do(t0, OpAbortUpload, UploadOp{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"plan", "bucket"} {
@@ -254,7 +255,7 @@ func TestMultipartUploadsChargeTheirPools(t *testing.T) {
 	m, _ = reserve(t0)
 	m.bind(t0)
 	m.part(t0, NewRequestID(), 1, 50)
-	tf.apply(&command{Op: opExpireUploads, Time: t0.Add(2 * time.Hour).UnixNano()})
+	tf.apply(&Command{Op: OpExpireUploads, Time: t0.Add(2 * time.Hour).UnixNano()})
 	for _, n := range []string{"plan", "bucket"} {
 		if c, b := tf.poolUsage(n); c != 0 || b != 0 {
 			t.Errorf("pool %s after expiry: %d %d", n, c, b)
@@ -264,8 +265,8 @@ func TestMultipartUploadsChargeTheirPools(t *testing.T) {
 	m, _ = reserve(t0.Add(3 * time.Hour))
 	m.bind(t0.Add(3 * time.Hour))
 	m.part(t0.Add(3*time.Hour), NewRequestID(), 1, 70)
-	m.do(t0.Add(3*time.Hour), opCompleteBegin, UploadOp{Expiry: int64(time.Hour)})
-	m.do(t0.Add(3*time.Hour), opCompleteEnd, UploadOp{OK: true, Parts: []int32{1}})
+	m.do(t0.Add(3*time.Hour), OpCompleteBegin, UploadOp{Expiry: int64(time.Hour)})
+	m.do(t0.Add(3*time.Hour), OpCompleteEnd, UploadOp{OK: true, Parts: []int32{1}})
 	if c, b := tf.poolUsage("plan"); c != 1 || b != 70 {
 		t.Errorf("plan after a completed upload: %d %d, want 1 and 70", c, b)
 	}

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"bytes"
@@ -36,7 +36,7 @@ func TestDedupTableForgetsWhatTheOldLRUForgot(t *testing.T) {
 				}
 				ids = append(ids, id)
 			}
-			e := dedupEntry{Op: opConsume, Units: int64(i)}
+			e := dedupEntry{Op: OpConsume, Units: int64(i)}
 			lru.Add(id, e)
 			d.Add(id, e)
 			if r.IntN(500) == 0 {
@@ -129,19 +129,16 @@ func TestSnapshotIsTheStateAtCapture(t *testing.T) {
 	}
 	want := snapshotBytes(t, tf.f)
 
-	snap, err := tf.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := tf.f.Snapshot()
 	// Changes of every kind while the snapshot is open.
 	for i := 0; i < 3000; i++ {
 		tf.consume(t0.Add(time.Second), fmt.Sprintf("t%d", i%300), 1, 0)
 	}
-	tf.op(t0, opDelete, "t1")
-	tf.op(t0, opRevoke, "t2")
+	tf.op(t0, OpDelete, "t1")
+	tf.op(t0, OpRevoke, "t2")
 	tf.create(t0, TokenSpec{Name: "new", UsageLimit: 1})
 	var buf bytes.Buffer
-	if err := snap.(*fsmSnapshot).write(&buf); err != nil {
+	if err := snap.Encode(&buf); err != nil {
 		t.Fatal(err)
 	}
 	snap.Release()
@@ -161,8 +158,8 @@ func TestSnapshotIsTheStateAtCapture(t *testing.T) {
 		t.Fatal("token created during the snapshot is missing")
 	}
 	after := snapshotBytes(t, tf.f)
-	g := newFSM(nopLogger())
-	if err := g.Restore(nopCloser(after)); err != nil {
+	g := New(nopLogger())
+	if err := g.Restore(bytes.NewReader(after)); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(snapshotBytes(t, g), after) {

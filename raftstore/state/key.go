@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"crypto/hmac"
@@ -61,7 +61,7 @@ var defaultFingerprintKey = []byte("raftquota fingerprint key before the cluster
 // digits of an HMAC of its key under the cluster's secret, so a log reader
 // cannot test guessed names against it. A token keeps the id it was given
 // at creation.
-func tokenID(secret []byte, key TokenKey) string {
+func TokenIDOf(secret []byte, key TokenKey) string {
 	if secret == nil {
 		secret = defaultFingerprintKey
 	}

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"encoding/json"
@@ -132,22 +132,22 @@ func (s *TokenSpec) Validate() error {
 // validateFields checks everything but the name (which log entries lack).
 func (s *TokenSpec) validateFields() error {
 	if s.UsageLimit < 0 {
-		return invalidf("usage_limit must be 0 (unlimited) or more, got %d", s.UsageLimit)
+		return Invalidf("usage_limit must be 0 (unlimited) or more, got %d", s.UsageLimit)
 	}
 	if s.BytesLimit < 0 {
-		return invalidf("bytes_limit must be 0 (unlimited) or more, got %d", s.BytesLimit)
+		return Invalidf("bytes_limit must be 0 (unlimited) or more, got %d", s.BytesLimit)
 	}
 	if s.RenewEvery < 0 {
-		return invalidf("renew_every must not be negative")
+		return Invalidf("renew_every must not be negative")
 	}
 	if s.RenewEvery > 0 && s.RenewEvery < Duration(time.Second) {
-		return invalidf("renew_every must be at least 1s, got %s", time.Duration(s.RenewEvery))
+		return Invalidf("renew_every must be at least 1s, got %s", time.Duration(s.RenewEvery))
 	}
 	if len(s.CreatedBy) > 256 {
-		return invalidf("created_by is longer than 256 bytes")
+		return Invalidf("created_by is longer than 256 bytes")
 	}
 	if len(s.Pools) > MaxTokenPools {
-		return invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(s.Pools))
+		return Invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(s.Pools))
 	}
 	if err := validateRenewal(s.RenewEvery, s.RenewCalendar); err != nil {
 		return err
@@ -160,14 +160,14 @@ func (s *TokenSpec) validateFields() error {
 
 func validateMetadata(m map[string]string) error {
 	if len(m) > 64 {
-		return invalidf("metadata has %d entries; at most 64 are allowed", len(m))
+		return Invalidf("metadata has %d entries; at most 64 are allowed", len(m))
 	}
 	for k, v := range m {
 		if k == "" || len(k) > 128 {
-			return invalidf("metadata keys must be 1-128 bytes")
+			return Invalidf("metadata keys must be 1-128 bytes")
 		}
 		if len(v) > 1024 {
-			return invalidf("metadata value for %q is longer than 1024 bytes", k)
+			return Invalidf("metadata value for %q is longer than 1024 bytes", k)
 		}
 	}
 	return nil
@@ -193,7 +193,7 @@ type LimitUpdate struct {
 // Validate reports the first thing wrong with the update.
 func (u *LimitUpdate) Validate() error {
 	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.Metadata == nil && u.Pools == nil && u.RenewCalendar == nil && u.NotifyAt == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar, notify_at, metadata or pools")
+		return Invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar, notify_at, metadata or pools")
 	}
 	if u.NotifyAt != nil {
 		if _, err := validateThresholds(*u.NotifyAt); err != nil {
@@ -210,16 +210,16 @@ func (u *LimitUpdate) Validate() error {
 		}
 	}
 	if u.Pools != nil && len(*u.Pools) > MaxTokenPools {
-		return invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(*u.Pools))
+		return Invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(*u.Pools))
 	}
 	if u.UsageLimit != nil && *u.UsageLimit < 0 {
-		return invalidf("usage_limit must be 0 (unlimited) or more, got %d", *u.UsageLimit)
+		return Invalidf("usage_limit must be 0 (unlimited) or more, got %d", *u.UsageLimit)
 	}
 	if u.BytesLimit != nil && *u.BytesLimit < 0 {
-		return invalidf("bytes_limit must be 0 (unlimited) or more, got %d", *u.BytesLimit)
+		return Invalidf("bytes_limit must be 0 (unlimited) or more, got %d", *u.BytesLimit)
 	}
 	if u.RenewEvery != nil && *u.RenewEvery != 0 && *u.RenewEvery < Duration(time.Second) {
-		return invalidf("renew_every must be 0 (never) or at least 1s")
+		return Invalidf("renew_every must be 0 (never) or at least 1s")
 	}
 	if u.Metadata != nil {
 		return validateMetadata(*u.Metadata)
@@ -232,17 +232,17 @@ func (u *LimitUpdate) Validate() error {
 // secret.
 func ValidateName(name string) error {
 	if name == "" {
-		return invalidf("token name is empty")
+		return Invalidf("token name is empty")
 	}
 	if name == "." || name == ".." {
-		return invalidf("token name may not be . or ..")
+		return Invalidf("token name may not be . or ..")
 	}
 	if len(name) > MaxNameLength {
-		return invalidf("token name is longer than %d characters", MaxNameLength)
+		return Invalidf("token name is longer than %d characters", MaxNameLength)
 	}
 	for i := 0; i < len(name); i++ {
 		if !nameByte(name[i]) {
-			return invalidf("token name may only hold A-Z a-z 0-9 _ - . (bad character at position %d)", i+1)
+			return Invalidf("token name may only hold A-Z a-z 0-9 _ - . (bad character at position %d)", i+1)
 		}
 	}
 	return nil
@@ -348,7 +348,7 @@ func validateRenewal(every Duration, calendar string) error {
 		return err
 	}
 	if !cal.IsZero() && every != 0 {
-		return invalidf("give renew_every or renew_calendar, not both")
+		return Invalidf("give renew_every or renew_calendar, not both")
 	}
 	return nil
 }

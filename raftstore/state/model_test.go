@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"slices"
@@ -113,32 +113,32 @@ func TestFSMAgreesWithModel(t *testing.T) {
 				if len(ids) == 0 || rapid.Bool().Draw(rt, "unknown_refund") {
 					id := NewRequestID()
 					ids = append(ids, id)
-					tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+					tf.apply(&Command{Op: OpRefund, Time: t0.UnixNano(), ID: id})
 					m.refund(id)
 				} else {
 					id := rapid.SampledFrom(ids).Draw(rt, "refund_id")
-					tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+					tf.apply(&Command{Op: OpRefund, Time: t0.UnixNano(), ID: id})
 					m.refund(id)
 				}
 			case 6:
 				limit := rapid.Int64Range(0, 6).Draw(rt, "new_limit")
-				tf.apply(&command{Op: opUpdate, Time: t0.UnixNano(), ID: NewRequestID(), Name: n, Update: &LimitUpdate{UsageLimit: &limit}})
+				tf.apply(&Command{Op: OpUpdate, Time: t0.UnixNano(), ID: NewRequestID(), Name: n, Update: &LimitUpdate{UsageLimit: &limit}})
 				if tok := m.tokens[n]; tok != nil {
 					tok.limit = limit
 				}
 			case 7:
-				o := rapid.SampledFrom([]op{opRevoke, opReactivate}).Draw(rt, "status_op")
+				o := rapid.SampledFrom([]Op{OpRevoke, OpReactivate}).Draw(rt, "status_op")
 				tf.op(t0, o, n)
 				if tok := m.tokens[n]; tok != nil {
-					tok.revoked = o == opRevoke
+					tok.revoked = o == OpRevoke
 				}
 			case 8:
-				tf.op(t0, opReset, n)
+				tf.op(t0, OpReset, n)
 				if tok := m.tokens[n]; tok != nil {
 					tok.count, tok.bytes = 0, 0
 				}
 			case 9:
-				tf.op(t0, opDelete, n)
+				tf.op(t0, OpDelete, n)
 				delete(m.tokens, n)
 			}
 			for _, n := range names {
@@ -245,7 +245,7 @@ func TestFSMAgreesWithPoolModel(t *testing.T) {
 		for range rapid.IntRange(1, 100).Draw(rt, "steps") {
 			if len(reqs) > 0 && rapid.IntRange(0, 4).Draw(rt, "op") == 0 {
 				id := rapid.SampledFrom(reqs).Draw(rt, "refund")
-				tf.apply(&command{Op: opRefund, Time: t0.UnixNano(), ID: id})
+				tf.apply(&Command{Op: OpRefund, Time: t0.UnixNano(), ID: id})
 				m.refund(id)
 				continue
 			}

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"bufio"
@@ -67,7 +67,7 @@ func (s *snapWriter) optTime(ns int64, present bool) {
 	s.varint(ns)
 }
 
-func (s *fsmSnapshot) write(w io.Writer) error {
+func (s *Snapshot) Encode(w io.Writer) error {
 	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16)}
 	sw.w.WriteString(snapshotMagic)
 	sw.byte(snapshotVersion)
@@ -91,7 +91,7 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 
 // writeTokens writes the tokens in creation order: deterministic
 // (generations are unique and replicated).
-func (s *fsmSnapshot) writeTokens(sw *snapWriter) {
+func (s *Snapshot) writeTokens(sw *snapWriter) {
 	// Sorted as (generation, token) pairs: a comparison that followed the
 	// pointers took 0.8 s of a 1M-token snapshot in cache misses.
 	type genToken struct {
@@ -139,7 +139,7 @@ func (s *fsmSnapshot) writeTokens(sw *snapWriter) {
 }
 
 // writeDedup writes the remembered request ids, oldest first.
-func (s *fsmSnapshot) writeDedup(sw *snapWriter) {
+func (s *Snapshot) writeDedup(sw *snapWriter) {
 	s.dedup.each(func(id RequestID, e *dedupEntry) {
 		sw.w.Write(id[:])
 		var flags byte
@@ -167,7 +167,7 @@ func (s *fsmSnapshot) writeDedup(sw *snapWriter) {
 }
 
 // writeUploads writes the multipart uploads, in key order.
-func (s *fsmSnapshot) writeUploads(sw *snapWriter) {
+func (s *Snapshot) writeUploads(sw *snapWriter) {
 	sw.uvarint(uint64(len(s.uploads)))
 	for i := range s.uploads {
 		k, u := s.uploads[i].Key, &s.uploads[i].U
@@ -512,7 +512,7 @@ func (s *snapReader) idText() tokenIDBits {
 
 // readSnapshot decodes a snapshot into fresh state. Token names in dedup
 // entries share the tokens' strings, as they do in a live FSM.
-func readSnapshot(r io.Reader) (*fsm, error) {
+func ReadSnapshot(r io.Reader) (*Machine, error) {
 	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16)}
 	magic := make([]byte, len(snapshotMagic)+1)
 	if _, err := io.ReadFull(sr.r, magic); err != nil {
@@ -522,7 +522,7 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 	if string(magic[:3]) != snapshotMagic || sr.version < 2 || sr.version > snapshotVersion {
 		return nil, fmt.Errorf("unknown snapshot format %q: written by a newer version of raftquota?", magic)
 	}
-	f := &fsm{}
+	f := &Machine{}
 	f.reset()
 	ntok, ndedup, err := sr.header(f)
 	if err != nil {
@@ -549,7 +549,7 @@ func readSnapshot(r io.Reader) (*fsm, error) {
 
 // header reads what precedes the tokens into f, and the counts of tokens
 // and dedup entries.
-func (sr *snapReader) header(f *fsm) (ntok, ndedup uint64, err error) {
+func (sr *snapReader) header(f *Machine) (ntok, ndedup uint64, err error) {
 	if secret := sr.rawBytes(); len(secret) > 0 {
 		f.secret = secret
 	}
@@ -576,7 +576,7 @@ func (sr *snapReader) header(f *fsm) (ntok, ndedup uint64, err error) {
 // rather than one by one: restoring a million tokens was dominated by
 // allocation and GC. Chunks (not one slab of the claimed count) keep a
 // corrupt count from allocating much.
-func (sr *snapReader) readTokens(f *fsm, ntok uint64) {
+func (sr *snapReader) readTokens(f *Machine, ntok uint64) {
 	const chunk = 1 << 16
 	var slab []tokenState
 	f.tokens = newTokenTable(int(min(ntok, 1<<22)))
@@ -594,7 +594,7 @@ func (sr *snapReader) readTokens(f *fsm, ntok uint64) {
 }
 
 // readToken reads one token into t.
-func (sr *snapReader) readToken(f *fsm, t *tokenState) {
+func (sr *snapReader) readToken(f *Machine, t *tokenState) {
 	switch {
 	case sr.version >= 6:
 		sr.key(&t.Key)
@@ -604,7 +604,7 @@ func (sr *snapReader) readToken(f *fsm, t *tokenState) {
 		t.id = sr.idText()
 	default:
 		t.Key = keyOfStored(sr.str())
-		t.id, _ = parseTokenID(tokenID(f.secret, t.Key))
+		t.id, _ = parseTokenID(TokenIDOf(f.secret, t.Key))
 	}
 	t.UsageLimit, t.UsageCount = sr.varint(), sr.varint()
 	t.BytesLimit, t.BytesUsed = sr.varint(), sr.varint()
@@ -667,13 +667,13 @@ func (sr *snapReader) tokenExt() *tokenExt {
 }
 
 // readDedupEntry reads one remembered request id into f.
-func (sr *snapReader) readDedupEntry(f *fsm) {
+func (sr *snapReader) readDedupEntry(f *Machine) {
 	var id RequestID
 	if _, err := io.ReadFull(sr.r, id[:]); err != nil {
 		sr.err = err
 		return
 	}
-	e := dedupEntry{Op: op(sr.byte()), Code: errCode(sr.byte())}
+	e := dedupEntry{Op: Op(sr.byte()), Code: Code(sr.byte())}
 	flags := sr.byte()
 	e.Allowed, e.Refunded = flags&1 != 0, flags&2 != 0
 	e.Reason = reasonCode(sr.byte())

@@ -1,7 +1,6 @@
-package raftstore
+package state
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strconv"
@@ -98,7 +97,7 @@ type PoolUpdate struct {
 // Validate reports the first thing wrong with the update.
 func (u *PoolUpdate) Validate() error {
 	if u.UsageLimit == nil && u.BytesLimit == nil && u.ExpiresAt == nil && u.RenewEvery == nil && u.RenewCalendar == nil && u.NotifyAt == nil {
-		return invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar or notify_at")
+		return Invalidf("nothing to update: give usage_limit, bytes_limit, expires_at, renew_every, renew_calendar or notify_at")
 	}
 	lu := LimitUpdate{UsageLimit: u.UsageLimit, BytesLimit: u.BytesLimit, RenewEvery: u.RenewEvery, RenewCalendar: u.RenewCalendar, NotifyAt: u.NotifyAt}
 	return lu.Validate()
@@ -108,14 +107,14 @@ func (u *PoolUpdate) Validate() error {
 // A pool's name is not a secret (it may be a bucket's or a customer's).
 func ValidatePoolName(name string) error {
 	if name == "" {
-		return invalidf("pool name is empty")
+		return Invalidf("pool name is empty")
 	}
 	if len(name) > MaxNameLength {
-		return invalidf("pool name is longer than %d characters", MaxNameLength)
+		return Invalidf("pool name is longer than %d characters", MaxNameLength)
 	}
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; !nameByte(c) && c != ':' && c != '@' {
-			return invalidf("pool name %q may only hold A-Z a-z 0-9 _ - . : @", name)
+			return Invalidf("pool name %q may only hold A-Z a-z 0-9 _ - . : @", name)
 		}
 	}
 	return nil
@@ -342,7 +341,7 @@ type poolDenial struct {
 // chargePools decides a charge of units and bytes on the pools ids and
 // names (the token's and the request's), and when all allow, charges them
 // and returns what it took. Nothing is charged on a denial.
-func (f *fsm) chargePools(t *tokenState, ids []poolID, names []string, skipMissing bool, units, bytes int64, now time.Time) ([]poolRef, *poolState, *poolDenial) {
+func (f *Machine) chargePools(t *tokenState, ids []poolID, names []string, skipMissing bool, units, bytes int64, now time.Time) ([]poolRef, *poolState, *poolDenial) {
 	ps, deny := f.poolsOf(ids, names, skipMissing)
 	if deny != nil {
 		return nil, nil, deny
@@ -372,7 +371,7 @@ func (f *fsm) chargePools(t *tokenState, ids []poolID, names []string, skipMissi
 }
 
 // poolsOf resolves pool ids and names to the pools, each once.
-func (f *fsm) poolsOf(ids []poolID, names []string, skipMissing bool) ([]*poolState, *poolDenial) {
+func (f *Machine) poolsOf(ids []poolID, names []string, skipMissing bool) ([]*poolState, *poolDenial) {
 	ps := make([]*poolState, 0, len(ids)+len(names))
 	add := func(p *poolState) {
 		if !slices.Contains(ps, p) {
@@ -410,7 +409,7 @@ func tighter(a, b *poolState) bool {
 
 // givePoolsBack refunds units and bytes to the pools refs charged, where
 // the pool still exists and its window has not renewed since.
-func (f *fsm) givePoolsBack(refs []poolRef, units, bytes int64, now time.Time) {
+func (f *Machine) givePoolsBack(refs []poolRef, units, bytes int64, now time.Time) {
 	for _, r := range refs {
 		p := f.pools.get(r.Pool)
 		if p == nil {
@@ -447,7 +446,7 @@ func tighterThanToken(p *poolState, d *Decision) bool {
 
 // checkPools decides, without charging, what the pools of a charge would
 // say: copies of them are renewed and decided.
-func (f *fsm) checkPools(d *Decision, ids []poolID, r *ConsumeRequest, now time.Time) {
+func (f *Machine) checkPools(d *Decision, ids []poolID, r *ConsumeRequest, now time.Time) {
 	ps, deny := f.poolsOf(ids, r.Pools, r.SkipMissingPools)
 	if deny != nil {
 		d.Reason, d.Quota = deny.reason, "pool:"+deny.name
@@ -474,19 +473,19 @@ func (f *fsm) checkPools(d *Decision, ids []poolID, r *ConsumeRequest, now time.
 
 // Admin commands on pools.
 
-func (f *fsm) applyCreatePool(c *command, now time.Time) *applyResult {
+func (f *Machine) applyCreatePool(c *Command, now time.Time) *Result {
 	spec := c.Pool
 	if spec == nil {
-		return &applyResult{Err: invalidf("create_pool needs a pool spec")}
+		return &Result{Err: Invalidf("create_pool needs a pool spec")}
 	}
 	if err := spec.Validate(); err != nil {
-		return &applyResult{Err: err}
+		return &Result{Err: err}
 	}
 	if f.pools.named(spec.Name) != nil {
-		return &applyResult{Err: errPoolExists}
+		return &Result{Err: errPoolExists}
 	}
 	if f.pools.count >= MaxPools || f.pools.next >= maxPoolID {
-		return &applyResult{Err: invalidf("the cluster holds %d pools, as many as it keeps", MaxPools)}
+		return &Result{Err: Invalidf("the cluster holds %d pools, as many as it keeps", MaxPools)}
 	}
 	p := &poolState{id: f.pools.next, Name: spec.Name, UsageLimit: spec.UsageLimit, BytesLimit: spec.BytesLimit,
 		RenewEvery: spec.RenewEvery, CreatedAt: now.UnixNano(), UpdatedAt: now.UnixNano()}
@@ -502,11 +501,11 @@ func (f *fsm) applyCreatePool(c *command, now time.Time) *applyResult {
 	}
 	f.pools.next++
 	f.pools.put(p)
-	return &applyResult{Pool: p.pool()}
+	return &Result{Pool: p.pool()}
 }
 
 // targetPool is the pool an admin command names by id.
-func (f *fsm) targetPool(c *command) *poolState {
+func (f *Machine) targetPool(c *Command) *poolState {
 	id, ok := parsePoolID(c.PoolID)
 	if !ok {
 		return nil
@@ -514,17 +513,17 @@ func (f *fsm) targetPool(c *command) *poolState {
 	return f.pools.get(id)
 }
 
-func (f *fsm) applyUpdatePool(c *command, now time.Time) *applyResult {
+func (f *Machine) applyUpdatePool(c *Command, now time.Time) *Result {
 	p := f.targetPool(c)
 	if p == nil {
-		return &applyResult{Err: errPoolNotFound}
+		return &Result{Err: ErrPoolNotFound}
 	}
 	u := c.PoolUpdate
 	if u == nil {
-		return &applyResult{Err: invalidf("update_pool needs fields")}
+		return &Result{Err: Invalidf("update_pool needs fields")}
 	}
 	if err := u.Validate(); err != nil {
-		return &applyResult{Err: err}
+		return &Result{Err: err}
 	}
 	if u.UsageLimit != nil {
 		p.UsageLimit = *u.UsageLimit
@@ -561,13 +560,13 @@ func (f *fsm) applyUpdatePool(c *command, now time.Time) *applyResult {
 	}
 	settlePool(p)
 	p.UpdatedAt = now.UnixNano()
-	return &applyResult{Pool: p.pool()}
+	return &Result{Pool: p.pool()}
 }
 
-func (f *fsm) applyResetPool(c *command, now time.Time) *applyResult {
+func (f *Machine) applyResetPool(c *Command, now time.Time) *Result {
 	p := f.targetPool(c)
 	if p == nil {
-		return &applyResult{Err: errPoolNotFound}
+		return &Result{Err: ErrPoolNotFound}
 	}
 	p.UsageCount, p.BytesUsed, p.Status, p.Notified = 0, 0, stActive, 0
 	if p.RenewEvery > 0 {
@@ -576,31 +575,31 @@ func (f *fsm) applyResetPool(c *command, now time.Time) *applyResult {
 		p.WindowStart, p.hasWindow = p.Cal.start(now).UnixNano(), true
 	}
 	p.UpdatedAt = now.UnixNano()
-	return &applyResult{Pool: p.pool()}
+	return &Result{Pool: p.pool()}
 }
 
-func (f *fsm) applyDeletePool(c *command, _ time.Time) *applyResult {
+func (f *Machine) applyDeletePool(c *Command, _ time.Time) *Result {
 	p := f.targetPool(c)
 	if p == nil {
-		return &applyResult{Err: errPoolNotFound}
+		return &Result{Err: ErrPoolNotFound}
 	}
 	if p.tokens > 0 {
-		return &applyResult{Err: &codedError{base: ErrExists, msg: fmt.Sprintf("pool %s still has %d tokens; remove them from it first", p.Name, p.tokens)}}
+		return &Result{Err: &codedError{base: ErrExists, msg: fmt.Sprintf("pool %s still has %d tokens; remove them from it first", p.Name, p.tokens)}}
 	}
 	f.pools.remove(p)
-	return &applyResult{}
+	return &Result{}
 }
 
 // tokenPools resolves a token spec's or update's pool ids, each once.
-func (f *fsm) tokenPools(ids []string) ([]poolID, error) {
+func (f *Machine) tokenPools(ids []string) ([]poolID, error) {
 	if len(ids) > MaxTokenPools {
-		return nil, invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(ids))
+		return nil, Invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(ids))
 	}
 	out := make([]poolID, 0, len(ids))
 	for _, s := range ids {
 		id, ok := parsePoolID(s)
 		if !ok || f.pools.get(id) == nil {
-			return nil, invalidf("no pool with id %q", s)
+			return nil, Invalidf("no pool with id %q", s)
 		}
 		if !slices.Contains(out, id) {
 			out = append(out, id)
@@ -610,7 +609,7 @@ func (f *fsm) tokenPools(ids []string) ([]poolID, error) {
 }
 
 // setTokenPools moves t into the pools ids, keeping the pools' counts.
-func (f *fsm) setTokenPools(t *tokenState, ids []poolID) {
+func (f *Machine) setTokenPools(t *tokenState, ids []poolID) {
 	for _, id := range t.pools() {
 		if p := f.pools.get(id); p != nil {
 			p.tokens--
@@ -626,133 +625,6 @@ func (f *fsm) setTokenPools(t *tokenState, ids []poolID) {
 
 // Errors of pool commands.
 var (
-	errPoolNotFound = &codedError{base: ErrNotFound, msg: "pool not found"}
+	ErrPoolNotFound = &codedError{base: ErrNotFound, msg: "pool not found"}
 	errPoolExists   = &codedError{base: ErrExists, msg: "a pool with this name already exists"}
 )
-
-// Reads.
-
-func (f *fsm) pool(id string) (*Pool, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	pid, ok := parsePoolID(id)
-	if !ok {
-		return nil, false
-	}
-	p := f.pools.get(pid)
-	if p == nil {
-		return nil, false
-	}
-	return p.pool(), true
-}
-
-func (f *fsm) poolNamed(name string) (*Pool, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	p := f.pools.named(name)
-	if p == nil {
-		return nil, false
-	}
-	return p.pool(), true
-}
-
-func (f *fsm) poolList() []Pool {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	all := f.pools.sorted()
-	out := make([]Pool, len(all))
-	for i, p := range all {
-		out[i] = *p.pool()
-	}
-	return out
-}
-
-// CreatePool makes a pool. Its name must be unique.
-func (s *Store) CreatePool(ctx context.Context, spec PoolSpec) (*Pool, error) {
-	if err := spec.Validate(); err != nil {
-		return nil, err
-	}
-	if err := validExpiry(spec.ExpiresAt); err != nil {
-		return nil, err
-	}
-	return s.writePool(ctx, &command{Op: opCreatePool, ID: NewRequestID(), Pool: &spec})
-}
-
-// UpdatePool changes a pool's limits, window or expiry; an exhausted pool
-// whose new limits leave room becomes active again.
-func (s *Store) UpdatePool(ctx context.Context, id string, u PoolUpdate) (*Pool, error) {
-	if err := u.Validate(); err != nil {
-		return nil, err
-	}
-	if u.ExpiresAt != nil && !u.ExpiresAt.IsZero() {
-		if err := validExpiry(u.ExpiresAt); err != nil {
-			return nil, err
-		}
-	}
-	return s.poolOp(ctx, &command{Op: opUpdatePool, PoolUpdate: &u}, id)
-}
-
-// ResetPool sets a pool's usage back to zero.
-func (s *Store) ResetPool(ctx context.Context, id string) (*Pool, error) {
-	return s.poolOp(ctx, &command{Op: opResetPool}, id)
-}
-
-// DeletePool removes a pool no token belongs to.
-func (s *Store) DeletePool(ctx context.Context, id string) error {
-	_, err := s.poolOp(ctx, &command{Op: opDeletePool}, id)
-	return err
-}
-
-func (s *Store) poolOp(ctx context.Context, c *command, id string) (*Pool, error) {
-	if !IsPoolID(id) {
-		return nil, fmt.Errorf("%w: %q is not a pool id", errPoolNotFound, id)
-	}
-	c.ID, c.PoolID = NewRequestID(), id
-	return s.writePool(ctx, c)
-}
-
-func (s *Store) writePool(ctx context.Context, c *command) (*Pool, error) {
-	res, err := s.propose(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	return res.Pool, nil
-}
-
-// Pool returns the pool with id as of now (a linearizable read).
-func (s *Store) Pool(ctx context.Context, id string) (*Pool, error) {
-	if !IsPoolID(id) {
-		return nil, fmt.Errorf("%w: %q is not a pool id", errPoolNotFound, id)
-	}
-	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readPool, ID: id}, &out)
-	return out.Pool, err
-}
-
-// LookupPool returns the pool named name as of now.
-func (s *Store) LookupPool(ctx context.Context, name string) (*Pool, error) {
-	if err := ValidatePoolName(name); err != nil {
-		return nil, err
-	}
-	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readPoolByName, Name: name}, &out)
-	return out.Pool, err
-}
-
-// Pools lists every pool by id (a linearizable read).
-func (s *Store) Pools(ctx context.Context) ([]Pool, error) {
-	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readPools}, &out)
-	return out.Pools, err
-}
-
-// PoolTokens lists the tokens that belong to the pool with id, filtered
-// and paged as Tokens does.
-func (s *Store) PoolTokens(ctx context.Context, id string, filter TokenFilter) ([]Token, string, error) {
-	if !IsPoolID(id) {
-		return nil, "", fmt.Errorf("%w: %q is not a pool id", errPoolNotFound, id)
-	}
-	var out ReadReply
-	err := s.read(ctx, &ReadArgs{Kind: readPoolTokens, ID: id, Filter: filter}, &out)
-	return out.Tokens, out.Next, err
-}

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 import (
 	"bytes"
@@ -62,37 +62,37 @@ func (id *RequestID) UnmarshalText(b []byte) error {
 
 // op is the kind of a Raft command. Values are written in the log: never
 // renumber or reuse one.
-type op uint8
+type Op uint8
 
 const (
-	opCreate op = iota + 1
-	opConsume
-	opRefund
-	opUpdate
-	opRevoke
-	opReactivate
-	opReset
-	opDelete
-	opSetSecret
-	opSetDedupSize
-	opReserveUpload
-	opBindUpload
-	opChargePart
-	opCompleteBegin
-	opCompleteEnd
-	opAbortUpload
-	opExpireUploads
-	opCreatePool
-	opUpdatePool
-	opResetPool
-	opDeletePool
-	opAckEvents
+	OpCreate Op = iota + 1
+	OpConsume
+	OpRefund
+	OpUpdate
+	OpRevoke
+	OpReactivate
+	OpReset
+	OpDelete
+	OpSetSecret
+	OpSetDedupSize
+	OpReserveUpload
+	OpBindUpload
+	OpChargePart
+	OpCompleteBegin
+	OpCompleteEnd
+	OpAbortUpload
+	OpExpireUploads
+	OpCreatePool
+	OpUpdatePool
+	OpResetPool
+	OpDeletePool
+	OpAckEvents
 )
 
 // commandDef is how the FSM applies one op.
 type commandDef struct {
 	name  string
-	apply func(f *fsm, c *command, now time.Time) *applyResult
+	apply func(f *Machine, c *Command, now time.Time) *Result
 	// dedup: the command's ID is remembered generically, so a retry gets
 	// the first outcome (admin commands). Consumes and refunds keep their
 	// own, richer entries.
@@ -101,37 +101,37 @@ type commandDef struct {
 
 // commands is every op this build can apply. The log may only hold these:
 // an op missing here halts the node rather than be skipped (see fsm.halt).
-var commands = map[op]commandDef{
-	opCreate:       {"create", (*fsm).applyCreate, true},
-	opConsume:      {"consume", (*fsm).applyConsumes, false},
-	opRefund:       {"refund", (*fsm).applyRefund, false},
-	opUpdate:       {"update_limit", (*fsm).applyUpdate, true},
-	opRevoke:       {"revoke", (*fsm).applyStatus, true},
-	opReactivate:   {"reactivate", (*fsm).applyStatus, true},
-	opReset:        {"reset", (*fsm).applyStatus, true},
-	opDelete:       {"delete", (*fsm).applyDelete, true},
-	opSetSecret:    {"set_secret", (*fsm).applySetSecret, false},
-	opSetDedupSize: {"set_dedup_size", (*fsm).applySetDedupSize, false},
+var commands = map[Op]commandDef{
+	OpCreate:       {"create", (*Machine).applyCreate, true},
+	OpConsume:      {"consume", (*Machine).applyConsumes, false},
+	OpRefund:       {"refund", (*Machine).applyRefund, false},
+	OpUpdate:       {"update_limit", (*Machine).applyUpdate, true},
+	OpRevoke:       {"revoke", (*Machine).applyStatus, true},
+	OpReactivate:   {"reactivate", (*Machine).applyStatus, true},
+	OpReset:        {"reset", (*Machine).applyStatus, true},
+	OpDelete:       {"delete", (*Machine).applyDelete, true},
+	OpSetSecret:    {"set_secret", (*Machine).applySetSecret, false},
+	OpSetDedupSize: {"set_dedup_size", (*Machine).applySetDedupSize, false},
 	// Multipart uploads (multipart.go). Reserves and parts keep consume
 	// entries of their own, and a bind (whose ID is its reserve's) is
 	// idempotent; the others are remembered generically.
-	opReserveUpload: {"reserve_upload", (*fsm).applyReserveUpload, false},
-	opBindUpload:    {"bind_upload", (*fsm).applyBindUpload, false},
-	opChargePart:    {"charge_part", (*fsm).applyChargePart, false},
-	opCompleteBegin: {"complete_begin", (*fsm).applyCompleteBegin, true},
-	opCompleteEnd:   {"complete_end", (*fsm).applyCompleteEnd, true},
-	opAbortUpload:   {"abort_upload", (*fsm).applyAbortUpload, true},
-	opExpireUploads: {"expire_uploads", (*fsm).applyExpireUploads, false},
+	OpReserveUpload: {"reserve_upload", (*Machine).applyReserveUpload, false},
+	OpBindUpload:    {"bind_upload", (*Machine).applyBindUpload, false},
+	OpChargePart:    {"charge_part", (*Machine).applyChargePart, false},
+	OpCompleteBegin: {"complete_begin", (*Machine).applyCompleteBegin, true},
+	OpCompleteEnd:   {"complete_end", (*Machine).applyCompleteEnd, true},
+	OpAbortUpload:   {"abort_upload", (*Machine).applyAbortUpload, true},
+	OpExpireUploads: {"expire_uploads", (*Machine).applyExpireUploads, false},
 	// Pools (pool.go).
-	opCreatePool: {"create_pool", (*fsm).applyCreatePool, true},
-	opUpdatePool: {"update_pool", (*fsm).applyUpdatePool, true},
-	opResetPool:  {"reset_pool", (*fsm).applyResetPool, true},
-	opDeletePool: {"delete_pool", (*fsm).applyDeletePool, true},
+	OpCreatePool: {"create_pool", (*Machine).applyCreatePool, true},
+	OpUpdatePool: {"update_pool", (*Machine).applyUpdatePool, true},
+	OpResetPool:  {"reset_pool", (*Machine).applyResetPool, true},
+	OpDeletePool: {"delete_pool", (*Machine).applyDeletePool, true},
 	// Threshold events (events.go).
-	opAckEvents: {"ack_events", (*fsm).applyAckEvents, false},
+	OpAckEvents: {"ack_events", (*Machine).applyAckEvents, false},
 }
 
-func (o op) String() string {
+func (o Op) String() string {
 	if d, ok := commands[o]; ok {
 		return d.name
 	}
@@ -162,7 +162,7 @@ type ConsumeRequest struct {
 }
 
 // hashName checks the name and replaces it with its key.
-func (r *ConsumeRequest) hashName() error {
+func (r *ConsumeRequest) HashName() error {
 	if r.Token != "" || r.Key.IsZero() {
 		if err := ValidateName(r.Token); err != nil {
 			return err
@@ -176,25 +176,25 @@ func (r *ConsumeRequest) hashName() error {
 // zero-and-zero charges, a missing id.
 func (r *ConsumeRequest) Validate() error {
 	if r.ID.IsZero() {
-		return invalidf("consume needs a request id")
+		return Invalidf("consume needs a request id")
 	}
-	return r.validateCharge()
+	return r.ValidateCharge()
 }
 
 // validateCharge checks what a check and a consume share: the token and
 // the amounts.
-func (r *ConsumeRequest) validateCharge() error {
+func (r *ConsumeRequest) ValidateCharge() error {
 	if r.Key.IsZero() {
-		return invalidf("consume needs a token")
+		return Invalidf("consume needs a token")
 	}
 	if r.Units < 0 {
-		return invalidf("units must not be negative, got %d", r.Units)
+		return Invalidf("units must not be negative, got %d", r.Units)
 	}
 	if r.Bytes < 0 {
-		return invalidf("bytes must not be negative, got %d", r.Bytes)
+		return Invalidf("bytes must not be negative, got %d", r.Bytes)
 	}
 	if len(r.Pools) > MaxTokenPools {
-		return invalidf("a request names at most %d pools, got %d", MaxTokenPools, len(r.Pools))
+		return Invalidf("a request names at most %d pools, got %d", MaxTokenPools, len(r.Pools))
 	}
 	for _, n := range r.Pools {
 		if err := ValidatePoolName(n); err != nil {
@@ -206,8 +206,8 @@ func (r *ConsumeRequest) validateCharge() error {
 
 // command is one entry in the Raft log. Time is stamped by the leader just
 // before it is appended; the FSM never reads a clock.
-type command struct {
-	Op   op        `json:"op"`
+type Command struct {
+	Op   Op        `json:"op"`
 	Time int64     `json:"t"`
 	ID   RequestID `json:"id"`
 	// Name is a token's name in clear: only in entries of versions before
@@ -248,8 +248,8 @@ const (
 // node allocate without limit.
 const maxDecodedBatch = 1 << 20
 
-func encodeCommand(c *command) ([]byte, error) {
-	if c.Op == opConsume {
+func Encode(c *Command) ([]byte, error) {
+	if c.Op == OpConsume {
 		return encodeConsumes(c), nil
 	}
 	b, err := json.Marshal(c)
@@ -264,7 +264,7 @@ func encodeCommand(c *command) ([]byte, error) {
 // and in version 4 a flags byte (1: skip missing pools), the count of pool
 // names and each name (uvarint length, bytes). A batch that names no pool
 // is written as version 3, which nodes from before pools read.
-func encodeConsumes(c *command) []byte {
+func encodeConsumes(c *Command) []byte {
 	withPools := slices.ContainsFunc(c.Consumes, func(r ConsumeRequest) bool { return len(r.Pools) > 0 })
 	b := make([]byte, 0, 1+8+binary.MaxVarintLen64+len(c.Consumes)*(16+32+2*binary.MaxVarintLen64))
 	if withPools {
@@ -322,11 +322,11 @@ func decodePools(b []byte, r *ConsumeRequest) ([]byte, error) {
 
 // decodeConsumes reads a consume batch of any binary version: with keys
 // and pools (4), with keys (3), or with names (2), which it hashes.
-func decodeConsumes(b []byte, byName, withPools bool) (*command, error) {
+func decodeConsumes(b []byte, byName, withPools bool) (*Command, error) {
 	if len(b) < 8 {
 		return nil, errShortCommand
 	}
-	c := &command{Op: opConsume, Time: int64(binary.BigEndian.Uint64(b))}
+	c := &Command{Op: OpConsume, Time: int64(binary.BigEndian.Uint64(b))}
 	b = b[8:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > maxDecodedBatch || n > uint64(len(b)) {
@@ -377,39 +377,39 @@ func decodeConsumes(b []byte, byName, withPools bool) (*command, error) {
 	return c, nil
 }
 
-// errUnknownCommand marks a log entry this build cannot read: written by a
+// ErrUnknownCommand marks a log entry this build cannot read: written by a
 // newer version, or corrupt.
-var errUnknownCommand = errors.New("unknown command")
+var ErrUnknownCommand = errors.New("unknown command")
 
 // decodeCommand reads one log entry. Anything it does not fully understand
 // (an encoding, an op, a field) is an error: an old node must not apply a
 // newer command by the parts it knows.
-func decodeCommand(b []byte) (*command, error) {
+func Decode(b []byte) (*Command, error) {
 	if len(b) == 0 {
-		return nil, fmt.Errorf("%w: empty entry", errUnknownCommand)
+		return nil, fmt.Errorf("%w: empty entry", ErrUnknownCommand)
 	}
 	switch b[0] {
 	case codecBinaryConsume, codecConsumeKeys, codecConsumePools:
 		c, err := decodeConsumes(b[1:], b[0] == codecBinaryConsume, b[0] == codecConsumePools)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errUnknownCommand, err)
+			return nil, fmt.Errorf("%w: %v", ErrUnknownCommand, err)
 		}
 		return c, nil
 	case codecJSON:
 	default:
-		return nil, fmt.Errorf("%w: encoding version %d", errUnknownCommand, b[0])
+		return nil, fmt.Errorf("%w: encoding version %d", ErrUnknownCommand, b[0])
 	}
-	var c command
+	var c Command
 	dec := json.NewDecoder(bytes.NewReader(b[1:]))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w: %v", errUnknownCommand, err)
+		return nil, fmt.Errorf("%w: %v", ErrUnknownCommand, err)
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%w: data after the command", errUnknownCommand)
+		return nil, fmt.Errorf("%w: data after the command", ErrUnknownCommand)
 	}
 	if _, ok := commands[c.Op]; !ok {
-		return nil, fmt.Errorf("%w: op %d", errUnknownCommand, c.Op)
+		return nil, fmt.Errorf("%w: op %d", ErrUnknownCommand, c.Op)
 	}
 	hashLegacyNames(&c)
 	return &c, nil
@@ -417,7 +417,7 @@ func decodeCommand(b []byte) (*command, error) {
 
 // hashLegacyNames turns the token names that entries of older versions
 // carry into keys, so the FSM only ever sees keys.
-func hashLegacyNames(c *command) {
+func hashLegacyNames(c *Command) {
 	if c.Spec != nil && c.Spec.Name != "" {
 		k := KeyOf(c.Spec.Name)
 		c.Key, c.Spec.Name = &k, ""

@@ -1,15 +1,12 @@
-package raftstore
+package state
 
 import (
 	"cmp"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"slices"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // Multipart uploads (S3's CreateMultipartUpload, UploadPart,
@@ -207,8 +204,8 @@ func chargeOf(id RequestID, t *tokenState, part int32, units, bytes int64) charg
 // giveBack refunds one charge of an upload, and marks its request id
 // refunded if the dedup table still holds it, so a later refund by id does
 // not give it back twice.
-func (f *fsm) giveBack(tok TokenKey, c charge, now time.Time) {
-	if e, ok := f.dedup.Peek(c.ID); ok && e.Op == opConsume && e.Allowed && !e.Refunded {
+func (f *Machine) giveBack(tok TokenKey, c charge, now time.Time) {
+	if e, ok := f.dedup.Peek(c.ID); ok && e.Op == OpConsume && e.Allowed && !e.Refunded {
 		e.Refunded = true
 		f.dedup.Add(c.ID, e)
 	}
@@ -228,7 +225,7 @@ func (f *fsm) giveBack(tok TokenKey, c charge, now time.Time) {
 }
 
 // refundUpload gives back everything an upload charged and forgets it.
-func (f *fsm) refundUpload(k UploadKey, now time.Time) {
+func (f *Machine) refundUpload(k UploadKey, now time.Time) {
 	u := f.uploads.uploads[k]
 	f.giveBack(u.Token, u.Reserve, now)
 	for _, p := range u.Parts {
@@ -237,10 +234,10 @@ func (f *fsm) refundUpload(k UploadKey, now time.Time) {
 	f.uploads.drop(k)
 }
 
-func (f *fsm) applyReserveUpload(c *command, now time.Time) *applyResult {
+func (f *Machine) applyReserveUpload(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil || o.Token == nil || o.Expiry <= 0 || o.Units < 0 {
-		return &applyResult{Err: invalidf("reserve_upload needs a token, units and an expiry")}
+		return &Result{Err: Invalidf("reserve_upload needs a token, units and an expiry")}
 	}
 	if _, seen := f.dedup.Peek(c.ID); !seen && len(f.uploads.uploads) >= MaxOpenUploads {
 		d := Decision{Reason: ReasonTooManyUploads}
@@ -248,7 +245,7 @@ func (f *fsm) applyReserveUpload(c *command, now time.Time) *applyResult {
 			d = decisionFor(t)
 			d.Reason = ReasonTooManyUploads
 		}
-		return &applyResult{Decisions: []Decision{d}}
+		return &Result{Decisions: []Decision{d}}
 	}
 	req := ConsumeRequest{ID: c.ID, Key: *o.Token, Units: o.Units, Pools: o.Pools, SkipMissingPools: o.SkipMissingPools}
 	d := f.consume(&req, now)
@@ -269,34 +266,34 @@ func (f *fsm) applyReserveUpload(c *command, now time.Time) *applyResult {
 		}
 		f.uploads.put(pendingKey(c.ID), u)
 	}
-	return &applyResult{Decisions: []Decision{d}}
+	return &Result{Decisions: []Decision{d}}
 }
 
-func (f *fsm) applyBindUpload(c *command, now time.Time) *applyResult {
+func (f *Machine) applyBindUpload(c *Command, now time.Time) *Result {
 	if c.Upload == nil || c.Upload.Key.IsZero() {
-		return &applyResult{Err: invalidf("bind_upload needs an upload key")}
+		return &Result{Err: Invalidf("bind_upload needs an upload key")}
 	}
 	pk := pendingKey(c.ID)
 	u := f.uploads.uploads[pk]
 	if b := f.uploads.uploads[c.Upload.Key]; b != nil && b.Reserve.ID == c.ID {
-		return &applyResult{} // bound already: a retry
+		return &Result{} // bound already: a retry
 	}
 	if u == nil || u.State != uploadPending {
-		return &applyResult{Err: fmt.Errorf("%w: no reserved upload for this request (refunded or expired)", ErrNotFound)}
+		return &Result{Err: fmt.Errorf("%w: no reserved upload for this request (refunded or expired)", ErrNotFound)}
 	}
 	if f.uploads.uploads[c.Upload.Key] != nil {
-		return &applyResult{Err: ErrExists}
+		return &Result{Err: ErrExists}
 	}
 	f.uploads.drop(pk)
 	u.State = uploadOpen
 	u.Deadline = now.UnixNano() + u.Expiry
 	f.uploads.put(c.Upload.Key, u)
-	return &applyResult{}
+	return &Result{}
 }
 
 // openUpload is the upload o names, if it is open and, when o names a
 // token, that token's.
-func (f *fsm) openUpload(o *UploadOp) *multipartUpload {
+func (f *Machine) openUpload(o *UploadOp) *multipartUpload {
 	u := f.uploads.uploads[o.Key]
 	if u == nil || (o.Token != nil && *o.Token != u.Token) {
 		return nil
@@ -304,27 +301,27 @@ func (f *fsm) openUpload(o *UploadOp) *multipartUpload {
 	return u
 }
 
-func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
+func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil || o.Bytes < 0 || o.Part < 1 {
-		return &applyResult{Err: invalidf("charge_part needs an upload, a part number and bytes")}
+		return &Result{Err: Invalidf("charge_part needs an upload, a part number and bytes")}
 	}
-	deny := func(t *tokenState, r Reason) *applyResult {
+	deny := func(t *tokenState, r Reason) *Result {
 		var d Decision
 		if t != nil {
 			d = decisionFor(t)
 		}
 		d.Reason = r
-		return &applyResult{Decisions: []Decision{d}}
+		return &Result{Decisions: []Decision{d}}
 	}
 	u := f.openUpload(o)
-	if e, ok := f.dedup.Peek(c.ID); ok && !(e.Op == opConsume && e.Refunded) {
+	if e, ok := f.dedup.Peek(c.ID); ok && !(e.Op == OpConsume && e.Refunded) {
 		// A retry: its first outcome, as consume answers one.
 		req := ConsumeRequest{ID: c.ID, Units: 0, Bytes: o.Bytes}
 		if t := f.tokens.byID(e.Token); t != nil {
 			req.Key = t.Key
 		}
-		return &applyResult{Decisions: []Decision{f.consume(&req, now)}}
+		return &Result{Decisions: []Decision{f.consume(&req, now)}}
 	}
 	if u == nil || u.State != uploadOpen {
 		return deny(nil, ReasonNoSuchUpload)
@@ -350,7 +347,7 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 	case t.BytesLimit > 0 && t.BytesUsed > t.BytesLimit-o.Bytes:
 		reason = ReasonBytesExhausted
 	}
-	entry := dedupEntry{Op: opConsume, Reason: codeOfReason(reason), Token: t.id}
+	entry := dedupEntry{Op: OpConsume, Reason: codeOfReason(reason), Token: t.id}
 	var refs []poolRef
 	var denied *poolDenial
 	if reason == "" && len(u.Pools) > 0 {
@@ -383,13 +380,13 @@ func (f *fsm) applyChargePart(c *command, now time.Time) *applyResult {
 	if denied != nil && denied.pool != nil {
 		poolDecision(&d, denied.pool)
 	}
-	return &applyResult{Decisions: []Decision{d}}
+	return &Result{Decisions: []Decision{d}}
 }
 
 // refundUploadCharge refunds, by its request id, a part whose upload to
 // the backend failed, or the reserve of an upload the backend did not
 // create, from the upload's record. It reports whether id was one.
-func (f *fsm) refundUploadCharge(id RequestID, now time.Time) bool {
+func (f *Machine) refundUploadCharge(id RequestID, now time.Time) bool {
 	if k, ok := f.uploads.owner[id]; ok {
 		u := f.uploads.uploads[k]
 		i := slices.IndexFunc(u.Parts, func(p charge) bool { return p.ID == id })
@@ -407,34 +404,34 @@ func (f *fsm) refundUploadCharge(id RequestID, now time.Time) bool {
 	return false
 }
 
-func (f *fsm) applyCompleteBegin(c *command, now time.Time) *applyResult {
+func (f *Machine) applyCompleteBegin(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil || o.Expiry <= 0 {
-		return &applyResult{Err: invalidf("complete_begin needs an upload and a timeout")}
+		return &Result{Err: Invalidf("complete_begin needs an upload and a timeout")}
 	}
 	u := f.openUpload(o)
 	if u == nil || u.State == uploadPending {
-		return &applyResult{Err: fmt.Errorf("%w: no such upload", ErrNotFound)}
+		return &Result{Err: fmt.Errorf("%w: no such upload", ErrNotFound)}
 	}
 	// Completing again (a client retrying) renews the deadline.
 	u.State = uploadCompleting
 	u.Deadline = now.UnixNano() + o.Expiry
-	return &applyResult{}
+	return &Result{}
 }
 
-func (f *fsm) applyCompleteEnd(c *command, now time.Time) *applyResult {
+func (f *Machine) applyCompleteEnd(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil {
-		return &applyResult{Err: invalidf("complete_end needs an upload")}
+		return &Result{Err: Invalidf("complete_end needs an upload")}
 	}
 	u := f.uploads.uploads[o.Key]
 	if u == nil || u.State != uploadCompleting {
-		return &applyResult{Err: fmt.Errorf("%w: no completing upload", ErrNotFound)}
+		return &Result{Err: fmt.Errorf("%w: no completing upload", ErrNotFound)}
 	}
 	if !o.OK {
 		u.State = uploadOpen
 		u.Deadline = now.UnixNano() + u.Expiry
-		return &applyResult{}
+		return &Result{}
 	}
 	// The object is made of the listed parts, each as last uploaded: every
 	// other attempt's bytes go back.
@@ -452,31 +449,31 @@ func (f *fsm) applyCompleteEnd(c *command, now time.Time) *applyResult {
 		}
 	}
 	f.uploads.drop(o.Key)
-	return &applyResult{}
+	return &Result{}
 }
 
-func (f *fsm) applyAbortUpload(c *command, now time.Time) *applyResult {
+func (f *Machine) applyAbortUpload(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil {
-		return &applyResult{Err: invalidf("abort_upload needs an upload")}
+		return &Result{Err: Invalidf("abort_upload needs an upload")}
 	}
 	u := f.openUpload(o)
 	switch {
 	case u == nil:
-		return &applyResult{Err: fmt.Errorf("%w: no such upload", ErrNotFound)}
+		return &Result{Err: fmt.Errorf("%w: no such upload", ErrNotFound)}
 	case u.State == uploadCompleting:
 		// The backend may be making the object: its outcome decides.
-		return &applyResult{Err: invalidf("the upload is being completed")}
+		return &Result{Err: Invalidf("the upload is being completed")}
 	}
 	f.refundUpload(o.Key, now)
-	return &applyResult{}
+	return &Result{}
 }
 
 // applyExpireUploads refunds the open and pending uploads past their
 // deadline, and takes completing ones past theirs as completed (the node
 // that forwarded the complete is gone; the charge stays, as it would for an
 // object that exists).
-func (f *fsm) applyExpireUploads(_ *command, now time.Time) *applyResult {
+func (f *Machine) applyExpireUploads(_ *Command, now time.Time) *Result {
 	var due []UploadKey
 	for k, u := range f.uploads.uploads {
 		if u.Deadline <= now.UnixNano() {
@@ -491,11 +488,11 @@ func (f *fsm) applyExpireUploads(_ *command, now time.Time) *applyResult {
 			f.refundUpload(k, now)
 		}
 	}
-	return &applyResult{}
+	return &Result{}
 }
 
 // nextUploadDeadline is the earliest deadline of an upload, or 0.
-func (f *fsm) nextUploadDeadline() int64 {
+func (f *Machine) NextUploadDeadline() int64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var next int64
@@ -520,7 +517,7 @@ type UploadInfo struct {
 
 var uploadStateNames = map[uploadState]string{uploadPending: "pending", uploadOpen: "open", uploadCompleting: "completing"}
 
-func (f *fsm) uploadInfos() []UploadInfo {
+func (f *Machine) Uploads() []UploadInfo {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]UploadInfo, 0, len(f.uploads.uploads))
@@ -536,120 +533,4 @@ func (f *fsm) uploadInfos() []UploadInfo {
 	}
 	slices.SortFunc(out, func(a, b UploadInfo) int { return cmp.Compare(a.Key.String(), b.Key.String()) })
 	return out
-}
-
-// --- Store API ---
-
-// ReserveUpload charges units (one object) to the token named by key for a
-// multipart upload the caller is about to create, and remembers the upload
-// for expiry. Bind it to the backend's upload id with BindUpload, or Refund
-// id when the backend did not create it.
-func (s *Store) ReserveUpload(ctx context.Context, req ConsumeRequest, expiry time.Duration) (Decision, error) {
-	if err := req.hashName(); err != nil {
-		return Decision{}, err
-	}
-	if err := req.Validate(); err != nil || expiry <= 0 {
-		return Decision{}, invalidf("reserve needs a request id, a token, units and an expiry")
-	}
-	return s.decide(ctx, &command{Op: opReserveUpload, ID: req.ID, Upload: &UploadOp{Token: &req.Key, Units: req.Units, Expiry: int64(expiry),
-		Pools: req.Pools, SkipMissingPools: req.SkipMissingPools}})
-}
-
-// BindUpload names the upload reserved by id with the backend's upload.
-func (s *Store) BindUpload(ctx context.Context, id RequestID, upload UploadKey) error {
-	_, err := s.propose(ctx, &command{Op: opBindUpload, ID: id, Upload: &UploadOp{Key: upload}})
-	return err
-}
-
-// ChargePart charges a part's bytes to the token that reserved upload. When
-// key is not zero it must be that token. The same id never charges twice.
-func (s *Store) ChargePart(ctx context.Context, id RequestID, upload UploadKey, part int32, bytes int64, key TokenKey) (Decision, error) {
-	if id.IsZero() || part < 1 || bytes < 0 {
-		return Decision{}, invalidf("a part needs a request id, a part number and bytes")
-	}
-	o := &UploadOp{Key: upload, Part: part, Bytes: bytes}
-	if !key.IsZero() {
-		o.Token = &key
-	}
-	return s.decide(ctx, &command{Op: opChargePart, ID: id, Upload: o})
-}
-
-// BeginComplete marks upload completing: no parts or aborts until
-// EndComplete, or until timeout passes (then its charges stay).
-func (s *Store) BeginComplete(ctx context.Context, upload UploadKey, key TokenKey, timeout time.Duration) error {
-	o := &UploadOp{Key: upload, Expiry: int64(timeout)}
-	if !key.IsZero() {
-		o.Token = &key
-	}
-	_, err := s.propose(ctx, &command{Op: opCompleteBegin, ID: NewRequestID(), Upload: o})
-	return err
-}
-
-// EndComplete says how a complete ended: ok with the parts the object is
-// made of (charges of other attempts go back), or failed (the upload is
-// open again until it expires).
-func (s *Store) EndComplete(ctx context.Context, upload UploadKey, ok bool, parts []int32) error {
-	_, err := s.propose(ctx, &command{Op: opCompleteEnd, ID: NewRequestID(), Upload: &UploadOp{Key: upload, OK: ok, Parts: parts}})
-	return err
-}
-
-// AbortUpload gives back the unit and every byte upload charged.
-func (s *Store) AbortUpload(ctx context.Context, upload UploadKey, key TokenKey) error {
-	o := &UploadOp{Key: upload}
-	if !key.IsZero() {
-		o.Token = &key
-	}
-	_, err := s.propose(ctx, &command{Op: opAbortUpload, ID: NewRequestID(), Upload: o})
-	return err
-}
-
-// Uploads lists the multipart uploads this node's state holds.
-func (s *Store) Uploads() []UploadInfo { return s.fsm.uploadInfos() }
-
-// OpenUploads counts the multipart uploads this node's state holds.
-func (s *Store) OpenUploads() int {
-	s.fsm.mu.RLock()
-	defer s.fsm.mu.RUnlock()
-	return len(s.fsm.uploads.uploads)
-}
-
-// decide proposes a command answered with one decision.
-func (s *Store) decide(ctx context.Context, c *command) (Decision, error) {
-	res, err := s.propose(ctx, c)
-	if err != nil {
-		return Decision{}, err
-	}
-	if len(res.Decisions) != 1 {
-		return Decision{}, fmt.Errorf("%w: %s answered %d decisions", ErrUnavailable, c.Op, len(res.Decisions))
-	}
-	return res.Decisions[0], nil
-}
-
-// expireUploads proposes expire_uploads while this node leads and an
-// upload is past its deadline.
-func (s *Store) expireUploads() {
-	defer s.wg.Done()
-	every := s.cfg.UploadSweep
-	if every <= 0 {
-		every = time.Second
-	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-tick.C:
-		}
-		if !s.IsLeader() {
-			continue
-		}
-		next := s.fsm.nextUploadDeadline() // a scan of at most MaxOpenUploads, only while some are open
-		if next == 0 || time.Now().UnixNano() < next {
-			continue
-		}
-		if _, err := s.applyLocal(&command{Op: opExpireUploads}); err != nil {
-			s.logger.Debug("proposing upload expiry", zap.Error(err))
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package raftstore
+package state
 
 // ptrTable is a set of pointers found by a key of the pointee: an
 // open-addressing hash table (linear probing, deletion by backward shift)
