@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 type scaleResult struct {
@@ -71,7 +72,7 @@ func decideUnderSnapshots(s *raftstore.Store, n int, d time.Duration) (quiet, du
 					default:
 					}
 					t0 := time.Now()
-					_, err := s.Consume(context.Background(), raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: keyName(i % n), Units: 1})
+					_, err := s.Consume(context.Background(), state.ConsumeRequest{ID: state.NewRequestID(), Token: keyName(i % n), Units: 1})
 					if err != nil {
 						firstErr.CompareAndSwap(nil, err)
 					}
@@ -178,7 +179,7 @@ func parallel(n, workers int, f func(i int) error) error {
 var scaleLogStore string
 
 func measureScale(dir string, n int, progress func(string)) (scaleResult, error) {
-	r := scaleResult{Tokens: n, DedupEntries: min(n, raftstore.DefaultDedupSize)}
+	r := scaleResult{Tokens: n, DedupEntries: min(n, state.DefaultDedupSize)}
 	settle()
 	base := rssMB()
 	s, _, err := openOne(dir)
@@ -189,7 +190,7 @@ func measureScale(dir string, n int, progress func(string)) (scaleResult, error)
 	start := time.Now()
 	progress(fmt.Sprintf("creating %d tokens", n))
 	if err := parallel(n, 256, func(i int) error {
-		_, err := s.CreateToken(ctx, raftstore.TokenSpec{Name: keyName(i), UsageLimit: plenty})
+		_, err := s.CreateToken(ctx, state.TokenSpec{Name: keyName(i), UsageLimit: plenty})
 		return err
 	}); err != nil {
 		s.Close()
@@ -197,7 +198,7 @@ func measureScale(dir string, n int, progress func(string)) (scaleResult, error)
 	}
 	progress(fmt.Sprintf("%d consumes to fill the dedup table", n))
 	if err := parallel(n, 256, func(i int) error {
-		_, err := s.Consume(ctx, raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: keyName(i), Units: 1})
+		_, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: keyName(i), Units: 1})
 		return err
 	}); err != nil {
 		s.Close()
@@ -280,7 +281,7 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 	if err := nodes[0].WaitForLeader(ctx); err != nil {
 		return 0, err
 	}
-	if _, err := nodes[0].CreateToken(ctx, raftstore.TokenSpec{Name: "catchup"}); err != nil {
+	if _, err := nodes[0].CreateToken(ctx, state.TokenSpec{Name: "catchup"}); err != nil {
 		return 0, err
 	}
 	lagger := 2
@@ -294,7 +295,7 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 	// Few clients, so most entries hold one consume or a few.
 	for live.AppliedIndex() < left+uint64(behind) {
 		if err := parallel(1000, 4, func(int) error {
-			_, err := live.Consume(ctx, raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: "catchup", Units: 1})
+			_, err := live.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "catchup", Units: 1})
 			return err
 		}); err != nil {
 			return 0, err

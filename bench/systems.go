@@ -18,6 +18,7 @@ import (
 
 	"github.com/raftquota/raftquota/internal/testport"
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // A tier-1 system decides "consume 1 if at least 1 remains" on a key,
@@ -86,15 +87,15 @@ func (s *raftquotaSystem) setup(nkeys int) error {
 
 // create makes the token of key k, with a limit that never runs out.
 func (s *raftquotaSystem) create(k int) error {
-	_, err := s.nodes[k%s.n].CreateToken(context.Background(), raftstore.TokenSpec{Name: keyName(k), UsageLimit: plenty})
-	if errors.Is(err, raftstore.ErrExists) {
+	_, err := s.nodes[k%s.n].CreateToken(context.Background(), state.TokenSpec{Name: keyName(k), UsageLimit: plenty})
+	if errors.Is(err, state.ErrExists) {
 		return nil
 	}
 	return err
 }
 
 func (s *raftquotaSystem) consume(ctx context.Context, key int) (int, error) {
-	d, err := s.nodes[key%s.n].Consume(ctx, raftstore.ConsumeRequest{ID: raftstore.NewRequestID(), Token: keyName(key), Units: 1})
+	d, err := s.nodes[key%s.n].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: keyName(key), Units: 1})
 	if err == nil && !d.Allowed {
 		err = fmt.Errorf("denied: %s", d.Reason)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/raftquota/raftquota/raftstore"
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // TestBackupUnderLoadRestoresEveryToken takes a backup with `caddy quota
@@ -52,9 +53,9 @@ func TestBackupUnderLoadRestoresEveryToken(t *testing.T) {
 	if len(want) != 6 {
 		t.Fatalf("backup holds %d tokens, want 6", len(want))
 	}
-	names := map[raftstore.TokenKey]string{raftstore.KeyOf("roll"): "roll"}
+	names := map[state.TokenKey]string{state.KeyOf("roll"): "roll"}
 	for i := 0; i < 5; i++ {
-		names[raftstore.KeyOf(fmt.Sprintf("bk%d", i))] = fmt.Sprintf("bk%d", i)
+		names[state.KeyOf(fmt.Sprintf("bk%d", i))] = fmt.Sprintf("bk%d", i)
 	}
 	var rollBackedUp int64
 	for _, tok := range want {
