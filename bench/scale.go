@@ -288,12 +288,12 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 	if nodes[2].IsLeader() {
 		lagger = 1
 	}
-	left := nodes[lagger].AppliedIndex()
+	left := nodes[lagger].Stats().AppliedIndex
 	nodes[lagger].Close()
 	nodes[lagger] = nil
 	live := nodes[(lagger+1)%3]
 	// Few clients, so most entries hold one consume or a few.
-	for live.AppliedIndex() < left+uint64(behind) {
+	for live.Stats().AppliedIndex < left+uint64(behind) {
 		if err := parallel(1000, 4, func(int) error {
 			_, err := live.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "catchup", Units: 1})
 			return err
@@ -301,7 +301,7 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 			return 0, err
 		}
 	}
-	target := live.AppliedIndex()
+	target := live.Stats().AppliedIndex
 	t0 := time.Now()
 	s, err := raftstore.Open(cfg(lagger))
 	if err != nil {
@@ -309,13 +309,13 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 	}
 	opened := time.Since(t0)
 	nodes[lagger] = s
-	start := s.AppliedIndex()
+	start := s.Stats().AppliedIndex
 	var moved time.Duration
-	for s.AppliedIndex() < target {
+	for s.Stats().AppliedIndex < target {
 		if time.Since(t0) > 2*time.Minute {
 			return 0, fmt.Errorf("node did not catch up")
 		}
-		if moved == 0 && s.AppliedIndex() > start {
+		if moved == 0 && s.Stats().AppliedIndex > start {
 			moved = time.Since(t0)
 		}
 		time.Sleep(time.Millisecond)

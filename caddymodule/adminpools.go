@@ -61,14 +61,14 @@ func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.Res
 		if err := decodeBody(r, &req); err != nil {
 			return err
 		}
-		return writePool(w, http.StatusOK)(s.LookupPool(ctx, req.Name))
+		return writePool(w, http.StatusOK)(s.Pools().Lookup(ctx, req.Name))
 	case len(rest) == 1:
 		return a.pool(ctx, s, w, r, rest[0])
 	case len(rest) == 2 && rest[1] == "reset":
 		if r.Method != http.MethodPost {
 			return methodNotAllowed(r, "POST")
 		}
-		return writePool(w, http.StatusOK)(s.ResetPool(ctx, rest[0]))
+		return writePool(w, http.StatusOK)(s.Pools().Reset(ctx, rest[0]))
 	case len(rest) == 2 && rest[1] == "tokens":
 		if r.Method != http.MethodGet {
 			return methodNotAllowed(r, "GET")
@@ -77,7 +77,7 @@ func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.Res
 		if err != nil {
 			return err
 		}
-		return writeTokenPage(w)(s.PoolTokens(ctx, rest[0], filter))
+		return writeTokenPage(w)(s.Pools().Tokens(ctx, rest[0], filter))
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
 }
@@ -85,7 +85,7 @@ func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.Res
 func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet:
-		all, err := s.Pools(ctx)
+		all, err := s.Pools().List(ctx)
 		if err != nil {
 			return storeError(err)
 		}
@@ -99,7 +99,7 @@ func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.Response
 		if err := decodeBody(r, &spec); err != nil {
 			return err
 		}
-		return writePool(w, http.StatusCreated)(s.CreatePool(ctx, spec))
+		return writePool(w, http.StatusCreated)(s.Pools().Create(ctx, spec))
 	}
 	return methodNotAllowed(r, "GET, POST")
 }
@@ -107,15 +107,15 @@ func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.Response
 func (a AdminAPI) pool(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id string) error {
 	switch r.Method {
 	case http.MethodGet:
-		return writePool(w, http.StatusOK)(s.Pool(ctx, id))
+		return writePool(w, http.StatusOK)(s.Pools().Get(ctx, id))
 	case http.MethodPatch:
 		var u state.PoolUpdate
 		if err := decodeBody(r, &u); err != nil {
 			return err
 		}
-		return writePool(w, http.StatusOK)(s.UpdatePool(ctx, id, u))
+		return writePool(w, http.StatusOK)(s.Pools().Update(ctx, id, u))
 	case http.MethodDelete:
-		if err := s.DeletePool(ctx, id); err != nil {
+		if err := s.Pools().Delete(ctx, id); err != nil {
 			return storeError(err)
 		}
 		w.WriteHeader(http.StatusNoContent)

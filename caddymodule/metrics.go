@@ -52,7 +52,7 @@ var (
 		Help:      "Leader changes this node has observed since it started.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.LeaderChanges())
+			return float64(s.Stats().LeaderChanges)
 		}
 		return 0
 	})
@@ -86,7 +86,7 @@ var (
 		Help:      "The index of the last log entry this node applied; a node far below the others lags.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.AppliedIndex())
+			return float64(s.Stats().AppliedIndex)
 		}
 		return 0
 	})
@@ -96,7 +96,7 @@ var (
 		Help:      "Refunds this node keeps and retries because the leader could not be reached.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.PendingRefunds())
+			return float64(s.Stats().PendingRefunds)
 		}
 		return 0
 	})
@@ -106,7 +106,7 @@ var (
 		Help:      "Threshold events waiting in the replicated outbox for the leader to deliver them.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.EventStats().Pending)
+			return float64(s.Stats().PendingEvents)
 		}
 		return 0
 	})
@@ -116,7 +116,7 @@ var (
 		Help:      "Threshold events this node delivered as leader (logged, and posted to the webhook when one is set).",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.EventStats().Delivered)
+			return float64(s.Stats().EventsDelivered)
 		}
 		return 0
 	})
@@ -126,7 +126,7 @@ var (
 		Help:      "Failed delivery rounds of threshold events on this node (the webhook did not answer 2xx); they are retried.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.EventStats().Failed)
+			return float64(s.Stats().EventsFailed)
 		}
 		return 0
 	})
@@ -136,7 +136,7 @@ var (
 		Help:      "Multipart uploads the cluster holds a charge for (reserved, open or completing), in this node's applied state.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.OpenUploads())
+			return float64(s.Uploads().Open())
 		}
 		return 0
 	})
@@ -146,7 +146,7 @@ var (
 		Help:      "Operations this node forwarded to the leader.",
 	}, func() float64 {
 		if s := currentStore(); s != nil {
-			return float64(s.Forwarded())
+			return float64(s.Stats().Forwarded)
 		}
 		return 0
 	})

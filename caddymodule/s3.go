@@ -328,12 +328,12 @@ func (x *s3Exchange) part(ctx context.Context) error {
 		return x.refuse(http.StatusLengthRequired, "length_required", "Length required", "This part's length is not known up front.")
 	}
 	x.c.units, x.c.bytes = 0, n
-	return x.decided(x.store.ChargePart(ctx, x.c.id, x.upload, int32(partNumber), n, x.key))
+	return x.decided(x.store.Uploads().ChargePart(ctx, x.c.id, x.upload, int32(partNumber), n, x.key))
 }
 
 // create reserves a multipart upload's unit, then forwards it.
 func (x *s3Exchange) create(ctx context.Context) error {
-	d, err := x.store.ReserveUpload(ctx, x.h.charge(x.c.id, x.key, x.h.Cost, 0, x.pools), time.Duration(x.h.S3.MultipartExpiry))
+	d, err := x.store.Uploads().Reserve(ctx, x.h.charge(x.c.id, x.key, x.h.Cost, 0, x.pools), time.Duration(x.h.S3.MultipartExpiry))
 	if err != nil || !d.Allowed {
 		return x.decided(d, err)
 	}
@@ -524,7 +524,7 @@ func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 	defer cancel()
-	if err := store.BindUpload(ctx, c.id, state.UploadKeyOf(uploadObject(r, t), res.UploadID)); err != nil {
+	if err := store.Uploads().Bind(ctx, c.id, state.UploadKeyOf(uploadObject(r, t), res.UploadID)); err != nil {
 		// The backend holds an upload the quota does not know: its parts
 		// would be refused, so the client is told to start again.
 		h.logger.Error("recording a multipart upload failed", zap.String("token_fingerprint", c.fp), zap.Error(err))
@@ -563,7 +563,7 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 	for i, p := range req.Parts {
 		parts[i] = p.PartNumber
 	}
-	if err := store.BeginComplete(ctx, upload, tokenKey, state.DefaultCompleteLimit); err != nil {
+	if err := store.Uploads().BeginComplete(ctx, upload, tokenKey, state.DefaultCompleteLimit); err != nil {
 		if errors.Is(err, state.ErrNotFound) {
 			if h.DryRun {
 				countDecision("dry_run", string(state.ReasonNoSuchUpload))
@@ -584,13 +584,13 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 	gone := rec.Status() == http.StatusNotFound && bytes.Contains(out, []byte("NoSuchUpload"))
 	ectx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 	defer cancel()
-	if err := store.EndComplete(ectx, upload, ok, parts); err != nil {
+	if err := store.Uploads().EndComplete(ectx, upload, ok, parts); err != nil {
 		// The upload stays completing until DefaultCompleteLimit, then
 		// keeps its charge: never less than what was stored.
 		h.logger.Error("recording a completed multipart upload failed", zap.Bool("completed", ok), zap.Error(err))
 	} else if gone {
 		// The backend no longer has the upload: it will never complete.
-		if err := store.AbortUpload(ectx, upload, state.TokenKey{}); err != nil && !errors.Is(err, state.ErrNotFound) {
+		if err := store.Uploads().Abort(ectx, upload, state.TokenKey{}); err != nil && !errors.Is(err, state.ErrNotFound) {
 			h.logger.Error("refunding a vanished multipart upload failed", zap.Error(err))
 		}
 	}
@@ -611,7 +611,7 @@ func (h *Handler) abortUpload(w http.ResponseWriter, r *http.Request, next caddy
 	if s := rec.Status(); s < 300 || s == http.StatusNotFound {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
 		defer cancel()
-		if err := store.AbortUpload(ctx, upload, tokenKey); err != nil && !errors.Is(err, state.ErrNotFound) {
+		if err := store.Uploads().Abort(ctx, upload, tokenKey); err != nil && !errors.Is(err, state.ErrNotFound) {
 			// A complete in flight decides; else expiry refunds it.
 			h.logger.Warn("refunding an aborted multipart upload failed", zap.String("token_fingerprint", fp), zap.Error(err))
 		} else if err == nil {

@@ -190,7 +190,7 @@ func (u *Usage) view(ctx context.Context, s *raftstore.Store, name string, d sta
 		NotifyAt: t.NotifyAt, ThresholdsReached: t.ThresholdsReached,
 	}}
 	for _, id := range t.Pools {
-		p, err := s.Pool(ctx, id)
+		p, err := s.Pools().Get(ctx, id)
 		if err != nil {
 			return UsageView{}, err
 		}

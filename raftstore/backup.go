@@ -88,7 +88,7 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
 
 // latestSnapshot takes a snapshot now (or, when nothing was applied since
 // the last one, opens that one).
-func (s *Store) latestSnapshot() (*raft.SnapshotMeta, io.ReadCloser, error) {
+func (s *node) latestSnapshot() (*raft.SnapshotMeta, io.ReadCloser, error) {
 	f := s.raft.Snapshot()
 	err := f.Error()
 	if err == nil {

@@ -60,7 +60,7 @@ func BenchmarkConsumeInPools(b *testing.B) {
 			ctx := context.Background()
 			var ids []string
 			for i := range pools {
-				p, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: fmt.Sprintf("pool-%d", i)})
+				p, err := c.nodes[0].Pools().Create(ctx, state.PoolSpec{Name: fmt.Sprintf("pool-%d", i)})
 				if err != nil {
 					b.Fatal(err)
 				}

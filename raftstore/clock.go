@@ -51,7 +51,7 @@ func (c *clockSync) invalidate() {
 //
 // Only the first command of a term waits for a measurement; later refreshes
 // run in the background so no request pays for them.
-func (c *clockSync) stamp(s *Store) int64 {
+func (c *clockSync) stamp(s *node) int64 {
 	term := s.raft.CurrentTerm()
 	offset, ok, stale := c.get(term)
 	if !ok {
@@ -81,7 +81,7 @@ func (c *clockSync) get(term uint64) (offset time.Duration, ok, stale bool) {
 // the local clock (the local clock counts as one vote with difference 0).
 // Peers that do not answer in time do not vote. With an even number of
 // votes the smaller middle value is taken, so time errs towards late.
-func (c *clockSync) measure(s *Store, term uint64) time.Duration {
+func (c *clockSync) measure(s *node, term uint64) time.Duration {
 	servers := s.configuration()
 	diffs := []time.Duration{0}
 	var mu sync.Mutex

@@ -403,7 +403,7 @@ func VerifyDataDir(dir string) (*DataDirCheck, error) {
 // (a member recovered by wiping its data dir): the leader has applied
 // more than the bootstrap configuration and this node's first leader
 // proposals.
-func (s *Store) sayWhatWasJoined() {
+func (s *node) sayWhatWasJoined() {
 	defer s.wg.Done()
 	// Judged as soon as a leader is known: a new cluster's leader has
 	// applied only its first few commands then.

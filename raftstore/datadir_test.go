@@ -170,7 +170,7 @@ func TestWipedMemberRejoinsAndSaysSo(t *testing.T) {
 	c.reopen(victim)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if tok, err := c.nodes[victim].Lookup(ctx, "kept"); err == nil && tok.UsageCount == 30 && c.nodes[victim].AppliedIndex() > 16 {
+		if tok, err := c.nodes[victim].Lookup(ctx, "kept"); err == nil && tok.UsageCount == 30 && c.nodes[victim].Stats().AppliedIndex > 16 {
 			break
 		}
 		if time.Now().After(deadline) {

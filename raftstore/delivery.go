@@ -12,31 +12,13 @@ import (
 	"go.uber.org/zap"
 )
 
-// EventStats are the delivery counters of this node.
-type EventStats struct {
-	// Pending are the events waiting in the replicated outbox.
-	Pending int
-	// Dropped counts events the outbox had no room for (replicated).
-	Dropped uint64
-	// Delivered and Failed count this node's deliveries, as leader.
-	Delivered, Failed uint64
-}
-
-// EventStats reports the outbox and this node's deliveries.
-func (s *Store) EventStats() EventStats {
-	c := s.fsm.Counts()
-	st := EventStats{Pending: c.PendingEvents, Dropped: c.DroppedEvents}
-	st.Delivered, st.Failed = s.eventsDelivered.Load(), s.eventsFailed.Load()
-	return st
-}
-
 // deliverEvents runs on every node; the leader, once ready in its term,
 // delivers the outbox in order — a log line per event, and a POST to the
 // webhook if one is configured — then acknowledges what it delivered
 // through the log. A failing webhook is retried with backoff (up to 30 s)
 // and said at WARN at most once a minute; nothing is acknowledged that
 // was not delivered.
-func (s *Store) deliverEvents() {
+func (s *node) deliverEvents() {
 	defer s.wg.Done()
 	client := &http.Client{Timeout: 5 * time.Second}
 	backoff := 100 * time.Millisecond

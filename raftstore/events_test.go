@@ -102,8 +102,8 @@ func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 	t.Logf("2 crossings, %d deliveries (repeats carry the same key); the receiver was down %v and had both events %v after it came back",
 		deliveries, outage, time.Since(back).Round(100*time.Millisecond)-500*time.Millisecond)
 	for _, s := range c.nodes {
-		if st := s.EventStats(); st.Pending != 0 {
-			t.Fatalf("%s still has %d events pending", s.NodeID(), st.Pending)
+		if st := s.Stats(); st.PendingEvents != 0 {
+			t.Fatalf("%s still has %d events pending", s.NodeID(), st.PendingEvents)
 		}
 	}
 }

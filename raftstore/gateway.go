@@ -18,7 +18,7 @@ import (
 // joinAsGateway asks the voters, in turn, to add this node as a
 // non-voter, and asks again whenever the leader has not been heard from for
 // a while (a leader that removed this gateway stops replicating to it).
-func (s *Store) joinAsGateway() {
+func (s *node) joinAsGateway() {
 	defer s.wg.Done()
 	stale := max(4*s.cfg.HeartbeatTimeout, time.Second)
 	for {
@@ -41,7 +41,7 @@ func (s *Store) joinAsGateway() {
 
 // askToJoin tries every voter until one adds this gateway; false when the
 // node closed first.
-func (s *Store) askToJoin() bool {
+func (s *node) askToJoin() bool {
 	args := &forward.Member{Add: true, Gateway: true, ID: s.cfg.NodeID, Address: s.Addr()}
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		for _, p := range s.cfg.Peers {
@@ -64,7 +64,7 @@ func (s *Store) askToJoin() bool {
 
 // leaveAsGateway asks the leader to remove this gateway, briefly: a
 // gateway that cannot reach it is removed by the leader later anyway.
-func (s *Store) leaveAsGateway() {
+func (s *node) leaveAsGateway() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := s.member(ctx, &forward.Member{ID: s.cfg.NodeID, Gateway: true}); err != nil {
@@ -76,7 +76,7 @@ func (s *Store) leaveAsGateway() {
 
 // reapGateways, while this node leads, removes gateways the leader has not
 // reached for GatewayTimeout. Voters are never touched.
-func (s *Store) reapGateways() {
+func (s *node) reapGateways() {
 	defer s.wg.Done()
 	t := time.NewTicker(max(s.cfg.GatewayTimeout/4, 50*time.Millisecond))
 	defer t.Stop()

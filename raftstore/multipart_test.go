@@ -45,7 +45,7 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 			defer wg.Done()
 			s := func(i int) *Store { return c.nodes[(w+i)%3] }
 			id := state.NewRequestID()
-			d, err := s(0).ReserveUpload(ctx, state.ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour)
+			d, err := s(0).Uploads().Reserve(ctx, state.ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour)
 			if err != nil {
 				t.Error(err)
 				return
@@ -55,27 +55,27 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 				return
 			}
 			u := state.UploadKeyOf(fmt.Sprintf("b/o%d", w), "id")
-			if err := s(1).BindUpload(ctx, id, u); err != nil {
+			if err := s(1).Uploads().Bind(ctx, id, u); err != nil {
 				t.Error(err)
 				return
 			}
 			for p := int32(1); p <= 3; p++ {
-				if d, err := s(int(p)).ChargePart(ctx, state.NewRequestID(), u, p, 1000, state.TokenKey{}); err != nil || !d.Allowed {
+				if d, err := s(int(p)).Uploads().ChargePart(ctx, state.NewRequestID(), u, p, 1000, state.TokenKey{}); err != nil || !d.Allowed {
 					t.Errorf("part %d: %+v %v", p, d, err)
 					return
 				}
 			}
 			if w%2 == 0 {
-				if err := s(2).BeginComplete(ctx, u, key, time.Hour); err != nil {
+				if err := s(2).Uploads().BeginComplete(ctx, u, key, time.Hour); err != nil {
 					t.Error(err)
 					return
 				}
-				if err := s(0).EndComplete(ctx, u, true, []int32{1, 2, 3}); err != nil {
+				if err := s(0).Uploads().EndComplete(ctx, u, true, []int32{1, 2, 3}); err != nil {
 					t.Error(err)
 					return
 				}
 				completed.Add(1)
-			} else if err := s(1).AbortUpload(ctx, u, key); err != nil {
+			} else if err := s(1).Uploads().Abort(ctx, u, key); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -103,7 +103,7 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 		}
 	}
 	for i, s := range c.nodes {
-		if u := s.Uploads(); len(u) != 0 || s.OpenUploads() != 0 {
+		if u := s.Uploads().List(); len(u) != 0 || s.Uploads().Open() != 0 {
 			t.Errorf("node %d still holds uploads: %+v", i+1, u)
 		}
 	}

@@ -212,7 +212,7 @@ func waitApplied(t *testing.T, c *testCluster) {
 		want := c.nodes[c.leaderIndex()].raft.CommitIndex()
 		done := true
 		for _, s := range c.nodes {
-			done = done && s.AppliedIndex() >= want
+			done = done && s.Stats().AppliedIndex >= want
 		}
 		if done {
 			return
@@ -381,7 +381,7 @@ func TestRestartedPeerIsAFollowerOnTheFirstPoll(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	c.reopen(f)
-	for c.nodes[f].AppliedIndex() < c.nodes[leader].AppliedIndex() || c.nodes[f].Health(ctx) != nil {
+	for c.nodes[f].Stats().AppliedIndex < c.nodes[leader].Stats().AppliedIndex || c.nodes[f].Health(ctx) != nil {
 		if time.Now().After(deadline.Add(10 * time.Second)) {
 			t.Fatal("restarted follower did not catch up")
 		}
@@ -545,10 +545,10 @@ func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
 	if len(loud) > 0 {
 		t.Errorf("the leader wrote %d lines at WARN or above in the last 6 s of a follower's outage: %q", len(loud), loud)
 	}
-	target := c.nodes[leader].AppliedIndex()
+	target := c.nodes[leader].Stats().AppliedIndex
 	start := time.Now()
 	c.reopen(f)
-	for c.nodes[f].AppliedIndex() < target {
+	for c.nodes[f].Stats().AppliedIndex < target {
 		if time.Since(start) > 20*time.Second {
 			t.Fatal("the restarted follower did not catch up in 20 s")
 		}

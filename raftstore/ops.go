@@ -40,7 +40,7 @@ func (s *Store) Consume(ctx context.Context, req state.ConsumeRequest) (state.De
 }
 
 // forwardConsumeBatch sends a batch of consumes to the leader in one RPC.
-func (s *Store) forwardConsumeBatch(reqs []state.ConsumeRequest) ([]state.Decision, error) {
+func (s *node) forwardConsumeBatch(reqs []state.ConsumeRequest) ([]state.Decision, error) {
 	id, addr, err := s.leader()
 	if err != nil {
 		return nil, err
@@ -100,7 +100,7 @@ type readPoint struct {
 }
 
 // fetchReadPoint asks the leader for a read point, for a batch of reads.
-func (s *Store) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
+func (s *node) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
 	_, addr, err := s.leader()
 	if err != nil {
 		return nil, err
@@ -123,7 +123,7 @@ func (s *Store) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
 // index. It answers false, at once, when index is 0 or this node cannot
 // say what its FSM applied (it restored a snapshot and has applied no
 // command since).
-func (s *Store) waitApplied(ctx context.Context, index uint64) (bool, error) {
+func (s *node) waitApplied(ctx context.Context, index uint64) (bool, error) {
 	for {
 		applied := s.fsm.Applied()
 		if index == 0 || applied == 0 {
@@ -219,7 +219,7 @@ func (s *Store) DeleteToken(ctx context.Context, id string) error {
 	return err
 }
 
-func (s *Store) idOp(ctx context.Context, o state.Op, id string) (*state.Token, error) {
+func (s *node) idOp(ctx context.Context, o state.Op, id string) (*state.Token, error) {
 	if !state.IsTokenID(id) {
 		return nil, fmt.Errorf("%w: %q is not a token id", state.ErrNotFound, id)
 	}
@@ -228,7 +228,7 @@ func (s *Store) idOp(ctx context.Context, o state.Op, id string) (*state.Token, 
 
 // write proposes c on the leader, forwarding when this node is not it.
 // c.ID is fixed before the first try, so retries are deduplicated.
-func (s *Store) write(ctx context.Context, c *state.Command) (*state.Token, error) {
+func (s *node) write(ctx context.Context, c *state.Command) (*state.Token, error) {
 	res, err := s.propose(ctx, c)
 	if err != nil {
 		return nil, err
@@ -238,7 +238,7 @@ func (s *Store) write(ctx context.Context, c *state.Command) (*state.Token, erro
 
 // propose applies c on the leader, forwarding when this node is not it, and
 // returns its result; a result's error is returned as the error.
-func (s *Store) propose(ctx context.Context, c *state.Command) (*state.Result, error) {
+func (s *node) propose(ctx context.Context, c *state.Command) (*state.Result, error) {
 	var out *state.Result
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
@@ -288,7 +288,7 @@ func (s *Store) Tokens(ctx context.Context, filter state.TokenFilter) (page []st
 // query serves a read on the leader after a read barrier, which makes it
 // linearizable: the barrier is committed after the read began, and the
 // leader has applied everything up to it. A follower forwards it.
-func (s *Store) query(ctx context.Context, q state.Query) (state.Answer, error) {
+func (s *node) query(ctx context.Context, q state.Query) (state.Answer, error) {
 	var a state.Answer
 	err := s.do(ctx, func(ctx context.Context) error {
 		var err error
@@ -309,7 +309,7 @@ func (s *Store) query(ctx context.Context, q state.Query) (state.Answer, error) 
 
 // point returns a read point: this node's, when it leads (after a read
 // barrier), or the leader's.
-func (s *Store) point(ctx context.Context) (forward.Point, error) {
+func (s *node) point(ctx context.Context) (forward.Point, error) {
 	var p forward.Point
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
@@ -329,7 +329,7 @@ func (s *Store) point(ctx context.Context) (forward.Point, error) {
 }
 
 // localPoint is this leader's read point.
-func (s *Store) localPoint(ctx context.Context) (forward.Point, error) {
+func (s *node) localPoint(ctx context.Context) (forward.Point, error) {
 	if err := s.readBarrier(ctx); err != nil {
 		return forward.Point{}, err
 	}
@@ -337,7 +337,7 @@ func (s *Store) localPoint(ctx context.Context) (forward.Point, error) {
 }
 
 // queryLocal serves q from this node, which leads.
-func (s *Store) queryLocal(ctx context.Context, q state.Query) (state.Answer, error) {
+func (s *node) queryLocal(ctx context.Context, q state.Query) (state.Answer, error) {
 	if err := s.readBarrier(ctx); err != nil {
 		return state.Answer{}, err
 	}
@@ -366,7 +366,7 @@ func (s *Store) Remove(ctx context.Context, id string) error {
 	return s.member(ctx, &forward.Member{ID: id})
 }
 
-func (s *Store) member(ctx context.Context, args *forward.Member) error {
+func (s *node) member(ctx context.Context, args *forward.Member) error {
 	return s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
 			return s.changeMember(args)
@@ -379,7 +379,7 @@ func (s *Store) member(ctx context.Context, args *forward.Member) error {
 	})
 }
 
-func (s *Store) changeMember(args *forward.Member) error {
+func (s *node) changeMember(args *forward.Member) error {
 	if !s.IsLeader() {
 		return state.ErrNotLeader
 	}
@@ -414,7 +414,7 @@ func (s *Store) changeMember(args *forward.Member) error {
 	return nil
 }
 
-func (s *Store) configuration() []raft.Server {
+func (s *node) configuration() []raft.Server {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
 		return nil
@@ -500,7 +500,7 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	return info
 }
 
-func (s *Store) askState(ctx context.Context, id, addr string) string {
+func (s *node) askState(ctx context.Context, id, addr string) string {
 	for range 2 {
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		out, err := s.fwd.Status(cctx, s.dialAddr(id, addr))
@@ -523,5 +523,36 @@ func (s *Store) Snapshot() (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// AppliedIndex is the last log index this node has applied.
-func (s *Store) AppliedIndex() uint64 { return s.raft.AppliedIndex() }
+// Stats are a node's counters and gauges, for metrics.
+type Stats struct {
+	// AppliedIndex is the last log index this node has applied.
+	AppliedIndex uint64
+	// LeaderChanges counts the leader changes this node has observed,
+	// Forwarded the operations it forwarded to the leader.
+	LeaderChanges, Forwarded uint64
+	// PendingRefunds wait for a leader (RefundLater).
+	PendingRefunds int
+	// PendingEvents wait in the replicated outbox; DroppedEvents had no
+	// room there (replicated). EventsDelivered and EventsFailed count this
+	// node's deliveries, as leader.
+	PendingEvents                                int
+	DroppedEvents, EventsDelivered, EventsFailed uint64
+}
+
+// Stats reports this node's counters.
+func (s *Store) Stats() Stats {
+	c := s.fsm.Counts()
+	s.refunds.mu.Lock()
+	refunds := len(s.refunds.pending)
+	s.refunds.mu.Unlock()
+	return Stats{
+		AppliedIndex:    s.raft.AppliedIndex(),
+		LeaderChanges:   s.leaderChanges.Load(),
+		Forwarded:       s.forwarded.Load(),
+		PendingRefunds:  refunds,
+		PendingEvents:   c.PendingEvents,
+		DroppedEvents:   c.DroppedEvents,
+		EventsDelivered: s.eventsDelivered.Load(),
+		EventsFailed:    s.eventsFailed.Load(),
+	}
+}

@@ -15,7 +15,7 @@ import (
 func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	p, err := c.nodes[1].CreatePool(ctx, state.PoolSpec{Name: "customer-1", UsageLimit: 50})
+	p, err := c.nodes[1].Pools().Create(ctx, state.PoolSpec{Name: "customer-1", UsageLimit: 50})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,13 +50,13 @@ func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 		t.Fatalf("%d uploads admitted through a 50-upload pool", allowed.Load())
 	}
 	for _, s := range c.nodes {
-		got, err := s.Pool(ctx, p.ID)
+		got, err := s.Pools().Get(ctx, p.ID)
 		if err != nil || got.UsageCount != 50 || got.BytesUsed != 500 || got.Status != state.StatusExhausted {
 			t.Fatalf("%s sees the pool as %+v (%v)", s.NodeID(), got, err)
 		}
 	}
 	var sum int64
-	toks, _, err := c.nodes[0].PoolTokens(ctx, p.ID, state.TokenFilter{})
+	toks, _, err := c.nodes[0].Pools().Tokens(ctx, p.ID, state.TokenFilter{})
 	if err != nil || len(toks) != 10 {
 		t.Fatalf("the pool's tokens: %d, %v", len(toks), err)
 	}
@@ -74,11 +74,11 @@ func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	plan, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: "plan", UsageLimit: 5, BytesLimit: 5000})
+	plan, err := c.nodes[0].Pools().Create(ctx, state.PoolSpec{Name: "plan", UsageLimit: 5, BytesLimit: 5000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: "bucket", UsageLimit: 5}); err != nil {
+	if _, err := c.nodes[0].Pools().Create(ctx, state.PoolSpec{Name: "bucket", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "tok", UsageLimit: 5, Pools: []string{plan.ID}}); err != nil {
@@ -101,7 +101,7 @@ func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 		}
 	}
 	usage := func(name string) (int64, int64) {
-		p, err := c.nodes[old].LookupPool(ctx, name)
+		p, err := c.nodes[old].Pools().Lookup(ctx, name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +131,7 @@ func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 func TestRefundWaitsForTheLeader(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 60*time.Second)
-	p, err := c.nodes[0].CreatePool(ctx, state.PoolSpec{Name: "plan", UsageLimit: 10})
+	p, err := c.nodes[0].Pools().Create(ctx, state.PoolSpec{Name: "plan", UsageLimit: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestRefundWaitsForTheLeader(t *testing.T) {
 	}
 	c.nodes[survivor].RefundLater(id)
 	time.Sleep(500 * time.Millisecond)
-	if n := c.nodes[survivor].PendingRefunds(); n != 1 {
+	if n := c.nodes[survivor].Stats().PendingRefunds; n != 1 {
 		t.Fatalf("%d refunds pending without a quorum, want 1", n)
 	}
 	for i := range c.nodes {
@@ -158,7 +158,7 @@ func TestRefundWaitsForTheLeader(t *testing.T) {
 			c.reopen(i)
 		}
 	}
-	for deadline := time.Now().Add(30 * time.Second); c.nodes[survivor].PendingRefunds() != 0; {
+	for deadline := time.Now().Add(30 * time.Second); c.nodes[survivor].Stats().PendingRefunds != 0; {
 		if time.Now().After(deadline) {
 			t.Fatal("the refund never reached the leader")
 		}
@@ -168,7 +168,7 @@ func TestRefundWaitsForTheLeader(t *testing.T) {
 	if err != nil || tok.UsageCount != 0 {
 		t.Fatalf("token after the refund: %+v %v", tok, err)
 	}
-	if got, _ := c.nodes[survivor].Pool(ctx, p.ID); got.UsageCount != 0 {
+	if got, _ := c.nodes[survivor].Pools().Get(ctx, p.ID); got.UsageCount != 0 {
 		t.Fatalf("pool after the refund: %+v", got)
 	}
 }

@@ -61,17 +61,10 @@ func (s *Store) RefundLater(id state.RequestID) {
 	}
 }
 
-// PendingRefunds is how many refunds wait for the leader.
-func (s *Store) PendingRefunds() int {
-	s.refunds.mu.Lock()
-	defer s.refunds.mu.Unlock()
-	return len(s.refunds.pending)
-}
-
 // retryRefunds sends the queued refunds, backing off while they fail, and
 // says at WARN, at most once a minute, that some are waiting or were
 // dropped.
-func (s *Store) retryRefunds() {
+func (s *node) retryRefunds() {
 	defer s.wg.Done()
 	q := s.refunds
 	backoff := 50 * time.Millisecond
@@ -99,7 +92,7 @@ func (s *Store) retryRefunds() {
 		failed := 0
 		for _, id := range ids {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-			err := s.Refund(ctx, id)
+			_, err := s.write(ctx, &state.Command{Op: state.OpRefund, ID: id})
 			cancel()
 			if err != nil {
 				failed++

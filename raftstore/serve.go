@@ -13,7 +13,7 @@ import (
 
 // startForwarding serves this node's peers and makes the client that
 // forwards to the leader, both on the mux's forwarding connections.
-func (s *Store) startForwarding() {
+func (s *node) startForwarding() {
 	layer := s.mux.forward
 	dial := func(addr string, timeout time.Duration) (net.Conn, error) {
 		return layer.Dial(raft.ServerAddress(addr), timeout)
@@ -24,7 +24,7 @@ func (s *Store) startForwarding() {
 
 // served is what this node serves its peers (forward.Service): the
 // leader's side of every forwarded operation.
-type served struct{ s *Store }
+type served struct{ s *node }
 
 func (v served) IsLeader() bool { return v.s.IsLeader() }
 

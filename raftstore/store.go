@@ -200,10 +200,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Store is one node of the replicated quota cluster. Every method is safe for
-// concurrent use and may be called on any node: followers forward to the
-// leader.
+// Store is one node of the replicated quota cluster, as its users see it:
+// tokens and consumes (ops.go), pools (Pools), multipart uploads (Uploads),
+// membership, backup and health. Every method is safe for concurrent use
+// and may be called on any node: followers forward to the leader.
 type Store struct {
+	*node
+}
+
+// node is the engine under a Store: Raft's lifecycle, batching, forwarding,
+// linearizable reads and the leader's duties.
+type node struct {
 	cfg    Config
 	logger *zap.Logger
 	// newDataDir: this start bootstrapped an empty data dir with peers.
@@ -274,7 +281,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	logger := cfg.Logger.With(zap.String("node_id", cfg.NodeID))
-	s := &Store{cfg: cfg, logger: logger, closed: make(chan struct{})}
+	s := &Store{&node{cfg: cfg, logger: logger, closed: make(chan struct{})}}
 	s.fsm = newReplica(state.New(logger), logger, s.onHalt)
 	if err := s.start(); err != nil {
 		s.shutdown()
@@ -300,7 +307,7 @@ func claimDataDir(dir, id string) error {
 	return os.WriteFile(path, []byte(id+"\n"), 0o600)
 }
 
-func (s *Store) start() error {
+func (s *node) start() error {
 	hl := newHCLog(s.logger.Named("raft"))
 	logs, stable, snaps, err := s.openStores(hl)
 	if err != nil {
@@ -326,7 +333,7 @@ func (s *Store) start() error {
 
 // openStores opens the log, stable and snapshot stores: a voter's data
 // dir, checked first, or a gateway's memory.
-func (s *Store) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, error) {
+func (s *node) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, error) {
 	cfg := s.cfg
 	// A gateway keeps its copy of the log in memory: it never votes, so
 	// nothing it holds is needed for a commit, and a restarted gateway is
@@ -366,7 +373,7 @@ func (s *Store) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, ra
 
 // openTransport listens (or takes the configured stream layer), shares the
 // port between Raft and forwarding, and makes Raft's transport.
-func (s *Store) openTransport(hl hclog.Logger) error {
+func (s *node) openTransport(hl hclog.Logger) error {
 	cfg := s.cfg
 	stream := cfg.Stream
 	if stream == nil {
@@ -408,7 +415,7 @@ func (s *Store) openTransport(hl hclog.Logger) error {
 }
 
 // raftConfig is hashicorp/raft's configuration from the node's.
-func (s *Store) raftConfig(hl hclog.Logger) *raft.Config {
+func (s *node) raftConfig(hl hclog.Logger) *raft.Config {
 	cfg := s.cfg
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -433,7 +440,7 @@ func (s *Store) raftConfig(hl hclog.Logger) *raft.Config {
 
 // bootstrapIfNew writes the first configuration into an empty voter's
 // data dir: itself alone, or the configured peers.
-func (s *Store) bootstrapIfNew(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore) error {
+func (s *node) bootstrapIfNew(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore) error {
 	cfg := s.cfg
 	if cfg.NoBootstrap || cfg.Gateway {
 		return nil
@@ -471,7 +478,7 @@ func (s *Store) bootstrapIfNew(rc *raft.Config, logs raft.LogStore, stable raft.
 
 // startWorkers starts the batchers, forwarding and the node's goroutines
 // on a running Raft.
-func (s *Store) startWorkers(r *raft.Raft) {
+func (s *node) startWorkers(r *raft.Raft) {
 	cfg := s.cfg
 	s.leaderConsumes = newBatcher(cfg.MaxBatch, 1, s.applyConsumes)
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
@@ -510,7 +517,7 @@ func (s *Store) startWorkers(r *raft.Raft) {
 	go s.expireUploads()
 }
 
-func (s *Store) onBatch(n int, forwarded bool) {
+func (s *node) onBatch(n int, forwarded bool) {
 	if s.cfg.OnBatch != nil {
 		s.cfg.OnBatch(n, forwarded)
 	}
@@ -518,7 +525,7 @@ func (s *Store) onBatch(n int, forwarded bool) {
 
 // watchLeader counts leader changes, does a new leader's duties, and keeps
 // track of which peers the leader has lost contact with.
-func (s *Store) watchLeader(ch chan raft.Observation) {
+func (s *node) watchLeader(ch chan raft.Observation) {
 	defer s.wg.Done()
 	for {
 		select {
@@ -551,7 +558,7 @@ func (s *Store) watchLeader(ch chan raft.Observation) {
 // return ErrUnavailable and are retried, with the same request ids, with
 // whichever leader is known next, instead of waiting out their timeouts
 // on a leader that is gone (a black-holed one answers nothing).
-func (s *Store) leaderMoved() {
+func (s *node) leaderMoved() {
 	ch := make(chan struct{})
 	if old := s.leaderGone.Swap(&ch); old != nil {
 		close(*old)
@@ -559,7 +566,7 @@ func (s *Store) leaderMoved() {
 }
 
 // leaderGoneCh is closed when the current leader changes.
-func (s *Store) leaderGoneCh() <-chan struct{} {
+func (s *node) leaderGoneCh() <-chan struct{} {
 	if p := s.leaderGone.Load(); p != nil {
 		return *p
 	}
@@ -570,7 +577,7 @@ func (s *Store) leaderGoneCh() <-chan struct{} {
 // cluster's fingerprint secret if there is none, and this node's dedup size
 // if it differs from the replicated one. Both go through the log, so every
 // replica applies the same value at the same index.
-func (s *Store) leaderDuties() {
+func (s *node) leaderDuties() {
 	defer s.wg.Done()
 	// Wait until the entries of earlier terms are applied here, so the
 	// comparisons below look at the cluster's current state.
@@ -599,7 +606,7 @@ func (s *Store) leaderDuties() {
 
 // warnConfigDiffers says once per value when this node's dedup_size is not
 // the cluster's: the cluster's is what applies.
-func (s *Store) warnConfigDiffers() {
+func (s *node) warnConfigDiffers() {
 	want, have := s.cfg.DedupSize, s.fsm.DedupSize()
 	if want == 0 || want == have || s.warnedDedup.Swap(int64(have)) == int64(have) {
 		return
@@ -609,14 +616,14 @@ func (s *Store) warnConfigDiffers() {
 }
 
 // onHalt hands leadership away from a node that can no longer apply the log.
-func (s *Store) onHalt(err error) {
+func (s *node) onHalt(err error) {
 	if s.raft != nil && s.raft.State() == raft.Leader {
 		s.raft.LeadershipTransfer()
 	}
 }
 
 // Halted returns why this node stopped applying the log, or nil.
-func (s *Store) Halted() error { return s.fsm.haltedErr() }
+func (s *node) Halted() error { return s.fsm.haltedErr() }
 
 // Close leaves the cluster gracefully: it hands leadership to another voter
 // when it can, then stops Raft and closes the data dir. Safe to call twice.
@@ -629,7 +636,7 @@ func (s *Store) Close() error {
 // operations, hand leadership to another voter, let the operations already
 // accepted finish (retried through the new leader), and only then stop
 // the batchers, Raft and the data dir.
-func (s *Store) shutdown() error {
+func (s *node) shutdown() error {
 	if s.raft != nil && s.cfg.Gateway {
 		s.leaveAsGateway()
 	}
@@ -697,7 +704,7 @@ const raftShutdownTimeout = 15 * time.Second
 
 // stopRaft shuts Raft down, within raftShutdownTimeout; stopped is false
 // when it did not stop in time.
-func (s *Store) stopRaft() (stopped bool, err error) {
+func (s *node) stopRaft() (stopped bool, err error) {
 	if s.raft != nil {
 		if s.observer != nil {
 			s.raft.DeregisterObserver(s.observer)
@@ -726,7 +733,7 @@ func (s *Store) stopRaft() (stopped bool, err error) {
 }
 
 // enter admits an operation unless the node is shutting down; leave ends it.
-func (s *Store) enter() bool {
+func (s *node) enter() bool {
 	s.opsMu.RLock()
 	defer s.opsMu.RUnlock()
 	if s.draining {
@@ -736,9 +743,9 @@ func (s *Store) enter() bool {
 	return true
 }
 
-func (s *Store) leave() { s.ops.Done() }
+func (s *node) leave() { s.ops.Done() }
 
-func (s *Store) voters() int {
+func (s *node) voters() int {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
 		return 0
@@ -753,22 +760,16 @@ func (s *Store) voters() int {
 }
 
 // NodeID returns this node's id.
-func (s *Store) NodeID() string { return s.cfg.NodeID }
+func (s *node) NodeID() string { return s.cfg.NodeID }
 
 // Addr returns the address peers reach this node's Raft at.
-func (s *Store) Addr() string { return string(s.transport.LocalAddr()) }
+func (s *node) Addr() string { return string(s.transport.LocalAddr()) }
 
 // IsLeader reports whether this node is the Raft leader right now.
-func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+func (s *node) IsLeader() bool { return s.raft.State() == raft.Leader }
 
 // State returns this node's Raft state: Leader, Follower, Candidate or Shutdown.
-func (s *Store) State() string { return s.raft.State().String() }
-
-// LeaderChanges counts the leader changes this node has observed.
-func (s *Store) LeaderChanges() uint64 { return s.leaderChanges.Load() }
-
-// Forwarded counts the operations this node forwarded to the leader.
-func (s *Store) Forwarded() uint64 { return s.forwarded.Load() }
+func (s *node) State() string { return s.raft.State().String() }
 
 // WaitForLeader blocks until the cluster has a leader this node knows of.
 func (s *Store) WaitForLeader(ctx context.Context) error {
@@ -800,7 +801,7 @@ func (s *Store) FingerprintOf(key state.TokenKey) string { return state.TokenIDO
 // --- leader-side operations ---
 
 // applyLocal stamps the leader's time into c and proposes it to the log.
-func (s *Store) applyLocal(c *state.Command) (*state.Result, error) {
+func (s *node) applyLocal(c *state.Command) (*state.Result, error) {
 	c.Time = s.clock.stamp(s)
 	b, err := state.Encode(c)
 	if err != nil {
@@ -817,7 +818,7 @@ func (s *Store) applyLocal(c *state.Command) (*state.Result, error) {
 	return res, nil
 }
 
-func (s *Store) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, error) {
+func (s *node) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, error) {
 	res, err := s.applyLocal(&state.Command{Op: state.OpConsume, Consumes: reqs})
 	if err != nil {
 		return nil, err
@@ -830,7 +831,7 @@ func (s *Store) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, er
 
 // barrier waits until everything committed before it is applied here, by
 // committing an entry of its own (a log append and an fsync).
-func (s *Store) barrier([]struct{}) ([]struct{}, error) {
+func (s *node) barrier([]struct{}) ([]struct{}, error) {
 	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
 		return nil, raftError(err)
 	}
@@ -846,7 +847,7 @@ func (s *Store) barrier([]struct{}) ([]struct{}, error) {
 // barrier it took on becoming leader returned, which Raft answers after the
 // FSM applied every entry of earlier terms. A leader that has not done so
 // yet in its current term takes a barrier per read batch instead.
-func (s *Store) readIndex([]struct{}) ([]struct{}, error) {
+func (s *node) readIndex([]struct{}) ([]struct{}, error) {
 	term := s.raft.CurrentTerm()
 	if s.readyTerm.Load() != term {
 		return s.barrier(nil)
@@ -870,7 +871,7 @@ func (s *Store) readIndex([]struct{}) ([]struct{}, error) {
 
 // readBarrier makes the next local read linearizable (see readIndex). Only
 // the leader can.
-func (s *Store) readBarrier(ctx context.Context) error {
+func (s *node) readBarrier(ctx context.Context) error {
 	if !s.IsLeader() {
 		return state.ErrNotLeader
 	}
@@ -900,7 +901,7 @@ func retryable(err error) bool {
 
 // do runs fn until it succeeds, fails for good, or ctx ends. Without a
 // deadline in ctx, RequestTimeout bounds it.
-func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) error {
+func (s *node) do(ctx context.Context, fn func(ctx context.Context) error) error {
 	if !s.enter() {
 		return state.ErrClosed
 	}
@@ -938,7 +939,7 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) erro
 
 // leader returns the leader's id and the address to dial it at, or
 // unavailability when there is none yet.
-func (s *Store) leader() (string, string, error) {
+func (s *node) leader() (string, string, error) {
 	addr, id := s.raft.LeaderWithID()
 	if addr == "" {
 		return "", "", fmt.Errorf("%w: no leader known", state.ErrUnavailable)
@@ -947,7 +948,7 @@ func (s *Store) leader() (string, string, error) {
 }
 
 // dialAddr is where this node dials peer id, advertised at addr.
-func (s *Store) dialAddr(id, addr string) string {
+func (s *node) dialAddr(id, addr string) string {
 	if a, ok := s.cfg.DialAddresses[id]; ok {
 		return a
 	}
@@ -957,7 +958,7 @@ func (s *Store) dialAddr(id, addr string) string {
 // dialProvider makes Raft's transport dial peers at their overrides, and
 // every other peer at the address in the cluster's configuration.
 // peerAt returns the id of the member Raft dials at addr.
-func (s *Store) peerAt(addr string) (string, bool) {
+func (s *node) peerAt(addr string) (string, bool) {
 	for id, a := range s.cfg.DialAddresses {
 		if a == addr {
 			return id, true
@@ -976,7 +977,7 @@ func (s *Store) peerAt(addr string) (string, bool) {
 // leadsMemberAt reports whether this node leads and addr is a member's in
 // the latest configuration: Raft's dials to such a peer wait for it
 // (mux.keepDialing).
-func (s *Store) leadsMemberAt(addr string) bool {
+func (s *node) leadsMemberAt(addr string) bool {
 	r := s.raftNode.Load()
 	if r == nil || r.State() != raft.Leader {
 		return false
@@ -993,7 +994,7 @@ func (s *Store) leadsMemberAt(addr string) bool {
 	return false
 }
 
-type dialProvider struct{ s *Store }
+type dialProvider struct{ s *node }
 
 func (d dialProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 	if a, ok := d.s.cfg.DialAddresses[string(id)]; ok {
@@ -1057,7 +1058,7 @@ const HealthLag = time.Second
 // caughtUp reports a follower that cannot apply, within HealthLag, the
 // commands its leader had applied: one whose log writes fail, or that
 // fell far behind. Such a node would answer every linearizable read late.
-func (s *Store) caughtUp(ctx context.Context) error {
+func (s *node) caughtUp(ctx context.Context) error {
 	points, err := s.readPoints.do(ctx, []struct{}{{}})
 	if err != nil {
 		return fmt.Errorf("%w: cannot reach the leader: %v", state.ErrUnavailable, err)

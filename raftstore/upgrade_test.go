@@ -150,7 +150,7 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 		}
 	}
 	pool := func(spec state.PoolSpec) *state.Pool {
-		p, err := s.CreatePool(ctx, spec)
+		p, err := s.Pools().Create(ctx, spec)
 		must(err)
 		return p
 	}
@@ -183,17 +183,17 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 	_, err = s.CreateToken(ctx, state.TokenSpec{Name: "pooled-mp", UsageLimit: 10, Pools: []string{gone.ID}})
 	must(err)
 	id := state.NewRequestID()
-	if d, err := s.ReserveUpload(ctx, state.ConsumeRequest{ID: id, Token: "pooled-mp", Units: 1, Pools: []string{"bucket-a"}}, time.Hour); err != nil || !d.Allowed {
+	if d, err := s.Uploads().Reserve(ctx, state.ConsumeRequest{ID: id, Token: "pooled-mp", Units: 1, Pools: []string{"bucket-a"}}, time.Hour); err != nil || !d.Allowed {
 		t.Fatalf("reserve in a pool: %+v %v", d, err)
 	}
 	u := state.UploadKeyOf("bucket-a/obj", "upload-pooled")
-	must(s.BindUpload(ctx, id, u))
-	if d, err := s.ChargePart(ctx, state.NewRequestID(), u, 1, 64, state.TokenKey{}); err != nil || !d.Allowed {
+	must(s.Uploads().Bind(ctx, id, u))
+	if d, err := s.Uploads().ChargePart(ctx, state.NewRequestID(), u, 1, 64, state.TokenKey{}); err != nil || !d.Allowed {
 		t.Fatalf("part in a pool: %+v %v", d, err)
 	}
-	_, err = s.UpdatePool(ctx, plan.ID, state.PoolUpdate{UsageLimit: i64(5)})
+	_, err = s.Pools().Update(ctx, plan.ID, state.PoolUpdate{UsageLimit: i64(5)})
 	must(err)
-	_, err = s.ResetPool(ctx, bytesPool.ID)
+	_, err = s.Pools().Reset(ctx, bytesPool.ID)
 	must(err)
 	none := []string{}
 	_, err = s.UpdateLimits(ctx, tok.ID, state.LimitUpdate{Pools: &[]string{plan.ID}})
@@ -202,13 +202,13 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 	must(err)
 	_, err = s.UpdateLimits(ctx, mp.ID, state.LimitUpdate{Pools: &none})
 	must(err)
-	must(s.DeletePool(ctx, gone.ID))
+	must(s.Pools().Delete(ctx, gone.ID))
 	return replays
 }
 
 // fixturePools is every pool s holds.
 func fixturePools(t *testing.T, s *Store) []state.Pool {
-	ps, err := s.Pools(ctxT(t, 30*time.Second))
+	ps, err := s.Pools().List(ctxT(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,18 +235,18 @@ func multipartWorkload(t *testing.T, s *Store) {
 	key := state.KeyOf("multipart")
 	upload := func(name string) state.UploadKey {
 		id := state.NewRequestID()
-		if d, err := s.ReserveUpload(ctx, state.ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
+		if d, err := s.Uploads().Reserve(ctx, state.ConsumeRequest{ID: id, Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
 			t.Fatalf("reserve %s: %+v %v", name, d, err)
 		}
 		u := state.UploadKeyOf("bucket/"+name, "upload-"+name)
-		if err := s.BindUpload(ctx, id, u); err != nil {
+		if err := s.Uploads().Bind(ctx, id, u); err != nil {
 			t.Fatalf("bind %s: %v", name, err)
 		}
 		return u
 	}
 	part := func(u state.UploadKey, n int32, bytes int64) state.RequestID {
 		id := state.NewRequestID()
-		if d, err := s.ChargePart(ctx, id, u, n, bytes, state.TokenKey{}); err != nil || !d.Allowed {
+		if d, err := s.Uploads().ChargePart(ctx, id, u, n, bytes, state.TokenKey{}); err != nil || !d.Allowed {
 			t.Fatalf("part %d: %+v %v", n, d, err)
 		}
 		return id
@@ -261,20 +261,20 @@ func multipartWorkload(t *testing.T, s *Store) {
 	part(done, 1, 100)
 	part(done, 2, 200)
 	part(done, 2, 150)
-	must(s.BeginComplete(ctx, done, key, time.Hour))
-	must(s.EndComplete(ctx, done, true, []int32{1, 2}))
+	must(s.Uploads().BeginComplete(ctx, done, key, time.Hour))
+	must(s.Uploads().EndComplete(ctx, done, true, []int32{1, 2}))
 	aborted := upload("aborted")
 	part(aborted, 1, 50)
-	must(s.AbortUpload(ctx, aborted, key))
+	must(s.Uploads().Abort(ctx, aborted, key))
 	open := upload("open")
 	part(open, 1, 30)
 	must(s.Refund(ctx, part(open, 2, 40)))
-	if d, err := s.ReserveUpload(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
+	if d, err := s.Uploads().Reserve(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Key: key, Units: 1}, time.Hour); err != nil || !d.Allowed {
 		t.Fatalf("pending reserve: %+v %v", d, err)
 	}
 	failed := upload("failed")
-	must(s.BeginComplete(ctx, failed, key, time.Hour))
-	must(s.EndComplete(ctx, failed, false, nil))
+	must(s.Uploads().BeginComplete(ctx, failed, key, time.Hour))
+	must(s.Uploads().EndComplete(ctx, failed, false, nil))
 	if _, err := s.applyLocal(&state.Command{Op: state.OpExpireUploads}); err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +337,7 @@ func TestWriteFormatFixture(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	replays := fixtureWorkload(t, s)
-	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.DedupSize(), Uploads: s.Uploads(), Pools: fixturePools(t, s)}
+	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.DedupSize(), Uploads: s.Uploads().List(), Pools: fixturePools(t, s)}
 	if err := os.WriteFile(filepath.Join(root, "snapshot.bin"), snapshotBytes(t, s.fsm), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Errorf("log: dedup size %d, want %d", s.fsm.DedupSize(), want.DedupSize)
 			}
 			checkReplays(t, "log", s, want.Replays)
-			compareUploads(t, "log", want.Uploads, s.Uploads())
+			compareUploads(t, "log", want.Uploads, s.Uploads().List())
 			comparePools(t, "log", want.Pools, fixturePools(t, s))
 			// What this build writes of the upgraded state holds no name.
 			for _, name := range []string{"meta.data_x-1", "reactivated", "renewing", "expiring"} {
@@ -406,7 +406,7 @@ func TestEveryShippedFormatStillLoads(t *testing.T) {
 				t.Errorf("snapshot: dedup size %d, want %d", s2.fsm.DedupSize(), want.DedupSize)
 			}
 			checkReplays(t, "snapshot", s2, want.Replays)
-			compareUploads(t, "snapshot", want.Uploads, s2.Uploads())
+			compareUploads(t, "snapshot", want.Uploads, s2.Uploads().List())
 			comparePools(t, "snapshot", want.Pools, fixturePools(t, s2))
 		})
 	}
