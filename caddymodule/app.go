@@ -10,13 +10,10 @@ package caddymodule
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -203,17 +200,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 // provisionConfig fills in defaults and builds the store's config.
 func (a *App) provisionConfig() error {
 	if a.NodeID == "" {
-		a.NodeID = "node1"
+		a.NodeID = defaultNodeID
 	}
 	if a.DataDir == "" {
 		a.DataDir = filepath.Join(caddy.AppDataDir(), "quota", a.NodeID)
 		a.defaultDataDir = true
 	}
 	if a.RaftAddress == "" {
-		a.RaftAddress = "127.0.0.1:7000"
+		a.RaftAddress = defaultRaftAddress
 	}
-	if a.Role != "" && a.Role != "voter" && a.Role != "gateway" {
-		return fmt.Errorf("quota: role is voter or gateway, got %q", a.Role)
+	if err := a.checkSettings(); err != nil {
+		return err
 	}
 	if a.Role == "gateway" && a.LogStore != "" {
 		return fmt.Errorf("quota: log_store is a voter's setting; a gateway keeps its log in memory")
@@ -221,32 +218,9 @@ func (a *App) provisionConfig() error {
 	if a.Role == "gateway" && a.Join {
 		return fmt.Errorf("quota: a gateway joins by itself (through its peers); drop join")
 	}
-	if a.DedupSize < 0 || a.MaxBatch < 0 {
-		return fmt.Errorf("quota: dedup_size and max_batch must not be negative")
-	}
 	a.DataDir = caddy.NewReplacer().ReplaceKnown(a.DataDir, "")
-	a.cfg = raftstore.Config{
-		NodeID:             a.NodeID,
-		DataDir:            a.DataDir,
-		BindAddr:           a.RaftAddress,
-		AdvertiseAddr:      a.AdvertiseAddress,
-		Peers:              a.Peers,
-		DialAddresses:      a.DialAddresses,
-		NoBootstrap:        a.Join,
-		Gateway:            a.Role == "gateway",
-		GatewayTimeout:     time.Duration(a.GatewayTimeout),
-		HeartbeatTimeout:   time.Duration(a.HeartbeatTimeout),
-		ElectionTimeout:    time.Duration(a.ElectionTimeout),
-		LeaderLeaseTimeout: time.Duration(a.LeaderLeaseTimeout),
-		CommitTimeout:      time.Duration(a.CommitTimeout),
-		ApplyTimeout:       time.Duration(a.ApplyTimeout),
-		SnapshotThreshold:  a.SnapshotThreshold,
-		DedupSize:          a.DedupSize,
-		MaxBatch:           a.MaxBatch,
-		LogStore:           a.LogStore,
-		EventsWebhook:      a.EventsWebhook,
-		OnBatch:            observeBatch,
-	}
+	a.cfg = a.engineConfig()
+	a.cfg.OnBatch = observeBatch
 	if err := a.cfg.Validate(); err != nil {
 		return fmt.Errorf("quota: %w", err)
 	}
@@ -353,33 +327,6 @@ func (a *App) warnOrphanedState() {
 				zap.String("node_id", a.NodeID), zap.String("data_dir", a.DataDir), zap.String("data_dir_with_state", other), zap.String("its_node_id", e.Name()))
 		}
 	}
-}
-
-// restartOnly names the settings that differ between the running node's
-// config and a new one but are only read when the node opens.
-func restartOnly(running, next raftstore.Config) []string {
-	var changed []string
-	add := func(name string, differs bool) {
-		if differs {
-			changed = append(changed, name)
-		}
-	}
-	add("peers", !slices.Equal(running.Peers, next.Peers))
-	add("dial", !maps.Equal(running.DialAddresses, next.DialAddresses))
-	add("join", running.NoBootstrap != next.NoBootstrap)
-	add("role", running.Gateway != next.Gateway)
-	add("gateway_timeout", running.GatewayTimeout != next.GatewayTimeout)
-	add("heartbeat_timeout", running.HeartbeatTimeout != next.HeartbeatTimeout)
-	add("election_timeout", running.ElectionTimeout != next.ElectionTimeout)
-	add("leader_lease_timeout", running.LeaderLeaseTimeout != next.LeaderLeaseTimeout)
-	add("commit_timeout", running.CommitTimeout != next.CommitTimeout)
-	add("apply_timeout", running.ApplyTimeout != next.ApplyTimeout)
-	add("snapshot_threshold", running.SnapshotThreshold != next.SnapshotThreshold)
-	add("log_store", running.LogStore != next.LogStore)
-	add("events_webhook", running.EventsWebhook != next.EventsWebhook)
-	add("dedup_size", running.DedupSize != next.DedupSize)
-	add("max_batch", running.MaxBatch != next.MaxBatch)
-	return changed
 }
 
 // Stop does nothing: the node must outlive the HTTP servers, which Caddy

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"net/url"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -9,8 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/raftquota/raftquota/raftstore"
 )
 
 func init() {
@@ -21,31 +18,9 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("quota", httpcaddyfile.After, "forward_auth")
 }
 
-// parseGlobalOption parses the quota global option:
-//
-//	quota {
-//	    node_id              <id>
-//	    data_dir             <path>
-//	    raft_address         <host:port>
-//	    advertise_address    <host:port>
-//	    peer                 <id> <host:port>     # once per voter, this node included
-//	    dial                 <id> <host:port>     # reach peer <id> here instead (NAT, proxy)
-//	    join
-//	    role                 voter|gateway        # gateway: a non-voter that joins the peers
-//	    gateway_timeout      <duration>           # voters: remove a gateway unreachable this long
-//	    tls                  <cert_file> <key_file> <ca_file>
-//	    plaintext
-//	    heartbeat_timeout    <duration>
-//	    election_timeout     <duration>
-//	    leader_lease_timeout <duration>
-//	    commit_timeout       <duration>
-//	    apply_timeout        <duration>
-//	    snapshot_threshold   <entries>
-//	    log_store            wal|boltdb           # voters: where the Raft log lives (default wal)
-//	    events_webhook       <url>                # where the leader POSTs threshold events
-//	    dedup_size           <entries>
-//	    max_batch            <consumes>
-//	}
+// parseGlobalOption parses the quota global option, quota { <option>
+// <args>... }, whose options are the entries of the settings table
+// (settings.go; docs/REFERENCE.md lists them with their defaults).
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
 	d.Next() // the option name
@@ -53,96 +28,20 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		parse, ok := globalOptions[d.Val()]
+		s, ok := settingNamed(d.Val())
 		if !ok {
 			return nil, d.Errf("unrecognized quota option %q", d.Val())
 		}
-		if err := parse(d, app); err != nil {
+		if err := s.parse(d, app); err != nil {
 			return nil, err
+		}
+		if s.check != nil {
+			if err := s.check(app); err != nil {
+				return nil, d.Errf("%v", err)
+			}
 		}
 	}
 	return httpcaddyfile.App{Name: "quota", Value: caddyconfig.JSON(app, nil)}, nil
-}
-
-// globalOptions reads each option of the quota global option into the app
-// (one entry an option; TestReferenceCoversEveryOption checks each is in
-// docs/REFERENCE.md).
-var globalOptions = map[string]func(d *caddyfile.Dispenser, app *App) error{
-	"node_id":           func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.NodeID) },
-	"data_dir":          func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.DataDir) },
-	"raft_address":      func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.RaftAddress) },
-	"advertise_address": func(d *caddyfile.Dispenser, a *App) error { return oneArg(d, &a.AdvertiseAddress) },
-
-	"heartbeat_timeout":    func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.HeartbeatTimeout) },
-	"election_timeout":     func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.ElectionTimeout) },
-	"leader_lease_timeout": func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.LeaderLeaseTimeout) },
-	"commit_timeout":       func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.CommitTimeout) },
-	"apply_timeout":        func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.ApplyTimeout) },
-	"gateway_timeout":      func(d *caddyfile.Dispenser, a *App) error { return durationArg(d, &a.GatewayTimeout) },
-
-	"snapshot_threshold": func(d *caddyfile.Dispenser, a *App) error {
-		return countArg(d, func(n int64) { a.SnapshotThreshold = uint64(n) })
-	},
-	"dedup_size": func(d *caddyfile.Dispenser, a *App) error { return countArg(d, func(n int64) { a.DedupSize = int(n) }) },
-	"max_batch":  func(d *caddyfile.Dispenser, a *App) error { return countArg(d, func(n int64) { a.MaxBatch = int(n) }) },
-
-	"plaintext": func(d *caddyfile.Dispenser, a *App) error { return flagArg(d, &a.Plaintext) },
-	"join":      func(d *caddyfile.Dispenser, a *App) error { return flagArg(d, &a.Join) },
-
-	"peer": func(d *caddyfile.Dispenser, a *App) error {
-		args := d.RemainingArgs()
-		if len(args) != 2 {
-			return d.Errf("peer takes an id and an address: peer <id> <host:port>")
-		}
-		a.Peers = append(a.Peers, raftstore.Peer{ID: args[0], Address: args[1]})
-		return nil
-	},
-	"dial": func(d *caddyfile.Dispenser, a *App) error {
-		args := d.RemainingArgs()
-		if len(args) != 2 {
-			return d.Errf("dial takes a peer id and an address: dial <id> <host:port>")
-		}
-		if a.DialAddresses == nil {
-			a.DialAddresses = map[string]string{}
-		}
-		a.DialAddresses[args[0]] = args[1]
-		return nil
-	},
-	"tls": func(d *caddyfile.Dispenser, a *App) error {
-		args := d.RemainingArgs()
-		if len(args) != 3 {
-			return d.Errf("tls takes three files: tls <cert_file> <key_file> <ca_file>")
-		}
-		a.TLS = &raftstore.TLSFiles{CertFile: args[0], KeyFile: args[1], CAFile: args[2]}
-		return nil
-	},
-	"role": func(d *caddyfile.Dispenser, a *App) error {
-		if err := oneArg(d, &a.Role); err != nil {
-			return err
-		}
-		if a.Role != "voter" && a.Role != "gateway" {
-			return d.Errf("role is voter or gateway, got %q", a.Role)
-		}
-		return nil
-	},
-	"events_webhook": func(d *caddyfile.Dispenser, a *App) error {
-		if err := oneArg(d, &a.EventsWebhook); err != nil {
-			return err
-		}
-		if u, err := url.Parse(a.EventsWebhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return d.Errf("events_webhook must be an http:// or https:// URL, got %q", a.EventsWebhook)
-		}
-		return nil
-	},
-	"log_store": func(d *caddyfile.Dispenser, a *App) error {
-		if err := oneArg(d, &a.LogStore); err != nil {
-			return err
-		}
-		if a.LogStore != raftstore.LogStoreBolt && a.LogStore != raftstore.LogStoreWAL {
-			return d.Errf("log_store is %s or %s, got %q", raftstore.LogStoreBolt, raftstore.LogStoreWAL, a.LogStore)
-		}
-		return nil
-	},
 }
 
 // countArg reads a whole number of at least 1 and gives it to set.

@@ -135,7 +135,7 @@ func TestAppProvisionRejectsBadConfig(t *testing.T) {
 		{"gateway without tls", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", Peers: peers("n1", "n2")}, "cluster nodes must authenticate each other"},
 		{"tls and plaintext", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", Plaintext: true, TLS: &raftstore.TLSFiles{CertFile: "a", KeyFile: "b", CAFile: "c"}}, "exclude each other"},
 		{"gateway with a log store", App{NodeID: "g1", RaftAddress: "127.0.0.1:7001", Role: "gateway", LogStore: "wal", Plaintext: true, Peers: peers("n1")}, "a gateway keeps its log in memory"},
-		{"unknown log store (JSON)", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", LogStore: "rocksdb"}, `log store "rocksdb"`},
+		{"unknown log store (JSON)", App{NodeID: "n1", RaftAddress: "127.0.0.1:7001", LogStore: "rocksdb"}, `log_store is boltdb or wal, got "rocksdb"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,7 +180,7 @@ func TestReloadNamesSettingsThatWaitForARestart(t *testing.T) {
 	next.HeartbeatTimeout = time.Second
 	next.LogStore = raftstore.LogStoreWAL
 	got := restartOnly(base, next)
-	want := []string{"peers", "heartbeat_timeout", "log_store", "dedup_size"}
+	want := []string{"peer", "heartbeat_timeout", "dedup_size", "log_store"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("restartOnly = %v, want %v", got, want)
 	}

@@ -145,6 +145,16 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// DefaultConfig is the config Open fills in for settings left zero: the
+// one source of the engine's defaults (the Caddy app's settings table and
+// its reference test read them from here).
+func DefaultConfig() Config {
+	var c Config
+	c.setDefaults()
+	c.LogStore = LogStoreWAL
+	return c
+}
+
 // Validate reports the first thing wrong with the config.
 func (c *Config) Validate() error {
 	if c.NodeID == "" {
