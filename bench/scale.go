@@ -15,9 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
@@ -247,20 +247,20 @@ func measureScale(dir string, n int, progress func(string)) (scaleResult, error)
 // and compacts its log meanwhile (every 8192 entries, keeping 10240), as a
 // cluster does: the follower is sent a snapshot and the log after it.
 func measureCatchUp(dir string, behind int) (time.Duration, error) {
+	ctx := context.Background()
 	var peers []raftstore.Peer
-	layers := make([]raft.StreamLayer, 3)
-	for i := range layers {
-		l, err := raftstore.NewTCPStreamLayer("127.0.0.1:0", "")
-		if err != nil {
-			return 0, err
-		}
-		layers[i] = l
-		peers = append(peers, raftstore.Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
-	}
 	cfg := func(i int) raftstore.Config {
 		return raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), BindAddr: peers[i].Address, Peers: peers, Logger: zap.NewNop(), LogStore: scaleLogStore}
 	}
-	nodes := make([]*raftstore.Store, 3)
+	nodes, err := clustertest.Start(ctx, 3, raftstore.NewTCPStreamLayer, func(i int, members []clustertest.Member) (*raftstore.Store, error) {
+		peers = peersOf(members)
+		c := cfg(i)
+		c.Stream = members[i].Layer
+		return raftstore.Open(c)
+	})
+	if err != nil {
+		return 0, err
+	}
 	defer func() {
 		for _, s := range nodes {
 			if s != nil {
@@ -268,19 +268,6 @@ func measureCatchUp(dir string, behind int) (time.Duration, error) {
 			}
 		}
 	}()
-	for i := range nodes {
-		c := cfg(i)
-		c.Stream = layers[i]
-		s, err := raftstore.Open(c)
-		if err != nil {
-			return 0, err
-		}
-		nodes[i] = s
-	}
-	ctx := context.Background()
-	if err := nodes[0].WaitForLeader(ctx); err != nil {
-		return 0, err
-	}
 	if _, err := nodes[0].CreateToken(ctx, state.TokenSpec{Name: "catchup"}); err != nil {
 		return 0, err
 	}

@@ -11,11 +11,11 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/internal/testport"
 	"github.com/raftquota/raftquota/raftstore"
 	"github.com/raftquota/raftquota/raftstore/state"
@@ -46,32 +46,26 @@ type raftquotaSystem struct {
 }
 
 func newRaftquota(n int, dir, logStore string) (*raftquotaSystem, error) {
-	s := &raftquotaSystem{n: n, logStore: logStore}
-	var peers []raftstore.Peer
-	tcp := make([]raft.StreamLayer, n)
-	for i := range tcp {
-		l, err := raftstore.NewTCPStreamLayer("127.0.0.1:0", "")
-		if err != nil {
-			return nil, err
-		}
-		tcp[i] = l
-		peers = append(peers, raftstore.Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
-	}
-	for i := range tcp {
-		cfg := raftstore.Config{NodeID: peers[i].ID, DataDir: filepath.Join(dir, peers[i].ID), Stream: tcp[i], Logger: zap.NewNop(), LogStore: logStore}
-		if n > 1 {
-			cfg.Peers = peers
-		}
-		st, err := raftstore.Open(cfg)
-		if err != nil {
-			s.close()
-			return nil, err
-		}
-		s.nodes = append(s.nodes, st)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return s, s.nodes[0].WaitForLeader(ctx)
+	nodes, err := clustertest.Start(ctx, n, raftstore.NewTCPStreamLayer, func(i int, members []clustertest.Member) (*raftstore.Store, error) {
+		m := members[i]
+		cfg := raftstore.Config{NodeID: m.ID, DataDir: filepath.Join(dir, m.ID), Stream: m.Layer, Logger: zap.NewNop(), LogStore: logStore}
+		if n > 1 {
+			cfg.Peers = peersOf(members)
+		}
+		return raftstore.Open(cfg)
+	})
+	return &raftquotaSystem{n: n, logStore: logStore, nodes: nodes}, err
+}
+
+// peersOf is the cluster's voters, for raftstore.Config.Peers.
+func peersOf(members []clustertest.Member) []raftstore.Peer {
+	peers := make([]raftstore.Peer, len(members))
+	for i, m := range members {
+		peers[i] = raftstore.Peer{ID: m.ID, Address: m.Address}
+	}
+	return peers
 }
 
 func (s *raftquotaSystem) name() string {

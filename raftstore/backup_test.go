@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
@@ -16,7 +17,7 @@ import (
 // cluster with the same tokens, usage and remembered request ids.
 func TestBackupRestoresIntoANewCluster(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	leader := c.leaderIndex()
 	follower := c.nodes[(leader+1)%3]
 	var ids []state.RequestID

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -12,7 +13,7 @@ import (
 // month admits again in the new one, decided alike by every replica.
 func TestCalendarMonthBoundaryOnThreeNodes(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	setClock := func(at time.Time) {
 		for i := range c.skew {
 			c.skew[i].Store(int64(time.Until(at)))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -54,14 +55,14 @@ func listenTestCluster(t testing.TB, n int, log *zap.Logger) (*testCluster, []ra
 	if log != nil {
 		c.log = log
 	}
+	members, err := clustertest.Listen(n, NewTCPStreamLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
 	layers := make([]raft.StreamLayer, n)
-	for i := range layers {
-		l, err := NewTCPStreamLayer("127.0.0.1:0", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		layers[i] = l
-		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("node%d", i+1), Address: l.Addr().String()})
+	for i, m := range members {
+		layers[i] = m.Layer
+		c.peers = append(c.peers, Peer{ID: m.ID, Address: m.Address})
 	}
 	return c, layers
 }
@@ -116,40 +117,20 @@ func (c *testCluster) closeAll() {
 	}
 }
 
-func (c *testCluster) waitLeader() *Store {
-	c.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, s := range c.nodes {
-			if s != nil && s.IsLeader() {
-				return s
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	c.t.Fatal("no leader elected")
-	return nil
-}
+func (c *testCluster) waitLeader() *Store { return c.nodes[c.leaderIndex()] }
 
 func (c *testCluster) leaderIndex() int {
-	l := c.waitLeader()
-	for i, s := range c.nodes {
-		if s == l {
-			return i
-		}
+	c.t.Helper()
+	i, err := clustertest.WaitLeader(clustertest.Within(c.t, 20*time.Second), c.nodes)
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	return -1
-}
-
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
+	return i
 }
 
 func TestThreeNodesNeverOverAdmit(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	follower := c.nodes[(c.leaderIndex()+1)%3]
 	if _, err := follower.CreateToken(ctx, state.TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
 		t.Fatal(err)
@@ -190,7 +171,7 @@ func TestThreeNodesNeverOverAdmit(t *testing.T) {
 
 func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 90*time.Second)
+	ctx := clustertest.Within(t, 90*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "hot", UsageLimit: 100}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +220,7 @@ func TestLeaderLossNeverOverAdmitsNorLosesAnAllowedCharge(t *testing.T) {
 
 func TestRestartedClusterKeepsUsage(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[1].CreateToken(ctx, state.TokenSpec{Name: "keep", UsageLimit: 10, BytesLimit: 1000}); err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +251,7 @@ func TestRestartedClusterKeepsUsage(t *testing.T) {
 
 func TestRetryAfterLeadershipChangeChargesOnce(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "once", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +284,7 @@ func TestRetryAfterLeadershipChangeChargesOnce(t *testing.T) {
 
 func TestAnyNodeServesEveryOperation(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	f := c.nodes[(c.leaderIndex()+1)%3]
 	if _, err := f.CreateToken(ctx, state.TokenSpec{Name: "t1", UsageLimit: 2}); err != nil {
 		t.Fatal(err)
@@ -368,7 +349,7 @@ func TestAnyNodeServesEveryOperation(t *testing.T) {
 
 func TestJoinAndRemoveMember(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	l, err := NewTCPStreamLayer("127.0.0.1:0", "")
 	if err != nil {
 		t.Fatal(err)
@@ -392,18 +373,12 @@ func TestJoinAndRemoveMember(t *testing.T) {
 		t.Fatalf("removing twice: %v", err)
 	}
 	// A follower learns of the new configuration shortly after the leader.
-	deadline := time.Now().Add(5 * time.Second)
-	for len(follower.Cluster(ctx).Nodes) != 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d members after remove, want 3", len(follower.Cluster(ctx).Nodes))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	clustertest.Eventually(t, 5*time.Second, "3 members after the remove", func() bool { return len(follower.Cluster(ctx).Nodes) == 3 })
 }
 
 func TestNoQuorumIsUnavailable(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "q", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +419,7 @@ func TestSkewedLeaderNeverRenewsEarlyOrTwice(t *testing.T) {
 	for _, skew := range []time.Duration{time.Hour, -10 * time.Minute} {
 		t.Run(fmt.Sprintf("skew=%s", skew), func(t *testing.T) {
 			c := newTestCluster(t, 3)
-			ctx := ctxT(t, 60*time.Second)
+			ctx := clustertest.Within(t, 60*time.Second)
 			fast := (c.leaderIndex() + 1) % 3
 			c.skew[fast].Store(int64(skew))
 			c.transferTo((fast + 1) % 3) // a correct clock leads first

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -18,7 +19,7 @@ import (
 // snapshots, and returns the dir.
 func damagedNode(t *testing.T) string {
 	dir := t.TempDir()
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	s, err := Open(Config{NodeID: "n1", DataDir: dir, BindAddr: "127.0.0.1:0", Logger: zap.NewNop(), LogStore: LogStoreBolt, SnapshotThreshold: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +118,7 @@ func TestDamagedSnapshotFallsBackOrStops(t *testing.T) {
 	if err != nil {
 		t.Fatalf("opening with an older good snapshot: %v", err)
 	}
-	ctx := ctxT(t, 20*time.Second)
+	ctx := clustertest.Within(t, 20*time.Second)
 	if err := s.WaitForLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -146,13 +147,10 @@ func TestDamagedSnapshotFallsBackOrStops(t *testing.T) {
 func TestWipedMemberRejoinsAndSaysSo(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), nil)
-	ctx := ctxT(t, 60*time.Second)
-	for deadline := time.Now().Add(10 * time.Second); logs.FilterMessageSnippet("started a new cluster").Len() < 3; {
-		if time.Now().After(deadline) {
-			t.Fatalf("a new cluster's nodes did not each say they started one: %v", logs.FilterMessageSnippet("cluster").All())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	ctx := clustertest.Within(t, 60*time.Second)
+	clustertest.Eventually(t, 10*time.Second, "a new cluster's nodes each say they started one", func() bool {
+		return logs.FilterMessageSnippet("started a new cluster").Len() >= 3
+	})
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "kept", UsageLimit: 1000}); err != nil {
 		t.Fatal(err)
 	}
@@ -168,16 +166,10 @@ func TestWipedMemberRejoinsAndSaysSo(t *testing.T) {
 	}
 	logs.TakeAll()
 	c.reopen(victim)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if tok, err := c.nodes[victim].Lookup(ctx, "kept"); err == nil && tok.UsageCount == 30 && c.nodes[victim].Stats().AppliedIndex > 16 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the wiped member did not catch up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	clustertest.Eventually(t, 30*time.Second, "the wiped member caught up", func() bool {
+		tok, err := c.nodes[victim].Lookup(ctx, "kept")
+		return err == nil && tok.UsageCount == 30 && c.nodes[victim].Stats().AppliedIndex > 16
+	})
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		said := logs.FilterMessageSnippet("rejoined an existing cluster")
 		if said.Len() > 0 {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -39,7 +40,7 @@ func TestEventsReachTheWebhookOnceThroughLeaderChanges(t *testing.T) {
 	c, layers := listenTestCluster(t, 3, nil)
 	c.tweak = func(_ int, cfg *Config) { cfg.EventsWebhook = recv.URL }
 	c.start(layers)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "storm", UsageLimit: 200, NotifyAt: []int{50, 90}}); err != nil {
 		t.Fatal(err)
 	}

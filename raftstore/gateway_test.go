@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/internal/forward"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
@@ -36,15 +37,6 @@ func suffrages(s *Store) map[string]raft.ServerSuffrage {
 	return out
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(d); !ok(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-	}
-}
-
 // TestGatewaysDecideThroughTheVoters: gateways join as non-voters, take
 // consumes that are decided by the voters (never past a limit, whichever
 // node takes them), leave on close, and a gateway that vanishes without
@@ -52,10 +44,10 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 	// The leader's gateway_timeout decides when a vanished gateway goes.
 	c := newTestClusterWith(t, 3, nil, func(_ int, cfg *Config) { cfg.GatewayTimeout = time.Second })
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	g1, g2 := openGateway(t, c, "gw1"), openGateway(t, c, "gw2")
 	leader := c.nodes[c.leaderIndex()]
-	waitFor(t, 10*time.Second, "gateways joined", func() bool {
+	clustertest.Eventually(t, 10*time.Second, "gateways joined", func() bool {
 		m := suffrages(leader)
 		return m["gw1"] == raft.Nonvoter && m["gw2"] == raft.Nonvoter
 	})
@@ -90,12 +82,12 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 
 	// A gateway closing leaves.
 	g1.Close()
-	waitFor(t, 10*time.Second, "closed gateway removed", func() bool { _, ok := suffrages(leader)["gw1"]; return !ok })
+	clustertest.Eventually(t, 10*time.Second, "closed gateway removed", func() bool { _, ok := suffrages(leader)["gw1"]; return !ok })
 
 	// A gateway that vanishes without leaving is removed after the timeout.
 	g2.cfg.Gateway = false // skip the leave: as if killed
 	g2.Close()
-	waitFor(t, 15*time.Second, "vanished gateway reaped", func() bool { _, ok := suffrages(leader)["gw2"]; return !ok })
+	clustertest.Eventually(t, 15*time.Second, "vanished gateway reaped", func() bool { _, ok := suffrages(leader)["gw2"]; return !ok })
 	if n := leader.voters(); n != 3 {
 		t.Fatalf("%d voters at the end, want 3", n)
 	}

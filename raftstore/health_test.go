@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -33,7 +34,7 @@ func TestHealthSaysWhenADiskIsFull(t *testing.T) {
 		}
 	}
 	c.start(layers)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if c.leaderIndex() == 2 {
 		if err := c.nodes[2].raft.LeadershipTransfer().Error(); err != nil {
 			t.Fatal(err)

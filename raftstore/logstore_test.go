@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
@@ -179,7 +180,7 @@ func TestLogMovesBackFromWALIntoBolt(t *testing.T) {
 // WAL); every start sees what the last answered, and takes new decisions.
 func TestSwitchingTheLogStoreKeepsTheState(t *testing.T) {
 	dir := t.TempDir()
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	open := func(kind string) *Store {
 		s, err := Open(Config{NodeID: "n1", DataDir: dir, BindAddr: "127.0.0.1:0", Logger: zap.NewNop(), LogStore: kind, SnapshotThreshold: 1 << 20})
 		if err != nil {

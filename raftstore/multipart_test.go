@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -17,7 +18,7 @@ import (
 // give everything back once, and every replica ends with the same state.
 func TestMultipartAcrossLeaderChanges(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "mp", UsageLimit: 3}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,15 +94,10 @@ func TestMultipartAcrossLeaderChanges(t *testing.T) {
 		t.Fatalf("%d uploads completed; the token holds %d units and %d bytes (limit 3)", n, tok.UsageCount, tok.BytesUsed)
 	}
 	waitApplied(t, c)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	clustertest.Eventually(t, 5*time.Second, "the replicas' states agree", func() bool {
 		a, b, cc := snapshotBytes(t, c.nodes[0].fsm), snapshotBytes(t, c.nodes[1].fsm), snapshotBytes(t, c.nodes[2].fsm)
-		if bytes.Equal(a, b) && bytes.Equal(a, cc) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the replicas' states differ")
-		}
-	}
+		return bytes.Equal(a, b) && bytes.Equal(a, cc)
+	})
 	for i, s := range c.nodes {
 		if u := s.Uploads().List(); len(u) != 0 || s.Uploads().Open() != 0 {
 			t.Errorf("node %d still holds uploads: %+v", i+1, u)

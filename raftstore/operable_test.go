@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -24,7 +25,7 @@ import (
 // leader), and every request the closing node had accepted must finish.
 func TestGracefulStopOfTheLeaderFailsNoRequest(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "roll"}); err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestGracefulStopOfTheLeaderFailsNoRequest(t *testing.T) {
 func TestHealthyClusterIsQuietAtWarn(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), nil)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "q"}); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +136,7 @@ func TestDedupSizeIsClusterState(t *testing.T) {
 	sizes := []int{state.MinDedupSize, 2 * state.MinDedupSize, 0}
 	core, logs := observer.New(zapcore.WarnLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), func(i int, cfg *Config) { cfg.DedupSize = sizes[i] })
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	leader := c.leaderIndex()
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "d"}); err != nil {
 		t.Fatal(err)
@@ -268,7 +269,7 @@ func TestBatcherAnswersEverythingItAccepted(t *testing.T) {
 func TestMembershipChangesUnderLoad(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), nil)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	const limit = 1500
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "m", UsageLimit: limit}); err != nil {
 		t.Fatal(err)
@@ -360,7 +361,7 @@ func TestMembershipChangesUnderLoad(t *testing.T) {
 // on a stale connection); while it is down, unreachable with last_contact.
 func TestRestartedPeerIsAFollowerOnTheFirstPoll(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	leader := c.leaderIndex()
 	f := (leader + 1) % 3
 	c.stop(f)
@@ -397,7 +398,7 @@ func TestRestartedPeerIsAFollowerOnTheFirstPoll(t *testing.T) {
 // read that starts after a consume was answered sees it, on any node.
 func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -409,12 +410,7 @@ func TestReadsAreLinearizableWithoutLogWrites(t *testing.T) {
 		return leader.readyTerm.Load() == leader.raft.CurrentTerm() && leader.fsm.Secret() != nil &&
 			(cfg == 0 || cfg == leader.fsm.DedupSize()) && leader.raft.AppliedIndex() == leader.raft.LastIndex()
 	}
-	for deadline := time.Now().Add(10 * time.Second); !settled(); {
-		if time.Now().After(deadline) {
-			t.Fatal("leader never became ready for read-index reads")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	clustertest.Eventually(t, 10*time.Second, "the leader ready for read-index reads", settled)
 
 	before := leader.raft.LastIndex()
 	for i := 0; i < 30; i++ {
@@ -523,7 +519,7 @@ func TestADownFollowerCostsTheLeaderFewLogLines(t *testing.T) {
 func TestAFollowerBackFromALongAbsenceCatchesUpAtOnce(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	c := newTestClusterWith(t, 3, zap.New(core), func(i int, cfg *Config) { cfg.raftTimeout = 200 * time.Millisecond })
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "a"}); err != nil {
 		t.Fatal(err)
 	}

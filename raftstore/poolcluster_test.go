@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -14,7 +15,7 @@ import (
 // 50-upload pool; 32 clients through all three nodes get exactly 50.
 func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	p, err := c.nodes[1].Pools().Create(ctx, state.PoolSpec{Name: "customer-1", UsageLimit: 50})
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +74,7 @@ func TestThreeNodesNeverOverAdmitAPool(t *testing.T) {
 // through different nodes, gives each back once.
 func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	plan, err := c.nodes[0].Pools().Create(ctx, state.PoolSpec{Name: "plan", UsageLimit: 5, BytesLimit: 5000})
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +131,7 @@ func TestPoolRefundsAndRetriesAcrossALeaderChange(t *testing.T) {
 // and the charge is gone, from the token and its pool.
 func TestRefundWaitsForTheLeader(t *testing.T) {
 	c := newTestCluster(t, 3)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	p, err := c.nodes[0].Pools().Create(ctx, state.PoolSpec{Name: "plan", UsageLimit: 10})
 	if err != nil {
 		t.Fatal(err)
@@ -158,12 +159,7 @@ func TestRefundWaitsForTheLeader(t *testing.T) {
 			c.reopen(i)
 		}
 	}
-	for deadline := time.Now().Add(30 * time.Second); c.nodes[survivor].Stats().PendingRefunds != 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the refund never reached the leader")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	clustertest.Eventually(t, 30*time.Second, "the refund reached the leader", func() bool { return c.nodes[survivor].Stats().PendingRefunds == 0 })
 	tok, err := c.nodes[survivor].Lookup(ctx, "tok")
 	if err != nil || tok.UsageCount != 0 {
 		t.Fatalf("token after the refund: %+v %v", tok, err)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/raftquota/raftquota/internal/clustercert"
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -54,7 +55,7 @@ func newTLSCluster(t *testing.T) (*testCluster, string) {
 
 func TestMutualTLSClusterServes(t *testing.T) {
 	c, _ := newTLSCluster(t)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	f := c.nodes[(c.leaderIndex()+1)%3]
 	if _, err := f.CreateToken(ctx, state.TokenSpec{Name: "tls", UsageLimit: 2}); err != nil {
 		t.Fatal(err)
@@ -66,7 +67,7 @@ func TestMutualTLSClusterServes(t *testing.T) {
 
 func TestRoguePeersCannotTouchTheCluster(t *testing.T) {
 	c, _ := newTLSCluster(t)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "guarded", UsageLimit: 5}); err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestRoguePeersCannotTouchTheCluster(t *testing.T) {
 
 func TestTLSReloadRotatesCertificatesWithoutRestart(t *testing.T) {
 	c, certDir := newTLSCluster(t)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := clustertest.Within(t, 60*time.Second)
 	// New node certificates from the same CA, written over the old files.
 	if err := clustercert.Generate(certDir, []clustercert.Node{{ID: "node1"}, {ID: "node2"}, {ID: "node3"}}, time.Hour); err != nil {
 		t.Fatal(err)

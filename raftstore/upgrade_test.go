@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftquota/raftquota/internal/clustertest"
 	"github.com/raftquota/raftquota/raftstore/state"
 	"go.uber.org/zap"
 )
@@ -54,7 +55,7 @@ var fixtureTokenNames = []string{"plain", "bytes", "renewing", "expiring", "revo
 // fixtureWorkload runs every command op against s and returns the consumes
 // whose outcomes a reader must remember.
 func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	far := time.Date(2099, 1, 2, 3, 4, 5, 0, time.UTC)
 	past := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 	specs := []state.TokenSpec{
@@ -141,7 +142,7 @@ func fixtureWorkload(t *testing.T, s *Store) []fixtureReplay {
 // by a pool, a missing pool skipped); a refund; a multipart upload in a
 // pool; an update, a reset, a token moved out of a pool and a deleted pool.
 func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	far := time.Date(2099, 1, 2, 3, 4, 5, 0, time.UTC)
 	must := func(err error) {
 		t.Helper()
@@ -208,7 +209,7 @@ func poolWorkload(t *testing.T, s *Store) []fixtureReplay {
 
 // fixturePools is every pool s holds.
 func fixturePools(t *testing.T, s *Store) []state.Pool {
-	ps, err := s.Pools().List(ctxT(t, 30*time.Second))
+	ps, err := s.Pools().List(clustertest.Within(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func comparePools(t *testing.T, from string, want, got []state.Pool) {
 // part uploaded twice, an aborted one, an open one with a refunded part, a
 // pending one, one whose complete failed, and an expiry sweep.
 func multipartWorkload(t *testing.T, s *Store) {
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	key := state.KeyOf("multipart")
 	upload := func(name string) state.UploadKey {
 		id := state.NewRequestID()
@@ -283,7 +284,7 @@ func multipartWorkload(t *testing.T, s *Store) {
 // readFixtureState asks s, through its public API, for everything a fixture
 // records.
 func readFixtureState(t *testing.T, s *Store) map[string]*state.Token {
-	ctx := ctxT(t, 30*time.Second)
+	ctx := clustertest.Within(t, 30*time.Second)
 	out := map[string]*state.Token{}
 	for _, name := range fixtureTokenNames {
 		tok, err := s.Lookup(ctx, name)
@@ -312,7 +313,7 @@ func openFixtureNodeWith(t *testing.T, dir string, dedupSize int) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.WaitForLeader(ctxT(t, 20*time.Second)); err != nil {
+	if err := s.WaitForLeader(clustertest.Within(t, 20*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -330,12 +331,9 @@ func TestWriteFormatFixture(t *testing.T) {
 	s := openFixtureNodeWith(t, dir, 2*state.MinDedupSize)
 	// The fingerprint secret and the dedup size are proposed by the first
 	// leader; wait for both so the log holds those ops too.
-	for deadline := time.Now().Add(10 * time.Second); s.fsm.Secret() == nil || s.fsm.DedupSize() != 2*state.MinDedupSize; {
-		if time.Now().After(deadline) {
-			t.Fatal("no fingerprint secret")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	clustertest.Eventually(t, 10*time.Second, "a fingerprint secret and the dedup size", func() bool {
+		return s.fsm.Secret() != nil && s.fsm.DedupSize() == 2*state.MinDedupSize
+	})
 	replays := fixtureWorkload(t, s)
 	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.DedupSize(), Uploads: s.Uploads().List(), Pools: fixturePools(t, s)}
 	if err := os.WriteFile(filepath.Join(root, "snapshot.bin"), snapshotBytes(t, s.fsm), 0o644); err != nil {

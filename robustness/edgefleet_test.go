@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/internal/clustertest"
 )
 
 // fleet is examples/edge-fleet as shipped, copied to a temp dir with every
@@ -116,7 +118,7 @@ func TestEdgeFleetExample(t *testing.T) {
 		t.Skip("runs the real binary")
 	}
 	f := startFleet(t)
-	waitFor(t, 60*time.Second, func() bool {
+	clustertest.Eventually(t, 60*time.Second, "the voters see every gateway", func() bool {
 		ci, err := f.cluster("voter1")
 		if err != nil {
 			return false
@@ -186,7 +188,7 @@ func TestEdgeFleetExample(t *testing.T) {
 	kill := func(name string) {
 		t.Helper()
 		syscall.Kill(nodePID(t, f.dir, name+".Caddyfile"), syscall.SIGKILL)
-		waitFor(t, 10*time.Second, func() bool { return strings.Contains(f.out.String(), name+" died") })
+		clustertest.Eventually(t, 10*time.Second, "run.sh says "+name+" died", func() bool { return strings.Contains(f.out.String(), name+" died") })
 		if !strings.Contains(f.out.String(), "run.sh start "+name) {
 			t.Fatalf("run.sh did not say how to start %s again", name)
 		}
@@ -201,7 +203,7 @@ func TestEdgeFleetExample(t *testing.T) {
 	}
 	// Ready as an operator would check: every member's health route.
 	for _, m := range fleetMembers {
-		waitFor(t, 60*time.Second, func() bool { return f.health(m) == 200 })
+		clustertest.Eventually(t, 60*time.Second, m+" healthy again", func() bool { return f.health(m) == 200 })
 	}
 	serving(fleetMembers...)
 	kill("gw2")

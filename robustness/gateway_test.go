@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/internal/clustertest"
 )
 
 // TestGatewayJoinsServesAndLeaves runs the real binary as a gateway
@@ -54,7 +56,7 @@ func TestGatewayJoinsServesAndLeaves(t *testing.T) {
 		}
 		return m
 	}
-	waitFor(t, 30*time.Second, func() bool { return roles()["gw1"] == "gateway" })
+	clustertest.Eventually(t, 30*time.Second, "gw1 is a gateway", func() bool { return roles()["gw1"] == "gateway" })
 	if r := roles(); r["node1"] != "voter" || r["node2"] != "voter" || r["node3"] != "voter" {
 		t.Fatalf("roles with a gateway: %v", r)
 	}
@@ -83,7 +85,7 @@ func TestGatewayJoinsServesAndLeaves(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("gateway did not stop on SIGTERM")
 	}
-	waitFor(t, 15*time.Second, func() bool { _, ok := roles()["gw1"]; return !ok })
+	clustertest.Eventually(t, 15*time.Second, "gw1 left", func() bool { _, ok := roles()["gw1"]; return !ok })
 	if r := roles(); len(r) != 3 {
 		t.Fatalf("members after the gateway left: %v", r)
 	}

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftquota/raftquota/internal/clustertest"
 )
 
 // syncBuffer collects a process's output for the test to read while it runs.
@@ -69,7 +71,7 @@ func TestRunScriptSurvivesANodesDeath(t *testing.T) {
 	pid := nodePID(t, c.dir, fmt.Sprintf("node%d.Caddyfile", leader+1))
 	syscall.Kill(pid, syscall.SIGKILL)
 	want := fmt.Sprintf("node%d died", leader+1)
-	waitFor(t, 10*time.Second, func() bool { return strings.Contains(out.String(), want) })
+	clustertest.Eventually(t, 10*time.Second, "run.sh says "+want, func() bool { return strings.Contains(out.String(), want) })
 	if !strings.Contains(out.String(), fmt.Sprintf("run.sh start node%d", leader+1)) {
 		t.Fatalf("run.sh did not say how to start node%d again", leader+1)
 	}
@@ -77,7 +79,7 @@ func TestRunScriptSurvivesANodesDeath(t *testing.T) {
 		if i == leader {
 			continue
 		}
-		waitFor(t, 10*time.Second, func() bool { return upload(c, i, "ex", fmt.Sprintf("after-kill-%d", i)) == http.StatusOK })
+		clustertest.Eventually(t, 10*time.Second, fmt.Sprintf("an upload through node %d", i+1), func() bool { return upload(c, i, "ex", fmt.Sprintf("after-kill-%d", i)) == http.StatusOK })
 	}
 
 	start := exec.Command("bash", "./run.sh", "start", fmt.Sprintf("node%d", leader+1))
@@ -167,16 +169,6 @@ func upload(c *cluster, i int, token, object string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-func waitFor(t *testing.T, d time.Duration, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if ok() {
-			return
-		}
-	}
-	t.Fatalf("condition not met within %s", d)
 }
 
 // nodePID finds the caddy process run.sh started with config in dir.
