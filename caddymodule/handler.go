@@ -231,91 +231,22 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// poolNames are the pools the request names through the pool
-// placeholders. ok is false when one names no pool that could exist and
-// pool_missing is refuse.
-func (h *Handler) poolNames(repl *caddy.Replacer) (names []string, ok bool) {
-	for _, p := range h.Pools {
-		n := repl.ReplaceAll(p, "")
-		if state.ValidatePoolName(n) != nil {
-			if h.PoolMissing == "skip" {
-				continue
-			}
-			return nil, false
-		}
-		names = append(names, n)
-	}
-	return names, true
-}
-
-// charge is the request for a decision on this request: its token,
-// amounts and pools.
-func (h *Handler) charge(id state.RequestID, key state.TokenKey, units, bytes int64, pools []string) state.ConsumeRequest {
-	return state.ConsumeRequest{ID: id, Key: key, Units: units, Bytes: bytes, Pools: pools, SkipMissingPools: h.PoolMissing == "skip"}
-}
-
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.S3 != nil {
-		return h.serveS3(w, r, next)
-	}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	key := repl.ReplaceAll(h.Key, "")
-	if key == "" {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
-	}
-	if state.ValidateName(key) != nil {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
-	}
-	var bytes int64
-	if h.Bytes != "" {
-		v := repl.ReplaceAll(h.Bytes, "")
-		if v == "" {
-			return h.refuse(w, r, next, repl, http.StatusLengthRequired, "length_required", "Length required", "This route charges bytes and needs the upload's length up front.")
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return h.refuse(w, r, next, repl, http.StatusBadRequest, "bad_length", "Bad length", "The upload's declared length is not a non-negative integer.")
-		}
-		bytes = n
-		// A body longer than what was charged must not get through.
-		r.Body = http.MaxBytesReader(w, r.Body, n)
-	}
-
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
-	// A node that is still starting holds the request until it can decide.
-	store := h.app.waitStore(ctx)
-	if store == nil {
-		cancel()
-		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
-	}
-	tokenKey := state.KeyOf(key)        // hashed once: the fingerprint and the consume share it
-	fp := store.FingerprintOf(tokenKey) // the raw key is never logged
-	repl.Set("http.quota.token_fingerprint", fp)
-	pools, ok := h.poolNames(repl)
-	if !ok {
-		cancel()
-		return h.refuse(w, r, next, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
-	}
-
-	id := state.NewRequestID()
-	if h.IdempotencyKey != "" {
-		if ik := repl.ReplaceAll(h.IdempotencyKey, ""); ik != "" {
-			id = state.DeriveRequestID(key, ik)
-		}
-	}
-
-	start := time.Now()
-	var d state.Decision
-	var err error
-	req := h.charge(id, tokenKey, h.Cost, bytes, pools)
-	if h.CheckOnly {
-		d, err = store.Check(ctx, req)
-	} else {
-		d, err = store.Consume(ctx, req)
-	}
-	cancel()
-	consumeSeconds.Observe(time.Since(start).Seconds())
-	return h.decided(w, r, next, repl, store, charged{id: id, fp: fp, units: h.Cost, bytes: bytes, check: h.CheckOnly}, d, err)
+// exchange is one request through the quota handler. It carries what
+// every step of it needs — the writer, the request, the next handler, the
+// replacer, the node, and what is being charged — so a step takes only
+// its own arguments.
+type exchange struct {
+	h     *Handler
+	w     http.ResponseWriter
+	r     *http.Request
+	next  caddyhttp.Handler
+	repl  *caddy.Replacer
+	store *raftstore.Store // once waitStore has it
+	// key is the token's hash, pools the pools the request names, c what
+	// the decision is asked for.
+	key   state.TokenKey
+	pools []string
+	c     charged
 }
 
 // charged is what a decision was asked for.
@@ -326,51 +257,177 @@ type charged struct {
 	check        bool // nothing was charged
 }
 
+// forward passes the request on to the next handler.
+func (x *exchange) forward() error { return x.next.ServeHTTP(x.w, x.r) }
+
+// waitStore waits for this Caddy's node (a node that is still starting
+// holds the request until it can decide); false when ctx ends first.
+func (x *exchange) waitStore(ctx context.Context) bool {
+	x.store = x.h.app.waitStore(ctx)
+	x.c.id = state.NewRequestID()
+	return x.store != nil
+}
+
+// setToken names the token the request spends, and its fingerprint (the
+// raw name is never logged).
+func (x *exchange) setToken(key state.TokenKey) {
+	x.key = key
+	x.c.fp = x.store.FingerprintOf(key)
+	x.repl.Set("http.quota.token_fingerprint", x.c.fp)
+}
+
+// namePools finds the pools the request names through the pool
+// placeholders; false when one names no pool that could exist and
+// pool_missing is refuse.
+func (x *exchange) namePools() bool {
+	for _, p := range x.h.Pools {
+		n := x.repl.ReplaceAll(p, "")
+		if state.ValidatePoolName(n) != nil {
+			if x.h.PoolMissing == "skip" {
+				continue
+			}
+			return false
+		}
+		x.pools = append(x.pools, n)
+	}
+	return true
+}
+
+// request is the decision to ask for: x.c's id and amounts, to the token
+// and the pools.
+func (x *exchange) request() state.ConsumeRequest {
+	return state.ConsumeRequest{ID: x.c.id, Key: x.key, Units: x.c.units, Bytes: x.c.bytes, Pools: x.pools, SkipMissingPools: x.h.PoolMissing == "skip"}
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	x := &exchange{h: h, w: w, r: r, next: next, repl: r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)}
+	return h.protocol().serve(x)
+}
+
+// protocol is how a route meets the cluster: which requests it charges,
+// for what, and how it words a refusal. The plain gate takes its token
+// from a placeholder and answers problem+json; S3 (s3.go) classifies S3
+// operations and answers S3 error documents.
+type protocol interface {
+	serve(x *exchange) error
+	refusal(x *exchange, a refusal) error
+}
+
+func (h *Handler) protocol() protocol {
+	if h.S3 != nil {
+		return s3Protocol{}
+	}
+	return plainGate{}
+}
+
+// plainGate charges every request of its route: cost units and, with
+// bytes, the declared length.
+type plainGate struct{}
+
+func (plainGate) serve(x *exchange) error {
+	h := x.h
+	key := x.repl.ReplaceAll(h.Key, "")
+	if key == "" {
+		return x.refuse(http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
+	}
+	if state.ValidateName(key) != nil {
+		return x.refuse(http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
+	}
+	bytes, refused, err := x.declaredBytes()
+	if refused {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(x.r.Context(), time.Duration(h.Timeout))
+	defer cancel()
+	if !x.waitStore(ctx) {
+		return x.unavailable(errors.New("quota node not started"))
+	}
+	x.setToken(state.KeyOf(key)) // hashed once: the fingerprint and the consume share it
+	if !x.namePools() {
+		return x.refuse(http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
+	}
+	if h.IdempotencyKey != "" {
+		if ik := x.repl.ReplaceAll(h.IdempotencyKey, ""); ik != "" {
+			x.c.id = state.DeriveRequestID(key, ik)
+		}
+	}
+	x.c.units, x.c.bytes, x.c.check = h.Cost, bytes, h.CheckOnly
+	start := time.Now()
+	var d state.Decision
+	if h.CheckOnly {
+		d, err = x.store.Check(ctx, x.request())
+	} else {
+		d, err = x.store.Consume(ctx, x.request())
+	}
+	cancel()
+	consumeSeconds.Observe(time.Since(start).Seconds())
+	return x.decided(d, err)
+}
+
+// declaredBytes is the length a route that charges bytes is told up
+// front. When the request is refused for it, refused is true and err is
+// the refusal's.
+func (x *exchange) declaredBytes() (n int64, refused bool, err error) {
+	if x.h.Bytes == "" {
+		return 0, false, nil
+	}
+	v := x.repl.ReplaceAll(x.h.Bytes, "")
+	if v == "" {
+		return 0, true, x.refuse(http.StatusLengthRequired, "length_required", "Length required", "This route charges bytes and needs the upload's length up front.")
+	}
+	n, perr := strconv.ParseInt(v, 10, 64)
+	if perr != nil || n < 0 {
+		return 0, true, x.refuse(http.StatusBadRequest, "bad_length", "Bad length", "The upload's declared length is not a non-negative integer.")
+	}
+	// A body longer than what was charged must not get through.
+	x.r.Body = http.MaxBytesReader(x.w, x.r.Body, n)
+	return n, false, nil
+}
+
 // decided answers a request from the cluster's decision on c: a denial, a
 // 503, or the next handler, with the charge refunded when it fails.
-func (h *Handler) decided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, c charged, d state.Decision, err error) error {
-	fp := c.fp
+func (x *exchange) decided(d state.Decision, err error) error {
 	if err != nil {
-		if !c.check && h.OnUnavailable != "allow" {
+		if !x.c.check && x.h.OnUnavailable != "allow" {
 			// The consume may have been applied without this node learning
 			// of it. The client is told it failed, so take the charge back:
 			// a refund by the same id undoes it, or, if the consume is
 			// applied later, makes it charge nothing. The cluster could not
 			// be reached just now, so the refund is kept and retried in the
 			// background until the leader has it; the 503 goes out now.
-			store.RefundLater(c.id)
+			x.store.RefundLater(x.c.id)
 		}
-		return h.unavailable(w, r, next, repl, fp, err)
+		return x.unavailable(err)
 	}
 
 	if d.TokenID != "" {
-		fp = d.TokenID // the token's own id (differs for tokens made before the cluster secret)
-		repl.Set("http.quota.token_fingerprint", fp)
+		x.c.fp = d.TokenID // the token's own id (differs for tokens made before the cluster secret)
+		x.repl.Set("http.quota.token_fingerprint", x.c.fp)
 	}
-	setDecisionPlaceholders(repl, d)
-	setRateLimitHeaders(w.Header(), d, time.Now())
+	setDecisionPlaceholders(x.repl, d)
+	setRateLimitHeaders(x.w.Header(), d, time.Now())
 	if !d.Allowed {
-		return h.exceeded(w, r, next, repl, fp, d)
+		return x.exceeded(d)
 	}
 	countDecision("allowed", "")
 
-	if c.check || h.ChargeOn == "attempt" || d.Duplicate {
+	if x.c.check || x.h.ChargeOn == "attempt" || d.Duplicate {
 		// A duplicate was charged (and, if it failed, refunded) by its first
 		// request; refunding here would give back a successful upload.
-		return next.ServeHTTP(w, r)
+		return x.forward()
 	}
 	// A failed upload is refunded: its answer's RateLimit header says so.
-	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, d: d, units: c.units, bytes: c.bytes}
+	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, d: d, units: x.c.units, bytes: x.c.bytes}
 	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
-	body := watchBody(r)
-	err = next.ServeHTTP(rec, r)
+	body := watchBody(x.r)
+	err = x.next.ServeHTTP(rec, x.r)
 	if err != nil || rec.Status() >= 400 {
 		hw.failed() // an error is answered later, by Caddy's error handling
-		h.refund(store, c.id, fp, rec.Status(), err)
+		x.refund(rec.Status(), err)
 		if body.short && rec.Status() == 0 {
 			// The client sent less than it declared; say so, not 502.
-			return h.deny(w, r, repl, http.StatusBadRequest, "incomplete_body", "Incomplete body",
-				"The request body ended before its declared Content-Length; nothing was charged.", "", nil)
+			return x.deny(refusal{http.StatusBadRequest, "incomplete_body", "Incomplete body",
+				"The request body ended before its declared Content-Length; nothing was charged.", "", nil})
 		}
 	}
 	return err
@@ -427,25 +484,25 @@ func (rw *refundHeaders) failed() {
 
 // refund gives back a charge whose upload failed. It runs on its own
 // deadline: the client may already be gone.
-func (h *Handler) refund(store *raftstore.Store, id state.RequestID, fp string, status int, cause error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+func (x *exchange) refund(status int, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(x.h.Timeout))
 	defer cancel()
-	fields := []zap.Field{zap.String("token_fingerprint", fp), zap.Int("status", status)}
+	fields := []zap.Field{zap.String("token_fingerprint", x.c.fp), zap.Int("status", status)}
 	if cause != nil {
 		fields = append(fields, zap.NamedError("cause", cause))
 	}
-	if err := store.Refund(ctx, id); err != nil {
+	if err := x.store.Refund(ctx, x.c.id); err != nil {
 		// Kept and retried until the leader has it (the store says at
 		// WARN while refunds wait).
-		store.RefundLater(id)
-		h.logger.Debug("refund of a failed upload queued for retry", append(fields, zap.Error(err))...)
+		x.store.RefundLater(x.c.id)
+		x.h.logger.Debug("refund of a failed upload queued for retry", append(fields, zap.Error(err))...)
 		return
 	}
 	refunds.Inc()
-	h.logger.Debug("refunded failed upload", fields...)
+	x.h.logger.Debug("refunded failed upload", fields...)
 }
 
-func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, d state.Decision) error {
+func (x *exchange) exceeded(d state.Decision) error {
 	// Limit exceedances are what operators watch for, at WARN. Unknown,
 	// revoked and expired tokens are ordinary refusals (and a flood of
 	// random keys must not flood the log at WARN), so they go at INFO,
@@ -454,116 +511,116 @@ func (h *Handler) exceeded(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if d.Reason == state.ReasonExhausted || d.Reason == state.ReasonBytesExhausted {
 		level, msg = zap.WarnLevel, "quota exceeded"
 	}
-	if ok, heldBack, unlogged := h.denials.admit(fp+"/"+string(d.Reason), level == zap.InfoLevel, time.Now()); ok {
-		h.logger.Log(level, msg,
-			zap.String("token_fingerprint", fp),
+	if ok, heldBack, unlogged := x.h.denials.admit(x.c.fp+"/"+string(d.Reason), level == zap.InfoLevel, time.Now()); ok {
+		x.h.logger.Log(level, msg,
+			zap.String("token_fingerprint", x.c.fp),
 			zap.String("reason", string(d.Reason)),
 			zap.String("quota", d.Quota),
 			zap.Int64("usage_count", d.UsageCount),
 			zap.Int64("usage_limit", d.UsageLimit),
 			zap.Int64("bytes_used", d.BytesUsed),
 			zap.Int64("bytes_limit", d.BytesLimit),
-			zap.Bool("check_only", h.CheckOnly),
-			zap.Bool("dry_run", h.DryRun),
-			zap.String("remote_ip", remoteIP(r)),
-			zap.String("route", route(r)),
+			zap.Bool("check_only", x.h.CheckOnly),
+			zap.Bool("dry_run", x.h.DryRun),
+			zap.String("remote_ip", remoteIP(x.r)),
+			zap.String("route", route(x.r)),
 			zap.Int("repeats_not_logged", heldBack),
 			zap.Int("other_denials_not_logged", unlogged))
 	}
-	if h.DryRun {
+	if x.h.DryRun {
 		countDenial("dry_run", string(d.Reason), d.Quota)
-		return next.ServeHTTP(w, r)
+		return x.forward()
 	}
 	countDenial("denied", string(d.Reason), d.Quota)
 	if pool, ok := strings.CutPrefix(d.Quota, "pool:"); ok {
-		return h.poolDenied(w, r, repl, pool, d)
+		return x.poolDenied(pool, d)
 	}
 	switch d.Reason {
 	case state.ReasonExhausted:
 		detail := "This token has no uploads left."
 		if left := d.Remaining(); left > 0 {
-			detail = fmt.Sprintf("This request counts as %d uploads; the token has %d left.", h.Cost, left)
+			detail = fmt.Sprintf("This request counts as %d uploads; the token has %d left.", x.h.Cost, left)
 		}
-		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted", detail, d.Reason, &d)
+		return x.deny(refusal{http.StatusTooManyRequests, "exhausted", "Upload quota exhausted", detail, d.Reason, &d})
 	case state.ReasonBytesExhausted:
-		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
-			"This upload would exceed the token's byte quota.", d.Reason, &d)
+		return x.deny(refusal{http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
+			"This upload would exceed the token's byte quota.", d.Reason, &d})
 	case state.ReasonRevoked:
-		return h.deny(w, r, repl, http.StatusForbidden, "revoked", "Token revoked", "This token has been revoked.", d.Reason, nil)
+		return x.deny(refusal{http.StatusForbidden, "revoked", "Token revoked", "This token has been revoked.", d.Reason, nil})
 	case state.ReasonExpired:
-		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Token expired", "This token has expired.", d.Reason, nil)
+		return x.deny(refusal{http.StatusForbidden, "expired", "Token expired", "This token has expired.", d.Reason, nil})
 	case state.ReasonNoSuchUpload:
-		return h.deny(w, r, repl, http.StatusNotFound, "no_such_upload", "No such upload",
-			"The upload does not exist, or its quota reservation expired or was aborted.", d.Reason, nil)
+		return x.deny(refusal{http.StatusNotFound, "no_such_upload", "No such upload",
+			"The upload does not exist, or its quota reservation expired or was aborted.", d.Reason, nil})
 	case state.ReasonTooManyUploads:
-		w.Header().Set("Retry-After", "60")
-		return h.deny(w, r, repl, http.StatusServiceUnavailable, "too_many_uploads", "Too many open uploads",
-			"The quota cluster holds as many incomplete multipart uploads as it keeps; complete or abort some.", d.Reason, nil)
+		x.w.Header().Set("Retry-After", "60")
+		return x.deny(refusal{http.StatusServiceUnavailable, "too_many_uploads", "Too many open uploads",
+			"The quota cluster holds as many incomplete multipart uploads as it keeps; complete or abort some.", d.Reason, nil})
 	case state.ReasonRefunded:
-		return h.deny(w, r, repl, http.StatusConflict, "refunded", "Request refunded",
-			"This request's idempotency key belongs to a charge that was refunded while still in flight; retry with the same key.", d.Reason, nil)
+		return x.deny(refusal{http.StatusConflict, "refunded", "Request refunded",
+			"This request's idempotency key belongs to a charge that was refunded while still in flight; retry with the same key.", d.Reason, nil})
 	default:
-		return h.deny(w, r, repl, http.StatusForbidden, "unknown", "Unknown token", "No such token.", state.ReasonUnknown, nil)
+		return x.deny(refusal{http.StatusForbidden, "unknown", "Unknown token", "No such token.", state.ReasonUnknown, nil})
 	}
 }
 
 // poolDenied answers a charge a pool refused.
-func (h *Handler) poolDenied(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, pool string, d state.Decision) error {
+func (x *exchange) poolDenied(pool string, d state.Decision) error {
 	switch d.Reason {
 	case state.ReasonExhausted:
-		return h.deny(w, r, repl, http.StatusTooManyRequests, "exhausted", "Upload quota exhausted",
-			fmt.Sprintf("Pool %s has no uploads left.", pool), d.Reason, &d)
+		return x.deny(refusal{http.StatusTooManyRequests, "exhausted", "Upload quota exhausted",
+			fmt.Sprintf("Pool %s has no uploads left.", pool), d.Reason, &d})
 	case state.ReasonBytesExhausted:
-		return h.deny(w, r, repl, http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
-			fmt.Sprintf("This upload would exceed pool %s's byte quota.", pool), d.Reason, &d)
+		return x.deny(refusal{http.StatusTooManyRequests, "bytes_exhausted", "Byte quota exhausted",
+			fmt.Sprintf("This upload would exceed pool %s's byte quota.", pool), d.Reason, &d})
 	case state.ReasonExpired:
-		return h.deny(w, r, repl, http.StatusForbidden, "expired", "Pool expired", fmt.Sprintf("Pool %s has expired.", pool), d.Reason, &d)
+		return x.deny(refusal{http.StatusForbidden, "expired", "Pool expired", fmt.Sprintf("Pool %s has expired.", pool), d.Reason, &d})
 	}
-	return h.deny(w, r, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", fmt.Sprintf("No pool named %s.", pool), state.ReasonUnknown, &d)
+	return x.deny(refusal{http.StatusForbidden, "unknown_pool", "Unknown pool", fmt.Sprintf("No pool named %s.", pool), state.ReasonUnknown, &d})
 }
 
-func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, fp string, err error) error {
+func (x *exchange) unavailable(err error) error {
 	countDecision("unavailable", "")
-	if h.OnUnavailable == "allow" {
-		repl.Set("http.quota.decision", "unavailable")
-		h.logger.Warn("quota cluster unavailable; letting the request through (on_unavailable allow)",
-			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)), zap.Error(err))
-		return next.ServeHTTP(w, r)
+	if x.h.OnUnavailable == "allow" {
+		x.repl.Set("http.quota.decision", "unavailable")
+		x.h.logger.Warn("quota cluster unavailable; letting the request through (on_unavailable allow)",
+			zap.String("token_fingerprint", x.c.fp), zap.String("remote_ip", remoteIP(x.r)), zap.String("route", route(x.r)), zap.Error(err))
+		return x.forward()
 	}
-	if ok, since := h.outage.admit(time.Now()); ok {
+	if ok, since := x.h.outage.admit(time.Now()); ok {
 		// One line per interval however many requests get a 503: an
 		// outage must not flood the log it is diagnosed from.
-		h.logger.Warn("quota cluster unavailable; answering 503 with Retry-After",
-			zap.String("token_fingerprint", fp), zap.String("remote_ip", remoteIP(r)), zap.String("route", route(r)),
+		x.h.logger.Warn("quota cluster unavailable; answering 503 with Retry-After",
+			zap.String("token_fingerprint", x.c.fp), zap.String("remote_ip", remoteIP(x.r)), zap.String("route", route(x.r)),
 			zap.Int("unavailable_answers_not_logged", since), zap.Error(err))
 	}
-	w.Header().Set("Retry-After", "1")
-	return h.deny(w, r, repl, http.StatusServiceUnavailable, "unavailable", "Quota service unavailable",
-		"The quota cluster could not decide in time; retry shortly.", "", nil)
+	x.w.Header().Set("Retry-After", "1")
+	return x.deny(refusal{http.StatusServiceUnavailable, "unavailable", "Quota service unavailable",
+		"The quota cluster could not decide in time; retry shortly.", "", nil})
 }
 
 // refuse answers a request refused before the cluster was asked (no key, a
 // malformed key, no or a bad length): counted, logged within the denial
 // log's budget, and with dry_run let through like any other denial.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, status int, kind, title, detail string) error {
+func (x *exchange) refuse(status int, kind, title, detail string) error {
 	reason := kind
-	if ok, heldBack, unlogged := h.denials.admit("/"+reason, true, time.Now()); ok {
-		h.logger.Info("quota denied",
+	if ok, heldBack, unlogged := x.h.denials.admit("/"+reason, true, time.Now()); ok {
+		x.h.logger.Info("quota denied",
 			zap.String("reason", reason),
-			zap.Bool("dry_run", h.DryRun),
-			zap.String("remote_ip", remoteIP(r)),
-			zap.String("route", route(r)),
+			zap.Bool("dry_run", x.h.DryRun),
+			zap.String("remote_ip", remoteIP(x.r)),
+			zap.String("route", route(x.r)),
 			zap.Int("repeats_not_logged", heldBack),
 			zap.Int("other_denials_not_logged", unlogged))
 	}
-	if h.DryRun {
+	if x.h.DryRun {
 		countDecision("dry_run", reason)
-		repl.Set("http.quota.decision", "denied")
-		repl.Set("http.quota.reason", kind)
-		return next.ServeHTTP(w, r)
+		x.repl.Set("http.quota.decision", "denied")
+		x.repl.Set("http.quota.reason", kind)
+		return x.forward()
 	}
 	countDecision("denied", reason)
-	return h.deny(w, r, repl, status, kind, title, detail, "", nil)
+	return x.deny(refusal{status, kind, title, detail, "", nil})
 }
 
 // problem is an RFC 9457 problem details body.
@@ -582,35 +639,46 @@ type problem struct {
 	BUsed  *int64 `json:"bytes_used,omitempty"`
 }
 
-// deny writes a problem+json answer. Nothing in it names the token.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, status int, kind, title, detail string, reason state.Reason, d *state.Decision) error {
-	if status == http.StatusServiceUnavailable {
-		repl.Set("http.quota.decision", "unavailable")
+// deny answers a refusal in the route's protocol.
+func (x *exchange) deny(a refusal) error {
+	if a.status == http.StatusServiceUnavailable {
+		x.repl.Set("http.quota.decision", "unavailable")
 	} else {
-		repl.Set("http.quota.decision", "denied")
+		x.repl.Set("http.quota.decision", "denied")
 	}
-	repl.Set("http.quota.reason", kind)
-	if h.S3 != nil {
-		st, code := s3Denial(status, kind, d)
-		if st == http.StatusServiceUnavailable && d != nil && d.ResetAt > 0 {
-			secs := max(1, int64(time.Until(time.Unix(0, d.ResetAt)).Seconds()+0.999))
-			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-		}
-		return h.s3Error(w, r, st, code, detail)
-	}
-	p := problem{Type: "urn:raftquota:problem:" + kind, Title: title, Status: status, Detail: detail, Instance: originalPath(r), Reason: reason}
-	if d != nil {
+	x.repl.Set("http.quota.reason", a.kind)
+	return x.h.protocol().refusal(x, a)
+}
+
+// refusal is one answer that refuses a request: its status, the kind of
+// refusal (the problem type, and the reason placeholder), the words, and
+// the decision behind it when the cluster made one.
+type refusal struct {
+	status              int
+	kind, title, detail string
+	reason              state.Reason
+	d                   *state.Decision
+}
+
+// refusal writes a problem+json answer. Nothing in it names the token.
+func (plainGate) refusal(x *exchange, a refusal) error {
+	p := problem{Type: "urn:raftquota:problem:" + a.kind, Title: a.title, Status: a.status, Detail: a.detail, Instance: originalPath(x.r), Reason: a.reason}
+	if d := a.d; d != nil {
 		p.Quota = d.Quota
 		p.Limit, p.Used, p.BLimit, p.BUsed = &d.UsageLimit, &d.UsageCount, &d.BytesLimit, &d.BytesUsed
-		if d.ResetAt > 0 && status == http.StatusTooManyRequests {
-			secs := max(1, int64(time.Until(time.Unix(0, d.ResetAt)).Seconds()+0.999))
-			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		if d.ResetAt > 0 && a.status == http.StatusTooManyRequests {
+			x.w.Header().Set("Retry-After", retryAfter(d))
 		}
 	}
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(p)
+	x.w.Header().Set("Content-Type", "application/problem+json")
+	x.w.Header().Set("Cache-Control", "no-store")
+	x.w.WriteHeader(a.status)
+	return json.NewEncoder(x.w).Encode(p)
+}
+
+// retryAfter is how many seconds until d's window renews, at least 1.
+func retryAfter(d *state.Decision) string {
+	return strconv.FormatInt(max(1, int64(time.Until(time.Unix(0, d.ResetAt)).Seconds()+0.999)), 10)
 }
 
 func setDecisionPlaceholders(repl *caddy.Replacer, d state.Decision) {

@@ -19,7 +19,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/raftquota/raftquota/raftstore"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -193,113 +192,102 @@ func objectBytes(r *http.Request) (int64, bool) {
 	return r.ContentLength, r.ContentLength >= 0
 }
 
-func (h *Handler) serveS3(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+// s3Protocol gates S3 requests in both addressing styles: reads pass,
+// object writes are charged a unit and their bytes, multipart uploads a
+// unit when created and their parts' bytes, and what cannot be
+// classified is refused; refusals are S3 error documents.
+type s3Protocol struct{}
+
+func (s3Protocol) serve(xp *exchange) error {
+	h, r := xp.h, xp.r
 	target := addressOf(r, h.S3.Domains)
 	op := classify(r, target)
 	if op == s3Read {
-		return next.ServeHTTP(w, r)
+		return xp.forward()
 	}
 	if op == s3Ambiguous || (target.style == styleUnknown && len(h.Pools) > 0) {
 		// With pools the bucket matters (a pool may be named after it),
 		// so every write needs its style known.
-		return h.refuse(w, r, next, repl, http.StatusBadRequest, "ambiguous_address", "Ambiguous S3 address", ambiguityMessage(r, h.S3.Domains))
+		return xp.refuse(http.StatusBadRequest, "ambiguous_address", "Ambiguous S3 address", ambiguityMessage(r, h.S3.Domains))
 	}
 	if target.style != styleUnknown {
-		repl.Set("http.quota.s3.bucket", target.bucket)
-		repl.Set("http.quota.s3.key", target.key)
+		xp.repl.Set("http.quota.s3.bucket", target.bucket)
+		xp.repl.Set("http.quota.s3.key", target.key)
 	}
+	x := &s3Exchange{exchange: xp, target: target, op: op}
 	// A browser form carries its credential in the body, before the file.
-	var formSize int64
 	var formKey string
 	if op == s3PostObject {
-		formSize, formKey = postObjectSize(r)
+		x.formSize, formKey = postObjectSize(r)
 	}
-	name, primary := h.s3Token(r, repl, formKey)
-	ofUpload := op == s3Part || op == s3PartCopy || op == s3Complete || op == s3Abort
-	if ofUpload && !primary {
+	name, primary := h.s3Token(r, xp.repl, formKey)
+	if x.ofUpload() && !primary {
 		// Parts, completes and aborts are charged to the token that
 		// reserved their upload; some clients send custom headers only on
 		// the first request, so the access key does not stand in.
 		name = ""
 	}
-	var tokenKey state.TokenKey
-	if name != "" {
-		if state.ValidateName(name) != nil {
-			return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
-		}
-		tokenKey = state.KeyOf(name)
-	} else if !ofUpload {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no access key or quota token.")
+	if name != "" && state.ValidateName(name) != nil {
+		return x.refuse(http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 	}
-
+	if name == "" && !x.ofUpload() {
+		return x.refuse(http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no access key or quota token.")
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
-	store := h.app.waitStore(ctx)
-	if store == nil {
-		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
+	if !x.waitStore(ctx) {
+		return x.unavailable(errors.New("quota node not started"))
 	}
-	c := charged{id: state.NewRequestID(), units: h.Cost}
+	x.c.units = h.Cost
 	if name != "" {
-		c.fp = store.FingerprintOf(tokenKey)
-		repl.Set("http.quota.token_fingerprint", c.fp)
+		x.setToken(state.KeyOf(name))
 	}
-	upload := state.UploadKeyOf(uploadObject(r, target), r.URL.Query().Get("uploadId"))
-	var pools []string
+	x.upload = state.UploadKeyOf(uploadObject(r, target), r.URL.Query().Get("uploadId"))
 	if op == s3Put || op == s3Copy || op == s3PostObject || op == s3Create {
-		var ok bool
-		if pools, ok = h.poolNames(repl); !ok {
-			return h.refuse(w, r, next, repl, http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
+		if !x.namePools() {
+			return x.refuse(http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
 		}
 	}
+	return x.serve(ctx)
+}
 
-	x := &s3Exchange{h: h, w: w, r: r, next: next, repl: repl, target: target, op: op, store: store, key: tokenKey, c: c, pools: pools, upload: upload}
-	switch op {
+// s3Exchange is one S3 write through the gate: what it does, and to which
+// object or upload.
+type s3Exchange struct {
+	*exchange
+	target   s3Target
+	op       s3Op
+	upload   state.UploadKey
+	formSize int64 // a POST Object's file
+}
+
+// ofUpload: the operation belongs to a multipart upload already created.
+func (x *s3Exchange) ofUpload() bool {
+	return x.op == s3Part || x.op == s3PartCopy || x.op == s3Complete || x.op == s3Abort
+}
+
+func (x *s3Exchange) serve(ctx context.Context) error {
+	switch x.op {
 	case s3Put, s3Copy, s3PostObject:
-		return x.object(ctx, formSize)
+		return x.object(ctx)
 	case s3Part, s3PartCopy:
 		return x.part(ctx)
 	case s3Create:
 		return x.create(ctx)
 	case s3Complete:
-		return h.completeUpload(ctx, w, r, next, repl, store, upload, tokenKey)
+		return x.completeUpload(ctx)
 	case s3Abort:
-		return h.abortUpload(w, r, next, store, upload, tokenKey, c.fp)
+		return x.abortUpload()
 	}
 	return x.otherWrite(ctx)
 }
 
-// s3Exchange is one S3 write through the gate: what it does, whose it is,
-// and where it is answered.
-type s3Exchange struct {
-	h      *Handler
-	w      http.ResponseWriter
-	r      *http.Request
-	next   caddyhttp.Handler
-	repl   *caddy.Replacer
-	target s3Target
-	op     s3Op
-	store  *raftstore.Store
-	key    state.TokenKey
-	c      charged
-	pools  []string
-	upload state.UploadKey
-}
-
-func (x *s3Exchange) refuse(status int, kind, title, detail string) error {
-	return x.h.refuse(x.w, x.r, x.next, x.repl, status, kind, title, detail)
-}
-
-func (x *s3Exchange) decided(d state.Decision, err error) error {
-	return x.h.decided(x.w, x.r, x.next, x.repl, x.store, x.c, d, err)
-}
-
 // object charges PutObject, CopyObject and POST Object: a unit and the
 // object's bytes (formSize for a form).
-func (x *s3Exchange) object(ctx context.Context, formSize int64) error {
-	n := formSize
+func (x *s3Exchange) object(ctx context.Context) error {
+	n := x.formSize
 	if x.op != s3PostObject {
-		n = x.h.s3ObjectSize(x.w, x.r, x.next, x.op, x.target)
+		n = x.objectSize()
 	}
 	if n < 0 && x.op == s3Copy {
 		return x.refuse(http.StatusLengthRequired, "length_required", "Length required",
@@ -309,7 +297,7 @@ func (x *s3Exchange) object(ctx context.Context, formSize int64) error {
 		return x.refuse(http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
 	}
 	x.c.bytes = n
-	return x.decided(x.store.Consume(ctx, x.h.charge(x.c.id, x.key, x.c.units, x.c.bytes, x.pools)))
+	return x.decided(x.store.Consume(ctx, x.request()))
 }
 
 // part charges UploadPart and UploadPartCopy: the part's bytes, to the
@@ -319,7 +307,7 @@ func (x *s3Exchange) part(ctx context.Context) error {
 	if err != nil || partNumber < 1 {
 		return x.refuse(http.StatusBadRequest, "bad_part", "Bad part number", "partNumber must be a positive integer.")
 	}
-	n := x.h.s3ObjectSize(x.w, x.r, x.next, x.op, x.target)
+	n := x.objectSize()
 	if n < 0 && x.op == s3PartCopy {
 		return x.refuse(http.StatusLengthRequired, "length_required", "Length required",
 			"The part copy's source size could not be looked up: the store did not answer an unsigned HEAD for it. Copy with x-amz-copy-source-range.")
@@ -333,11 +321,12 @@ func (x *s3Exchange) part(ctx context.Context) error {
 
 // create reserves a multipart upload's unit, then forwards it.
 func (x *s3Exchange) create(ctx context.Context) error {
-	d, err := x.store.Uploads().Reserve(ctx, x.h.charge(x.c.id, x.key, x.h.Cost, 0, x.pools), time.Duration(x.h.S3.MultipartExpiry))
+	x.c.units, x.c.bytes = x.h.Cost, 0
+	d, err := x.store.Uploads().Reserve(ctx, x.request(), time.Duration(x.h.S3.MultipartExpiry))
 	if err != nil || !d.Allowed {
 		return x.decided(d, err)
 	}
-	return x.h.createUpload(x.w, x.r, x.next, x.store, x.c, d, x.target)
+	return x.createUpload(d)
 }
 
 // otherWrite passes deletes and settings, uncharged, with a token that
@@ -351,28 +340,28 @@ func (x *s3Exchange) otherWrite(ctx context.Context) error {
 	return x.decided(d, err)
 }
 
-// s3ObjectSize is how many bytes of object data r stores: its body's, or
+// objectSize is how many bytes of object data r stores: its body's, or
 // for a copy the source's (the copy range's, or the source object's size
 // asked of the backend). -1 when it cannot be known before forwarding.
-func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, op s3Op, t s3Target) int64 {
-	switch op {
+func (x *s3Exchange) objectSize() int64 {
+	switch x.op {
 	case s3Copy, s3PartCopy:
-		if rng := r.Header.Get("X-Amz-Copy-Source-Range"); rng != "" {
+		if rng := x.r.Header.Get("X-Amz-Copy-Source-Range"); rng != "" {
 			var first, last int64
 			if _, err := fmt.Sscanf(rng, "bytes=%d-%d", &first, &last); err != nil || first < 0 || last < first {
 				return -1
 			}
 			return last - first + 1
 		}
-		return h.sourceSize(r, next, t)
+		return x.sourceSize()
 	}
-	n, ok := objectBytes(r)
+	n, ok := objectBytes(x.r)
 	if !ok {
 		return -1
 	}
-	if r.ContentLength >= 0 {
+	if x.r.ContentLength >= 0 {
 		// A body longer than it said must not get through.
-		r.Body = http.MaxBytesReader(w, r.Body, r.ContentLength)
+		x.r.Body = http.MaxBytesReader(x.w, x.r.Body, x.r.ContentLength)
 	}
 	return n
 }
@@ -380,12 +369,12 @@ func (h *Handler) s3ObjectSize(w http.ResponseWriter, r *http.Request, next cadd
 // sourceSize asks the backend, through the next handler, for the size of a
 // copy's source object with a HEAD request carrying the client's
 // credentials headers. -1 when the backend does not say.
-func (h *Handler) sourceSize(r *http.Request, next caddyhttp.Handler, t s3Target) int64 {
-	path, host, ok := copySource(r.Header.Get("X-Amz-Copy-Source"), t)
+func (x *s3Exchange) sourceSize() int64 {
+	path, host, ok := copySource(x.r.Header.Get("X-Amz-Copy-Source"), x.target)
 	if !ok {
 		return -1
 	}
-	head := r.Clone(r.Context())
+	head := x.r.Clone(x.r.Context())
 	head.Method = http.MethodHead
 	head.URL = &url.URL{Path: path}
 	head.RequestURI = head.URL.RequestURI()
@@ -398,7 +387,7 @@ func (h *Handler) sourceSize(r *http.Request, next caddyhttp.Handler, t s3Target
 	}
 	var buf bytes.Buffer
 	rec := caddyhttp.NewResponseRecorder(discardWriter{http.Header{}}, &buf, func(int, http.Header) bool { return true })
-	if err := next.ServeHTTP(rec, head); err != nil || rec.Status() != http.StatusOK {
+	if err := x.next.ServeHTTP(rec, head); err != nil || rec.Status() != http.StatusOK {
 		return -1
 	}
 	n, err := strconv.ParseInt(rec.Header().Get("Content-Length"), 10, 64)
@@ -502,37 +491,37 @@ func isFileField(headers string) bool {
 
 // createUpload forwards a CreateMultipartUpload whose unit is reserved,
 // and binds the reservation to the upload id the backend answers with.
-func (h *Handler) createUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, c charged, d state.Decision, t s3Target) error {
+func (x *s3Exchange) createUpload(d state.Decision) error {
 	if d.TokenID != "" {
-		c.fp = d.TokenID
+		x.c.fp = d.TokenID
 	}
-	setDecisionPlaceholders(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), d)
+	setDecisionPlaceholders(x.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), d)
 	countDecision("allowed", "")
 	var buf bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &buf, func(status int, _ http.Header) bool { return status < 300 })
-	err := next.ServeHTTP(rec, r)
+	rec := caddyhttp.NewResponseRecorder(x.w, &buf, func(status int, _ http.Header) bool { return status < 300 })
+	err := x.next.ServeHTTP(rec, x.r)
 	if err != nil || rec.Status() >= 300 || !rec.Buffered() {
-		h.refund(store, c.id, c.fp, rec.Status(), err)
+		x.refund(rec.Status(), err)
 		return err
 	}
 	var res struct {
 		UploadID string `xml:"UploadId"`
 	}
 	if xml.Unmarshal(buf.Bytes(), &res) != nil || res.UploadID == "" {
-		h.refund(store, c.id, c.fp, rec.Status(), errors.New("no UploadId in the storage's answer"))
-		return h.s3Error(w, r, http.StatusBadGateway, "InternalError", "The storage's answer to CreateMultipartUpload held no upload id.")
+		x.refund(rec.Status(), errors.New("no UploadId in the storage's answer"))
+		return x.s3Error(http.StatusBadGateway, "InternalError", "The storage's answer to CreateMultipartUpload held no upload id.")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(x.h.Timeout))
 	defer cancel()
-	if err := store.Uploads().Bind(ctx, c.id, state.UploadKeyOf(uploadObject(r, t), res.UploadID)); err != nil {
+	if err := x.store.Uploads().Bind(ctx, x.c.id, state.UploadKeyOf(uploadObject(x.r, x.target), res.UploadID)); err != nil {
 		// The backend holds an upload the quota does not know: its parts
 		// would be refused, so the client is told to start again.
-		h.logger.Error("recording a multipart upload failed", zap.String("token_fingerprint", c.fp), zap.Error(err))
-		h.refund(store, c.id, c.fp, http.StatusServiceUnavailable, err)
-		w.Header().Set("Retry-After", "1")
-		return h.s3Error(w, r, http.StatusServiceUnavailable, "SlowDown", "The quota cluster could not record the upload; retry.")
+		x.h.logger.Error("recording a multipart upload failed", zap.String("token_fingerprint", x.c.fp), zap.Error(err))
+		x.refund(http.StatusServiceUnavailable, err)
+		x.w.Header().Set("Retry-After", "1")
+		return x.s3Error(http.StatusServiceUnavailable, "SlowDown", "The quota cluster could not record the upload; retry.")
 	}
-	setRateLimitHeaders(w.Header(), d, time.Now())
+	setRateLimitHeaders(x.w.Header(), d, time.Now())
 	return rec.WriteResponse()
 }
 
@@ -543,13 +532,13 @@ const maxCompleteBody = 8 << 20
 // completeUpload marks the upload completing, forwards the complete, and
 // keeps the charges of the parts the object is made of, or reopens the
 // upload when the backend did not make it.
-func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, store *raftstore.Store, upload state.UploadKey, tokenKey state.TokenKey) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxCompleteBody+1))
+func (x *s3Exchange) completeUpload(ctx context.Context) error {
+	body, err := io.ReadAll(io.LimitReader(x.r.Body, maxCompleteBody+1))
 	if err != nil {
 		return caddyhttp.Error(http.StatusBadRequest, err)
 	}
 	if len(body) > maxCompleteBody {
-		return h.s3Error(w, r, http.StatusBadRequest, "MalformedXML", "The CompleteMultipartUpload body is too large.")
+		return x.s3Error(http.StatusBadRequest, "MalformedXML", "The CompleteMultipartUpload body is too large.")
 	}
 	var req struct {
 		Parts []struct {
@@ -557,41 +546,41 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 		} `xml:"Part"`
 	}
 	if err := xml.Unmarshal(body, &req); err != nil {
-		return h.s3Error(w, r, http.StatusBadRequest, "MalformedXML", "The CompleteMultipartUpload body is not valid XML.")
+		return x.s3Error(http.StatusBadRequest, "MalformedXML", "The CompleteMultipartUpload body is not valid XML.")
 	}
 	parts := make([]int32, len(req.Parts))
 	for i, p := range req.Parts {
 		parts[i] = p.PartNumber
 	}
-	if err := store.Uploads().BeginComplete(ctx, upload, tokenKey, state.DefaultCompleteLimit); err != nil {
+	if err := x.store.Uploads().BeginComplete(ctx, x.upload, x.key, state.DefaultCompleteLimit); err != nil {
 		if errors.Is(err, state.ErrNotFound) {
-			if h.DryRun {
+			if x.h.DryRun {
 				countDecision("dry_run", string(state.ReasonNoSuchUpload))
-				r.Body = io.NopCloser(bytes.NewReader(body))
-				return next.ServeHTTP(w, r)
+				x.r.Body = io.NopCloser(bytes.NewReader(body))
+				return x.forward()
 			}
 			countDecision("denied", string(state.ReasonNoSuchUpload))
-			return h.s3Error(w, r, http.StatusNotFound, "NoSuchUpload", "The upload does not exist, or its quota reservation expired or was aborted.")
+			return x.s3Error(http.StatusNotFound, "NoSuchUpload", "The upload does not exist, or its quota reservation expired or was aborted.")
 		}
-		return h.unavailable(w, r, next, repl, "", err)
+		return x.unavailable(err)
 	}
-	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	x.r.Body, x.r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	var buf bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &buf, func(int, http.Header) bool { return true })
-	ferr := next.ServeHTTP(rec, r)
+	rec := caddyhttp.NewResponseRecorder(x.w, &buf, func(int, http.Header) bool { return true })
+	ferr := x.next.ServeHTTP(rec, x.r)
 	out := buf.Bytes()
 	ok := ferr == nil && rec.Status() == http.StatusOK && !bytes.Contains(out, []byte("<Error>"))
 	gone := rec.Status() == http.StatusNotFound && bytes.Contains(out, []byte("NoSuchUpload"))
-	ectx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+	ectx, cancel := context.WithTimeout(context.Background(), time.Duration(x.h.Timeout))
 	defer cancel()
-	if err := store.Uploads().EndComplete(ectx, upload, ok, parts); err != nil {
+	if err := x.store.Uploads().EndComplete(ectx, x.upload, ok, parts); err != nil {
 		// The upload stays completing until DefaultCompleteLimit, then
 		// keeps its charge: never less than what was stored.
-		h.logger.Error("recording a completed multipart upload failed", zap.Bool("completed", ok), zap.Error(err))
+		x.h.logger.Error("recording a completed multipart upload failed", zap.Bool("completed", ok), zap.Error(err))
 	} else if gone {
 		// The backend no longer has the upload: it will never complete.
-		if err := store.Uploads().Abort(ectx, upload, state.TokenKey{}); err != nil && !errors.Is(err, state.ErrNotFound) {
-			h.logger.Error("refunding a vanished multipart upload failed", zap.Error(err))
+		if err := x.store.Uploads().Abort(ectx, x.upload, state.TokenKey{}); err != nil && !errors.Is(err, state.ErrNotFound) {
+			x.h.logger.Error("refunding a vanished multipart upload failed", zap.Error(err))
 		}
 	}
 	if ferr != nil {
@@ -602,18 +591,18 @@ func (h *Handler) completeUpload(ctx context.Context, w http.ResponseWriter, r *
 
 // abortUpload forwards an abort and, when the backend no longer holds the
 // upload, gives back everything it charged.
-func (h *Handler) abortUpload(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, store *raftstore.Store, upload state.UploadKey, tokenKey state.TokenKey, fp string) error {
-	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
-	err := next.ServeHTTP(rec, r)
+func (x *s3Exchange) abortUpload() error {
+	rec := caddyhttp.NewResponseRecorder(x.w, nil, nil)
+	err := x.next.ServeHTTP(rec, x.r)
 	if err != nil {
 		return err
 	}
 	if s := rec.Status(); s < 300 || s == http.StatusNotFound {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.Timeout))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(x.h.Timeout))
 		defer cancel()
-		if err := store.Uploads().Abort(ctx, upload, tokenKey); err != nil && !errors.Is(err, state.ErrNotFound) {
+		if err := x.store.Uploads().Abort(ctx, x.upload, x.key); err != nil && !errors.Is(err, state.ErrNotFound) {
 			// A complete in flight decides; else expiry refunds it.
-			h.logger.Warn("refunding an aborted multipart upload failed", zap.String("token_fingerprint", fp), zap.Error(err))
+			x.h.logger.Warn("refunding an aborted multipart upload failed", zap.String("token_fingerprint", x.c.fp), zap.Error(err))
 		} else if err == nil {
 			refunds.Inc()
 		}
@@ -658,17 +647,28 @@ func s3Denial(status int, kind string, d *state.Decision) (int, string) {
 	return http.StatusForbidden, "AccessDenied"
 }
 
-func (h *Handler) s3Error(w http.ResponseWriter, r *http.Request, status int, code, msg string) error {
-	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
-		w.Header().Set("Retry-After", "1")
+// refusal writes S3's error document for a refusal. Tokens that cannot
+// recover get 403, which S3 clients do not retry; one that renews, or a
+// busy or unreachable cluster, gets 503 SlowDown with Retry-After.
+func (s3Protocol) refusal(x *exchange, a refusal) error {
+	st, code := s3Denial(a.status, a.kind, a.d)
+	if st == http.StatusServiceUnavailable && a.d != nil && a.d.ResetAt > 0 {
+		x.w.Header().Set("Retry-After", retryAfter(a.d))
+	}
+	return x.s3Error(st, code, a.detail)
+}
+
+func (x *exchange) s3Error(status int, code, msg string) error {
+	if status == http.StatusServiceUnavailable && x.w.Header().Get("Retry-After") == "" {
+		x.w.Header().Set("Retry-After", "1")
 	}
 	// An upstream answer may have set these already (a create whose upload
 	// could not be recorded).
-	w.Header().Del("Content-Length")
-	w.Header().Del("ETag")
-	w.Header().Set("Content-Type", "application/xml")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	io.WriteString(w, xml.Header)
-	return xml.NewEncoder(w).Encode(s3ErrorBody{Code: code, Message: msg, Resource: originalPath(r)})
+	x.w.Header().Del("Content-Length")
+	x.w.Header().Del("ETag")
+	x.w.Header().Set("Content-Type", "application/xml")
+	x.w.Header().Set("Cache-Control", "no-store")
+	x.w.WriteHeader(status)
+	io.WriteString(x.w, xml.Header)
+	return xml.NewEncoder(x.w).Encode(s3ErrorBody{Code: code, Message: msg, Resource: originalPath(x.r)})
 }

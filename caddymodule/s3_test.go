@@ -178,10 +178,9 @@ func TestPostObjectSize(t *testing.T) {
 }
 
 func TestS3ErrorIsXML(t *testing.T) {
-	h := &Handler{S3: &S3{}}
 	w := httptest.NewRecorder()
-	r := httptest.NewRequest("PUT", "/b/o", nil)
-	h.s3Error(w, r, http.StatusServiceUnavailable, "SlowDown", "later")
+	x := &exchange{h: &Handler{S3: &S3{}}, w: w, r: httptest.NewRequest("PUT", "/b/o", nil)}
+	x.s3Error(http.StatusServiceUnavailable, "SlowDown", "later")
 	if w.Code != 503 || w.Header().Get("Retry-After") == "" || w.Header().Get("Content-Type") != "application/xml" {
 		t.Fatalf("status %d headers %v", w.Code, w.Header())
 	}

@@ -143,37 +143,38 @@ func (u *Usage) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if name == "" && u.S3 {
 		name = accessKey(r)
 	}
-	h := u.gate
+	x := &exchange{h: u.gate, w: w, r: r, next: next, repl: repl}
 	if name == "" {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
+		return x.refuse(http.StatusUnauthorized, "missing_key", "Missing quota token", "The request carries no quota token.")
 	}
 	if state.ValidateName(name) != nil {
-		return h.refuse(w, r, next, repl, http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
+		return x.refuse(http.StatusUnauthorized, "invalid_key", "Invalid quota token", "The quota token is not well-formed.")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(u.Timeout))
 	defer cancel()
 	store := u.app.waitStore(ctx)
 	if store == nil {
-		return h.unavailable(w, r, next, repl, "", errors.New("quota node not started"))
+		return x.unavailable(errors.New("quota node not started"))
 	}
 	d, err := store.Check(ctx, state.ConsumeRequest{Token: name})
 	if err != nil {
-		return h.unavailable(w, r, next, repl, "", err)
+		return x.unavailable(err)
 	}
+	x.c.fp = d.TokenID
 	switch {
 	case d.Reason == state.ReasonUnknown,
 		(d.Reason == state.ReasonRevoked || d.Reason == state.ReasonExpired) && d.Quota == "token":
 		// As an upload route answers: 403, nothing about the token.
-		return h.exceeded(w, r, next, repl, d.TokenID, d)
+		return x.exceeded(d)
 	}
 	view, err := u.view(ctx, store, name, d)
 	if err != nil {
-		return h.unavailable(w, r, next, repl, d.TokenID, err)
+		return x.unavailable(err)
 	}
 	setRateLimitHeaders(w.Header(), d, time.Now())
 	w.Header().Set("Cache-Control", "no-store")
 	repl.Set("http.quota.token_fingerprint", d.TokenID)
-	h.logger.Debug("usage answered", zap.String("token_fingerprint", d.TokenID))
+	u.gate.logger.Debug("usage answered", zap.String("token_fingerprint", d.TokenID))
 	return writeJSON(w, http.StatusOK, view)
 }
 
