@@ -134,8 +134,8 @@ type App struct {
 	SnapshotThreshold uint64 `json:"snapshot_threshold,omitempty"`
 
 	// DedupSize is how many request ids the cluster remembers so a retried
-	// request is never charged twice (about 115 bytes of memory each, on
-	// every node). It is replicated state: when this node becomes leader it
+	// request is never charged twice (each costs memory on every node;
+	// BENCHMARKS.md says how much). It is replicated state: when this node becomes leader it
 	// proposes this value through the log if the cluster's differs. Unset
 	// proposes nothing; the cluster starts at 1048576. 1024 to 67108864.
 	DedupSize int `json:"dedup_size,omitempty"`

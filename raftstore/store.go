@@ -406,13 +406,10 @@ func (s *node) openTransport(hl hclog.Logger) error {
 	}
 	s.mux.keepDialing = s.leadsMemberAt
 	// MaxRPCsInFlight 1: no pipelined replication. Each AppendEntries waits
-	// for the last one's answer, which with our batching was faster, not
-	// slower (3-node hot token, 64 clients: 26,400-28,351 decisions/s and
-	// p99 5.7-6.2 ms without pipelining, 16,427-20,683 and 7.0-11.9 ms with;
-	// go run ./bench -run 'tier 1: raftquota 3-node, hot', two runs each,
-	// alternated), and a lagging follower is sent batch after batch instead
-	// of one batch per commit_timeout (50,000 entries behind: 0.67 s instead
-	// of 1.25 s).
+	// for the last one's answer, which with our batching decides more per
+	// second, with a lower p99, than pipelining, and a lagging follower is
+	// sent batch after batch instead of one batch per commit_timeout
+	// (BENCHMARKS.md, "Changes and what they bought").
 	tc := &raft.NetworkTransportConfig{Stream: s.mux.raft, MaxPool: 3, Timeout: cmp.Or(cfg.raftTimeout, 10*time.Second), Logger: hl, MaxRPCsInFlight: 1}
 	if len(cfg.DialAddresses) > 0 {
 		// Only with overrides: without one the transport dials the
@@ -434,10 +431,9 @@ func (s *node) raftConfig(hl hclog.Logger) *raft.Config {
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
-	// Entries per AppendEntries: raft's default of 64 made a follower 1,551
-	// entries behind take 1.9 s to catch up on an idle 3-node cluster, as
-	// pipelined replication sent one batch per commit_timeout; 0.13-0.20 s
-	// with 1024, raft's largest (go run ./bench -run catch-up).
+	// Entries per AppendEntries: raft's largest. With its default of 64 a
+	// follower far behind an idle leader catches up one small batch per
+	// commit_timeout (BENCHMARKS.md, the catch-up rows).
 	rc.MaxAppendEntries = 1024
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.Logger = hl

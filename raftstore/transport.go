@@ -182,9 +182,8 @@ const raftDialRetry = 25 * time.Millisecond
 // log replication that wait (replicateTo's backoff) doubles with every
 // failure up to 10.24 s and cannot be cut short. A follower back after a
 // long absence then sat for up to 10 s before it was sent what it missed
-// (the bench's catch-up of 50k entries: 0.14-0.61 s usually, 2.1, 2.8 and
-// 9.1 s in 3 of 21 runs), answering no reads and counting for no quorum
-// meanwhile.
+// (BENCHMARKS.md, the catch-up rows), answering no reads and counting for
+// no quorum meanwhile.
 //
 // So a dial that a refusing peer makes wait goes on past its timeout while
 // keepDialing says so (the Store: while this node leads and the peer is a

@@ -5,8 +5,9 @@ import "hash/maphash"
 // dedupIndex finds a request id's position in the dedup table's ring. It
 // is an open-addressing hash table (linear probing, deletion by backward
 // shift) of 8-byte slots: the high 32 bits of the id's hash, then the low
-// 32 bits of its position; 0 is an empty slot. At a million ids it costs
-// about 14 bytes an id where a Go map from the id's first 8 bytes cost 46.
+// 32 bits of its position; 0 is an empty slot: a fraction of what a Go map
+// from the id's first 8 bytes costs (BenchmarkDedupMemory; the numbers are
+// in BENCHMARKS.md).
 //
 // A slot's home is the top bits of its hash bits, so the table grows
 // without reading the ring; the bits below the home tell most ids in one

@@ -11,8 +11,8 @@ import (
 )
 
 // DefaultDedupSize is how many request ids the FSM remembers until the
-// cluster sets another size. Each entry costs about 115 bytes (see
-// BenchmarkDedupMemory), so the default holds about 120 MB at most per node.
+// cluster sets another size (the memory an entry costs is measured by
+// BenchmarkDedupMemory and given in BENCHMARKS.md).
 const DefaultDedupSize = 1 << 20
 
 // dedupEntry is the first outcome of a request id. Its fields are ordered

@@ -264,7 +264,7 @@ type poolRef struct {
 
 // poolTable holds the pools by id and by name. Ids are never reused, so
 // the pools sit in a slice indexed by id (a deleted pool leaves a nil),
-// smaller than a map (BenchmarkPoolMemory).
+// smaller than a map.
 type poolTable struct {
 	byID   []*poolState
 	byName map[string]poolID

@@ -11,10 +11,10 @@ import (
 	"slices"
 )
 
-// The snapshot format is binary: JSON took 5.6s to write and 7.9s to read
-// back for a million tokens and a million dedup entries (go run ./bench),
-// far too slow for a node catching up. Integers are varints, strings are a
-// length and bytes, times are unix nanoseconds with a presence flag.
+// The snapshot format is binary: JSON was far too slow to write and read
+// back at a million tokens for a node catching up (BENCHMARKS.md).
+// Integers are varints, strings are a length and bytes, times are unix
+// nanoseconds with a presence flag.
 //
 //	magic "RQS" version(1)
 //	secret, now, generation, [v3+: dedup size], token count, dedup count
