@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -421,53 +422,98 @@ func (x *exchange) decided(d state.Decision, err error) error {
 	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
 	body := watchBody(x.r)
 	err = x.next.ServeHTTP(rec, x.r)
-	if err != nil || rec.Status() >= 400 {
+	status := rec.Status()
+	if err != nil || status >= 400 {
 		hw.failed() // an error is answered later, by Caddy's error handling
-		x.refund(rec.Status(), err)
-		if body.short && rec.Status() == 0 {
-			// The client sent less than it declared; say so, not 502.
+		x.refund(status, err)
+		if (status == 0 || status == statusClientClosed) && body.wasShort() {
+			// The client sent less than it declared; say so, not 502 or 499.
 			return x.deny(refusal{http.StatusBadRequest, "incomplete_body", "Incomplete body",
 				"The request body ended before its declared Content-Length; nothing was charged.", "", nil})
 		}
+	}
+	if hw.held {
+		hw.ResponseWriterWrapper.WriteHeader(statusClientClosed)
 	}
 	return err
 }
 
 // shortBody notes a request body that ended before its Content-Length.
+// The reverse proxy reads it in a goroutine of its own, which may still
+// be reading when the proxy has returned: a client that half-closes its
+// connection after a short body cancels the request's context as the
+// body ends, and the proxy may answer that cancel (499) before its read
+// returns. closed says when the reading is over.
 type shortBody struct {
 	io.ReadCloser
-	short bool
+	ctx       context.Context
+	want      int64 // the declared length
+	read      atomic.Int64
+	short     atomic.Bool
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 func (b *shortBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
 	if errors.Is(err, io.ErrUnexpectedEOF) {
-		b.short = true
+		b.short.Store(true)
 	}
 	return n, err
 }
 
+func (b *shortBody) Close() error {
+	b.closeOnce.Do(func() { close(b.closed) })
+	return b.ReadCloser.Close()
+}
+
+// wasShort says whether the body ended early, once whoever reads it has
+// closed it (or a second passed): it ended before its length, or the
+// client hung up before sending it all.
+func (b *shortBody) wasShort() bool {
+	select {
+	case <-b.closed:
+	case <-time.After(time.Second):
+	}
+	return b.short.Load() || (b.ctx.Err() != nil && b.read.Load() < b.want)
+}
+
 // watchBody puts a shortBody around r's body.
 func watchBody(r *http.Request) *shortBody {
-	b := &shortBody{ReadCloser: r.Body}
+	b := &shortBody{ReadCloser: r.Body, ctx: r.Context(), want: r.ContentLength, closed: make(chan struct{})}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = b
+	} else {
+		b.closeOnce.Do(func() { close(b.closed) })
 	}
 	return b
 }
 
 // refundHeaders rewrites the RateLimit headers when the upstream's answer
 // is a failure, which this handler refunds, before the headers go out.
+// It holds back the reverse proxy's 499 (the client closed its side,
+// which a client that sends a short body and half-closes does): the
+// handler may still have an answer for it.
 type refundHeaders struct {
 	*caddyhttp.ResponseWriterWrapper
 	d            state.Decision // the charge's decision
 	units, bytes int64
 	done         bool
+	held         bool // a 499 not written yet
 }
+
+// statusClientClosed is what Caddy's reverse proxy records when the
+// client went away before the upstream answered.
+const statusClientClosed = 499
 
 func (rw *refundHeaders) WriteHeader(status int) {
 	if status >= 400 {
 		rw.failed()
+	}
+	if status == statusClientClosed {
+		rw.held = true
+		return
 	}
 	rw.ResponseWriterWrapper.WriteHeader(status)
 }
