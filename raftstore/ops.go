@@ -542,9 +542,10 @@ type Stats struct {
 // Stats reports this node's counters.
 func (s *Store) Stats() Stats {
 	c := s.fsm.Counts()
-	s.refunds.mu.Lock()
-	refunds := len(s.refunds.pending)
-	s.refunds.mu.Unlock()
+	q := s.duties.refunds
+	q.mu.Lock()
+	refunds := len(q.pending)
+	q.mu.Unlock()
 	return Stats{
 		AppliedIndex:    s.raft.AppliedIndex(),
 		LeaderChanges:   s.leaderChanges.Load(),
@@ -552,7 +553,7 @@ func (s *Store) Stats() Stats {
 		PendingRefunds:  refunds,
 		PendingEvents:   c.PendingEvents,
 		DroppedEvents:   c.DroppedEvents,
-		EventsDelivered: s.eventsDelivered.Load(),
-		EventsFailed:    s.eventsFailed.Load(),
+		EventsDelivered: s.duties.eventsDelivered.Load(),
+		EventsFailed:    s.duties.eventsFailed.Load(),
 	}
 }

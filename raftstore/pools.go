@@ -7,7 +7,6 @@ import (
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
-
 // Pools is the pools half of a Store's API: quotas that several tokens
 // share. Every method is a linearizable read or a write through the log.
 type Pools struct{ s *Store }

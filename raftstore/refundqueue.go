@@ -1,12 +1,10 @@
 package raftstore
 
 import (
-	"context"
 	"sync"
 	"time"
 
 	"github.com/raftquota/raftquota/raftstore/state"
-	"go.uber.org/zap"
 )
 
 // A refund whose leader cannot be reached (no quorum, a partition) is not
@@ -40,7 +38,7 @@ func (s *Store) RefundLater(id state.RequestID) {
 	if id.IsZero() {
 		return
 	}
-	q := s.refunds
+	q := s.duties.refunds
 	q.mu.Lock()
 	if len(q.pending) >= maxQueuedRefunds {
 		var oldest state.RequestID
@@ -58,62 +56,5 @@ func (s *Store) RefundLater(id state.RequestID) {
 	select {
 	case q.wake <- struct{}{}:
 	default:
-	}
-}
-
-// retryRefunds sends the queued refunds, backing off while they fail, and
-// says at WARN, at most once a minute, that some are waiting or were
-// dropped.
-func (s *node) retryRefunds() {
-	defer s.wg.Done()
-	q := s.refunds
-	backoff := 50 * time.Millisecond
-	var lastWarn time.Time
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-q.wake:
-		case <-time.After(backoff):
-		}
-		q.mu.Lock()
-		ids := make([]state.RequestID, 0, len(q.pending))
-		for id, at := range q.pending {
-			if time.Since(at) > refundRetryFor {
-				delete(q.pending, id)
-				q.dropped++
-				continue
-			}
-			ids = append(ids, id)
-		}
-		dropped := q.dropped
-		q.dropped = 0
-		q.mu.Unlock()
-		failed := 0
-		for _, id := range ids {
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-			_, err := s.write(ctx, &state.Command{Op: state.OpRefund, ID: id})
-			cancel()
-			if err != nil {
-				failed++
-				if err == state.ErrClosed {
-					return
-				}
-				continue
-			}
-			q.mu.Lock()
-			delete(q.pending, id)
-			q.mu.Unlock()
-		}
-		if failed == 0 {
-			backoff = 50 * time.Millisecond
-		} else {
-			backoff = min(backoff*2, 5*time.Second)
-		}
-		if (failed > 0 || dropped > 0) && time.Since(lastWarn) > time.Minute {
-			lastWarn = time.Now()
-			s.logger.Warn("refunds are waiting for the quota leader; they are retried until it has them",
-				zap.Int("pending_refunds", failed), zap.Int("dropped_refunds", dropped))
-		}
 	}
 }

@@ -225,10 +225,8 @@ type node struct {
 	logger *zap.Logger
 	// newDataDir: this start bootstrapped an empty data dir with peers.
 	newDataDir bool
-	// refunds are refunds waiting for a leader (refundqueue.go).
-	refunds *refundQueue
-	// eventsDelivered and eventsFailed count this node's event deliveries.
-	eventsDelivered, eventsFailed atomic.Uint64
+	// duties are the background loops (duties.go).
+	duties *duties
 	// leaderGone is closed when the leader this node knows changes
 	// (leaderMoved): forwarded calls to the old one end and are re-sent.
 	leaderGone atomic.Pointer[chan struct{}]
@@ -509,18 +507,24 @@ func (s *node) startWorkers(r *raft.Raft) {
 		s.wg.Add(1)
 		go s.sayWhatWasJoined()
 	}
-	s.refunds = newRefundQueue()
-	s.wg.Add(2)
-	go s.retryRefunds()
-	go s.deliverEvents()
+	s.duties = &duties{
+		cfg: s.cfg, logger: s.logger, state: s.fsm.Machine, closed: s.closed,
+		leading: s.IsLeader,
+		ready:   func() bool { return s.IsLeader() && s.readyTerm.Load() == s.raft.CurrentTerm() },
+		apply:   s.applyLocal,
+		write: func(ctx context.Context, c *state.Command) error {
+			_, err := s.write(ctx, c)
+			return err
+		},
+		refunds: newRefundQueue(),
+	}
+	s.duties.start(&s.wg)
 	if cfg.Gateway {
 		s.wg.Add(1)
 		go s.joinAsGateway()
 	}
 	s.wg.Add(1)
 	go s.reapGateways()
-	s.wg.Add(1)
-	go s.expireUploads()
 }
 
 func (s *node) onBatch(n int, forwarded bool) {

@@ -6,9 +6,7 @@ import (
 	"time"
 
 	"github.com/raftquota/raftquota/raftstore/state"
-	"go.uber.org/zap"
 )
-
 
 // Uploads is the multipart half of a Store's API: an upload is charged one
 // unit when it is created and its parts' bytes as they arrive; an abort
@@ -99,33 +97,4 @@ func (u Uploads) decide(ctx context.Context, c *state.Command) (state.Decision, 
 		return state.Decision{}, fmt.Errorf("%w: %s answered %d decisions", state.ErrUnavailable, c.Op, len(res.Decisions))
 	}
 	return res.Decisions[0], nil
-}
-
-// expireUploads proposes expire_uploads while this node leads and an
-// upload is past its deadline.
-func (s *node) expireUploads() {
-	defer s.wg.Done()
-	every := s.cfg.UploadSweep
-	if every <= 0 {
-		every = time.Second
-	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-tick.C:
-		}
-		if !s.IsLeader() {
-			continue
-		}
-		next := s.fsm.NextUploadDeadline() // a scan of at most MaxOpenUploads, only while some are open
-		if next == 0 || time.Now().UnixNano() < next {
-			continue
-		}
-		if _, err := s.applyLocal(&state.Command{Op: state.OpExpireUploads}); err != nil {
-			s.logger.Debug("proposing upload expiry", zap.Error(err))
-		}
-	}
 }

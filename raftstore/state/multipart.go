@@ -336,17 +336,7 @@ func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
 	if renew(t, now) {
 		t.UpdatedAt = now.UnixNano()
 	}
-	// The unit was charged at reserve: only revocation, expiry and bytes
-	// can refuse a part.
-	var reason Reason
-	switch {
-	case t.Status == stRevoked:
-		reason = ReasonRevoked
-	case t.expired(now):
-		reason = ReasonExpired
-	case t.BytesLimit > 0 && t.BytesUsed > t.BytesLimit-o.Bytes:
-		reason = ReasonBytesExhausted
-	}
+	reason := decidePart(t, o.Bytes, now)
 	entry := dedupEntry{Op: OpConsume, Reason: codeOfReason(reason), Token: t.id}
 	var refs []poolRef
 	var denied *poolDenial
@@ -381,6 +371,20 @@ func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
 		poolDecision(&d, denied.pool)
 	}
 	return &Result{Decisions: []Decision{d}}
+}
+
+// decidePart decides a part on its token. The unit was charged at
+// reserve: only revocation, expiry and bytes can refuse a part.
+func decidePart(t *tokenState, bytes int64, now time.Time) Reason {
+	switch {
+	case t.Status == stRevoked:
+		return ReasonRevoked
+	case t.expired(now):
+		return ReasonExpired
+	case t.BytesLimit > 0 && t.BytesUsed > t.BytesLimit-bytes:
+		return ReasonBytesExhausted
+	}
+	return ""
 }
 
 // refundUploadCharge refunds, by its request id, a part whose upload to
