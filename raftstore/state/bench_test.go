@@ -128,7 +128,7 @@ func BenchmarkPoolMemory(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		f := fsmWithDedup(MinDedupSize, nopLogger())
 		for k := 0; k < n; k++ {
-			if res := f.applyCreatePool(&Command{Pool: &PoolSpec{Name: fmt.Sprintf("customer-%07d", k), UsageLimit: 1000, BytesLimit: 1 << 40}}, t0); res.Err != nil {
+			if res := f.poolOps().applyCreatePool(&Command{Pool: &PoolSpec{Name: fmt.Sprintf("customer-%07d", k), UsageLimit: 1000, BytesLimit: 1 << 40}}, t0); res.Err != nil {
 				b.Fatal(res.Err)
 			}
 		}

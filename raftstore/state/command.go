@@ -115,20 +115,30 @@ var commands = map[Op]commandDef{
 	// Multipart uploads (multipart.go). Reserves and parts keep consume
 	// entries of their own, and a bind (whose ID is its reserve's) is
 	// idempotent; the others are remembered generically.
-	OpReserveUpload: {"reserve_upload", (*Machine).applyReserveUpload, false},
-	OpBindUpload:    {"bind_upload", (*Machine).applyBindUpload, false},
-	OpChargePart:    {"charge_part", (*Machine).applyChargePart, false},
-	OpCompleteBegin: {"complete_begin", (*Machine).applyCompleteBegin, true},
-	OpCompleteEnd:   {"complete_end", (*Machine).applyCompleteEnd, true},
-	OpAbortUpload:   {"abort_upload", (*Machine).applyAbortUpload, true},
-	OpExpireUploads: {"expire_uploads", (*Machine).applyExpireUploads, false},
+	OpReserveUpload: {"reserve_upload", onUploads((*uploadOps).applyReserveUpload), false},
+	OpBindUpload:    {"bind_upload", onUploads((*uploadOps).applyBindUpload), false},
+	OpChargePart:    {"charge_part", onUploads((*uploadOps).applyChargePart), false},
+	OpCompleteBegin: {"complete_begin", onUploads((*uploadOps).applyCompleteBegin), true},
+	OpCompleteEnd:   {"complete_end", onUploads((*uploadOps).applyCompleteEnd), true},
+	OpAbortUpload:   {"abort_upload", onUploads((*uploadOps).applyAbortUpload), true},
+	OpExpireUploads: {"expire_uploads", onUploads((*uploadOps).applyExpireUploads), false},
 	// Pools (pool.go).
-	OpCreatePool: {"create_pool", (*Machine).applyCreatePool, true},
-	OpUpdatePool: {"update_pool", (*Machine).applyUpdatePool, true},
-	OpResetPool:  {"reset_pool", (*Machine).applyResetPool, true},
-	OpDeletePool: {"delete_pool", (*Machine).applyDeletePool, true},
+	OpCreatePool: {"create_pool", onPools((*poolOps).applyCreatePool), true},
+	OpUpdatePool: {"update_pool", onPools((*poolOps).applyUpdatePool), true},
+	OpResetPool:  {"reset_pool", onPools((*poolOps).applyResetPool), true},
+	OpDeletePool: {"delete_pool", onPools((*poolOps).applyDeletePool), true},
 	// Threshold events (events.go).
 	OpAckEvents: {"ack_events", (*Machine).applyAckEvents, false},
+}
+
+// onUploads and onPools fit a handler of a face of the machine into the
+// op table.
+func onUploads(h func(f *uploadOps, c *Command, now time.Time) *Result) func(*Machine, *Command, time.Time) *Result {
+	return func(f *Machine, c *Command, now time.Time) *Result { return h(f.uploadOps(), c, now) }
+}
+
+func onPools(h func(f *poolOps, c *Command, now time.Time) *Result) func(*Machine, *Command, time.Time) *Result {
+	return func(f *Machine, c *Command, now time.Time) *Result { return h(f.poolOps(), c, now) }
 }
 
 func (o Op) String() string {

@@ -125,6 +125,11 @@ func (f *Machine) Apply(index uint64, data []byte) (*Result, error) {
 	return f.apply(c), nil
 }
 
+// poolOps and uploadOps are the machine's faces for pool and multipart
+// commands (pool.go, multipart.go).
+func (f *Machine) poolOps() *poolOps     { return (*poolOps)(f) }
+func (f *Machine) uploadOps() *uploadOps { return (*uploadOps)(f) }
+
 // Applied is the index of the last command applied since the machine was
 // made or last restored a snapshot, 0 until then. (raft's AppliedIndex
 // counts entries handed to the FSM, not applied by it: a follower serving
@@ -240,7 +245,7 @@ func (f *Machine) consume(r *ConsumeRequest, now time.Time) Decision {
 	var denied *poolDenial
 	if reason == "" && (len(t.pools()) > 0 || len(r.Pools) > 0) {
 		// The token allows: the pools decide too, and are charged with it.
-		refs, tightest, denied = f.chargePools(t, t.pools(), r.Pools, r.SkipMissingPools, r.Units, r.Bytes, now)
+		refs, tightest, denied = f.poolOps().chargePools(t, t.pools(), r.Pools, r.SkipMissingPools, r.Units, r.Bytes, now)
 		if denied != nil {
 			reason = denied.reason
 			entry.Reason = codeOfReason(reason)
@@ -307,7 +312,7 @@ func (f *Machine) applyCreate(c *Command, now time.Time) *Result {
 		CreatedAt:  now.UnixNano(),
 		UpdatedAt:  now.UnixNano(),
 	}
-	pools, err := f.tokenPools(spec.Pools)
+	pools, err := f.poolOps().tokenPools(spec.Pools)
 	if err != nil {
 		return &Result{Err: err}
 	}
@@ -318,7 +323,7 @@ func (f *Machine) applyCreate(c *Command, now time.Time) *Result {
 	if spec.CreatedBy != "" || spec.Metadata != nil || spec.RenewEvery != 0 || !cal.IsZero() {
 		t.ext = &tokenExt{CreatedBy: spec.CreatedBy, Metadata: spec.Metadata, RenewEvery: spec.RenewEvery, Cal: cal}
 	}
-	f.setTokenPools(t, pools)
+	f.poolOps().setTokenPools(t, pools)
 	if th, _ := validateThresholds(spec.NotifyAt); len(th) > 0 {
 		t.extW().Notify = th
 	}
@@ -340,7 +345,7 @@ func (f *Machine) applyCreate(c *Command, now time.Time) *Result {
 // consume's id and deduplicated there.
 func (f *Machine) applyRefund(c *Command, now time.Time) *Result {
 	id := c.ID
-	if f.refundUploadCharge(id, now) {
+	if f.uploadOps().refundUploadCharge(id, now) {
 		return &Result{}
 	}
 	e, ok := f.dedup.Peek(id)
@@ -354,7 +359,7 @@ func (f *Machine) applyRefund(c *Command, now time.Time) *Result {
 	e.Refunded = true
 	f.dedup.Add(id, e)
 	if e.Pools != nil {
-		f.givePoolsBack(*e.Pools, e.Units, e.Bytes, now)
+		f.poolOps().givePoolsBack(*e.Pools, e.Units, e.Bytes, now)
 	}
 	t := f.tokens.byID(e.Token)
 	if t == nil || t.Generation != e.Gen {
@@ -386,11 +391,11 @@ func (f *Machine) applyUpdate(c *Command, now time.Time) *Result {
 		return &Result{Err: err}
 	}
 	if u.Pools != nil {
-		pools, err := f.tokenPools(*u.Pools)
+		pools, err := f.poolOps().tokenPools(*u.Pools)
 		if err != nil {
 			return &Result{Err: err}
 		}
-		f.setTokenPools(t, pools)
+		f.poolOps().setTokenPools(t, pools)
 	}
 	if u.UsageLimit != nil {
 		t.UsageLimit = *u.UsageLimit
@@ -481,7 +486,7 @@ func (f *Machine) applyDelete(c *Command, _ time.Time) *Result {
 	if t == nil {
 		return &Result{Err: ErrNotFound}
 	}
-	f.setTokenPools(f.tokens.mut(t.Key), nil)
+	f.poolOps().setTokenPools(f.tokens.mut(t.Key), nil)
 	f.tokens.del(t.Key)
 	return &Result{}
 }
@@ -523,7 +528,7 @@ func (f *Machine) check(r *ConsumeRequest, at time.Time) Decision {
 	d := decisionFor(c)
 	d.Reason = decide(c, r.Units, r.Bytes, now)
 	if d.Reason == "" {
-		f.checkPools(&d, c.pools(), r, now)
+		f.poolOps().checkPools(&d, c.pools(), r, now)
 	}
 	d.Allowed = d.Reason == ""
 	return d

@@ -9,6 +9,12 @@ import (
 	"time"
 )
 
+// uploadOps is the machine as the multipart commands see it: a face of
+// the same data, with the upload ops' handlers and their helpers.
+type uploadOps Machine
+
+func (f *uploadOps) m() *Machine { return (*Machine)(f) }
+
 // Multipart uploads (S3's CreateMultipartUpload, UploadPart,
 // CompleteMultipartUpload, AbortMultipartUpload) charge one object as one
 // unit however many requests it takes, and its bytes part by part. The
@@ -204,12 +210,12 @@ func chargeOf(id RequestID, t *tokenState, part int32, units, bytes int64) charg
 // giveBack refunds one charge of an upload, and marks its request id
 // refunded if the dedup table still holds it, so a later refund by id does
 // not give it back twice.
-func (f *Machine) giveBack(tok TokenKey, c charge, now time.Time) {
+func (f *uploadOps) giveBack(tok TokenKey, c charge, now time.Time) {
 	if e, ok := f.dedup.Peek(c.ID); ok && e.Op == OpConsume && e.Allowed && !e.Refunded {
 		e.Refunded = true
 		f.dedup.Add(c.ID, e)
 	}
-	f.givePoolsBack(c.Pools, c.Units, c.Bytes, now)
+	f.m().poolOps().givePoolsBack(c.Pools, c.Units, c.Bytes, now)
 	t := f.tokens.mut(tok)
 	if t == nil || t.Generation != c.Gen {
 		return
@@ -225,7 +231,7 @@ func (f *Machine) giveBack(tok TokenKey, c charge, now time.Time) {
 }
 
 // refundUpload gives back everything an upload charged and forgets it.
-func (f *Machine) refundUpload(k UploadKey, now time.Time) {
+func (f *uploadOps) refundUpload(k UploadKey, now time.Time) {
 	u := f.uploads.uploads[k]
 	f.giveBack(u.Token, u.Reserve, now)
 	for _, p := range u.Parts {
@@ -234,7 +240,7 @@ func (f *Machine) refundUpload(k UploadKey, now time.Time) {
 	f.uploads.drop(k)
 }
 
-func (f *Machine) applyReserveUpload(c *Command, now time.Time) *Result {
+func (f *uploadOps) applyReserveUpload(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil || o.Token == nil || o.Expiry <= 0 || o.Units < 0 {
 		return &Result{Err: Invalidf("reserve_upload needs a token, units and an expiry")}
@@ -248,7 +254,7 @@ func (f *Machine) applyReserveUpload(c *Command, now time.Time) *Result {
 		return &Result{Decisions: []Decision{d}}
 	}
 	req := ConsumeRequest{ID: c.ID, Key: *o.Token, Units: o.Units, Pools: o.Pools, SkipMissingPools: o.SkipMissingPools}
-	d := f.consume(&req, now)
+	d := f.m().consume(&req, now)
 	if d.Allowed && !d.Duplicate {
 		t := f.tokens.get(*o.Token)
 		u := &multipartUpload{
@@ -269,7 +275,7 @@ func (f *Machine) applyReserveUpload(c *Command, now time.Time) *Result {
 	return &Result{Decisions: []Decision{d}}
 }
 
-func (f *Machine) applyBindUpload(c *Command, now time.Time) *Result {
+func (f *uploadOps) applyBindUpload(c *Command, now time.Time) *Result {
 	if c.Upload == nil || c.Upload.Key.IsZero() {
 		return &Result{Err: Invalidf("bind_upload needs an upload key")}
 	}
@@ -293,7 +299,7 @@ func (f *Machine) applyBindUpload(c *Command, now time.Time) *Result {
 
 // openUpload is the upload o names, if it is open and, when o names a
 // token, that token's.
-func (f *Machine) openUpload(o *UploadOp) *multipartUpload {
+func (f *uploadOps) openUpload(o *UploadOp) *multipartUpload {
 	u := f.uploads.uploads[o.Key]
 	if u == nil || (o.Token != nil && *o.Token != u.Token) {
 		return nil
@@ -301,7 +307,7 @@ func (f *Machine) openUpload(o *UploadOp) *multipartUpload {
 	return u
 }
 
-func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
+func (f *uploadOps) applyChargePart(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil || o.Bytes < 0 || o.Part < 1 {
 		return &Result{Err: Invalidf("charge_part needs an upload, a part number and bytes")}
@@ -321,7 +327,7 @@ func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
 		if t := f.tokens.byID(e.Token); t != nil {
 			req.Key = t.Key
 		}
-		return &Result{Decisions: []Decision{f.consume(&req, now)}}
+		return &Result{Decisions: []Decision{f.m().consume(&req, now)}}
 	}
 	if u == nil || u.State != uploadOpen {
 		return deny(nil, ReasonNoSuchUpload)
@@ -343,7 +349,7 @@ func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
 	if reason == "" && len(u.Pools) > 0 {
 		// The pools the reserve charged take the part's bytes too (a pool
 		// deleted since is skipped: it no longer holds a quota).
-		refs, _, denied = f.chargePools(t, u.Pools, nil, false, 0, o.Bytes, now)
+		refs, _, denied = f.m().poolOps().chargePools(t, u.Pools, nil, false, 0, o.Bytes, now)
 		if denied != nil {
 			reason = denied.reason
 			entry.Reason = codeOfReason(reason)
@@ -353,7 +359,7 @@ func (f *Machine) applyChargePart(c *Command, now time.Time) *Result {
 		t.BytesUsed = addSat(t.BytesUsed, o.Bytes)
 		settle(t)
 		t.UpdatedAt = now.UnixNano()
-		f.noteToken(t, now)
+		f.m().noteToken(t, now)
 		ch := chargeOf(c.ID, t, o.Part, 0, o.Bytes)
 		ch.Pools = refs
 		entry.Allowed, entry.Bytes, entry.Gen, entry.Window = true, o.Bytes, ch.Gen, ch.Window
@@ -390,7 +396,7 @@ func decidePart(t *tokenState, bytes int64, now time.Time) Reason {
 // refundUploadCharge refunds, by its request id, a part whose upload to
 // the backend failed, or the reserve of an upload the backend did not
 // create, from the upload's record. It reports whether id was one.
-func (f *Machine) refundUploadCharge(id RequestID, now time.Time) bool {
+func (f *uploadOps) refundUploadCharge(id RequestID, now time.Time) bool {
 	if k, ok := f.uploads.owner[id]; ok {
 		u := f.uploads.uploads[k]
 		i := slices.IndexFunc(u.Parts, func(p charge) bool { return p.ID == id })
@@ -408,7 +414,7 @@ func (f *Machine) refundUploadCharge(id RequestID, now time.Time) bool {
 	return false
 }
 
-func (f *Machine) applyCompleteBegin(c *Command, now time.Time) *Result {
+func (f *uploadOps) applyCompleteBegin(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil || o.Expiry <= 0 {
 		return &Result{Err: Invalidf("complete_begin needs an upload and a timeout")}
@@ -423,7 +429,7 @@ func (f *Machine) applyCompleteBegin(c *Command, now time.Time) *Result {
 	return &Result{}
 }
 
-func (f *Machine) applyCompleteEnd(c *Command, now time.Time) *Result {
+func (f *uploadOps) applyCompleteEnd(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil {
 		return &Result{Err: Invalidf("complete_end needs an upload")}
@@ -456,7 +462,7 @@ func (f *Machine) applyCompleteEnd(c *Command, now time.Time) *Result {
 	return &Result{}
 }
 
-func (f *Machine) applyAbortUpload(c *Command, now time.Time) *Result {
+func (f *uploadOps) applyAbortUpload(c *Command, now time.Time) *Result {
 	o := c.Upload
 	if o == nil {
 		return &Result{Err: Invalidf("abort_upload needs an upload")}
@@ -477,7 +483,7 @@ func (f *Machine) applyAbortUpload(c *Command, now time.Time) *Result {
 // deadline, and takes completing ones past theirs as completed (the node
 // that forwarded the complete is gone; the charge stays, as it would for an
 // object that exists).
-func (f *Machine) applyExpireUploads(_ *Command, now time.Time) *Result {
+func (f *uploadOps) applyExpireUploads(_ *Command, now time.Time) *Result {
 	var due []UploadKey
 	for k, u := range f.uploads.uploads {
 		if u.Deadline <= now.UnixNano() {

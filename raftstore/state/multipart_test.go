@@ -229,7 +229,7 @@ func TestMultipartStateIsInSnapshots(t *testing.T) {
 	// Expiring the restored state refunds the same as the original.
 	for _, f := range []*Machine{tf.f, restored} {
 		f.mu.Lock()
-		f.applyExpireUploads(nil, t0.Add(2*time.Hour))
+		f.uploadOps().applyExpireUploads(nil, t0.Add(2*time.Hour))
 		f.mu.Unlock()
 	}
 	a, _ := tf.f.tokenNamed("a")

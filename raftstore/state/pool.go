@@ -8,6 +8,12 @@ import (
 	"time"
 )
 
+// poolOps is the machine as the pool commands see it: a face of the same
+// data, with the pool ops' handlers and the charging of pools.
+type poolOps Machine
+
+func (f *poolOps) m() *Machine { return (*Machine)(f) }
+
 // Pools are quotas that many tokens draw on together: a customer's plan,
 // a team, a bucket, a global daily cap. A token belongs to up to
 // MaxTokenPools pools; a consume may also name pools (the handler's pool
@@ -341,7 +347,7 @@ type poolDenial struct {
 // chargePools decides a charge of units and bytes on the pools ids and
 // names (the token's and the request's), and when all allow, charges them
 // and returns what it took. Nothing is charged on a denial.
-func (f *Machine) chargePools(t *tokenState, ids []poolID, names []string, skipMissing bool, units, bytes int64, now time.Time) ([]poolRef, *poolState, *poolDenial) {
+func (f *poolOps) chargePools(t *tokenState, ids []poolID, names []string, skipMissing bool, units, bytes int64, now time.Time) ([]poolRef, *poolState, *poolDenial) {
 	ps, deny := f.poolsOf(ids, names, skipMissing)
 	if deny != nil {
 		return nil, nil, deny
@@ -361,7 +367,7 @@ func (f *Machine) chargePools(t *tokenState, ids []poolID, names []string, skipM
 		p.BytesUsed = addSat(p.BytesUsed, bytes)
 		settlePool(p)
 		p.UpdatedAt = now.UnixNano()
-		f.notePool(p, t, now)
+		f.m().notePool(p, t, now)
 		refs = append(refs, poolRef{Pool: p.id, Window: p.window()})
 		if tightest == nil || tighter(p, tightest) {
 			tightest = p
@@ -371,7 +377,7 @@ func (f *Machine) chargePools(t *tokenState, ids []poolID, names []string, skipM
 }
 
 // poolsOf resolves pool ids and names to the pools, each once.
-func (f *Machine) poolsOf(ids []poolID, names []string, skipMissing bool) ([]*poolState, *poolDenial) {
+func (f *poolOps) poolsOf(ids []poolID, names []string, skipMissing bool) ([]*poolState, *poolDenial) {
 	ps := make([]*poolState, 0, len(ids)+len(names))
 	add := func(p *poolState) {
 		if !slices.Contains(ps, p) {
@@ -409,7 +415,7 @@ func tighter(a, b *poolState) bool {
 
 // givePoolsBack refunds units and bytes to the pools refs charged, where
 // the pool still exists and its window has not renewed since.
-func (f *Machine) givePoolsBack(refs []poolRef, units, bytes int64, now time.Time) {
+func (f *poolOps) givePoolsBack(refs []poolRef, units, bytes int64, now time.Time) {
 	for _, r := range refs {
 		p := f.pools.get(r.Pool)
 		if p == nil {
@@ -446,7 +452,7 @@ func tighterThanToken(p *poolState, d *Decision) bool {
 
 // checkPools decides, without charging, what the pools of a charge would
 // say: copies of them are renewed and decided.
-func (f *Machine) checkPools(d *Decision, ids []poolID, r *ConsumeRequest, now time.Time) {
+func (f *poolOps) checkPools(d *Decision, ids []poolID, r *ConsumeRequest, now time.Time) {
 	ps, deny := f.poolsOf(ids, r.Pools, r.SkipMissingPools)
 	if deny != nil {
 		d.Reason, d.Quota = deny.reason, "pool:"+deny.name
@@ -473,7 +479,7 @@ func (f *Machine) checkPools(d *Decision, ids []poolID, r *ConsumeRequest, now t
 
 // Admin commands on pools.
 
-func (f *Machine) applyCreatePool(c *Command, now time.Time) *Result {
+func (f *poolOps) applyCreatePool(c *Command, now time.Time) *Result {
 	spec := c.Pool
 	if spec == nil {
 		return &Result{Err: Invalidf("create_pool needs a pool spec")}
@@ -505,7 +511,7 @@ func (f *Machine) applyCreatePool(c *Command, now time.Time) *Result {
 }
 
 // targetPool is the pool an admin command names by id.
-func (f *Machine) targetPool(c *Command) *poolState {
+func (f *poolOps) targetPool(c *Command) *poolState {
 	id, ok := parsePoolID(c.PoolID)
 	if !ok {
 		return nil
@@ -513,7 +519,7 @@ func (f *Machine) targetPool(c *Command) *poolState {
 	return f.pools.get(id)
 }
 
-func (f *Machine) applyUpdatePool(c *Command, now time.Time) *Result {
+func (f *poolOps) applyUpdatePool(c *Command, now time.Time) *Result {
 	p := f.targetPool(c)
 	if p == nil {
 		return &Result{Err: ErrPoolNotFound}
@@ -563,7 +569,7 @@ func (f *Machine) applyUpdatePool(c *Command, now time.Time) *Result {
 	return &Result{Pool: p.pool()}
 }
 
-func (f *Machine) applyResetPool(c *Command, now time.Time) *Result {
+func (f *poolOps) applyResetPool(c *Command, now time.Time) *Result {
 	p := f.targetPool(c)
 	if p == nil {
 		return &Result{Err: ErrPoolNotFound}
@@ -578,7 +584,7 @@ func (f *Machine) applyResetPool(c *Command, now time.Time) *Result {
 	return &Result{Pool: p.pool()}
 }
 
-func (f *Machine) applyDeletePool(c *Command, _ time.Time) *Result {
+func (f *poolOps) applyDeletePool(c *Command, _ time.Time) *Result {
 	p := f.targetPool(c)
 	if p == nil {
 		return &Result{Err: ErrPoolNotFound}
@@ -591,7 +597,7 @@ func (f *Machine) applyDeletePool(c *Command, _ time.Time) *Result {
 }
 
 // tokenPools resolves a token spec's or update's pool ids, each once.
-func (f *Machine) tokenPools(ids []string) ([]poolID, error) {
+func (f *poolOps) tokenPools(ids []string) ([]poolID, error) {
 	if len(ids) > MaxTokenPools {
 		return nil, Invalidf("a token belongs to at most %d pools, got %d", MaxTokenPools, len(ids))
 	}
@@ -609,7 +615,7 @@ func (f *Machine) tokenPools(ids []string) ([]poolID, error) {
 }
 
 // setTokenPools moves t into the pools ids, keeping the pools' counts.
-func (f *Machine) setTokenPools(t *tokenState, ids []poolID) {
+func (f *poolOps) setTokenPools(t *tokenState, ids []poolID) {
 	for _, id := range t.pools() {
 		if p := f.pools.get(id); p != nil {
 			p.tokens--

@@ -54,16 +54,23 @@ type Answer struct {
 	Decision Decision
 }
 
-var queries = map[ReadKind]func(f *Machine, q *Query, a *Answer) error{
-	ReadToken:      (*Machine).queryToken,
-	ReadLookup:     (*Machine).queryLookup,
-	ReadList:       (*Machine).queryList,
-	ReadCheck:      (*Machine).queryCheck,
-	ReadPool:       (*Machine).queryPool,
-	ReadPoolByName: (*Machine).queryPool,
-	ReadPools:      (*Machine).queryPools,
-	ReadPoolTokens: (*Machine).queryPoolTokens,
+var queries = map[ReadKind]func(f *reads, q *Query, a *Answer) error{
+	ReadToken:      (*reads).queryToken,
+	ReadLookup:     (*reads).queryLookup,
+	ReadList:       (*reads).queryList,
+	ReadCheck:      (*reads).queryCheck,
+	ReadPool:       (*reads).queryPool,
+	ReadPoolByName: (*reads).queryPool,
+	ReadPools:      (*reads).queryPools,
+	ReadPoolTokens: (*reads).queryPoolTokens,
 }
+
+// reads is the machine as the read table sees it: a face of the same
+// data, with one handler a kind of read. The caller holds the machine's
+// read lock.
+type reads Machine
+
+func (f *reads) m() *Machine { return (*Machine)(f) }
 
 // Query answers a read from this machine's state.
 func (f *Machine) Query(q *Query) (Answer, error) {
@@ -74,10 +81,10 @@ func (f *Machine) Query(q *Query) (Answer, error) {
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return a, run(f, q, &a)
+	return a, run((*reads)(f), q, &a)
 }
 
-func (f *Machine) queryToken(q *Query, a *Answer) error {
+func (f *reads) queryToken(q *Query, a *Answer) error {
 	t := f.tokens.byIDString(q.ID)
 	if t == nil {
 		return ErrNotFound
@@ -86,7 +93,7 @@ func (f *Machine) queryToken(q *Query, a *Answer) error {
 	return nil
 }
 
-func (f *Machine) queryLookup(q *Query, a *Answer) error {
+func (f *reads) queryLookup(q *Query, a *Answer) error {
 	t := f.tokens.get(q.Key)
 	if t == nil {
 		return ErrNotFound
@@ -95,17 +102,17 @@ func (f *Machine) queryLookup(q *Query, a *Answer) error {
 	return nil
 }
 
-func (f *Machine) queryList(q *Query, a *Answer) error {
+func (f *reads) queryList(q *Query, a *Answer) error {
 	a.Tokens, a.Next = page(f.list(), &q.Filter)
 	return nil
 }
 
-func (f *Machine) queryCheck(q *Query, a *Answer) error {
-	a.Decision = f.check(&q.Check, q.At)
+func (f *reads) queryCheck(q *Query, a *Answer) error {
+	a.Decision = f.m().check(&q.Check, q.At)
 	return nil
 }
 
-func (f *Machine) queryPool(q *Query, a *Answer) error {
+func (f *reads) queryPool(q *Query, a *Answer) error {
 	var p *poolState
 	if q.Kind == ReadPoolByName {
 		p = f.pools.named(q.Name)
@@ -119,7 +126,7 @@ func (f *Machine) queryPool(q *Query, a *Answer) error {
 	return nil
 }
 
-func (f *Machine) queryPools(_ *Query, a *Answer) error {
+func (f *reads) queryPools(_ *Query, a *Answer) error {
 	all := f.pools.sorted()
 	a.Pools = make([]Pool, len(all))
 	for i, p := range all {
@@ -128,7 +135,7 @@ func (f *Machine) queryPools(_ *Query, a *Answer) error {
 	return nil
 }
 
-func (f *Machine) queryPoolTokens(q *Query, a *Answer) error {
+func (f *reads) queryPoolTokens(q *Query, a *Answer) error {
 	if err := f.queryPool(q, a); err != nil {
 		return err
 	}
@@ -140,7 +147,7 @@ func (f *Machine) queryPoolTokens(q *Query, a *Answer) error {
 }
 
 // list returns every token, by id. The caller holds f.mu.
-func (f *Machine) list() []Token {
+func (f *reads) list() []Token {
 	out := make([]Token, 0, f.tokens.len())
 	f.tokens.each(func(t *tokenState) { out = append(out, *t.token()) })
 	slices.SortFunc(out, func(a, b Token) int { return strings.Compare(a.ID, b.ID) })
@@ -151,7 +158,7 @@ func (f *Machine) list() []Token {
 func (f *Machine) Tokens() []Token {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.list()
+	return (*reads)(f).list()
 }
 
 // TokenFilter selects and pages tokens for Tokens.
