@@ -39,7 +39,7 @@ type BackupInfo struct {
 // began (the same read barrier as a linearizable read), from this node's
 // replica once it has applied that far.
 func (s *Store) Backup(ctx context.Context, w io.Writer) (BackupInfo, error) {
-	point, err := s.point(ctx)
+	point, err := s.reads().point(ctx)
 	if err != nil {
 		return BackupInfo{}, err
 	}

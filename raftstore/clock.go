@@ -82,7 +82,7 @@ func (c *clockSync) get(term uint64) (offset time.Duration, ok, stale bool) {
 // Peers that do not answer in time do not vote. With an even number of
 // votes the smaller middle value is taken, so time errs towards late.
 func (c *clockSync) measure(s *node, term uint64) time.Duration {
-	servers := s.configuration()
+	servers := s.members().configuration()
 	diffs := []time.Duration{0}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -96,7 +96,7 @@ func (c *clockSync) measure(s *node, term uint64) time.Duration {
 			ctx, cancel := context.WithTimeout(context.Background(), clockSampleRPC)
 			defer cancel()
 			sent := time.Now()
-			out, err := s.fwd.Status(ctx, s.dialAddr(id, addr))
+			out, err := s.fwd.Status(ctx, s.members().dialAddr(id, addr))
 			if err != nil || out.Now == 0 {
 				return
 			}

@@ -403,7 +403,7 @@ func VerifyDataDir(dir string) (*DataDirCheck, error) {
 // (a member recovered by wiping its data dir): the leader has applied
 // more than the bootstrap configuration and this node's first leader
 // proposals.
-func (s *node) sayWhatWasJoined() {
+func (s *members) sayWhatWasJoined() {
 	defer s.wg.Done()
 	// Judged as soon as a leader is known: a new cluster's leader has
 	// applied only its first few commands then.
@@ -415,14 +415,14 @@ func (s *node) sayWhatWasJoined() {
 			return
 		case <-tick.C:
 		}
-		id, _, err := s.leader()
+		id, _, err := s.n().leader()
 		if err != nil {
 			continue
 		}
 		var leaderApplied uint64
 		if id == s.cfg.NodeID {
 			leaderApplied = s.fsm.Applied()
-		} else if points, err := s.fetchReadPoint([]struct{}{{}}); err == nil {
+		} else if points, err := s.n().reads().fetchReadPoint([]struct{}{{}}); err == nil {
 			leaderApplied = points[0].Applied
 		} else {
 			continue

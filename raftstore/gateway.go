@@ -18,7 +18,7 @@ import (
 // joinAsGateway asks the voters, in turn, to add this node as a
 // non-voter, and asks again whenever the leader has not been heard from for
 // a while (a leader that removed this gateway stops replicating to it).
-func (s *node) joinAsGateway() {
+func (s *members) joinAsGateway() {
 	defer s.wg.Done()
 	stale := max(4*s.cfg.HeartbeatTimeout, time.Second)
 	for {
@@ -41,8 +41,8 @@ func (s *node) joinAsGateway() {
 
 // askToJoin tries every voter until one adds this gateway; false when the
 // node closed first.
-func (s *node) askToJoin() bool {
-	args := &forward.Member{Add: true, Gateway: true, ID: s.cfg.NodeID, Address: s.Addr()}
+func (s *members) askToJoin() bool {
+	args := &forward.Member{Add: true, Gateway: true, ID: s.cfg.NodeID, Address: s.n().Addr()}
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		for _, p := range s.cfg.Peers {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
@@ -64,7 +64,7 @@ func (s *node) askToJoin() bool {
 
 // leaveAsGateway asks the leader to remove this gateway, briefly: a
 // gateway that cannot reach it is removed by the leader later anyway.
-func (s *node) leaveAsGateway() {
+func (s *members) leaveAsGateway() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := s.member(ctx, &forward.Member{ID: s.cfg.NodeID, Gateway: true}); err != nil {
@@ -76,7 +76,7 @@ func (s *node) leaveAsGateway() {
 
 // reapGateways, while this node leads, removes gateways the leader has not
 // reached for GatewayTimeout. Voters are never touched.
-func (s *node) reapGateways() {
+func (s *members) reapGateways() {
 	defer s.wg.Done()
 	t := time.NewTicker(max(s.cfg.GatewayTimeout/4, 50*time.Millisecond))
 	defer t.Stop()
@@ -86,7 +86,7 @@ func (s *node) reapGateways() {
 			return
 		case <-t.C:
 		}
-		if !s.IsLeader() {
+		if !s.n().IsLeader() {
 			continue
 		}
 		for _, srv := range s.configuration() {

@@ -31,7 +31,7 @@ func openGateway(t *testing.T, c *testCluster, id string) *Store {
 
 func suffrages(s *Store) map[string]raft.ServerSuffrage {
 	out := map[string]raft.ServerSuffrage{}
-	for _, srv := range s.configuration() {
+	for _, srv := range s.members().configuration() {
 		out[string(srv.ID)] = srv.Suffrage
 	}
 	return out
@@ -51,7 +51,7 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 		m := suffrages(leader)
 		return m["gw1"] == raft.Nonvoter && m["gw2"] == raft.Nonvoter
 	})
-	if n := leader.voters(); n != 3 {
+	if n := leader.members().voters(); n != 3 {
 		t.Fatalf("%d voters after gateways joined, want 3", n)
 	}
 
@@ -88,7 +88,7 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 	g2.cfg.Gateway = false // skip the leave: as if killed
 	g2.Close()
 	clustertest.Eventually(t, 15*time.Second, "vanished gateway reaped", func() bool { _, ok := suffrages(leader)["gw2"]; return !ok })
-	if n := leader.voters(); n != 3 {
+	if n := leader.members().voters(); n != 3 {
 		t.Fatalf("%d voters at the end, want 3", n)
 	}
 	info := leader.Cluster(ctx)
@@ -102,14 +102,14 @@ func TestGatewaysDecideThroughTheVoters(t *testing.T) {
 func TestGatewayCannotTakeAVotersID(t *testing.T) {
 	c := newTestCluster(t, 3)
 	leader := c.nodes[c.leaderIndex()]
-	err := leader.changeMember(&forward.Member{Add: true, Gateway: true, ID: "node1", Address: "127.0.0.1:1"})
+	err := leader.members().changeMember(&forward.Member{Add: true, Gateway: true, ID: "node1", Address: "127.0.0.1:1"})
 	if err == nil {
 		t.Fatal("a gateway took a voter's id")
 	}
-	if err := leader.changeMember(&forward.Member{Gateway: true, ID: "node2"}); err == nil {
+	if err := leader.members().changeMember(&forward.Member{Gateway: true, ID: "node2"}); err == nil {
 		t.Fatal("a gateway leave removed a voter")
 	}
-	if n := leader.voters(); n != 3 {
+	if n := leader.members().voters(); n != 3 {
 		t.Fatalf("%d voters, want 3", n)
 	}
 	if (&Config{NodeID: "node1", DataDir: "x", BindAddr: "127.0.0.1:0", Peers: c.peers, Gateway: true}).Validate() == nil {

@@ -66,7 +66,7 @@ func (s *Store) Check(ctx context.Context, req state.ConsumeRequest) (state.Deci
 	var d state.Decision
 	err := s.do(ctx, func(ctx context.Context) error {
 		if s.IsLeader() {
-			a, err := s.queryLocal(ctx, state.Query{Kind: state.ReadCheck, Check: req})
+			a, err := s.reads().queryLocal(ctx, state.Query{Kind: state.ReadCheck, Check: req})
 			d = a.Decision
 			return err
 		}
@@ -77,7 +77,7 @@ func (s *Store) Check(ctx context.Context, req state.ConsumeRequest) (state.Deci
 			return err
 		}
 		p := points[0]
-		if ok, err := s.waitApplied(ctx, p.Applied); err != nil {
+		if ok, err := s.reads().waitApplied(ctx, p.Applied); err != nil {
 			return err
 		} else if ok {
 			d = s.fsm.Check(&req, time.Unix(0, p.Now))
@@ -100,8 +100,8 @@ type readPoint struct {
 }
 
 // fetchReadPoint asks the leader for a read point, for a batch of reads.
-func (s *node) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
-	_, addr, err := s.leader()
+func (s *reads) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
+	_, addr, err := s.n().leader()
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +123,7 @@ func (s *node) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
 // index. It answers false, at once, when index is 0 or this node cannot
 // say what its FSM applied (it restored a snapshot and has applied no
 // command since).
-func (s *node) waitApplied(ctx context.Context, index uint64) (bool, error) {
+func (s *reads) waitApplied(ctx context.Context, index uint64) (bool, error) {
 	for {
 		applied := s.fsm.Applied()
 		if index == 0 || applied == 0 {
@@ -265,7 +265,7 @@ func (s *Store) Token(ctx context.Context, id string) (*state.Token, error) {
 	if !state.IsTokenID(id) {
 		return nil, fmt.Errorf("%w: %q is not a token id", state.ErrNotFound, id)
 	}
-	a, err := s.query(ctx, state.Query{Kind: state.ReadToken, ID: id})
+	a, err := s.reads().query(ctx, state.Query{Kind: state.ReadToken, ID: id})
 	return a.Token, err
 }
 
@@ -274,29 +274,29 @@ func (s *Store) Lookup(ctx context.Context, name string) (*state.Token, error) {
 	if err := state.ValidateName(name); err != nil {
 		return nil, err
 	}
-	a, err := s.query(ctx, state.Query{Kind: state.ReadLookup, Key: state.KeyOf(name)})
+	a, err := s.reads().query(ctx, state.Query{Kind: state.ReadLookup, Key: state.KeyOf(name)})
 	return a.Token, err
 }
 
 // Tokens lists tokens by id (a linearizable read), filtered and paged: next
 // is the cursor of the following page, "" after the last.
 func (s *Store) Tokens(ctx context.Context, filter state.TokenFilter) (page []state.Token, next string, err error) {
-	a, err := s.query(ctx, state.Query{Kind: state.ReadList, Filter: filter})
+	a, err := s.reads().query(ctx, state.Query{Kind: state.ReadList, Filter: filter})
 	return a.Tokens, a.Next, err
 }
 
 // query serves a read on the leader after a read barrier, which makes it
 // linearizable: the barrier is committed after the read began, and the
 // leader has applied everything up to it. A follower forwards it.
-func (s *node) query(ctx context.Context, q state.Query) (state.Answer, error) {
+func (s *reads) query(ctx context.Context, q state.Query) (state.Answer, error) {
 	var a state.Answer
-	err := s.do(ctx, func(ctx context.Context) error {
+	err := s.n().do(ctx, func(ctx context.Context) error {
 		var err error
-		if s.IsLeader() {
+		if s.n().IsLeader() {
 			a, err = s.queryLocal(ctx, q)
 			return err
 		}
-		_, addr, err := s.leader()
+		_, addr, err := s.n().leader()
 		if err != nil {
 			return err
 		}
@@ -309,15 +309,15 @@ func (s *node) query(ctx context.Context, q state.Query) (state.Answer, error) {
 
 // point returns a read point: this node's, when it leads (after a read
 // barrier), or the leader's.
-func (s *node) point(ctx context.Context) (forward.Point, error) {
+func (s *reads) point(ctx context.Context) (forward.Point, error) {
 	var p forward.Point
-	err := s.do(ctx, func(ctx context.Context) error {
-		if s.IsLeader() {
+	err := s.n().do(ctx, func(ctx context.Context) error {
+		if s.n().IsLeader() {
 			var err error
 			p, err = s.localPoint(ctx)
 			return err
 		}
-		_, addr, err := s.leader()
+		_, addr, err := s.n().leader()
 		if err != nil {
 			return err
 		}
@@ -329,21 +329,21 @@ func (s *node) point(ctx context.Context) (forward.Point, error) {
 }
 
 // localPoint is this leader's read point.
-func (s *node) localPoint(ctx context.Context) (forward.Point, error) {
+func (s *reads) localPoint(ctx context.Context) (forward.Point, error) {
 	if err := s.readBarrier(ctx); err != nil {
 		return forward.Point{}, err
 	}
-	return forward.Point{Index: s.raft.AppliedIndex(), Applied: s.fsm.Applied(), Now: s.clock.stamp(s)}, nil
+	return forward.Point{Index: s.raft.AppliedIndex(), Applied: s.fsm.Applied(), Now: s.clock.stamp(s.n())}, nil
 }
 
 // queryLocal serves q from this node, which leads.
-func (s *node) queryLocal(ctx context.Context, q state.Query) (state.Answer, error) {
+func (s *reads) queryLocal(ctx context.Context, q state.Query) (state.Answer, error) {
 	if err := s.readBarrier(ctx); err != nil {
 		return state.Answer{}, err
 	}
 	if q.Kind == state.ReadCheck {
 		// Judged at the time the leader would stamp into a consume now.
-		q.At = time.Unix(0, s.clock.stamp(s))
+		q.At = time.Unix(0, s.clock.stamp(s.n()))
 	}
 	return s.fsm.Query(&q)
 }
@@ -355,7 +355,7 @@ func (s *Store) Join(ctx context.Context, id, address string) error {
 	if id == "" || address == "" {
 		return state.Invalidf("a member needs an id and an address")
 	}
-	return s.member(ctx, &forward.Member{Add: true, ID: id, Address: address})
+	return s.members().member(ctx, &forward.Member{Add: true, ID: id, Address: address})
 }
 
 // Remove takes a server out of the cluster.
@@ -363,15 +363,15 @@ func (s *Store) Remove(ctx context.Context, id string) error {
 	if id == "" {
 		return state.Invalidf("a member needs an id")
 	}
-	return s.member(ctx, &forward.Member{ID: id})
+	return s.members().member(ctx, &forward.Member{ID: id})
 }
 
-func (s *node) member(ctx context.Context, args *forward.Member) error {
-	return s.do(ctx, func(ctx context.Context) error {
-		if s.IsLeader() {
+func (s *members) member(ctx context.Context, args *forward.Member) error {
+	return s.n().do(ctx, func(ctx context.Context) error {
+		if s.n().IsLeader() {
 			return s.changeMember(args)
 		}
-		_, addr, err := s.leader()
+		_, addr, err := s.n().leader()
 		if err != nil {
 			return err
 		}
@@ -379,8 +379,8 @@ func (s *node) member(ctx context.Context, args *forward.Member) error {
 	})
 }
 
-func (s *node) changeMember(args *forward.Member) error {
-	if !s.IsLeader() {
+func (s *members) changeMember(args *forward.Member) error {
+	if !s.n().IsLeader() {
 		return state.ErrNotLeader
 	}
 	var current *raft.Server
@@ -414,7 +414,7 @@ func (s *node) changeMember(args *forward.Member) error {
 	return nil
 }
 
-func (s *node) configuration() []raft.Server {
+func (s *members) configuration() []raft.Server {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
 		return nil
@@ -466,7 +466,7 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 		info.Halted = err.Error()
 	}
 	leading := s.IsLeader()
-	servers := s.configuration()
+	servers := s.members().configuration()
 	info.Nodes = make([]Node, len(servers))
 	var wg sync.WaitGroup
 	for i, srv := range servers {
@@ -482,7 +482,7 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n.State = s.askState(ctx, n.ID, n.Address)
+			n.State = s.members().askState(ctx, n.ID, n.Address)
 			if !leading || n.State != "unreachable" {
 				return // it answered for itself
 			}
@@ -500,7 +500,7 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	return info
 }
 
-func (s *node) askState(ctx context.Context, id, addr string) string {
+func (s *members) askState(ctx context.Context, id, addr string) string {
 	for range 2 {
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		out, err := s.fwd.Status(cctx, s.dialAddr(id, addr))

@@ -71,7 +71,7 @@ func (p Pools) Get(ctx context.Context, id string) (*state.Pool, error) {
 	if !state.IsPoolID(id) {
 		return nil, fmt.Errorf("%w: %q is not a pool id", state.ErrPoolNotFound, id)
 	}
-	a, err := p.s.query(ctx, state.Query{Kind: state.ReadPool, ID: id})
+	a, err := p.s.reads().query(ctx, state.Query{Kind: state.ReadPool, ID: id})
 	return a.Pool, err
 }
 
@@ -80,13 +80,13 @@ func (p Pools) Lookup(ctx context.Context, name string) (*state.Pool, error) {
 	if err := state.ValidatePoolName(name); err != nil {
 		return nil, err
 	}
-	a, err := p.s.query(ctx, state.Query{Kind: state.ReadPoolByName, Name: name})
+	a, err := p.s.reads().query(ctx, state.Query{Kind: state.ReadPoolByName, Name: name})
 	return a.Pool, err
 }
 
 // List lists every pool by id (a linearizable read).
 func (p Pools) List(ctx context.Context) ([]state.Pool, error) {
-	a, err := p.s.query(ctx, state.Query{Kind: state.ReadPools})
+	a, err := p.s.reads().query(ctx, state.Query{Kind: state.ReadPools})
 	return a.Pools, err
 }
 
@@ -96,6 +96,6 @@ func (p Pools) Tokens(ctx context.Context, id string, filter state.TokenFilter) 
 	if !state.IsPoolID(id) {
 		return nil, "", fmt.Errorf("%w: %q is not a pool id", state.ErrPoolNotFound, id)
 	}
-	a, err := p.s.query(ctx, state.Query{Kind: state.ReadPoolTokens, ID: id, Filter: filter})
+	a, err := p.s.reads().query(ctx, state.Query{Kind: state.ReadPoolTokens, ID: id, Filter: filter})
 	return a.Tokens, a.Next, err
 }

@@ -37,12 +37,14 @@ func (v served) Write(_ context.Context, c *state.Command) (*state.Result, error
 }
 
 func (v served) Read(ctx context.Context, q *state.Query) (state.Answer, error) {
-	return v.s.queryLocal(ctx, *q)
+	return v.s.reads().queryLocal(ctx, *q)
 }
 
-func (v served) Point(ctx context.Context) (forward.Point, error) { return v.s.localPoint(ctx) }
+func (v served) Point(ctx context.Context) (forward.Point, error) { return v.s.reads().localPoint(ctx) }
 
-func (v served) Member(_ context.Context, m *forward.Member) error { return v.s.changeMember(m) }
+func (v served) Member(_ context.Context, m *forward.Member) error {
+	return v.s.members().changeMember(m)
+}
 
 func (v served) Status() forward.Status {
 	s := v.s

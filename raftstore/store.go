@@ -393,16 +393,16 @@ func (s *node) openTransport(hl hclog.Logger) error {
 	}
 	s.mux = newMux(stream, s.logger)
 	s.mux.onRefused = func(addr string) {
-		if id, ok := s.peerAt(addr); ok {
+		if id, ok := s.members().peerAt(addr); ok {
 			s.peers.failed(id, time.Now())
 		}
 	}
 	s.mux.onConnected = func(addr string) {
-		if id, ok := s.peerAt(addr); ok {
+		if id, ok := s.members().peerAt(addr); ok {
 			s.peers.resumed(id)
 		}
 	}
-	s.mux.keepDialing = s.leadsMemberAt
+	s.mux.keepDialing = s.members().leadsMemberAt
 	// MaxRPCsInFlight 1: no pipelined replication. Each AppendEntries waits
 	// for the last one's answer, which with our batching decides more per
 	// second, with a lower p99, than pipelining, and a lagging follower is
@@ -488,8 +488,8 @@ func (s *node) startWorkers(r *raft.Raft) {
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
 	s.forwardConsumes = newBatcher(cfg.MaxBatch, 2, s.forwardConsumeBatch)
 	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
-	s.barriers = newBatcher(1<<16, 1, s.readIndex)
-	s.readPoints = newBatcher(1<<12, 1, s.fetchReadPoint)
+	s.barriers = newBatcher(1<<16, 1, s.reads().readIndex)
+	s.readPoints = newBatcher(1<<12, 1, s.reads().fetchReadPoint)
 	s.startForwarding()
 
 	obsCh := make(chan raft.Observation, 64)
@@ -505,7 +505,7 @@ func (s *node) startWorkers(r *raft.Raft) {
 	go s.watchLeader(obsCh)
 	if s.newDataDir {
 		s.wg.Add(1)
-		go s.sayWhatWasJoined()
+		go s.members().sayWhatWasJoined()
 	}
 	s.duties = &duties{
 		cfg: s.cfg, logger: s.logger, state: s.fsm.Machine, closed: s.closed,
@@ -521,10 +521,10 @@ func (s *node) startWorkers(r *raft.Raft) {
 	s.duties.start(&s.wg)
 	if cfg.Gateway {
 		s.wg.Add(1)
-		go s.joinAsGateway()
+		go s.members().joinAsGateway()
 	}
 	s.wg.Add(1)
-	go s.reapGateways()
+	go s.members().reapGateways()
 }
 
 func (s *node) onBatch(n int, forwarded bool) {
@@ -648,12 +648,12 @@ func (s *Store) Close() error {
 // the batchers, Raft and the data dir.
 func (s *node) shutdown() error {
 	if s.raft != nil && s.cfg.Gateway {
-		s.leaveAsGateway()
+		s.members().leaveAsGateway()
 	}
 	s.opsMu.Lock()
 	s.draining = true
 	s.opsMu.Unlock()
-	if s.raft != nil && s.raft.State() == raft.Leader && s.voters() > 1 {
+	if s.raft != nil && s.raft.State() == raft.Leader && s.members().voters() > 1 {
 		if err := s.raft.LeadershipTransfer().Error(); err != nil {
 			s.logger.Info("leadership transfer before shutdown failed", zap.Error(err))
 		} else {
@@ -755,7 +755,7 @@ func (s *node) enter() bool {
 
 func (s *node) leave() { s.ops.Done() }
 
-func (s *node) voters() int {
+func (s *members) voters() int {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
 		return 0
@@ -841,7 +841,7 @@ func (s *node) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, err
 
 // barrier waits until everything committed before it is applied here, by
 // committing an entry of its own (a log append and an fsync).
-func (s *node) barrier([]struct{}) ([]struct{}, error) {
+func (s *reads) barrier([]struct{}) ([]struct{}, error) {
 	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
 		return nil, raftError(err)
 	}
@@ -857,7 +857,7 @@ func (s *node) barrier([]struct{}) ([]struct{}, error) {
 // barrier it took on becoming leader returned, which Raft answers after the
 // FSM applied every entry of earlier terms. A leader that has not done so
 // yet in its current term takes a barrier per read batch instead.
-func (s *node) readIndex([]struct{}) ([]struct{}, error) {
+func (s *reads) readIndex([]struct{}) ([]struct{}, error) {
 	term := s.raft.CurrentTerm()
 	if s.readyTerm.Load() != term {
 		return s.barrier(nil)
@@ -881,8 +881,8 @@ func (s *node) readIndex([]struct{}) ([]struct{}, error) {
 
 // readBarrier makes the next local read linearizable (see readIndex). Only
 // the leader can.
-func (s *node) readBarrier(ctx context.Context) error {
-	if !s.IsLeader() {
+func (s *reads) readBarrier(ctx context.Context) error {
+	if !s.n().IsLeader() {
 		return state.ErrNotLeader
 	}
 	_, err := s.barriers.do(ctx, nil)
@@ -954,11 +954,11 @@ func (s *node) leader() (string, string, error) {
 	if addr == "" {
 		return "", "", fmt.Errorf("%w: no leader known", state.ErrUnavailable)
 	}
-	return string(id), s.dialAddr(string(id), string(addr)), nil
+	return string(id), s.members().dialAddr(string(id), string(addr)), nil
 }
 
 // dialAddr is where this node dials peer id, advertised at addr.
-func (s *node) dialAddr(id, addr string) string {
+func (s *members) dialAddr(id, addr string) string {
 	if a, ok := s.cfg.DialAddresses[id]; ok {
 		return a
 	}
@@ -968,7 +968,7 @@ func (s *node) dialAddr(id, addr string) string {
 // dialProvider makes Raft's transport dial peers at their overrides, and
 // every other peer at the address in the cluster's configuration.
 // peerAt returns the id of the member Raft dials at addr.
-func (s *node) peerAt(addr string) (string, bool) {
+func (s *members) peerAt(addr string) (string, bool) {
 	for id, a := range s.cfg.DialAddresses {
 		if a == addr {
 			return id, true
@@ -987,7 +987,7 @@ func (s *node) peerAt(addr string) (string, bool) {
 // leadsMemberAt reports whether this node leads and addr is a member's in
 // the latest configuration: Raft's dials to such a peer wait for it
 // (mux.keepDialing).
-func (s *node) leadsMemberAt(addr string) bool {
+func (s *members) leadsMemberAt(addr string) bool {
 	r := s.raftNode.Load()
 	if r == nil || r.State() != raft.Leader {
 		return false
@@ -1076,7 +1076,7 @@ func (s *node) caughtUp(ctx context.Context) error {
 	want := points[0].Applied
 	wctx, cancel := context.WithTimeout(ctx, HealthLag)
 	defer cancel()
-	if _, err := s.waitApplied(wctx, want); err != nil {
+	if _, err := s.reads().waitApplied(wctx, want); err != nil {
 		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.fsm.Applied(), want, HealthLag)
 	}
 	return nil
