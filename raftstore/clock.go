@@ -30,6 +30,12 @@ const (
 )
 
 type clockSync struct {
+	// now is the local clock; sample measures, for each voter but this
+	// node, its clock minus ours (members.clockDiffs).
+	now    func() time.Time
+	sample func() []time.Duration
+	logger *zap.Logger
+
 	measuring  sync.Mutex // one measurement at a time
 	refreshing atomic.Bool
 
@@ -51,13 +57,12 @@ func (c *clockSync) invalidate() {
 //
 // Only the first command of a term waits for a measurement; later refreshes
 // run in the background so no request pays for them.
-func (c *clockSync) stamp(s *node) int64 {
-	term := s.raft.CurrentTerm()
+func (c *clockSync) stamp(term uint64) int64 {
 	offset, ok, stale := c.get(term)
 	if !ok {
 		c.measuring.Lock()
 		if offset, ok, _ = c.get(term); !ok {
-			offset = c.measure(s, term)
+			offset = c.measure(term)
 		}
 		c.measuring.Unlock()
 	} else if stale && c.refreshing.CompareAndSwap(false, true) {
@@ -65,10 +70,10 @@ func (c *clockSync) stamp(s *node) int64 {
 			defer c.refreshing.Store(false)
 			c.measuring.Lock()
 			defer c.measuring.Unlock()
-			c.measure(s, term)
+			c.measure(term)
 		}()
 	}
-	return s.cfg.Clock().Add(offset).UnixNano()
+	return c.now().Add(offset).UnixNano()
 }
 
 func (c *clockSync) get(term uint64) (offset time.Duration, ok, stale bool) {
@@ -81,12 +86,28 @@ func (c *clockSync) get(term uint64) (offset time.Duration, ok, stale bool) {
 // the local clock (the local clock counts as one vote with difference 0).
 // Peers that do not answer in time do not vote. With an even number of
 // votes the smaller middle value is taken, so time errs towards late.
-func (c *clockSync) measure(s *node, term uint64) time.Duration {
-	servers := s.members().configuration()
-	diffs := []time.Duration{0}
+func (c *clockSync) measure(term uint64) time.Duration {
+	diffs := append([]time.Duration{0}, c.sample()...)
+	slices.Sort(diffs)
+	offset := diffs[(len(diffs)-1)/2]
+	c.mu.Lock()
+	c.offset, c.term, c.measured = offset, term, time.Now()
+	c.mu.Unlock()
+	if offset > clockWarn || offset < -clockWarn {
+		c.logger.Warn("this node's clock is off the cluster's median; stamping the corrected time",
+			zap.Duration("offset", offset), zap.Int("votes", len(diffs)))
+	}
+	return offset
+}
+
+// clockDiffs asks every other voter for its clock, at once, and returns
+// each answer's difference to the local clock (half the round trip
+// added). Voters that do not answer within clockSampleRPC are left out.
+func (s *members) clockDiffs() []time.Duration {
+	var diffs []time.Duration
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, srv := range servers {
+	for _, srv := range s.configuration() {
 		if string(srv.ID) == s.cfg.NodeID || srv.Suffrage != raft.Voter {
 			continue
 		}
@@ -96,7 +117,7 @@ func (c *clockSync) measure(s *node, term uint64) time.Duration {
 			ctx, cancel := context.WithTimeout(context.Background(), clockSampleRPC)
 			defer cancel()
 			sent := time.Now()
-			out, err := s.fwd.Status(ctx, s.members().dialAddr(id, addr))
+			out, err := s.fwd.Status(ctx, s.dialAddr(id, addr))
 			if err != nil || out.Now == 0 {
 				return
 			}
@@ -109,14 +130,5 @@ func (c *clockSync) measure(s *node, term uint64) time.Duration {
 		}(string(srv.ID), string(srv.Address))
 	}
 	wg.Wait()
-	slices.Sort(diffs)
-	offset := diffs[(len(diffs)-1)/2]
-	c.mu.Lock()
-	c.offset, c.term, c.measured = offset, term, time.Now()
-	c.mu.Unlock()
-	if offset > clockWarn || offset < -clockWarn {
-		s.logger.Warn("this node's clock is off the cluster's median; stamping the corrected time",
-			zap.Duration("offset", offset), zap.Int("votes", len(diffs)))
-	}
-	return offset
+	return diffs
 }

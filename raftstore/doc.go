@@ -6,7 +6,7 @@
 // One idea a file: the node's life (store.go: open, start, stop; replica.go:
 // the raft.FSM that feeds the log to the state and halts on an entry it
 // cannot read), its operations (ops.go, pools.go, uploads.go), the leader's
-// duties (delivery.go, refundqueue.go, gateway.go, clock.go), storage
+// duties (duties.go, refundqueue.go, gateway.go, clock.go), its faces (faces.go: reads, members), storage
 // (logstore.go, datadir.go, backup.go), and serving peers (serve.go over
 // internal/forward, transport.go, tls.go).
 //

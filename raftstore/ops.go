@@ -333,7 +333,7 @@ func (s *reads) localPoint(ctx context.Context) (forward.Point, error) {
 	if err := s.readBarrier(ctx); err != nil {
 		return forward.Point{}, err
 	}
-	return forward.Point{Index: s.raft.AppliedIndex(), Applied: s.fsm.Applied(), Now: s.clock.stamp(s.n())}, nil
+	return forward.Point{Index: s.raft.AppliedIndex(), Applied: s.fsm.Applied(), Now: s.clock.stamp(s.raft.CurrentTerm())}, nil
 }
 
 // queryLocal serves q from this node, which leads.
@@ -343,7 +343,7 @@ func (s *reads) queryLocal(ctx context.Context, q state.Query) (state.Answer, er
 	}
 	if q.Kind == state.ReadCheck {
 		// Judged at the time the leader would stamp into a consume now.
-		q.At = time.Unix(0, s.clock.stamp(s.n()))
+		q.At = time.Unix(0, s.clock.stamp(s.raft.CurrentTerm()))
 	}
 	return s.fsm.Query(&q)
 }

@@ -412,7 +412,7 @@ func (s *node) openTransport(hl hclog.Logger) error {
 	if len(cfg.DialAddresses) > 0 {
 		// Only with overrides: without one the transport dials the
 		// configuration's address directly, with nothing to look up.
-		tc.ServerAddressProvider = dialProvider{s}
+		tc.ServerAddressProvider = dialProvider{overrides: cfg.DialAddresses, raft: &s.raftNode, peers: cfg.Peers}
 	}
 	s.transport = raft.NewNetworkTransportWithConfig(tc)
 
@@ -491,6 +491,7 @@ func (s *node) startWorkers(r *raft.Raft) {
 	s.barriers = newBatcher(1<<16, 1, s.reads().readIndex)
 	s.readPoints = newBatcher(1<<12, 1, s.reads().fetchReadPoint)
 	s.startForwarding()
+	s.clock.now, s.clock.sample, s.clock.logger = cfg.Clock, s.members().clockDiffs, s.logger
 
 	obsCh := make(chan raft.Observation, 64)
 	s.observer = raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
@@ -812,7 +813,7 @@ func (s *Store) FingerprintOf(key state.TokenKey) string { return state.TokenIDO
 
 // applyLocal stamps the leader's time into c and proposes it to the log.
 func (s *node) applyLocal(c *state.Command) (*state.Result, error) {
-	c.Time = s.clock.stamp(s)
+	c.Time = s.clock.stamp(s.raft.CurrentTerm())
 	b, err := state.Encode(c)
 	if err != nil {
 		return nil, err
@@ -1004,20 +1005,24 @@ func (s *members) leadsMemberAt(addr string) bool {
 	return false
 }
 
-type dialProvider struct{ s *node }
+type dialProvider struct {
+	overrides map[string]string // Config.DialAddresses
+	raft      *atomic.Pointer[raft.Raft]
+	peers     []Peer
+}
 
 func (d dialProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
-	if a, ok := d.s.cfg.DialAddresses[string(id)]; ok {
+	if a, ok := d.overrides[string(id)]; ok {
 		return raft.ServerAddress(a), nil
 	}
-	if r := d.s.raftNode.Load(); r != nil {
+	if r := d.raft.Load(); r != nil {
 		for _, srv := range r.GetConfiguration().Configuration().Servers {
 			if srv.ID == id {
 				return srv.Address, nil
 			}
 		}
 	}
-	for _, p := range d.s.cfg.Peers {
+	for _, p := range d.peers {
 		if p.ID == string(id) {
 			return raft.ServerAddress(p.Address), nil
 		}
