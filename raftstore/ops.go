@@ -54,6 +54,36 @@ func (s *node) forwardConsumeBatch(reqs []state.ConsumeRequest) ([]state.Decisio
 	return s.fwd.Consume(ctx, addr, reqs)
 }
 
+// applyLocal stamps the leader's time into c and proposes it to the log.
+func (s *node) applyLocal(c *state.Command) (*state.Result, error) {
+	c.Time = s.clock.stamp(s.raft.CurrentTerm())
+	b, err := state.Encode(c)
+	if err != nil {
+		return nil, err
+	}
+	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		return nil, raftError(err)
+	}
+	res, ok := f.Response().(*state.Result)
+	if !ok {
+		return nil, fmt.Errorf("%w: unexpected apply response %T", state.ErrUnavailable, f.Response())
+	}
+	return res, nil
+}
+
+// applyConsumes decides a batch of consumes on the leader: one log entry.
+func (s *node) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, error) {
+	res, err := s.applyLocal(&state.Command{Op: state.OpConsume, Consumes: reqs})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Decisions, nil
+}
+
 // Check decides req exactly as Consume would at this moment, from
 // linearizable state, but charges nothing; req.ID is not needed.
 func (s *Store) Check(ctx context.Context, req state.ConsumeRequest) (state.Decision, error) {

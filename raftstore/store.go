@@ -809,37 +809,6 @@ func (s *Store) Fingerprint(name string) string { return s.FingerprintOf(state.K
 // FingerprintOf is Fingerprint for a name already hashed with KeyOf.
 func (s *Store) FingerprintOf(key state.TokenKey) string { return state.TokenIDOf(s.fsm.Secret(), key) }
 
-// --- leader-side operations ---
-
-// applyLocal stamps the leader's time into c and proposes it to the log.
-func (s *node) applyLocal(c *state.Command) (*state.Result, error) {
-	c.Time = s.clock.stamp(s.raft.CurrentTerm())
-	b, err := state.Encode(c)
-	if err != nil {
-		return nil, err
-	}
-	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
-		return nil, raftError(err)
-	}
-	res, ok := f.Response().(*state.Result)
-	if !ok {
-		return nil, fmt.Errorf("%w: unexpected apply response %T", state.ErrUnavailable, f.Response())
-	}
-	return res, nil
-}
-
-func (s *node) applyConsumes(reqs []state.ConsumeRequest) ([]state.Decision, error) {
-	res, err := s.applyLocal(&state.Command{Op: state.OpConsume, Consumes: reqs})
-	if err != nil {
-		return nil, err
-	}
-	if res.Err != nil {
-		return nil, res.Err
-	}
-	return res.Decisions, nil
-}
-
 // barrier waits until everything committed before it is applied here, by
 // committing an entry of its own (a log append and an fsync).
 func (s *reads) barrier([]struct{}) ([]struct{}, error) {

@@ -394,36 +394,6 @@ func renew(t *tokenState, now time.Time) bool {
 	return true
 }
 
-// decide says whether units and bytes may be charged to t at now. It does not
-// change t; the caller charges on an allowed decision. t must already have
-// been renewed for now.
-func decide(t *tokenState, units, bytes int64, now time.Time) Reason {
-	switch {
-	case t == nil:
-		return ReasonUnknown
-	case t.Status == stRevoked:
-		return ReasonRevoked
-	case t.expired(now):
-		return ReasonExpired
-	}
-	countFull := t.UsageLimit > 0 && (t.UsageCount > t.UsageLimit-units)
-	bytesFull := t.BytesLimit > 0 && (t.BytesUsed > t.BytesLimit-bytes)
-	if t.Status == stExhausted && !countFull && !bytesFull {
-		// Exhausted by the other dimension, or by a zero-cost request.
-		if t.BytesLimit > 0 && t.BytesUsed >= t.BytesLimit {
-			return ReasonBytesExhausted
-		}
-		return ReasonExhausted
-	}
-	if countFull {
-		return ReasonExhausted
-	}
-	if bytesFull {
-		return ReasonBytesExhausted
-	}
-	return ""
-}
-
 // settle recomputes exhausted/active from usage and limits. Revoked stays revoked.
 func settle(t *tokenState) {
 	if t.Status == stRevoked {
