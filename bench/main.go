@@ -13,6 +13,10 @@
 // follower's catch-up. etcd and redis-server come from Debian's etcd-server
 // and redis-server packages; a system whose binary is missing is skipped
 // with a note.
+//
+// It drives raftstore and real binaries from the outside (their public
+// APIs and processes); nothing of the module imports it, and the plugin
+// never pulls its dependencies (etcd, redis clients): .ci/run checks that.
 package main
 
 import (

@@ -3,6 +3,8 @@
 //
 //	go run ./cmd/caddy run              # serves ./Caddyfile: one embedded node + storage
 //	go run ./cmd/caddy list-modules     # shows quota, http.handlers.quota, admin.api.quota
+//
+// It only assembles modules: no logic of its own, and nothing imports it.
 package main
 
 import (

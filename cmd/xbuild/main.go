@@ -6,6 +6,9 @@
 //
 // Replacements whose new side is a relative path are taken relative to the
 // manifest's folder.
+//
+// It imports xcaddy as a library and nothing of raftquota: it builds the
+// plugin the way a user would.
 package main
 
 import (

@@ -5,6 +5,9 @@
 // (path-style). It is there so `go run ./cmd/caddy run` and the three-node
 // example have real storage behind the quota gate; point reverse_proxy at
 // your own S3-compatible storage in production.
+//
+// It imports Caddy, gofakes3 and bbolt, nothing of raftquota: the gate and the
+// storage meet only over HTTP, as a user's would.
 package storage
 
 import (

@@ -1,5 +1,8 @@
 // Package clustercert makes a private CA for a raftquota cluster and a
 // certificate for each node, for the mutual TLS between nodes.
+//
+// It imports only the standard library: the CLI (caddymodule) and the
+// tests use it, and it must stay free of both.
 package clustercert
 
 import (

@@ -8,6 +8,9 @@
 // packages running at once this happened. Ports here come from outside that
 // range, which the kernel never hands out by itself, and each only once per
 // test binary.
+//
+// It imports only the standard library, so any test or benchmark of the
+// module can use it.
 package testport
 
 import (
