@@ -12,11 +12,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/raftquota/raftquota/raftstore/state"
-	"go.uber.org/zap"
 )
 
 // A node checks its data dir before Raft opens it, so damage is named
@@ -396,43 +394,4 @@ func VerifyDataDir(dir string) (*DataDirCheck, error) {
 		break
 	}
 	return c, nil
-}
-
-// sayWhatWasJoined tells, once a leader is known, whether this node's
-// empty data dir started a new cluster or rejoined one that holds state
-// (a member recovered by wiping its data dir): the leader has applied
-// more than the bootstrap configuration and this node's first leader
-// proposals.
-func (s *members) sayWhatWasJoined() {
-	defer s.wg.Done()
-	// Judged as soon as a leader is known: a new cluster's leader has
-	// applied only its first few commands then.
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
-		select {
-		case <-s.closed:
-			return
-		case <-tick.C:
-		}
-		id, _, err := s.n().leader()
-		if err != nil {
-			continue
-		}
-		var leaderApplied uint64
-		if id == s.cfg.NodeID {
-			leaderApplied = s.fsm.Applied()
-		} else if points, err := s.n().reads().fetchReadPoint([]struct{}{{}}); err == nil {
-			leaderApplied = points[0].Applied
-		} else {
-			continue
-		}
-		if leaderApplied > 16 || s.raft.Stats()["last_snapshot_index"] != "0" {
-			s.logger.Info("this node's data dir was empty: it rejoined an existing cluster and copies its state from the leader",
-				zap.String("leader", id), zap.Uint64("leader_applied_index", leaderApplied), zap.String("data_dir", s.cfg.DataDir))
-		} else {
-			s.logger.Info("started a new cluster with the configured peers", zap.String("leader", id), zap.String("data_dir", s.cfg.DataDir))
-		}
-		return
-	}
 }

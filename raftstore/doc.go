@@ -5,10 +5,12 @@
 //
 // One idea a file: the node's life (store.go: open, start, stop; replica.go:
 // the raft.FSM that feeds the log to the state and halts on an entry it
-// cannot read), its operations (ops.go, pools.go, uploads.go), the leader's
-// duties (duties.go, refundqueue.go, gateway.go, clock.go), its faces (faces.go: reads, members), storage
-// (logstore.go, datadir.go, backup.go), and serving peers (serve.go over
-// internal/forward, transport.go, tls.go).
+// cannot read), its operations (ops.go, pools.go, uploads.go), linearizable
+// reads (reads.go) and membership (members.go, gateway.go) — each a face
+// of the node's data, as hraftd's `type fsm Store` — the background duties
+// (duties.go, refundqueue.go, clock.go), storage (logstore.go, datadir.go,
+// backup.go), and serving peers (serve.go over internal/forward,
+// transport.go, tls.go).
 //
 // # Exactly-once charging
 //

@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/raftquota/raftquota/raftstore/internal/forward"
 	"github.com/raftquota/raftquota/raftstore/state"
-	"go.uber.org/zap"
 )
 
 // Consume charges req.Units and req.Bytes to req.Token if the token allows
@@ -127,50 +126,6 @@ func (s *Store) Check(ctx context.Context, req state.ConsumeRequest) (state.Deci
 type readPoint struct {
 	forward.Point
 	leader string
-}
-
-// fetchReadPoint asks the leader for a read point, for a batch of reads.
-func (s *reads) fetchReadPoint(batch []struct{}) ([]readPoint, error) {
-	_, addr, err := s.n().leader()
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
-	defer cancel()
-	s.forwarded.Add(1)
-	p, err := s.fwd.Point(ctx, addr)
-	if err != nil {
-		return nil, err
-	}
-	res := make([]readPoint, len(batch))
-	for i := range res {
-		res[i] = readPoint{p, addr}
-	}
-	return res, nil
-}
-
-// waitApplied waits until this node's FSM has applied the command at
-// index. It answers false, at once, when index is 0 or this node cannot
-// say what its FSM applied (it restored a snapshot and has applied no
-// command since).
-func (s *reads) waitApplied(ctx context.Context, index uint64) (bool, error) {
-	for {
-		applied := s.fsm.Applied()
-		if index == 0 || applied == 0 {
-			return false, nil
-		}
-		if applied >= index {
-			return true, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, fmt.Errorf("%w: command %d not applied in time", state.ErrUnavailable, index)
-		case <-s.closed:
-			return false, state.ErrClosed
-		default:
-		}
-		time.Sleep(50 * time.Microsecond) // as readIndex waits; no timer per turn
-	}
 }
 
 // Refund gives back what the allowed consume with this id took, at most
@@ -315,69 +270,6 @@ func (s *Store) Tokens(ctx context.Context, filter state.TokenFilter) (page []st
 	return a.Tokens, a.Next, err
 }
 
-// query serves a read on the leader after a read barrier, which makes it
-// linearizable: the barrier is committed after the read began, and the
-// leader has applied everything up to it. A follower forwards it.
-func (s *reads) query(ctx context.Context, q state.Query) (state.Answer, error) {
-	var a state.Answer
-	err := s.n().do(ctx, func(ctx context.Context) error {
-		var err error
-		if s.n().IsLeader() {
-			a, err = s.queryLocal(ctx, q)
-			return err
-		}
-		_, addr, err := s.n().leader()
-		if err != nil {
-			return err
-		}
-		s.forwarded.Add(1)
-		a, err = s.fwd.Read(ctx, addr, &q)
-		return err
-	})
-	return a, err
-}
-
-// point returns a read point: this node's, when it leads (after a read
-// barrier), or the leader's.
-func (s *reads) point(ctx context.Context) (forward.Point, error) {
-	var p forward.Point
-	err := s.n().do(ctx, func(ctx context.Context) error {
-		if s.n().IsLeader() {
-			var err error
-			p, err = s.localPoint(ctx)
-			return err
-		}
-		_, addr, err := s.n().leader()
-		if err != nil {
-			return err
-		}
-		s.forwarded.Add(1)
-		p, err = s.fwd.Point(ctx, addr)
-		return err
-	})
-	return p, err
-}
-
-// localPoint is this leader's read point.
-func (s *reads) localPoint(ctx context.Context) (forward.Point, error) {
-	if err := s.readBarrier(ctx); err != nil {
-		return forward.Point{}, err
-	}
-	return forward.Point{Index: s.raft.AppliedIndex(), Applied: s.fsm.Applied(), Now: s.clock.stamp(s.raft.CurrentTerm())}, nil
-}
-
-// queryLocal serves q from this node, which leads.
-func (s *reads) queryLocal(ctx context.Context, q state.Query) (state.Answer, error) {
-	if err := s.readBarrier(ctx); err != nil {
-		return state.Answer{}, err
-	}
-	if q.Kind == state.ReadCheck {
-		// Judged at the time the leader would stamp into a consume now.
-		q.At = time.Unix(0, s.clock.stamp(s.raft.CurrentTerm()))
-	}
-	return s.fsm.Query(&q)
-}
-
 // --- membership ---
 
 // Join adds a voter (id at address) to the cluster.
@@ -394,62 +286,6 @@ func (s *Store) Remove(ctx context.Context, id string) error {
 		return state.Invalidf("a member needs an id")
 	}
 	return s.members().member(ctx, &forward.Member{ID: id})
-}
-
-func (s *members) member(ctx context.Context, args *forward.Member) error {
-	return s.n().do(ctx, func(ctx context.Context) error {
-		if s.n().IsLeader() {
-			return s.changeMember(args)
-		}
-		_, addr, err := s.n().leader()
-		if err != nil {
-			return err
-		}
-		return s.fwd.Member(ctx, addr, args)
-	})
-}
-
-func (s *members) changeMember(args *forward.Member) error {
-	if !s.n().IsLeader() {
-		return state.ErrNotLeader
-	}
-	var current *raft.Server
-	for _, srv := range s.configuration() {
-		if string(srv.ID) == args.ID {
-			current = &srv
-		}
-	}
-	if args.Gateway && current != nil && current.Suffrage != raft.Nonvoter {
-		// A gateway never changes the voter set, even under a voter's id.
-		return state.Invalidf("%q is a voter, not a gateway", args.ID)
-	}
-	var f raft.IndexFuture
-	switch {
-	case args.Add && args.Gateway:
-		f = s.raft.AddNonvoter(raft.ServerID(args.ID), raft.ServerAddress(args.Address), 0, s.cfg.ApplyTimeout)
-	case args.Add:
-		f = s.raft.AddVoter(raft.ServerID(args.ID), raft.ServerAddress(args.Address), 0, s.cfg.ApplyTimeout)
-	case current == nil:
-		return fmt.Errorf("%w: %q", state.ErrNoMember, args.ID)
-	default:
-		f = s.raft.RemoveServer(raft.ServerID(args.ID), 0, s.cfg.ApplyTimeout)
-	}
-	if err := f.Error(); err != nil {
-		return raftError(err)
-	}
-	if n := s.voters(); n%2 == 0 && !args.Gateway {
-		s.logger.Warn("the cluster now has an even number of voters: it needs a majority of them for every decision yet tolerates no more failures than one voter fewer would; add or remove one",
-			zap.Int("voters", n), zap.Int("quorum", n/2+1), zap.Int("tolerated_failures", (n-1)/2))
-	}
-	return nil
-}
-
-func (s *members) configuration() []raft.Server {
-	f := s.raft.GetConfiguration()
-	if f.Error() != nil {
-		return nil
-	}
-	return f.Configuration().Servers
 }
 
 // Node is one member as the cluster sees it.
@@ -528,18 +364,6 @@ func (s *Store) Cluster(ctx context.Context) ClusterInfo {
 	}
 	wg.Wait()
 	return info
-}
-
-func (s *members) askState(ctx context.Context, id, addr string) string {
-	for range 2 {
-		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		out, err := s.fwd.Status(cctx, s.dialAddr(id, addr))
-		cancel()
-		if err == nil {
-			return out.State
-		}
-	}
-	return "unreachable"
 }
 
 // Snapshot makes this node write a snapshot of its state now (Raft also

@@ -756,20 +756,6 @@ func (s *node) enter() bool {
 
 func (s *node) leave() { s.ops.Done() }
 
-func (s *members) voters() int {
-	f := s.raft.GetConfiguration()
-	if f.Error() != nil {
-		return 0
-	}
-	n := 0
-	for _, srv := range f.Configuration().Servers {
-		if srv.Suffrage == raft.Voter {
-			n++
-		}
-	}
-	return n
-}
-
 // NodeID returns this node's id.
 func (s *node) NodeID() string { return s.cfg.NodeID }
 
@@ -808,56 +794,6 @@ func (s *Store) Fingerprint(name string) string { return s.FingerprintOf(state.K
 
 // FingerprintOf is Fingerprint for a name already hashed with KeyOf.
 func (s *Store) FingerprintOf(key state.TokenKey) string { return state.TokenIDOf(s.fsm.Secret(), key) }
-
-// barrier waits until everything committed before it is applied here, by
-// committing an entry of its own (a log append and an fsync).
-func (s *reads) barrier([]struct{}) ([]struct{}, error) {
-	if err := s.raft.Barrier(s.cfg.ApplyTimeout).Error(); err != nil {
-		return nil, raftError(err)
-	}
-	return nil, nil
-}
-
-// readIndex makes the reads waiting when it starts linearizable without
-// writing the log: it notes the commit index, confirms with a quorum that
-// this node still leads (hashicorp/raft VerifyLeader: one heartbeat round),
-// and waits until Raft has handed that index to the FSM. What makes a read
-// see every write answered before it began: this leader answers a write
-// only after its own FSM applied it, and it serves reads only once the
-// barrier it took on becoming leader returned, which Raft answers after the
-// FSM applied every entry of earlier terms. A leader that has not done so
-// yet in its current term takes a barrier per read batch instead.
-func (s *reads) readIndex([]struct{}) ([]struct{}, error) {
-	term := s.raft.CurrentTerm()
-	if s.readyTerm.Load() != term {
-		return s.barrier(nil)
-	}
-	index := s.raft.CommitIndex()
-	if err := s.raft.VerifyLeader().Error(); err != nil {
-		return nil, raftError(err)
-	}
-	if s.raft.CurrentTerm() != term {
-		return nil, fmt.Errorf("%w: term changed during a read", state.ErrNotLeader)
-	}
-	deadline := time.Now().Add(s.cfg.ApplyTimeout)
-	for s.raft.AppliedIndex() < index {
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%w: entries up to %d not applied in time", state.ErrUnavailable, index)
-		}
-		time.Sleep(50 * time.Microsecond)
-	}
-	return nil, nil
-}
-
-// readBarrier makes the next local read linearizable (see readIndex). Only
-// the leader can.
-func (s *reads) readBarrier(ctx context.Context) error {
-	if !s.n().IsLeader() {
-		return state.ErrNotLeader
-	}
-	_, err := s.barriers.do(ctx, nil)
-	return err
-}
 
 // raftError maps raft's errors onto ours, keeping them wrapped so the retry
 // policy can tell what may have been applied.
@@ -925,53 +861,6 @@ func (s *node) leader() (string, string, error) {
 		return "", "", fmt.Errorf("%w: no leader known", state.ErrUnavailable)
 	}
 	return string(id), s.members().dialAddr(string(id), string(addr)), nil
-}
-
-// dialAddr is where this node dials peer id, advertised at addr.
-func (s *members) dialAddr(id, addr string) string {
-	if a, ok := s.cfg.DialAddresses[id]; ok {
-		return a
-	}
-	return addr
-}
-
-// dialProvider makes Raft's transport dial peers at their overrides, and
-// every other peer at the address in the cluster's configuration.
-// peerAt returns the id of the member Raft dials at addr.
-func (s *members) peerAt(addr string) (string, bool) {
-	for id, a := range s.cfg.DialAddresses {
-		if a == addr {
-			return id, true
-		}
-	}
-	if r := s.raftNode.Load(); r != nil {
-		for _, srv := range r.GetConfiguration().Configuration().Servers {
-			if string(srv.Address) == addr {
-				return string(srv.ID), true
-			}
-		}
-	}
-	return "", false
-}
-
-// leadsMemberAt reports whether this node leads and addr is a member's in
-// the latest configuration: Raft's dials to such a peer wait for it
-// (mux.keepDialing).
-func (s *members) leadsMemberAt(addr string) bool {
-	r := s.raftNode.Load()
-	if r == nil || r.State() != raft.Leader {
-		return false
-	}
-	id, ok := s.peerAt(addr)
-	if !ok {
-		return false
-	}
-	for _, srv := range r.GetConfiguration().Configuration().Servers {
-		if string(srv.ID) == id {
-			return true
-		}
-	}
-	return false
 }
 
 type dialProvider struct {
