@@ -130,6 +130,9 @@ func main() {
 					times.stop()
 					if strings.HasPrefix(f.name, "raftquota") {
 						r.Note = times.String(r.Ops)
+						if rq, ok := sys.(*raftquotaSystem); ok && wl.keys == 1 && rq.hotNote() != "" {
+							r.Note += "; " + rq.hotNote()
+						}
 						fmt.Fprintf(os.Stderr, "  %s\n", r.Note)
 					}
 					r.Tier, r.System, r.Workload = "1", f.name, wl.name

@@ -96,6 +96,24 @@ func (s *raftquotaSystem) consume(ctx context.Context, key int) (int, error) {
 	return 0, err
 }
 
+// hotNote says where the hot token's clients went (every key-0 consume
+// goes to node1) and whether that node led at the cell's end: a forwarded
+// cell and a local one differ by half, so a row is read with it.
+func (s *raftquotaSystem) hotNote() string {
+	if s.n == 1 {
+		return ""
+	}
+	for i, n := range s.nodes {
+		if n.IsLeader() {
+			if i == 0 {
+				return "clients on node1, the leader"
+			}
+			return fmt.Sprintf("clients on node1, a follower (node%d led)", i+1)
+		}
+	}
+	return "clients on node1; no leader at the cell's end"
+}
+
 func (s *raftquotaSystem) close() {
 	for _, n := range s.nodes {
 		n.Close()
