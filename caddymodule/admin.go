@@ -109,25 +109,26 @@ func (a AdminAPI) route(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
 	defer cancel()
+	c := &adminReq{ctx: ctx, store: store, w: w, r: r}
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/quota/"), "/"), "/")
 	switch {
 	case parts[0] == "tokens" && len(parts) == 1:
-		return a.tokens(ctx, store, w, r)
+		return c.tokens()
 	case parts[0] == "tokens" && len(parts) == 2 && parts[1] == "lookup":
-		return a.lookup(ctx, store, w, r)
+		return c.lookup()
 	case parts[0] == "tokens" && len(parts) == 2:
-		return a.token(ctx, store, w, r, parts[1])
+		return c.token(parts[1])
 	case parts[0] == "tokens" && len(parts) == 3:
-		return a.tokenAction(ctx, store, w, r, parts[1], parts[2])
+		return c.tokenAction(parts[1], parts[2])
 	case parts[0] == "pools":
-		return a.servePools(ctx, store, w, r, parts[1:])
+		return c.servePools(parts[1:])
 	case parts[0] == "cluster" && len(parts) == 1:
 		if r.Method != http.MethodGet {
 			return methodNotAllowed(r, "GET")
 		}
 		return writeJSON(w, http.StatusOK, store.Cluster(ctx))
 	case parts[0] == "cluster" && len(parts) >= 2 && parts[1] == "members":
-		return a.members(ctx, store, w, r, parts[2:])
+		return c.members(parts[2:])
 	case parts[0] == "health" && len(parts) == 1:
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return methodNotAllowed(r, "GET")
@@ -137,9 +138,17 @@ func (a AdminAPI) route(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodGet {
 			return methodNotAllowed(r, "GET")
 		}
-		return a.backup(ctx, store, w)
+		return c.backup()
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
+}
+
+// adminReq is one admin request: what every route's handler needs.
+type adminReq struct {
+	ctx   context.Context
+	store *raftstore.Store
+	w     http.ResponseWriter
+	r     *http.Request
 }
 
 // TokenPage is a page of GET /quota/tokens.
@@ -152,7 +161,9 @@ type TokenPage struct {
 // maxPage caps a page of tokens; limit defaults to it.
 const maxPage = 1000
 
-func (a AdminAPI) tokens(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
+func (c *adminReq) tokens() error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	switch r.Method {
 	case http.MethodGet:
 		filter, err := tokenFilter(r)
@@ -229,7 +240,9 @@ type lookupRequest struct {
 	Name string `json:"name"`
 }
 
-func (a AdminAPI) lookup(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
+func (c *adminReq) lookup() error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	if r.Method != http.MethodPost {
 		return methodNotAllowed(r, "POST")
 	}
@@ -244,7 +257,9 @@ func (a AdminAPI) lookup(ctx context.Context, s *raftstore.Store, w http.Respons
 	return writeJSON(w, http.StatusOK, viewOf(t))
 }
 
-func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id string) error {
+func (c *adminReq) token(id string) error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	var t *state.Token
 	var err error
 	switch r.Method {
@@ -271,7 +286,9 @@ func (a AdminAPI) token(ctx context.Context, s *raftstore.Store, w http.Response
 	return writeJSON(w, http.StatusOK, viewOf(t))
 }
 
-func (a AdminAPI) tokenAction(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id, action string) error {
+func (c *adminReq) tokenAction(id, action string) error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	actions := map[string]func(context.Context, string) (*state.Token, error){
 		"revoke": s.Revoke, "reactivate": s.Reactivate, "reset": s.Reset,
 	}
@@ -313,7 +330,9 @@ func writeHealth(ctx context.Context, s *raftstore.Store, w http.ResponseWriter)
 
 // backup streams a backup. It is built in memory first, so a failure is a
 // clean JSON error rather than a truncated download.
-func (a AdminAPI) backup(ctx context.Context, s *raftstore.Store, w http.ResponseWriter) error {
+func (c *adminReq) backup() error {
+	ctx, s, w := c.ctx, c.store, c.w
+
 	var buf bytes.Buffer
 	info, err := s.Backup(ctx, &buf)
 	if err != nil {
@@ -333,7 +352,9 @@ type memberRequest struct {
 	Address string `json:"address"`
 }
 
-func (a AdminAPI) members(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, rest []string) error {
+func (c *adminReq) members(rest []string) error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	switch {
 	case len(rest) == 0 && r.Method == http.MethodPost:
 		var m memberRequest

@@ -1,11 +1,9 @@
 package caddymodule
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 
-	"github.com/raftquota/raftquota/raftstore"
 	"github.com/raftquota/raftquota/raftstore/state"
 )
 
@@ -49,10 +47,12 @@ type PoolList struct {
 }
 
 // servePools routes /quota/pools/... (parts after "pools").
-func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, rest []string) error {
+func (c *adminReq) servePools(rest []string) error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	switch {
 	case len(rest) == 0:
-		return a.pools(ctx, s, w, r)
+		return c.pools()
 	case len(rest) == 1 && rest[0] == "lookup":
 		if r.Method != http.MethodPost {
 			return methodNotAllowed(r, "POST")
@@ -63,7 +63,7 @@ func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.Res
 		}
 		return writePool(w, http.StatusOK)(s.Pools().Lookup(ctx, req.Name))
 	case len(rest) == 1:
-		return a.pool(ctx, s, w, r, rest[0])
+		return c.pool(rest[0])
 	case len(rest) == 2 && rest[1] == "reset":
 		if r.Method != http.MethodPost {
 			return methodNotAllowed(r, "POST")
@@ -82,7 +82,9 @@ func (a AdminAPI) servePools(ctx context.Context, s *raftstore.Store, w http.Res
 	return apiError(http.StatusNotFound, fmt.Errorf("no quota endpoint %s", r.URL.Path))
 }
 
-func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request) error {
+func (c *adminReq) pools() error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	switch r.Method {
 	case http.MethodGet:
 		all, err := s.Pools().List(ctx)
@@ -104,7 +106,9 @@ func (a AdminAPI) pools(ctx context.Context, s *raftstore.Store, w http.Response
 	return methodNotAllowed(r, "GET, POST")
 }
 
-func (a AdminAPI) pool(ctx context.Context, s *raftstore.Store, w http.ResponseWriter, r *http.Request, id string) error {
+func (c *adminReq) pool(id string) error {
+	ctx, s, w, r := c.ctx, c.store, c.w, c.r
+
 	switch r.Method {
 	case http.MethodGet:
 		return writePool(w, http.StatusOK)(s.Pools().Get(ctx, id))

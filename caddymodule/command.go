@@ -129,7 +129,7 @@ func tokenCommand(address *string) *cobra.Command {
 	by := list.Flags().String("created-by", "", "only tokens made by this creator")
 	asJSON := list.Flags().Bool("json", false, "print the pages as JSON instead of a table")
 	list.RunE = func(*cobra.Command, []string) error {
-		return listTokens(*address, *status, *below, *by, *asJSON)
+		return listTokens(*address, listQuery(*status, *below, *by), *asJSON)
 	}
 
 	token.AddCommand(create, update, list,
@@ -435,8 +435,8 @@ func resolveID(address, base, typed string, isID bool) (string, error) {
 	return found.ID, nil
 }
 
-// listTokens prints every page of the token list as a table (or as JSON).
-func listTokens(address, status string, below int64, createdBy string, asJSON bool) error {
+// listQuery is the query of GET /quota/tokens for the list's flags.
+func listQuery(status string, below int64, createdBy string) url.Values {
 	q := url.Values{}
 	if status != "" {
 		q.Set("status", status)
@@ -447,6 +447,12 @@ func listTokens(address, status string, below int64, createdBy string, asJSON bo
 	if createdBy != "" {
 		q.Set("created_by", createdBy)
 	}
+	return q
+}
+
+// listTokens prints every page of the token list q selects as a table (or
+// as JSON).
+func listTokens(address string, q url.Values, asJSON bool) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	if !asJSON {
 		fmt.Fprintln(tw, "ID\tLABEL\tCREATED_BY\tSTATUS\tUSED/LIMIT\tBYTES USED/LIMIT\tEXPIRES")

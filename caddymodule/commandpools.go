@@ -47,7 +47,7 @@ func poolCommand(address *string) *cobra.Command {
 		if len(body) == 0 {
 			return errors.New("give --limit and/or --bytes-limit")
 		}
-		return onPool(*address, args[0], http.MethodPatch, "", body)
+		return onPool(*address, args[0], poolCall{http.MethodPatch, "", body})
 	}
 
 	list := &cobra.Command{Use: "list", Short: "Lists pools as a table", Args: cobra.NoArgs}
@@ -61,28 +61,35 @@ func poolCommand(address *string) *cobra.Command {
 
 	pool.AddCommand(create, update, list,
 		&cobra.Command{Use: "show POOL", Short: "Shows a pool (by id, or by name)", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return onPool(*address, args[0], http.MethodGet, "", nil)
+			return onPool(*address, args[0], poolCall{method: http.MethodGet})
 		}},
 		&cobra.Command{Use: "reset POOL", Short: "Sets a pool's usage back to zero", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return onPool(*address, args[0], http.MethodPost, "/reset", nil)
+			return onPool(*address, args[0], poolCall{http.MethodPost, "/reset", nil})
 		}},
 		&cobra.Command{Use: "delete POOL", Short: "Deletes a pool no token belongs to", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return onPool(*address, args[0], http.MethodDelete, "", nil)
+			return onPool(*address, args[0], poolCall{method: http.MethodDelete})
 		}},
 		&cobra.Command{Use: "tokens POOL", Short: "Lists the tokens of a pool (JSON)", Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
-			return onPool(*address, args[0], http.MethodGet, "/tokens", nil)
+			return onPool(*address, args[0], poolCall{http.MethodGet, "/tokens", nil})
 		}},
 	)
 	return pool
 }
 
-// onPool calls the admin API on the pool an operator named (id or name).
-func onPool(address, pool, method, suffix string, body any) error {
+// poolCall is one admin API call on a pool: the method, the path after
+// the pool's, and the body (nil: none).
+type poolCall struct {
+	method, suffix string
+	body           any
+}
+
+// onPool makes call on the pool an operator named (id or name).
+func onPool(address, pool string, call poolCall) error {
 	id, err := resolvePool(address, pool)
 	if err != nil {
 		return err
 	}
-	return adminCall(address, method, "/quota/pools/"+id+suffix, body)
+	return adminCall(address, call.method, "/quota/pools/"+id+call.suffix, call.body)
 }
 
 // resolvePool turns a pool's id or name into its id.
