@@ -94,8 +94,12 @@ func (c *Client) Member(ctx context.Context, addr string, m *Member) error {
 // Status asks the node at addr for its own state.
 func (c *Client) Status(ctx context.Context, addr string) (Status, error) {
 	var out StatusReply
-	err := c.call(ctx, addr, "Status", &Empty{}, &out)
-	return out, err
+	if err := c.call(ctx, addr, "Status", &Empty{}, &out); err != nil {
+		// A call that ended early (deadline, leader change) may still be
+		// decoding into out: never read it then.
+		return Status{}, err
+	}
+	return out, nil
 }
 
 // remoteError rebuilds the error a peer answered with. A peer that is
