@@ -106,15 +106,9 @@ func tokenCommand(address *string) *cobra.Command {
 	newLimit := update.Flags().Int64("limit", -1, "new upload limit (0 = unlimited)")
 	newBytes := update.Flags().Int64("bytes-limit", -1, "new byte limit (0 = unlimited)")
 	update.RunE = func(_ *cobra.Command, args []string) error {
-		body := map[string]any{}
-		if *newLimit >= 0 {
-			body["usage_limit"] = *newLimit
-		}
-		if *newBytes >= 0 {
-			body["bytes_limit"] = *newBytes
-		}
-		if len(body) == 0 {
-			return errors.New("give --limit and/or --bytes-limit")
+		body, err := limitUpdate(*newLimit, *newBytes)
+		if err != nil {
+			return err
 		}
 		id, err := resolveToken(*address, args[0])
 		if err != nil {
@@ -433,6 +427,22 @@ func resolveID(address, base, typed string, isID bool) (string, error) {
 		return "", fmt.Errorf("lookup answered %q", out)
 	}
 	return found.ID, nil
+}
+
+// limitUpdate is the body of an update-limit (token or pool): the limits
+// given, -1 for a flag left out.
+func limitUpdate(limit, bytesLimit int64) (map[string]any, error) {
+	body := map[string]any{}
+	if limit >= 0 {
+		body["usage_limit"] = limit
+	}
+	if bytesLimit >= 0 {
+		body["bytes_limit"] = bytesLimit
+	}
+	if len(body) == 0 {
+		return nil, errors.New("give --limit and/or --bytes-limit")
+	}
+	return body, nil
 }
 
 // listQuery is the query of GET /quota/tokens for the list's flags.

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -37,15 +36,9 @@ func poolCommand(address *string) *cobra.Command {
 	newLimit := update.Flags().Int64("limit", -1, "new upload limit (0 = unlimited)")
 	newBytes := update.Flags().Int64("bytes-limit", -1, "new byte limit (0 = unlimited)")
 	update.RunE = func(_ *cobra.Command, args []string) error {
-		body := map[string]any{}
-		if *newLimit >= 0 {
-			body["usage_limit"] = *newLimit
-		}
-		if *newBytes >= 0 {
-			body["bytes_limit"] = *newBytes
-		}
-		if len(body) == 0 {
-			return errors.New("give --limit and/or --bytes-limit")
+		body, err := limitUpdate(*newLimit, *newBytes)
+		if err != nil {
+			return err
 		}
 		return onPool(*address, args[0], poolCall{http.MethodPatch, "", body})
 	}

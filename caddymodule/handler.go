@@ -265,7 +265,6 @@ func (x *exchange) forward() error { return x.next.ServeHTTP(x.w, x.r) }
 // holds the request until it can decide); false when ctx ends first.
 func (x *exchange) waitStore(ctx context.Context) bool {
 	x.store = x.h.app.waitStore(ctx)
-	x.c.id = state.NewRequestID()
 	return x.store != nil
 }
 
@@ -343,6 +342,7 @@ func (plainGate) serve(x *exchange) error {
 	if !x.waitStore(ctx) {
 		return x.unavailable(errors.New("quota node not started"))
 	}
+	x.c.id = state.NewRequestID()
 	x.setToken(state.KeyOf(key)) // hashed once: the fingerprint and the consume share it
 	if !x.namePools() {
 		return x.refuse(http.StatusForbidden, "unknown_pool", "Unknown pool", "The pool this route charges is not named by the request, or does not exist.")
@@ -446,12 +446,11 @@ func (x *exchange) decided(d state.Decision, err error) error {
 // returns. closed says when the reading is over.
 type shortBody struct {
 	io.ReadCloser
-	ctx       context.Context
-	want      int64 // the declared length
-	read      atomic.Int64
-	short     atomic.Bool
-	closed    chan struct{}
-	closeOnce sync.Once
+	ctx    context.Context
+	want   int64 // the declared length
+	read   atomic.Int64
+	short  atomic.Bool
+	closed atomic.Bool
 }
 
 func (b *shortBody) Read(p []byte) (int, error) {
@@ -464,28 +463,28 @@ func (b *shortBody) Read(p []byte) (int, error) {
 }
 
 func (b *shortBody) Close() error {
-	b.closeOnce.Do(func() { close(b.closed) })
+	b.closed.Store(true)
 	return b.ReadCloser.Close()
 }
 
 // wasShort says whether the body ended early, once whoever reads it has
 // closed it (or a second passed): it ended before its length, or the
-// client hung up before sending it all.
+// client hung up before sending it all. Only a failed upload asks, so it
+// polls rather than give every upload a channel.
 func (b *shortBody) wasShort() bool {
-	select {
-	case <-b.closed:
-	case <-time.After(time.Second):
+	for deadline := time.Now().Add(time.Second); !b.closed.Load() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 	return b.short.Load() || (b.ctx.Err() != nil && b.read.Load() < b.want)
 }
 
 // watchBody puts a shortBody around r's body.
 func watchBody(r *http.Request) *shortBody {
-	b := &shortBody{ReadCloser: r.Body, ctx: r.Context(), want: r.ContentLength, closed: make(chan struct{})}
+	b := &shortBody{ReadCloser: r.Body, ctx: r.Context(), want: r.ContentLength}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = b
 	} else {
-		b.closeOnce.Do(func() { close(b.closed) })
+		b.closed.Store(true)
 	}
 	return b
 }

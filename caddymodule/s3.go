@@ -238,7 +238,7 @@ func (s3Protocol) serve(xp *exchange) error {
 	if !x.waitStore(ctx) {
 		return x.unavailable(errors.New("quota node not started"))
 	}
-	x.c.units = h.Cost
+	x.c.id, x.c.units = state.NewRequestID(), h.Cost
 	if name != "" {
 		x.setToken(state.KeyOf(name))
 	}

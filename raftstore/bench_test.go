@@ -24,10 +24,9 @@ func BenchmarkConsume(b *testing.B) {
 			if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "bench"}); err != nil {
 				b.Fatal(err)
 			}
-			var n atomic.Int64
 			b.ResetTimer()
-			start := time.Now()
 			if clients == 1 {
+				start := time.Now()
 				for i := 0; i < b.N; i++ {
 					if _, err := c.nodes[i%3].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "bench", Units: 1}); err != nil {
 						b.Fatal(err)
@@ -36,19 +35,28 @@ func BenchmarkConsume(b *testing.B) {
 				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
 				return
 			}
-			b.SetParallelism(clients / runtime.GOMAXPROCS(0))
-			b.RunParallel(func(pb *testing.PB) {
-				s := c.nodes[int(n.Add(1))%3]
-				for pb.Next() {
-					if _, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "bench", Units: 1}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
+			consumeInParallel(b, c, clients)
 		})
 	}
+}
+
+// consumeInParallel runs b.N consumes of the token "bench" from clients
+// goroutines spread over c's nodes, and reports consumes/s.
+func consumeInParallel(b *testing.B, c *testCluster, clients int) {
+	ctx := context.Background()
+	var n atomic.Int64
+	b.SetParallelism(clients / runtime.GOMAXPROCS(0))
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		s := c.nodes[int(n.Add(1))%3]
+		for pb.Next() {
+			if _, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "bench", Units: 1}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
 }
 
 // BenchmarkConsumeInPools: three nodes, 64 clients, one token in 0, 1 or
@@ -69,20 +77,8 @@ func BenchmarkConsumeInPools(b *testing.B) {
 			if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "bench", Pools: ids}); err != nil {
 				b.Fatal(err)
 			}
-			var n atomic.Int64
-			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
 			b.ResetTimer()
-			start := time.Now()
-			b.RunParallel(func(pb *testing.PB) {
-				s := c.nodes[int(n.Add(1))%3]
-				for pb.Next() {
-					if _, err := s.Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "bench", Units: 1}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "consumes/s")
+			consumeInParallel(b, c, 64)
 		})
 	}
 }

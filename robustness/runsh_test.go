@@ -45,20 +45,8 @@ func TestRunScriptSurvivesANodesDeath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary")
 	}
-	c := &cluster{t: t, dir: t.TempDir(), ports: map[string]string{"9000": freePort(t)}}
-	for i := 1; i <= nodes; i++ {
-		for _, p := range []string{"808", "202", "700"} {
-			c.ports[fmt.Sprintf("%s%d", p, i)] = freePort(t)
-		}
-	}
-	for _, name := range []string{"node1.Caddyfile", "node2.Caddyfile", "node3.Caddyfile", "storage.Caddyfile"} {
-		c.writeFile(name, c.template(name))
-	}
-	rs := startRunScript(t, "three-node", c.dir)
+	c, rs := startThreeNodeExample(t)
 	out, env := rs.out, rs.env
-	for i := 0; i < nodes; i++ {
-		c.waitNodeHealthy(i, 60*time.Second)
-	}
 	c.createToken("ex", 0)
 	ci, err := c.info(0)
 	if err != nil {

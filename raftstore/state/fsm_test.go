@@ -311,8 +311,6 @@ func snapshotBytes(t testing.TB, f *Machine) []byte {
 	return buf.Bytes()
 }
 
-func nopCloser(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
-
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	tf := newTestFSM(t)
 	exp := t0.Add(time.Hour)

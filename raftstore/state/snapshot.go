@@ -93,7 +93,8 @@ func (s *Snapshot) Encode(w io.Writer) error {
 // (generations are unique and replicated).
 func (s *Snapshot) writeTokens(sw *snapWriter) {
 	// Sorted as (generation, token) pairs: a comparison that followed the
-	// pointers took 0.8 s of a 1M-token snapshot in cache misses.
+	// pointers spent much of a large snapshot in cache misses
+	// (BENCHMARKS.md).
 	type genToken struct {
 		gen uint64
 		t   *tokenState

@@ -217,8 +217,8 @@ func (t *tokenState) token() *Token {
 // tokenTable holds the tokens by key, with an index by id.
 //
 // A million tokens must fit in a node's memory with room to spare: both
-// indexes are ptrTables keyed by a seeded hash of the key (or id), about
-// 14 bytes an entry each where Go maps cost 38-100.
+// indexes are ptrTables keyed by a seeded hash of the key (or id), a
+// fraction of what Go maps cost an entry (BENCHMARKS.md).
 //
 // While a snapshot is being persisted, base is frozen: the snapshot reads
 // it concurrently with Apply, and Apply writes copies into over instead
