@@ -330,6 +330,19 @@ func (c *caddyCluster) cpuStart() *cpuShares {
 	return s
 }
 
+// fronts is the CPU the Caddy fronts (plain, or the quota nodes) used
+// since the window began: every process of the cluster but the storage
+// backend.
+func (s *cpuShares) fronts() time.Duration {
+	var sum time.Duration
+	for i, pid := range s.pids {
+		if s.names[i] != "storage.Caddyfile" {
+			sum += procCPU(pid) - s.start[i]
+		}
+	}
+	return sum
+}
+
 // String says each process's CPU as cores busy over the window.
 func (s *cpuShares) String() string {
 	wall := time.Since(s.t0).Seconds()

@@ -16,7 +16,7 @@ type result struct {
 	Errors                 int64
 	Retries                int64 // etcd CAS retries
 	Seconds                float64
-	P50, P99               time.Duration
+	P50, P99, Mean         time.Duration
 	Note                   string // where the CPU went (Tier 2)
 	Groups                 int    // Raft groups (the multi-group rows)
 	// CPUPerOp is the process's user+system CPU time over the cell divided
@@ -73,6 +73,11 @@ func closedLoop(clients int, d time.Duration, op opFunc) result {
 	if len(all) > 0 {
 		r.P50 = all[len(all)*50/100]
 		r.P99 = all[min(len(all)-1, len(all)*99/100)]
+		var sum time.Duration
+		for _, d := range all {
+			sum += d
+		}
+		r.Mean = sum / time.Duration(len(all))
 	}
 	return r
 }

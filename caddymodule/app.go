@@ -221,6 +221,7 @@ func (a *App) provisionConfig() error {
 	a.DataDir = caddy.NewReplacer().ReplaceKnown(a.DataDir, "")
 	a.cfg = a.engineConfig()
 	a.cfg.OnBatch = observeBatch
+	a.cfg.OnStep = observeNodeStep
 	if err := a.cfg.Validate(); err != nil {
 		return fmt.Errorf("quota: %w", err)
 	}

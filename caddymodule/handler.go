@@ -248,6 +248,7 @@ type exchange struct {
 	key   state.TokenKey
 	pools []string
 	c     charged
+	start time.Time // when the handler began
 }
 
 // charged is what a decision was asked for.
@@ -259,7 +260,32 @@ type charged struct {
 }
 
 // forward passes the request on to the next handler.
-func (x *exchange) forward() error { return x.next.ServeHTTP(x.w, x.r) }
+func (x *exchange) forward() error { return x.forwardTo(x.w) }
+
+// forwardTo passes the request on to the next handler, answering to w.
+func (x *exchange) forwardTo(w http.ResponseWriter) error {
+	start := time.Now()
+	err := x.next.ServeHTTP(w, x.r)
+	observeHandlerStep(stepUpstream, time.Since(start))
+	return err
+}
+
+// ask asks the cluster for x.request()'s decision: a check, or a consume.
+func (x *exchange) ask(ctx context.Context, check bool) (state.Decision, error) {
+	start := time.Now()
+	observeHandlerStep(stepPrepare, start.Sub(x.start))
+	var d state.Decision
+	var err error
+	if check {
+		d, err = x.store.Check(ctx, x.request())
+	} else {
+		d, err = x.store.Consume(ctx, x.request())
+	}
+	took := time.Since(start)
+	consumeSeconds.Observe(took.Seconds())
+	observeHandlerStep(stepDecide, took)
+	return d, err
+}
 
 // waitStore waits for this Caddy's node (a node that is still starting
 // holds the request until it can decide); false when ctx ends first.
@@ -300,8 +326,10 @@ func (x *exchange) request() state.ConsumeRequest {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	x := &exchange{h: h, w: w, r: r, next: next, repl: r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)}
-	return h.protocol().serve(x)
+	x := &exchange{h: h, w: w, r: r, next: next, repl: r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), start: time.Now()}
+	err := h.protocol().serve(x)
+	observeHandlerStep(stepHandler, time.Since(x.start))
+	return err
 }
 
 // protocol is how a route meets the cluster: which requests it charges,
@@ -353,15 +381,8 @@ func (plainGate) serve(x *exchange) error {
 		}
 	}
 	x.c.units, x.c.bytes, x.c.check = h.Cost, bytes, h.CheckOnly
-	start := time.Now()
-	var d state.Decision
-	if h.CheckOnly {
-		d, err = x.store.Check(ctx, x.request())
-	} else {
-		d, err = x.store.Consume(ctx, x.request())
-	}
+	d, err := x.ask(ctx, h.CheckOnly)
 	cancel()
-	consumeSeconds.Observe(time.Since(start).Seconds())
 	return x.decided(d, err)
 }
 
@@ -421,7 +442,7 @@ func (x *exchange) decided(d state.Decision, err error) error {
 	hw := &refundHeaders{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: x.w}, d: d, units: x.c.units, bytes: x.c.bytes}
 	rec := caddyhttp.NewResponseRecorder(hw, nil, nil)
 	body := watchBody(x.r)
-	err = x.next.ServeHTTP(rec, x.r)
+	err = x.forwardTo(rec)
 	status := rec.Status()
 	if err != nil || status >= 400 {
 		hw.failed() // an error is answered later, by Caddy's error handling

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/raftquota/raftquota/raftstore"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -36,6 +37,12 @@ var (
 		Help:      "Consumes per Raft log entry (forwarded=false) or per forwarded RPC (forwarded=true).",
 		Buckets:   prometheus.ExponentialBuckets(1, 2, 11),
 	}, []string{"forwarded"})
+	stepSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "raftquota",
+		Name:      "step_duration_seconds",
+		Help:      "Time in each step of a gated request. The handler's: prepare (from the handler's start to asking for a decision), decide (the decision, as consume_duration_seconds), upstream (the next handler: the proxy and the backend), handler (all of it). The node's: queue (a consume waiting for its batch), forward (a follower's round trip to the leader per batch), serve_forwarded (the leader's side of it), commit (one log entry through Raft on the leader), apply (the state machine, per entry), log_append (one write to the Raft log).",
+		Buckets:   []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"step"})
 	raftLeader = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "raftquota",
 		Name:      "raft_leader",
@@ -157,7 +164,7 @@ func registerMetrics(ctx caddy.Context) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents, healthy, halted, appliedIndex, pendingRefunds} {
+	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, stepSeconds, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents, healthy, halted, appliedIndex, pendingRefunds} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -189,4 +196,36 @@ func observeBatch(n int, fwd bool) {
 		label = "true"
 	}
 	batchSizes.WithLabelValues(label).Observe(float64(n))
+}
+
+// handlerStep is one of the handler's own timed steps.
+type handlerStep int
+
+const (
+	stepPrepare handlerStep = iota
+	stepDecide
+	stepUpstream
+	stepHandler
+)
+
+// stepObservers are the step histogram's series, looked up once: the
+// handler's steps, then the node's (raftstore.Step) after them.
+var stepObservers = func() []prometheus.Observer {
+	var o []prometheus.Observer
+	for _, name := range []string{"prepare", "decide", "upstream", "handler"} {
+		o = append(o, stepSeconds.WithLabelValues(name))
+	}
+	for _, st := range raftstore.Steps() {
+		o = append(o, stepSeconds.WithLabelValues(st.String()))
+	}
+	return o
+}()
+
+func observeHandlerStep(s handlerStep, d time.Duration) {
+	stepObservers[s].Observe(d.Seconds())
+}
+
+// observeNodeStep is the node's Config.OnStep.
+func observeNodeStep(s raftstore.Step, d time.Duration) {
+	stepObservers[int(stepHandler)+1+int(s)].Observe(d.Seconds())
 }

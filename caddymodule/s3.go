@@ -297,7 +297,7 @@ func (x *s3Exchange) object(ctx context.Context) error {
 		return x.refuse(http.StatusLengthRequired, "length_required", "Length required", "This upload's length is not known up front.")
 	}
 	x.c.bytes = n
-	return x.decided(x.store.Consume(ctx, x.request()))
+	return x.decided(x.ask(ctx, false))
 }
 
 // part charges UploadPart and UploadPartCopy: the part's bytes, to the
@@ -499,7 +499,7 @@ func (x *s3Exchange) createUpload(d state.Decision) error {
 	countDecision("allowed", "")
 	var buf bytes.Buffer
 	rec := caddyhttp.NewResponseRecorder(x.w, &buf, func(status int, _ http.Header) bool { return status < 300 })
-	err := x.next.ServeHTTP(rec, x.r)
+	err := x.forwardTo(rec)
 	if err != nil || rec.Status() >= 300 || !rec.Buffered() {
 		x.refund(rec.Status(), err)
 		return err
@@ -567,7 +567,7 @@ func (x *s3Exchange) completeUpload(ctx context.Context) error {
 	x.r.Body, x.r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	var buf bytes.Buffer
 	rec := caddyhttp.NewResponseRecorder(x.w, &buf, func(int, http.Header) bool { return true })
-	ferr := x.next.ServeHTTP(rec, x.r)
+	ferr := x.forwardTo(rec)
 	out := buf.Bytes()
 	ok := ferr == nil && rec.Status() == http.StatusOK && !bytes.Contains(out, []byte("<Error>"))
 	gone := rec.Status() == http.StatusNotFound && bytes.Contains(out, []byte("NoSuchUpload"))
@@ -593,7 +593,7 @@ func (x *s3Exchange) completeUpload(ctx context.Context) error {
 // upload, gives back everything it charged.
 func (x *s3Exchange) abortUpload() error {
 	rec := caddyhttp.NewResponseRecorder(x.w, nil, nil)
-	err := x.next.ServeHTTP(rec, x.r)
+	err := x.forwardTo(rec)
 	if err != nil {
 		return err
 	}

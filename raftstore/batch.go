@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/raftquota/raftquota/raftstore/state"
 )
@@ -26,6 +27,8 @@ type batcher[Req, Res any] struct {
 	closed bool
 	// batchSize, if set, is told the size of every flushed batch.
 	batchSize func(int)
+	// queued, if set, is told how long each request waited to be flushed.
+	queued stepTimer
 }
 
 type pending[Req, Res any] struct {
@@ -33,6 +36,7 @@ type pending[Req, Res any] struct {
 	res  []Res
 	err  error
 	done chan struct{}
+	at   time.Time // when it was queued, if timed
 }
 
 func newBatcher[Req, Res any](maxBatch, inFlight int, flush func([]Req) ([]Res, error)) *batcher[Req, Res] {
@@ -52,7 +56,7 @@ func newBatcher[Req, Res any](maxBatch, inFlight int, flush func([]Req) ([]Res, 
 // Once queued, reqs are answered by their flush, never abandoned: an
 // answer of ErrClosed means they were not sent.
 func (b *batcher[Req, Res]) do(ctx context.Context, reqs []Req) ([]Res, error) {
-	p := &pending[Req, Res]{reqs: reqs, done: make(chan struct{})}
+	p := &pending[Req, Res]{reqs: reqs, done: make(chan struct{}), at: b.queued.start()}
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
@@ -107,6 +111,12 @@ func (b *batcher[Req, Res]) run(batch []*pending[Req, Res], n int) {
 	defer func() { <-b.slots }()
 	if b.batchSize != nil {
 		b.batchSize(n)
+	}
+	if b.queued != nil {
+		now := time.Now()
+		for _, p := range batch {
+			b.queued(StepQueue, now.Sub(p.at))
+		}
 	}
 	reqs := make([]Req, 0, n)
 	for _, p := range batch {

@@ -210,11 +210,11 @@ func (ls *logStores) moveBoltLog(dir string, logger *zap.Logger) error {
 
 // logs is the log store Raft is given: the log behind a cache of the newest
 // entries, which the leader reads back to replicate them.
-func (ls *logStores) logs() (raft.LogStore, error) {
+func (ls *logStores) logs(steps stepTimer) (raft.LogStore, error) {
 	if ls.wal != nil {
-		ls.watch = &watchedLog{LogStore: ls.wal}
+		ls.watch = &watchedLog{LogStore: ls.wal, steps: steps}
 	} else {
-		ls.watch = &watchedLog{LogStore: ls.bolt}
+		ls.watch = &watchedLog{LogStore: ls.bolt, steps: steps}
 	}
 	return raft.NewLogCache(512, ls.watch)
 }
@@ -260,15 +260,24 @@ func (c *closableStable) close() {
 }
 
 // watchedLog notes whether the last log write failed (a full or failing
-// disk), for the health check.
+// disk), for the health check, and times each write (StepLogAppend).
 type watchedLog struct {
 	raft.LogStore
 	failing atomic.Pointer[error]
+	steps   stepTimer
 }
 
-func (w *watchedLog) StoreLog(l *raft.Log) error { return w.note(w.LogStore.StoreLog(l)) }
+func (w *watchedLog) StoreLog(l *raft.Log) error {
+	start := w.steps.start()
+	defer w.steps.since(StepLogAppend, start)
+	return w.note(w.LogStore.StoreLog(l))
+}
 
-func (w *watchedLog) StoreLogs(ls []*raft.Log) error { return w.note(w.LogStore.StoreLogs(ls)) }
+func (w *watchedLog) StoreLogs(ls []*raft.Log) error {
+	start := w.steps.start()
+	defer w.steps.since(StepLogAppend, start)
+	return w.note(w.LogStore.StoreLogs(ls))
+}
 
 func (w *watchedLog) note(err error) error {
 	if err != nil {

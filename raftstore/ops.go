@@ -50,6 +50,8 @@ func (s *node) forwardConsumeBatch(reqs []state.ConsumeRequest) ([]state.Decisio
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
 	defer cancel()
 	s.forwarded.Add(uint64(len(reqs)))
+	start := s.steps.start()
+	defer s.steps.since(StepForward, start)
 	return s.fwd.Consume(ctx, addr, reqs)
 }
 
@@ -60,8 +62,11 @@ func (s *node) applyLocal(c *state.Command) (*state.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := s.steps.start()
 	f := s.raft.Apply(b, s.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	err = f.Error()
+	s.steps.since(StepCommit, start)
+	if err != nil {
 		return nil, raftError(err)
 	}
 	res, ok := f.Response().(*state.Result)

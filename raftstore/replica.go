@@ -24,6 +24,7 @@ type replica struct {
 	stopOnce sync.Once
 	onHalt   func(error)
 	logger   *zap.Logger
+	steps    stepTimer
 }
 
 func newReplica(m *state.Machine, logger *zap.Logger, onHalt func(error)) *replica {
@@ -44,7 +45,9 @@ func (h *haltError) Unwrap() error { return h.Err }
 
 // Apply applies one log entry, or halts on one it cannot read.
 func (r *replica) Apply(l *raft.Log) any {
+	start := r.steps.start()
 	res, err := r.Machine.Apply(l.Index, l.Data)
+	r.steps.since(StepApply, start)
 	if err != nil {
 		r.halt(l.Index, err)
 		return &state.Result{Err: fmt.Errorf("%w: %v", state.ErrUnavailable, err)}

@@ -29,6 +29,8 @@ type served struct{ s *node }
 func (v served) IsLeader() bool { return v.s.IsLeader() }
 
 func (v served) Consume(ctx context.Context, reqs []state.ConsumeRequest) ([]state.Decision, error) {
+	start := v.s.steps.start()
+	defer v.s.steps.since(StepServe, start)
 	return v.s.leaderConsumes.do(ctx, reqs)
 }
 

@@ -97,6 +97,10 @@ type Config struct {
 	// OnBatch, if set, is told the size of every consume batch this node
 	// sends to the log or forwards to the leader.
 	OnBatch func(size int, forwarded bool)
+	// OnStep, if set, is told how long each step of a decision took on
+	// this node (see Step). It is called on the decision path: keep it
+	// cheap (a histogram's Observe).
+	OnStep func(step Step, d time.Duration)
 
 	// EventsWebhook, when set, is where the leader POSTs each threshold
 	// event (JSON, with an Idempotency-Key header), retrying until it
@@ -246,6 +250,7 @@ type node struct {
 	readPoints      *batcher[struct{}, readPoint] // a follower's checks
 
 	observer      *raft.Observer
+	steps         stepTimer
 	clock         clockSync
 	leaderChanges atomic.Uint64
 	forwarded     atomic.Uint64
@@ -289,8 +294,9 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	logger := cfg.Logger.With(zap.String("node_id", cfg.NodeID))
-	s := &Store{&node{cfg: cfg, logger: logger, closed: make(chan struct{})}}
+	s := &Store{&node{cfg: cfg, logger: logger, closed: make(chan struct{}), steps: cfg.OnStep}}
 	s.fsm = newReplica(state.New(logger), logger, s.onHalt)
+	s.fsm.steps = s.steps
 	if err := s.start(); err != nil {
 		s.shutdown()
 		return nil, err
@@ -367,7 +373,7 @@ func (s *node) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, raf
 			return nil, nil, nil, err
 		}
 		s.stores = stores
-		if logs, err = stores.logs(); err != nil {
+		if logs, err = stores.logs(s.steps); err != nil {
 			return nil, nil, nil, err
 		}
 		stores.stable = &closableStable{StableStore: stores.bolt}
@@ -486,8 +492,10 @@ func (s *node) startWorkers(r *raft.Raft) {
 	cfg := s.cfg
 	s.leaderConsumes = newBatcher(cfg.MaxBatch, 1, s.applyConsumes)
 	s.leaderConsumes.batchSize = func(n int) { s.onBatch(n, false) }
+	s.leaderConsumes.queued = s.steps
 	s.forwardConsumes = newBatcher(cfg.MaxBatch, 2, s.forwardConsumeBatch)
 	s.forwardConsumes.batchSize = func(n int) { s.onBatch(n, true) }
+	s.forwardConsumes.queued = s.steps
 	s.barriers = newBatcher(1<<16, 1, s.reads().readIndex)
 	s.readPoints = newBatcher(1<<12, 1, s.reads().fetchReadPoint)
 	s.startForwarding()
