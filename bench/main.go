@@ -102,11 +102,15 @@ func main() {
 			break
 		}
 		for _, wl := range []struct {
-			name string
-			keys int
-		}{{"hot", 1}, {"spread", spreadKeys}} {
+			name     string
+			keys     int
+			follower bool // the hot token's clients on a follower (3-node raftquota only)
+		}{{"hot", 1, false}, {"hot, via a follower", 1, true}, {"spread", spreadKeys, false}} {
+			if wl.follower && !strings.HasPrefix(f.name, "raftquota 3-node") {
+				continue
+			}
 			steps = append(steps, step{fmt.Sprintf("tier 1: %s, %s", f.name, wl.name), time.Duration(len(clients)) * (*cell + time.Second), func() {
-				dir := filepath.Join(work, fmt.Sprintf("t1-%d-%s", i, wl.name))
+				dir := filepath.Join(work, fmt.Sprintf("t1-%d-%s", i, strings.ReplaceAll(wl.name, " ", "")))
 				os.MkdirAll(dir, 0o755)
 				sys, err := f.make(dir)
 				if err != nil {
@@ -116,6 +120,9 @@ func main() {
 				}
 				defer sys.close()
 				check(sys.setup(wl.keys))
+				if rq, ok := sys.(*raftquotaSystem); ok && wl.keys == 1 {
+					rq.sendHotTo(wl.follower) // the hot row's clients on the leader, the other's on a follower
+				}
 				for _, n := range clients {
 					fmt.Fprintf(os.Stderr, "  %d clients for %s...\n", n, *cell)
 					stopProfile := func() {}

@@ -138,7 +138,8 @@ func chart(path string, rs []result, workload string) error {
 	return chartTitled(path, rs, workload, "Tier 1, "+workload+" token: decisions per second")
 }
 
-// chartTitled draws ops/s against clients, one line per system, for a workload.
+// chartTitled draws ops/s against clients, one line per system, for a
+// workload and the workloads named after it ("hot, via a follower").
 func chartTitled(path string, rs []result, workload, title string) error {
 	p := plot.New()
 	p.Title.Text = title
@@ -153,13 +154,15 @@ func chartTitled(path string, rs []result, workload, title string) error {
 	by := map[string]plotter.XYs{}
 	var names []string
 	for _, r := range rs {
-		if r.Workload != workload || r.Ops == 0 {
+		rest, ok := strings.CutPrefix(r.Workload, workload)
+		if !ok || r.Ops == 0 {
 			continue
 		}
-		if _, ok := by[r.System]; !ok {
-			names = append(names, r.System)
+		name := r.System + strings.TrimPrefix(rest, ",") // "hot, via a follower": the system's second line
+		if _, ok := by[name]; !ok {
+			names = append(names, name)
 		}
-		by[r.System] = append(by[r.System], plotter.XY{X: float64(r.Clients), Y: math.Max(1, r.opsPerSec())})
+		by[name] = append(by[name], plotter.XY{X: float64(r.Clients), Y: math.Max(1, r.opsPerSec())})
 	}
 	sort.Strings(names)
 	palette := []color.RGBA{{0x1f, 0x77, 0xb4, 255}, {0xd6, 0x27, 0x28, 255}, {0x2c, 0xa0, 0x2c, 255}, {0xff, 0x7f, 0x0e, 255}, {0x94, 0x67, 0xbd, 255}}

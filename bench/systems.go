@@ -43,6 +43,9 @@ type raftquotaSystem struct {
 	n        int
 	logStore string
 	nodes    []*raftstore.Store
+	// first is the node key 0's consumes go to (key k's go to node
+	// (first+k) mod n): the hot token's node.
+	first int
 }
 
 func newRaftquota(n int, dir, logStore string) (*raftquotaSystem, error) {
@@ -89,29 +92,42 @@ func (s *raftquotaSystem) create(k int) error {
 }
 
 func (s *raftquotaSystem) consume(ctx context.Context, key int) (int, error) {
-	d, err := s.nodes[key%s.n].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: keyName(key), Units: 1})
+	d, err := s.nodes[(s.first+key)%s.n].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: keyName(key), Units: 1})
 	if err == nil && !d.Allowed {
 		err = fmt.Errorf("denied: %s", d.Reason)
 	}
 	return 0, err
 }
 
-// hotNote says where the hot token's clients went (every key-0 consume
-// goes to node1) and whether that node led at the cell's end: a forwarded
-// cell and a local one differ by half, so a row is read with it.
+// sendHotTo sends the hot token's consumes to the leader, or to a follower
+// (the next node after the leader): a forwarded cell and a local one differ
+// by about half, so each is a row of its own.
+func (s *raftquotaSystem) sendHotTo(follower bool) {
+	for i, n := range s.nodes {
+		if n.IsLeader() {
+			s.first = i
+			if follower {
+				s.first = (i + 1) % s.n
+			}
+		}
+	}
+}
+
+// hotNote says where the hot token's clients went and whether that node
+// led at the cell's end (a leader change during the cell shows here).
 func (s *raftquotaSystem) hotNote() string {
 	if s.n == 1 {
 		return ""
 	}
 	for i, n := range s.nodes {
 		if n.IsLeader() {
-			if i == 0 {
-				return "clients on node1, the leader"
+			if i == s.first {
+				return fmt.Sprintf("clients on node%d, the leader", s.first+1)
 			}
-			return fmt.Sprintf("clients on node1, a follower (node%d led)", i+1)
+			return fmt.Sprintf("clients on node%d, a follower (node%d led)", s.first+1, i+1)
 		}
 	}
-	return "clients on node1; no leader at the cell's end"
+	return fmt.Sprintf("clients on node%d; no leader at the cell's end", s.first+1)
 }
 
 func (s *raftquotaSystem) close() {
