@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/raftquota/raftquota/raftstore"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/raftquota/raftquota/raftstore"
 	"go.uber.org/zap"
 )
 
@@ -147,6 +147,25 @@ var (
 		}
 		return 0
 	})
+	logChecks = func() []prometheus.Collector {
+		var out []prometheus.Collector
+		for _, result := range []string{"ok", "failed", "skipped"} {
+			out = append(out, prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace:   "raftquota",
+				Name:        "log_checks_total",
+				Help:        "Checks of this node's Raft log against the leader's checksum, one per log checkpoint, by result: ok, failed (the log differs from what the leader wrote, or could not be read back; said at ERROR), skipped (the range is no longer all on this node).",
+				ConstLabels: prometheus.Labels{"result": result},
+			}, func() float64 {
+				s := currentStore()
+				if s == nil {
+					return 0
+				}
+				st := s.Stats()
+				return float64(map[string]uint64{"ok": st.LogChecksOK, "failed": st.LogChecksFailed, "skipped": st.LogChecksSkipped}[result])
+			}))
+		}
+		return out
+	}()
 	forwarded = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: "raftquota",
 		Name:      "forwarded_operations_total",
@@ -164,7 +183,7 @@ func registerMetrics(ctx caddy.Context) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, stepSeconds, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents, healthy, halted, appliedIndex, pendingRefunds} {
+	for _, c := range append([]prometheus.Collector{decisions, consumeSeconds, refunds, batchSizes, stepSeconds, raftLeader, leaderChanges, forwarded, openUploads, pendingEvents, deliveredEvents, failedEvents, healthy, halted, appliedIndex, pendingRefunds}, logChecks...) {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -14,6 +14,7 @@ require (
 	github.com/coreos/go-systemd v0.0.0-20191104093116-d3cd4ed1dbcf // indirect
 	github.com/coreos/pkg v0.0.0-20220810130054-c7d1c02cb6cf // indirect
 	github.com/hashicorp/raft-wal v0.4.2 // indirect
+	github.com/segmentio/fasthash v1.0.3 // indirect
 )
 
 require (

@@ -14,7 +14,9 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
+	walmetrics "github.com/hashicorp/raft-wal/metrics"
 	"github.com/hashicorp/raft-wal/migrate"
+	"github.com/hashicorp/raft-wal/verifier"
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 )
@@ -55,6 +57,8 @@ type logStores struct {
 	segmentSize int
 	// watch is the log as raft writes it, watched for failing writes.
 	watch *watchedLog
+	// verify checksums the log between checkpoints (logcheck.go).
+	verify *verifier.LogStore
 	// stable is raft.db's stable store as raft uses it.
 	stable *closableStable
 }
@@ -208,16 +212,23 @@ func (ls *logStores) moveBoltLog(dir string, logger *zap.Logger) error {
 	return nil
 }
 
-// logs is the log store Raft is given: the log behind a cache of the newest
-// entries, which the leader reads back to replicate them.
-func (ls *logStores) logs(steps stepTimer) (raft.LogStore, error) {
+// logs is the log store Raft is given: the log behind raft-wal's verifier
+// (which checksums what is written between checkpoints and reads it back,
+// telling report), behind a cache of the newest entries, which the leader
+// reads back to replicate them.
+func (ls *logStores) logs(steps stepTimer, report verifier.ReportFn) (raft.LogStore, error) {
+	var log raft.LogStore = unclosedLog{ls.bolt}
 	if ls.wal != nil {
-		ls.watch = &watchedLog{LogStore: ls.wal, steps: steps}
-	} else {
-		ls.watch = &watchedLog{LogStore: ls.bolt, steps: steps}
+		log = unclosedLog{ls.wal}
 	}
+	ls.verify = verifier.NewLogStore(log, isCheckpoint, report, &walmetrics.NoOpCollector{})
+	ls.watch = &watchedLog{LogStore: ls.verify, steps: steps}
 	return raft.NewLogCache(512, ls.watch)
 }
+
+// unclosedLog is a log the verifier's Close leaves open: logStores.close
+// closes the stores themselves, the stable store last.
+type unclosedLog struct{ raft.LogStore }
 
 // closableStable is the stable store closed under Raft's feet safely:
 // NetworkTransport does not wait for the connection handlers it runs, and
@@ -302,6 +313,9 @@ func (w *watchedLog) writeError() error {
 func (ls *logStores) close() error {
 	if ls.stable != nil {
 		ls.stable.close()
+	}
+	if ls.verify != nil {
+		ls.verify.Close() // ends its goroutine; the log stays open (unclosedLog)
 	}
 	var errs []error
 	if ls.wal != nil {

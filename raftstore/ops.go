@@ -396,6 +396,11 @@ type Stats struct {
 	// node's deliveries, as leader.
 	PendingEvents                                int
 	DroppedEvents, EventsDelivered, EventsFailed uint64
+	// LogChecksOK, LogChecksFailed and LogChecksSkipped count the log
+	// checks of this node (logcheck.go): ranges that matched the leader's
+	// checksum, that did not (or could not be read), and that were no
+	// longer all on this node.
+	LogChecksOK, LogChecksFailed, LogChecksSkipped uint64
 }
 
 // Stats reports this node's counters.
@@ -406,13 +411,16 @@ func (s *Store) Stats() Stats {
 	refunds := len(q.pending)
 	q.mu.Unlock()
 	return Stats{
-		AppliedIndex:    s.raft.AppliedIndex(),
-		LeaderChanges:   s.leaderChanges.Load(),
-		Forwarded:       s.forwarded.Load(),
-		PendingRefunds:  refunds,
-		PendingEvents:   c.PendingEvents,
-		DroppedEvents:   c.DroppedEvents,
-		EventsDelivered: s.duties.eventsDelivered.Load(),
-		EventsFailed:    s.duties.eventsFailed.Load(),
+		AppliedIndex:     s.raft.AppliedIndex(),
+		LeaderChanges:    s.leaderChanges.Load(),
+		Forwarded:        s.forwarded.Load(),
+		PendingRefunds:   refunds,
+		PendingEvents:    c.PendingEvents,
+		DroppedEvents:    c.DroppedEvents,
+		EventsDelivered:  s.duties.eventsDelivered.Load(),
+		EventsFailed:     s.duties.eventsFailed.Load(),
+		LogChecksOK:      s.logChecks.ok.Load(),
+		LogChecksFailed:  s.logChecks.failed.Load(),
+		LogChecksSkipped: s.logChecks.skipped.Load(),
 	}
 }

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"time"
@@ -51,5 +52,5 @@ func (v served) Member(_ context.Context, m *forward.Member) error {
 func (v served) Status() forward.Status {
 	s := v.s
 	return forward.Status{ID: s.cfg.NodeID, State: s.State(), CommitIndex: s.raft.CommitIndex(),
-		AppliedIndex: s.raft.AppliedIndex(), Now: s.cfg.Clock().UnixNano()}
+		AppliedIndex: s.raft.AppliedIndex(), Now: s.cfg.Clock().UnixNano(), MaxOp: uint8(cmp.Or(s.cfg.maxOp, state.MaxOp))}
 }

@@ -116,6 +116,12 @@ type Config struct {
 	// raftTimeout bounds Raft's RPCs and dials (0: 10 s); tests shorten it
 	// to make Raft's failure counts grow fast.
 	raftTimeout time.Duration
+	// logCheckInterval is how often the leader checkpoints the log for the
+	// log check (0: defaultLogCheckInterval); tests shorten it.
+	logCheckInterval time.Duration
+	// maxOp is the highest op this node says it applies (0: state.MaxOp);
+	// tests set an earlier one to act as a node of an earlier version.
+	maxOp state.Op
 	// walSegmentSize is the size of the log's segment files (0: raft-wal's
 	// default, 64 MiB, preallocated); format fixtures use small ones.
 	walSegmentSize int
@@ -251,6 +257,7 @@ type node struct {
 
 	observer      *raft.Observer
 	steps         stepTimer
+	logChecks     logChecks
 	clock         clockSync
 	leaderChanges atomic.Uint64
 	forwarded     atomic.Uint64
@@ -373,7 +380,7 @@ func (s *node) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, raf
 			return nil, nil, nil, err
 		}
 		s.stores = stores
-		if logs, err = stores.logs(s.steps); err != nil {
+		if logs, err = stores.logs(s.steps, s.logChecks.report(s.logger)); err != nil {
 			return nil, nil, nil, err
 		}
 		stores.stable = &closableStable{StableStore: stores.bolt}
@@ -528,6 +535,13 @@ func (s *node) startWorkers(r *raft.Raft) {
 		refunds: newRefundQueue(),
 	}
 	s.duties.start(&s.wg)
+	if s.stores != nil { // a voter: its log is checked
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.duties.checkpointLog(cmp.Or(cfg.logCheckInterval, defaultLogCheckInterval), s.members().allKnow)
+		}()
+	}
 	if cfg.Gateway {
 		s.wg.Add(1)
 		go s.members().joinAsGateway()

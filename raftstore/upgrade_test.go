@@ -28,7 +28,7 @@ import (
 var writeFixture = flag.String("write-fixture", "", "write testdata/formats/NAME from this build's code")
 
 // fixtureNames lists the fixtures every build must read.
-var fixtureNames = []string{"v2", "v4", "v5", "v6", "v7"}
+var fixtureNames = []string{"v2", "v4", "v5", "v6", "v7", "v8"}
 
 // fixtureState is what the public API says about a fixture's state.
 type fixtureState struct {
@@ -335,6 +335,10 @@ func TestWriteFormatFixture(t *testing.T) {
 		return s.fsm.Secret() != nil && s.fsm.DedupSize() == 2*state.MinDedupSize
 	})
 	replays := fixtureWorkload(t, s)
+	// A log checkpoint (v8 on), as the leader's log check writes one.
+	if _, err := s.applyLocal(&state.Command{Op: state.OpLogCheckpoint}); err != nil {
+		t.Fatal(err)
+	}
 	want := fixtureState{Tokens: readFixtureState(t, s), Replays: replays, DedupSize: s.fsm.DedupSize(), Uploads: s.Uploads().List(), Pools: fixturePools(t, s)}
 	if err := os.WriteFile(filepath.Join(root, "snapshot.bin"), snapshotBytes(t, s.fsm), 0o644); err != nil {
 		t.Fatal(err)

@@ -87,7 +87,15 @@ const (
 	OpResetPool
 	OpDeletePool
 	OpAckEvents
+	// OpLogCheckpoint marks a point in the log for raft-wal's verifier
+	// (raftstore's log check): it changes nothing in the state.
+	OpLogCheckpoint
 )
+
+// MaxOp is the highest op this build applies. A node says it in its status
+// so a leader proposes an op of its own accord (a log checkpoint) only once
+// every member can apply it.
+const MaxOp = OpLogCheckpoint
 
 // commandDef is how the FSM applies one op.
 type commandDef struct {
@@ -129,6 +137,8 @@ var commands = map[Op]commandDef{
 	OpDeletePool: {"delete_pool", onPools((*poolOps).applyDeletePool), true},
 	// Threshold events (events.go).
 	OpAckEvents: {"ack_events", (*Machine).applyAckEvents, false},
+	// The log's own checks (IsCheckpoint).
+	OpLogCheckpoint: {"log_checkpoint", func(*Machine, *Command, time.Time) *Result { return &Result{} }, false},
 }
 
 // onUploads and onPools fit a handler of a face of the machine into the
@@ -252,15 +262,29 @@ const (
 	codecBinaryConsume = 2 // tokens by name: read only, from older logs
 	codecConsumeKeys   = 3 // tokens by key
 	codecConsumePools  = 4 // tokens by key, and the pools each request names
+	codecCheckpoint    = 5 // a log checkpoint: the leader's time, nothing else
 )
+
+// checkpointLen is an encoded checkpoint's length: the codec and the time.
+const checkpointLen = 1 + 8
+
+// IsCheckpoint says whether a log entry's data is a log checkpoint
+// (OpLogCheckpoint), without decoding it: raft-wal's verifier asks this
+// of every entry it writes.
+func IsCheckpoint(data []byte) bool {
+	return len(data) == checkpointLen && data[0] == codecCheckpoint
+}
 
 // maxDecodedBatch bounds a decoded batch, so a forged length cannot make a
 // node allocate without limit.
 const maxDecodedBatch = 1 << 20
 
 func Encode(c *Command) ([]byte, error) {
-	if c.Op == OpConsume {
+	switch c.Op {
+	case OpConsume:
 		return encodeConsumes(c), nil
+	case OpLogCheckpoint:
+		return binary.BigEndian.AppendUint64([]byte{codecCheckpoint}, uint64(c.Time)), nil
 	}
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -405,6 +429,11 @@ func Decode(b []byte) (*Command, error) {
 			return nil, fmt.Errorf("%w: %v", ErrUnknownCommand, err)
 		}
 		return c, nil
+	case codecCheckpoint:
+		if !IsCheckpoint(b) {
+			return nil, fmt.Errorf("%w: a log checkpoint of %d bytes", ErrUnknownCommand, len(b))
+		}
+		return &Command{Op: OpLogCheckpoint, Time: int64(binary.BigEndian.Uint64(b[1:]))}, nil
 	case codecJSON:
 	default:
 		return nil, fmt.Errorf("%w: encoding version %d", ErrUnknownCommand, b[0])

@@ -422,6 +422,43 @@ func TestUnknownEntryIsRefused(t *testing.T) {
 	}
 }
 
+// TestLogCheckpointChangesNothing: a log checkpoint is nine bytes that
+// IsCheckpoint knows without decoding, decodes back to itself, and applies
+// as nothing but the clock every command moves; a cut one is refused.
+func TestLogCheckpointChangesNothing(t *testing.T) {
+	b, err := Encode(&Command{Op: OpLogCheckpoint, Time: t0.UnixNano()})
+	if err != nil || len(b) != 9 || !IsCheckpoint(b) {
+		t.Fatalf("Encode(checkpoint) = %x, %v; want 9 bytes IsCheckpoint knows", b, err)
+	}
+	c, err := Decode(b)
+	if err != nil || c.Op != OpLogCheckpoint || c.Time != t0.UnixNano() {
+		t.Fatalf("Decode(%x) = %+v, %v", b, c, err)
+	}
+	tf := newTestFSM(t)
+	tf.create(t0, TokenSpec{Name: "a", UsageLimit: 3})
+	tf.consume(t0, "a", 1, 0)
+	before := snapshotBytes(t, tf.f)
+	if res, err := tf.f.Apply(tf.index+1, b); err != nil || res == nil || res.Err != nil {
+		t.Fatalf("Apply(checkpoint) = %+v, %v", res, err)
+	}
+	if !bytes.Equal(snapshotBytes(t, tf.f), before) {
+		t.Fatal("a checkpoint changed the state")
+	}
+	for _, cut := range [][]byte{b[:8], append(b[:9:9], 0)} {
+		if IsCheckpoint(cut) {
+			t.Errorf("IsCheckpoint(%x) = true", cut)
+		}
+		if _, err := Decode(cut); !errors.Is(err, ErrUnknownCommand) {
+			t.Errorf("Decode(%x) = %v, want ErrUnknownCommand", cut, err)
+		}
+	}
+	for _, other := range []*Command{{Op: OpConsume, Time: 1}, {Op: OpAckEvents, EventSeq: 1}} {
+		if o, _ := Encode(other); IsCheckpoint(o) {
+			t.Errorf("IsCheckpoint(%s) = true", o)
+		}
+	}
+}
+
 func TestNegativeChargesNeverReachTheState(t *testing.T) {
 	tf := newTestFSM(t)
 	tf.create(t0, TokenSpec{Name: "a", UsageLimit: 3})

@@ -26,6 +26,7 @@ func FuzzCommandCodec(f *testing.F) {
 		{Op: OpCompleteEnd, Time: t0.UnixNano(), ID: RequestID{8}, Upload: &UploadOp{Key: UploadKey{9}, OK: true, Parts: []int32{1}}},
 		{Op: OpAbortUpload, Time: t0.UnixNano(), ID: RequestID{10}, Upload: &UploadOp{Key: UploadKey{9}, Token: &fuzzKey}},
 		{Op: OpExpireUploads, Time: t0.Add(48 * time.Hour).UnixNano()},
+		{Op: OpLogCheckpoint, Time: t0.UnixNano()},
 	}
 	for _, c := range seeds {
 		b, _ := Encode(c)

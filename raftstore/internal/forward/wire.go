@@ -75,6 +75,9 @@ type StatusReply struct {
 	AppliedIndex uint64
 	// Now is the node's clock (unix nanoseconds), for the leader's clock sync.
 	Now int64
+	// MaxOp is the highest log op the node applies (state.MaxOp); 0 from
+	// versions before it was sent, which apply no op past OpAckEvents.
+	MaxOp uint8
 }
 
 // Empty is an RPC argument that carries nothing.

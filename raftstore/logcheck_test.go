@@ -1,0 +1,116 @@
+package raftstore
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft-wal/verifier"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/raftquota/raftquota/internal/clustertest"
+	"github.com/raftquota/raftquota/raftstore/state"
+)
+
+// TestLogCheckVerifiesEveryVotersLog: with checkpoints every 100 ms, every
+// voter's log is checked against the leader's checksum, again after a
+// follower restarts, and nothing fails.
+func TestLogCheckVerifiesEveryVotersLog(t *testing.T) {
+	c := newTestClusterWith(t, 3, nil, func(_ int, cfg *Config) { cfg.logCheckInterval = 100 * time.Millisecond })
+	ctx := clustertest.Within(t, 30*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "a", UsageLimit: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	down := -1 // a stopped node takes no consumes
+	consume := func(n int) {
+		for i := range n {
+			if i%3 == down {
+				continue
+			}
+			if _, err := c.nodes[i%3].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "a", Units: 1}); err != nil {
+				t.Fatalf("node %d consume %d: %#v", i%3, i, err)
+			}
+		}
+	}
+	checked := func(min uint64) func() bool {
+		return func() bool {
+			for _, n := range c.nodes {
+				if n.Stats().LogChecksOK < min {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	consume(50)
+	clustertest.Eventually(t, 20*time.Second, "every voter's log checked twice", checked(2))
+
+	f := (c.leaderIndex() + 1) % 3
+	c.stop(f)
+	down = f
+	consume(20)
+	c.reopen(f)
+	down = -1
+	consume(20)
+	clustertest.Eventually(t, 20*time.Second, "the restarted follower's log checked", func() bool { return c.nodes[f].Stats().LogChecksOK >= 2 })
+	for i, n := range c.nodes {
+		if st := n.Stats(); st.LogChecksFailed != 0 {
+			t.Errorf("node %d: %d log checks failed", i, st.LogChecksFailed)
+		}
+	}
+}
+
+// TestNoLogCheckpointWhileAMemberIsOlder: a node of an earlier version
+// would halt on a checkpoint, so none is written while one member says it
+// cannot apply it; once it is upgraded, checks begin.
+func TestNoLogCheckpointWhileAMemberIsOlder(t *testing.T) {
+	older := 2
+	c := newTestClusterWith(t, 3, nil, func(i int, cfg *Config) {
+		cfg.logCheckInterval = 50 * time.Millisecond
+		if i == older {
+			cfg.maxOp = state.OpLogCheckpoint - 1
+		}
+	})
+	applied := c.nodes[0].Stats().AppliedIndex
+	time.Sleep(time.Second) // twenty intervals
+	for i, n := range c.nodes {
+		if st := n.Stats(); st.LogChecksOK+st.LogChecksFailed+st.LogChecksSkipped != 0 || n.Halted() != nil {
+			t.Fatalf("node %d: %+v, halted %v; want no checkpoint while node %d is older", i, st, n.Halted(), older)
+		}
+	}
+	if now := c.nodes[0].Stats().AppliedIndex; now > applied+1 { // +1: the leader's own no-op, if it was late
+		t.Fatalf("the log grew from %d to %d with nothing proposed", applied, now)
+	}
+
+	c.stop(older)
+	c.tweak = func(_ int, cfg *Config) { cfg.logCheckInterval = 50 * time.Millisecond }
+	c.reopen(older)
+	clustertest.Eventually(t, 20*time.Second, "log checks once every member is upgraded", func() bool {
+		return c.nodes[older].Stats().LogChecksOK > 0
+	})
+}
+
+// TestLogCheckReportsSayWhatTheyFound: a match is counted, a range no
+// longer on the node is skipped quietly, and a mismatch or a failed read is
+// an ERROR and counted as failed.
+func TestLogCheckReportsSayWhatTheyFound(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	var c logChecks
+	report := c.report(zap.New(core))
+	rng := verifier.LogRange{Start: 10, End: 20}
+	report(verifier.VerificationReport{Range: rng})
+	report(verifier.VerificationReport{Range: rng, Err: verifier.ErrRangeMismatch})
+	report(verifier.VerificationReport{Range: rng, Err: verifier.ErrChecksumMismatch("storage corruption: node read checksum=1, leader wrote checksum=2")})
+	report(verifier.VerificationReport{Range: rng, Err: errors.New("unable to verify log range: disk on fire")})
+	if ok, skipped, failed := c.ok.Load(), c.skipped.Load(), c.failed.Load(); ok != 1 || skipped != 1 || failed != 2 {
+		t.Fatalf("ok %d, skipped %d, failed %d; want 1, 1, 2", ok, skipped, failed)
+	}
+	errs := logs.FilterLevelExact(zap.ErrorLevel).All()
+	if len(errs) != 2 || errs[0].ContextMap()["from_index"] != uint64(10) || errs[0].ContextMap()["to_index"] != uint64(20) {
+		t.Fatalf("ERROR lines: %+v; want the mismatch and the failed read, with their range", errs)
+	}
+	if n := logs.FilterLevelExact(zap.WarnLevel).Len(); n != 0 {
+		t.Fatalf("%d WARN lines", n)
+	}
+}
