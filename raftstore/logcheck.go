@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"sync"
@@ -32,6 +33,9 @@ import (
 
 // defaultLogCheckInterval is how often the leader checkpoints the log.
 const defaultLogCheckInterval = time.Minute
+
+// appliesUpTo is the highest op this node says it applies.
+func (c *Config) appliesUpTo() state.Op { return cmp.Or(c.maxOp, state.MaxOp) }
 
 // isCheckpoint is the verifier's test for a checkpoint entry.
 func isCheckpoint(l *raft.Log) (bool, error) {
@@ -89,14 +93,19 @@ func (d *duties) checkpointLog(interval time.Duration, allKnow func(state.Op) bo
 	}
 }
 
-// allKnow says whether every other member of the configuration (voters
-// and gateways) answered, within a second, that it applies op.
+// allKnow says whether this node and every other member of the
+// configuration (voters and gateways, which answer within a second)
+// apply op.
 func (s *members) allKnow(op state.Op) bool {
+	servers := s.configuration()
+	if len(servers) == 0 || s.cfg.appliesUpTo() < op {
+		return false
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	var missing atomic.Bool
-	for _, srv := range s.configuration() {
+	for _, srv := range servers {
 		if string(srv.ID) == s.cfg.NodeID {
 			continue
 		}

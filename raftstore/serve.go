@@ -1,7 +1,6 @@
 package raftstore
 
 import (
-	"cmp"
 	"context"
 	"net"
 	"time"
@@ -52,5 +51,5 @@ func (v served) Member(_ context.Context, m *forward.Member) error {
 func (v served) Status() forward.Status {
 	s := v.s
 	return forward.Status{ID: s.cfg.NodeID, State: s.State(), CommitIndex: s.raft.CommitIndex(),
-		AppliedIndex: s.raft.AppliedIndex(), Now: s.cfg.Clock().UnixNano(), MaxOp: uint8(cmp.Or(s.cfg.maxOp, state.MaxOp))}
+		AppliedIndex: s.raft.AppliedIndex(), Now: s.cfg.Clock().UnixNano(), MaxOp: uint8(s.cfg.appliesUpTo())}
 }
