@@ -10,21 +10,26 @@ import (
 
 // batcher coalesces concurrent requests into one flush: one Raft log entry
 // (one fsync) on the leader, one RPC on a follower. It never waits for a
-// batch to fill: a flush starts as soon as a flush slot is free, carrying
-// everything that queued while the previous flushes were running. Under no
-// load a request is flushed alone, at once; under load batches grow by
-// themselves.
+// batch to fill: a flush starts as soon as one of the inFlight flush slots
+// is free, carrying everything that queued while the previous flushes were
+// running. Under no load a request is flushed alone, at once; under load
+// batches grow by themselves.
+//
+// A caller that finds a slot free flushes on its own goroutine (group
+// commit), so a lone request is never handed between goroutines on its way
+// to the log and back. Once its own request is answered it leaves; if
+// others queued meanwhile, a goroutine of their own takes over the slot.
 type batcher[Req, Res any] struct {
-	in       chan *pending[Req, Res]
-	slots    chan struct{}
-	maxBatch int
-	flush    func(reqs []Req) ([]Res, error)
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	// mu orders do's sends before close: once closed is set, nothing more
-	// enters in, so close can answer everything that did.
-	mu     sync.RWMutex
-	closed bool
+	maxBatch, inFlight int
+	flush              func(reqs []Req) ([]Res, error)
+
+	mu      sync.Mutex
+	queue   []*pending[Req, Res]
+	running int  // flush slots taken
+	closed  bool // nothing more is queued, nothing more is flushed
+	// flushers waits for whoever holds a slot (close waits on it).
+	flushers sync.WaitGroup
+
 	// batchSize, if set, is told the size of every flushed batch.
 	batchSize func(int)
 	// queued, if set, is told how long each request waited to be flushed.
@@ -40,75 +45,85 @@ type pending[Req, Res any] struct {
 }
 
 func newBatcher[Req, Res any](maxBatch, inFlight int, flush func([]Req) ([]Res, error)) *batcher[Req, Res] {
-	b := &batcher[Req, Res]{
-		in:       make(chan *pending[Req, Res], 4*maxBatch),
-		slots:    make(chan struct{}, inFlight),
-		maxBatch: maxBatch,
-		flush:    flush,
-		stop:     make(chan struct{}),
-	}
-	b.wg.Add(1)
-	go b.loop()
-	return b
+	return &batcher[Req, Res]{maxBatch: maxBatch, inFlight: inFlight, flush: flush}
 }
 
 // do submits reqs (kept together in one flush) and waits for their results.
 // Once queued, reqs are answered by their flush, never abandoned: an
-// answer of ErrClosed means they were not sent.
+// answer of ErrClosed means they were not sent. ctx only matters before.
 func (b *batcher[Req, Res]) do(ctx context.Context, reqs []Req) ([]Res, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	p := &pending[Req, Res]{reqs: reqs, done: make(chan struct{}), at: b.queued.start()}
-	b.mu.RLock()
+	b.mu.Lock()
 	if b.closed {
-		b.mu.RUnlock()
+		b.mu.Unlock()
 		return nil, state.ErrClosed
 	}
-	select {
-	case b.in <- p:
-	case <-ctx.Done():
-		b.mu.RUnlock()
-		return nil, ctx.Err()
+	b.queue = append(b.queue, p)
+	flusher := b.running < b.inFlight
+	if flusher {
+		b.running++
+		b.flushers.Add(1)
 	}
-	b.mu.RUnlock()
+	b.mu.Unlock()
+	if flusher {
+		b.flushUntil(p)
+	}
 	<-p.done
 	return p.res, p.err
 }
 
-func (b *batcher[Req, Res]) loop() {
-	defer b.wg.Done()
+// flushUntil holds a flush slot: it flushes what is queued, batch after
+// batch, until own (nil: nothing) is answered and, if requests are left,
+// hands the slot to a goroutine that goes on until the queue is empty.
+func (b *batcher[Req, Res]) flushUntil(own *pending[Req, Res]) {
 	for {
-		var first *pending[Req, Res]
-		select {
-		case first = <-b.in:
-		case <-b.stop:
+		b.mu.Lock()
+		if b.closed || len(b.queue) == 0 {
+			b.running--
+			b.mu.Unlock()
+			b.flushers.Done()
 			return
 		}
-		select {
-		case b.slots <- struct{}{}:
-		case <-b.stop:
-			first.err = state.ErrClosed
-			close(first.done)
+		if own != nil && answered(own) {
+			b.mu.Unlock()
+			go b.flushUntil(nil) // the slot and its flushers count go with it
 			return
 		}
-		batch := []*pending[Req, Res]{first}
-		n := len(first.reqs)
-	drain:
-		for n < b.maxBatch {
-			select {
-			case p := <-b.in:
-				batch = append(batch, p)
-				n += len(p.reqs)
-			default:
-				break drain
-			}
-		}
-		b.wg.Add(1)
-		go b.run(batch, n)
+		batch, n := b.take()
+		b.mu.Unlock()
+		b.run(batch, n)
 	}
 }
 
+func answered[Req, Res any](p *pending[Req, Res]) bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// take removes the next batch from the queue: the first request, and those
+// after it while the batch holds fewer than maxBatch. The caller holds mu.
+func (b *batcher[Req, Res]) take() ([]*pending[Req, Res], int) {
+	n, i := 0, 0
+	for i < len(b.queue) && (i == 0 || n < b.maxBatch) {
+		n += len(b.queue[i].reqs)
+		i++
+	}
+	batch := make([]*pending[Req, Res], i)
+	copy(batch, b.queue[:i])
+	clear(b.queue[:i])
+	b.queue = b.queue[i:]
+	return batch, n
+}
+
+// run flushes one batch and answers each of its requests.
 func (b *batcher[Req, Res]) run(batch []*pending[Req, Res], n int) {
-	defer b.wg.Done()
-	defer func() { <-b.slots }()
 	if b.batchSize != nil {
 		b.batchSize(n)
 	}
@@ -144,15 +159,13 @@ func (b *batcher[Req, Res]) close() {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
-	close(b.stop)
-	b.wg.Wait()
-	for {
-		select {
-		case p := <-b.in:
-			p.err = state.ErrClosed
-			close(p.done)
-		default:
-			return
-		}
+	b.flushers.Wait()
+	b.mu.Lock()
+	left := b.queue
+	b.queue = nil
+	b.mu.Unlock()
+	for _, p := range left {
+		p.err = state.ErrClosed
+		close(p.done)
 	}
 }

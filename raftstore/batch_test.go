@@ -2,6 +2,8 @@ package raftstore
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,5 +56,32 @@ func TestBatcherCoalescesConcurrentRequests(t *testing.T) {
 	wg.Wait()
 	if n := flushes.Load(); n > 5 {
 		t.Fatalf("50 concurrent requests took %d flushes", n)
+	}
+}
+
+// BenchmarkBatcher is the batcher's own cost around a flush that does
+// nothing: one caller (every request alone), and 64 at once. Run:
+//
+//	go test -run '^$' -bench Batcher -benchmem ./raftstore
+func BenchmarkBatcher(b *testing.B) {
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			bt := newBatcher(1024, 1, func(reqs []int) ([]int, error) { return reqs, nil })
+			defer bt.close()
+			ctx := context.Background()
+			b.ReportAllocs()
+			if clients == 1 {
+				for i := 0; i < b.N; i++ {
+					bt.do(ctx, []int{i})
+				}
+				return
+			}
+			b.SetParallelism(clients / runtime.GOMAXPROCS(0))
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					bt.do(ctx, []int{1})
+				}
+			})
+		})
 	}
 }
