@@ -72,7 +72,7 @@ func breakdown(before, after []nodeSteps, clientMS float64) string {
 	either := func(step string) (float64, bool) { return stepMean(before, after, step, every) }
 	handler, ok := either("handler")
 	if !ok {
-		return ""
+		return fmt.Sprintf("per upload, mean in ms: client %.3f", clientMS)
 	}
 	prepare, _ := either("prepare")
 	decide, _ := either("decide")
@@ -96,6 +96,13 @@ func breakdown(before, after []nodeSteps, clientMS float64) string {
 	add("apply", "apply", true)
 	if len(parts) > 0 {
 		fmt.Fprintf(&b, "; decide: %s", strings.Join(parts, ", "))
+	}
+	if len(after) > 1 {
+		role := "a follower"
+		if after[0].leader {
+			role = "the leader"
+		}
+		fmt.Fprintf(&b, "; node1 (the first client's) was %s", role)
 	}
 	return b.String()
 }
