@@ -152,6 +152,11 @@ func TestPrometheusScrapesTheThreeNodeExample(t *testing.T) {
 			} `json:"groups"`
 		} `json:"data"`
 	}
+	rulesFile, err := os.ReadFile(filepath.Join("..", "examples", "monitoring", "rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRules := len(regexp.MustCompile(`(?m)^\s*- (alert|record): `).FindAll(rulesFile, -1))
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		resp, err := http.Get(api + "rules")
 		if err == nil {
@@ -165,7 +170,7 @@ func TestPrometheusScrapesTheThreeNodeExample(t *testing.T) {
 				ok = ok && r.Health == "ok"
 			}
 		}
-		if n == 11 && ok {
+		if n == wantRules && ok {
 			break
 		}
 		if time.Now().After(deadline) {
