@@ -763,27 +763,45 @@ func setDecisionPlaceholders(repl *caddy.Replacer, d state.Decision) {
 // fields: one item for uploads and one (qu="content-bytes") for bytes, for
 // the limits the token has.
 func setRateLimitHeaders(hdr http.Header, d state.Decision, now time.Time) {
-	var window, reset string
+	if d.UsageLimit <= 0 && d.BytesLimit <= 0 {
+		return
+	}
+	// Built with appends, not fmt: this runs on every decision. An item is
+	// "name";param=n, then tail and, if not negative, tailN.
+	item := func(b []byte, name, param string, n int64, tail string, tailN int64) []byte {
+		if len(b) > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, '"', ';')
+		b = append(b, param...)
+		b = strconv.AppendInt(b, n, 10)
+		b = append(b, tail...)
+		if tailN >= 0 {
+			b = strconv.AppendInt(b, tailN, 10)
+		}
+		return b
+	}
+	var policy, left []byte
+	window, reset := int64(-1), int64(-1)
+	windowP, resetP := "", ""
 	if d.RenewEvery > 0 {
-		window = ";w=" + strconv.FormatInt(int64(time.Duration(d.RenewEvery).Seconds()), 10)
+		window, windowP = int64(time.Duration(d.RenewEvery).Seconds()), ";w="
 	}
 	if d.ResetAt > 0 {
-		left := max(0, int64(time.Unix(0, d.ResetAt).Sub(now).Seconds()+0.999))
-		reset = ";t=" + strconv.FormatInt(left, 10)
+		reset, resetP = max(0, int64(time.Unix(0, d.ResetAt).Sub(now).Seconds()+0.999)), ";t="
 	}
-	var policy, state []string
 	if d.UsageLimit > 0 {
-		policy = append(policy, fmt.Sprintf(`"uploads";q=%d%s`, d.UsageLimit, window))
-		state = append(state, fmt.Sprintf(`"uploads";r=%d%s`, d.Remaining(), reset))
+		policy = item(policy, "uploads", "q=", d.UsageLimit, windowP, window)
+		left = item(left, "uploads", "r=", d.Remaining(), resetP, reset)
 	}
 	if d.BytesLimit > 0 {
-		policy = append(policy, fmt.Sprintf(`"bytes";q=%d;qu="content-bytes"%s`, d.BytesLimit, window))
-		state = append(state, fmt.Sprintf(`"bytes";r=%d%s`, d.BytesRemaining(), reset))
+		policy = item(policy, "bytes", "q=", d.BytesLimit, `;qu="content-bytes"`+windowP, window)
+		left = item(left, "bytes", "r=", d.BytesRemaining(), resetP, reset)
 	}
-	if len(policy) > 0 {
-		hdr.Set("RateLimit-Policy", strings.Join(policy, ", "))
-		hdr.Set("RateLimit", strings.Join(state, ", "))
-	}
+	hdr.Set("RateLimit-Policy", string(policy))
+	hdr.Set("RateLimit", string(left))
 }
 
 // route is the request's method and path as the client sent them, before

@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/raftquota/raftquota/raftstore/state"
 )
 
 // With no node to ask, on_unavailable decides: deny answers 503 with
@@ -65,5 +67,32 @@ func TestOnUnavailable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The RateLimit fields, built by hand on the decision path, read as the
+// IETF httpapi draft writes them: an item per limit the token has, the
+// window and the seconds to its reset when it renews.
+func TestRateLimitHeaders(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		d             state.Decision
+		policy, state string
+	}{
+		{state.Decision{UsageLimit: 2, UsageCount: 2}, `"uploads";q=2`, `"uploads";r=0`},
+		{state.Decision{BytesLimit: 10, BytesUsed: 4}, `"bytes";q=10;qu="content-bytes"`, `"bytes";r=6`},
+		{state.Decision{UsageLimit: 10, UsageCount: 3, BytesLimit: 1000, BytesUsed: 100, RenewEvery: state.Duration(time.Hour), ResetAt: now.Add(90*time.Second + 500*time.Millisecond).UnixNano()},
+			`"uploads";q=10;w=3600, "bytes";q=1000;qu="content-bytes";w=3600`, `"uploads";r=7;t=91, "bytes";r=900;t=91`},
+		{state.Decision{UsageLimit: 1, ResetAt: now.Add(-time.Minute).UnixNano()}, `"uploads";q=1`, `"uploads";r=1;t=0`},
+		{state.Decision{}, "", ""},
+	} {
+		hdr := http.Header{}
+		setRateLimitHeaders(hdr, c.d, now)
+		if got := hdr.Get("RateLimit-Policy"); got != c.policy {
+			t.Errorf("%+v: RateLimit-Policy %q, want %q", c.d, got, c.policy)
+		}
+		if got := hdr.Get("RateLimit"); got != c.state {
+			t.Errorf("%+v: RateLimit %q, want %q", c.d, got, c.state)
+		}
 	}
 }

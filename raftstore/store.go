@@ -258,6 +258,7 @@ type node struct {
 	observer      *raft.Observer
 	steps         stepTimer
 	logChecks     logChecks
+	fingerprints  fingerprints
 	clock         clockSync
 	leaderChanges atomic.Uint64
 	forwarded     atomic.Uint64
@@ -815,7 +816,9 @@ func (s *Store) WaitForLeader(ctx context.Context) error {
 func (s *Store) Fingerprint(name string) string { return s.FingerprintOf(state.KeyOf(name)) }
 
 // FingerprintOf is Fingerprint for a name already hashed with KeyOf.
-func (s *Store) FingerprintOf(key state.TokenKey) string { return state.TokenIDOf(s.fsm.Secret(), key) }
+func (s *Store) FingerprintOf(key state.TokenKey) string {
+	return s.fingerprints.of(s.fsm.Secret(), key)
+}
 
 // raftError maps raft's errors onto ours, keeping them wrapped so the retry
 // policy can tell what may have been applied.
