@@ -45,12 +45,18 @@ func isCheckpoint(l *raft.Log) (bool, error) {
 // logChecks counts this node's verification reports.
 type logChecks struct {
 	ok, failed, skipped atomic.Uint64
+	// closing is set as the node closes its log: a check that was reading
+	// it then says nothing.
+	closing atomic.Bool
 }
 
 // report is the verifier's ReportFn: it is called once per checkpoint this
 // node wrote, from the verifier's goroutine.
 func (c *logChecks) report(logger *zap.Logger) verifier.ReportFn {
 	return func(r verifier.VerificationReport) {
+		if c.closing.Load() {
+			return
+		}
 		fields := []zap.Field{zap.Uint64("from_index", r.Range.Start), zap.Uint64("to_index", r.Range.End), zap.Duration("took", r.Elapsed)}
 		var mismatch verifier.ErrChecksumMismatch
 		switch {

@@ -99,7 +99,7 @@ type Config struct {
 	OnBatch func(size int, forwarded bool)
 	// OnStep, if set, is told how long each step of a decision took on
 	// this node (see Step). It is called on the decision path: keep it
-	// cheap (a histogram's Observe).
+	// cheap (the Caddy module adds to two atomic counters).
 	OnStep func(step Step, d time.Duration)
 
 	// EventsWebhook, when set, is where the leader POSTs each threshold
@@ -725,7 +725,9 @@ func (s *node) shutdown() error {
 	}
 	if s.stores != nil && raftStopped {
 		// Closing the stores under a Raft that is still running would make
-		// it panic on its next write (hashicorp/raft#717).
+		// it panic on its next write (hashicorp/raft#717). A log check still
+		// reading when the log closes fails; that is not the disk's fault.
+		s.logChecks.closing.Store(true)
 		if err := s.stores.close(); err != nil {
 			errs = append(errs, err)
 		}
