@@ -225,7 +225,8 @@ const (
 
 // stepTotals are, per step (the handler's, then the node's), the time
 // spent in it and how often it was taken: two atomic adds on the decision
-// path, where a histogram's Observe made BenchmarkHandler 10% slower.
+// path, cheaper there than a histogram's Observe (BenchmarkHandler;
+// BENCHMARKS.md, eighth session).
 var stepTotals = make([]struct{ ns, n atomic.Uint64 }, len(stepHandlerNames)+len(stepNodeNames))
 
 var (
