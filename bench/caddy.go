@@ -362,32 +362,33 @@ func (s *cpuShares) String() string {
 // RPCs ("true"), the number of batches and the consumes they carried.
 func (c *caddyCluster) batchTotals() (entries, entryConsumes, rpcs, rpcConsumes float64) {
 	for _, a := range c.admins {
-		resp, err := http.Get(a + "/metrics")
-		if err != nil {
-			continue
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for _, line := range strings.Split(string(b), "\n") {
-			name, value, ok := strings.Cut(line, " ")
-			if !ok {
-				continue
-			}
-			var v float64
-			fmt.Sscan(value, &v)
-			switch name {
-			case `raftquota_batch_size_count{forwarded="false"}`:
-				entries += v
-			case `raftquota_batch_size_sum{forwarded="false"}`:
-				entryConsumes += v
-			case `raftquota_batch_size_count{forwarded="true"}`:
-				rpcs += v
-			case `raftquota_batch_size_sum{forwarded="true"}`:
-				rpcConsumes += v
-			}
-		}
+		m := scrape(a)
+		entries += m[`raftquota_batch_size_count{forwarded="false"}`]
+		entryConsumes += m[`raftquota_batch_size_sum{forwarded="false"}`]
+		rpcs += m[`raftquota_batch_size_count{forwarded="true"}`]
+		rpcConsumes += m[`raftquota_batch_size_sum{forwarded="true"}`]
 	}
 	return
+}
+
+// scrape reads a node's admin /metrics: each series (name and labels, as
+// written) and its value; empty when the node does not answer.
+func scrape(admin string) map[string]float64 {
+	m := map[string]float64{}
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return m
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, value, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			var v float64
+			fmt.Sscan(value, &v)
+			m[name] = v
+		}
+	}
+	return m
 }
 
 // batchNote says how large the cell's batches were on average, from the

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 )
 
@@ -20,24 +18,13 @@ func (c *caddyCluster) steps() []nodeSteps {
 	var out []nodeSteps
 	for _, a := range c.admins {
 		n := nodeSteps{sum: map[string]float64{}, count: map[string]float64{}}
-		resp, err := http.Get(a + "/metrics")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			for _, line := range strings.Split(string(b), "\n") {
-				name, value, ok := strings.Cut(line, " ")
-				if !ok {
-					continue
-				}
-				var v float64
-				fmt.Sscan(value, &v)
-				if name == "raftquota_raft_leader" {
-					n.leader = v == 1
-				}
-				for suffix, m := range map[string]map[string]float64{"_sum": n.sum, "_count": n.count} {
-					if step, ok := strings.CutPrefix(name, "raftquota_step_duration_seconds"+suffix+`{step="`); ok {
-						m[strings.TrimSuffix(step, `"}`)] = v
-					}
+		for name, v := range scrape(a) {
+			if name == "raftquota_raft_leader" {
+				n.leader = v == 1
+			}
+			for suffix, m := range map[string]map[string]float64{"_sum": n.sum, "_count": n.count} {
+				if step, ok := strings.CutPrefix(name, "raftquota_step_duration_seconds"+suffix+`{step="`); ok {
+					m[strings.TrimSuffix(step, `"}`)] = v
 				}
 			}
 		}

@@ -111,6 +111,19 @@ func (d *duties) expireUploads() {
 	if every <= 0 {
 		every = time.Second
 	}
+	d.proposeEvery(every, state.OpExpireUploads, "upload expiry", func() bool {
+		if !d.leading() {
+			return false
+		}
+		next := d.state.NextUploadDeadline() // a scan of at most MaxOpenUploads, only while some are open
+		return next != 0 && time.Now().UnixNano() >= next
+	})
+}
+
+// proposeEvery proposes op (a command of the node's own, with nothing but
+// the op) every interval when due says so, until the node closes. A
+// failed proposal is said at DEBUG: the next tick tries again.
+func (d *duties) proposeEvery(every time.Duration, op state.Op, what string, due func() bool) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -119,15 +132,11 @@ func (d *duties) expireUploads() {
 			return
 		case <-tick.C:
 		}
-		if !d.leading() {
+		if !due() {
 			continue
 		}
-		next := d.state.NextUploadDeadline() // a scan of at most MaxOpenUploads, only while some are open
-		if next == 0 || time.Now().UnixNano() < next {
-			continue
-		}
-		if _, err := d.apply(&state.Command{Op: state.OpExpireUploads}); err != nil {
-			d.logger.Debug("proposing upload expiry", zap.Error(err))
+		if _, err := d.apply(&state.Command{Op: op}); err != nil {
+			d.logger.Debug("proposing "+what, zap.Error(err))
 		}
 	}
 }

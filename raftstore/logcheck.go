@@ -82,21 +82,9 @@ func (c *logChecks) report(logger *zap.Logger) verifier.ReportFn {
 // checkpointLog is the leader's duty of appending a log checkpoint every
 // interval, once every member can apply one (allKnow).
 func (d *duties) checkpointLog(interval time.Duration, allKnow func(state.Op) bool) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-d.closed:
-			return
-		case <-tick.C:
-		}
-		if !d.ready() || !allKnow(state.OpLogCheckpoint) {
-			continue
-		}
-		if _, err := d.apply(&state.Command{Op: state.OpLogCheckpoint}); err != nil {
-			d.logger.Debug("proposing a log checkpoint", zap.Error(err))
-		}
-	}
+	d.proposeEvery(interval, state.OpLogCheckpoint, "a log checkpoint", func() bool {
+		return d.ready() && allKnow(state.OpLogCheckpoint)
+	})
 }
 
 // allKnow says whether this node and every other member of the
