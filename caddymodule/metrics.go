@@ -246,7 +246,7 @@ var (
 func observeHandlerStep(s handlerStep, d time.Duration) { addStep(int(s), d) }
 
 // observeNodeStep is the node's Config.OnStep.
-func observeNodeStep(s raftstore.Step, d time.Duration) { addStep(int(stepHandler)+1+int(s), d) }
+func observeNodeStep(s raftstore.Step, d time.Duration) { addStep(len(stepHandlerNames)+int(s), d) }
 
 func addStep(i int, d time.Duration) {
 	stepTotals[i].ns.Add(uint64(d))
