@@ -24,7 +24,6 @@ import (
 // A tier-1 system decides "consume 1 if at least 1 remains" on a key,
 // linearizably, for one of nkeys keys.
 type system interface {
-	name() string
 	setup(nkeys int) error
 	consume(ctx context.Context, key int) (retries int, err error)
 	close()
@@ -69,13 +68,6 @@ func peersOf(members []clustertest.Member) []raftstore.Peer {
 		peers[i] = raftstore.Peer{ID: m.ID, Address: m.Address}
 	}
 	return peers
-}
-
-func (s *raftquotaSystem) name() string {
-	if s.logStore != "" {
-		return fmt.Sprintf("raftquota %d-node, log_store %s", s.n, s.logStore)
-	}
-	return fmt.Sprintf("raftquota %d-node", s.n)
 }
 
 func (s *raftquotaSystem) setup(nkeys int) error {
@@ -199,8 +191,6 @@ func newEtcd(dir string) (*etcdSystem, error) {
 	}
 }
 
-func (s *etcdSystem) name() string { return "etcd 3-member CAS" }
-
 func (s *etcdSystem) setup(nkeys int) error {
 	return parallel(nkeys, 64, func(k int) error {
 		_, err := s.cli.Put(context.Background(), keyName(k), strconv.Itoa(plenty))
@@ -283,8 +273,6 @@ func newRedis(dir string) (*redisSystem, error) {
 	s.sha = sha
 	return s, nil
 }
-
-func (s *redisSystem) name() string { return "Redis 1-node fsync always" }
 
 func (s *redisSystem) setup(nkeys int) error {
 	pipe := s.cli.Pipeline()
