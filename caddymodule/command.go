@@ -375,11 +375,33 @@ func adminRequest(address, method, path string, body io.Reader) (*http.Response,
 	if strings.HasPrefix(address, "https://") {
 		return remoteRequest(address, method, path, body)
 	}
-	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, "", "")
+	local, err := localAdminAddress(address)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := caddycmd.DetermineAdminAPIAddress(local, nil, "", "")
 	if err != nil {
 		return nil, err
 	}
 	return caddycmd.AdminAPIRequest(addr, method, path, nil, body)
+}
+
+// localAdminAddress is --address as Caddy's admin client takes it:
+// HOST:PORT (or whatever else Caddy's own commands take), with an http://
+// in front accepted as meaning the same. Anything else with a scheme is
+// refused with the forms it could be.
+func localAdminAddress(address string) (string, error) {
+	if rest, ok := strings.CutPrefix(address, "http://"); ok {
+		rest = strings.TrimSuffix(rest, "/")
+		if rest == "" || strings.Contains(rest, "/") {
+			return "", fmt.Errorf("--address %q: give HOST:PORT (http:// may lead it, with no path), or https://HOST:PORT for Caddy's remote admin", address)
+		}
+		return rest, nil
+	}
+	if strings.Contains(address, "://") {
+		return "", fmt.Errorf("--address %q: give HOST:PORT, http://HOST:PORT, or https://HOST:PORT for Caddy's remote admin", address)
+	}
+	return address, nil
 }
 
 // adminDo sends one request to the admin API and returns the answer's body;

@@ -54,6 +54,23 @@ func TestOperatorCommands(t *testing.T) {
 			t.Errorf("caddy quota %s on node%d: err %v, output:\n%s\nwant it to contain %q", strings.Join(s.args, " "), s.node+1, err, out, s.want)
 		}
 	}
+	// --address as a URL: http:// means the same as without it; another
+	// scheme is refused with the forms the flag takes.
+	admin := "127.0.0.1:" + c.ports["2022"]
+	for _, s := range []struct {
+		address, want string
+		fail          bool
+	}{
+		{"http://" + admin, `"state": "Leader"`, false},
+		{"http://" + admin + "/", `"state": "Leader"`, false},
+		{"http://" + admin + "/config", "give HOST:PORT", true},
+		{"ftp://" + admin, "give HOST:PORT, http://HOST:PORT, or https://HOST:PORT", true},
+	} {
+		out, err := exec.Command(binary, "quota", "cluster", "--address", s.address).CombinedOutput()
+		if (err != nil) != s.fail || !strings.Contains(string(out), s.want) {
+			t.Errorf("caddy quota cluster --address %s: err %v, output:\n%s\nwant it to contain %q", s.address, err, out, s.want)
+		}
+	}
 }
 
 // TestCertificateRotationByReload replaces every node's certificate and
