@@ -2,9 +2,12 @@ package raftstore
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+	walmetrics "github.com/hashicorp/raft-wal/metrics"
 	"github.com/hashicorp/raft-wal/verifier"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -118,5 +121,100 @@ func TestLogCheckReportsSayWhatTheyFound(t *testing.T) {
 	}
 	if n := logs.FilterLevelExact(zap.WarnLevel).Len(); n != 0 {
 		t.Fatalf("%d WARN lines", n)
+	}
+}
+
+// TestLogCheckAfterATailIsReplacedOrALogRestarts drives a follower's log
+// check by hand, against a leader's verifier: a tail a new leader replaced
+// and a log that starts again after a snapshot (emptied, as raft-wal's is,
+// or with a gap, as raft-boltdb's is) are checked or skipped, never said
+// to differ from the leader's. raft-wal's verifier alone says all three
+// differ.
+func TestLogCheckAfterATailIsReplacedOrALogRestarts(t *testing.T) {
+	cp, err := state.Encode(&state.Command{Op: state.OpLogCheckpoint, Time: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := func(index, term uint64, checkpoint bool) *raft.Log {
+		l := &raft.Log{Index: index, Term: term, Type: raft.LogCommand, Data: []byte(fmt.Sprintf("entry %d of term %d", index, term))}
+		if checkpoint {
+			l.Data = cp
+		}
+		return l
+	}
+	for _, tc := range []struct {
+		name string
+		// follower changes the follower's log between two checkpoints the
+		// leader writes at 4 and at 22; the leader's own log holds 1-22
+		// of term 2 (1-4 of term 1).
+		follower func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log)
+		want     string
+	}{
+		{"a tail replaced", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+			// An old leader's entries 5-9, never committed, then the new
+			// leader's from 5 on.
+			must(t, f.StoreLogs([]*raft.Log{entry(5, 1, false), entry(6, 1, false), entry(7, 1, false), entry(8, 1, false), entry(9, 1, false)}))
+			must(t, f.DeleteRange(5, 9))
+			must(t, f.StoreLogs(leader(5, 22)))
+		}, "ok"},
+		{"emptied after a snapshot", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+			must(t, f.DeleteRange(1, 4))
+			must(t, f.StoreLogs(leader(15, 22)))
+		}, "skipped"},
+		{"a gap after a snapshot", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+			must(t, f.DeleteRange(1, 2))
+			must(t, f.StoreLogs(leader(15, 22)))
+		}, "skipped"},
+		{"nothing happened", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+			must(t, f.StoreLogs(leader(5, 22)))
+		}, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leaderLog := verifier.NewLogStore(raft.NewInmemStore(), isCheckpoint, nil, &walmetrics.NoOpCollector{})
+			defer leaderLog.Close()
+			var written []*raft.Log // as the leader wrote them, checkpoints with its checksum
+			for i := uint64(1); i <= 22; i++ {
+				term := uint64(2)
+				if i <= 4 {
+					term = 1
+				}
+				l := entry(i, term, i == 4 || i == 22)
+				must(t, leaderLog.StoreLogs([]*raft.Log{l}))
+				written = append(written, l)
+			}
+			leader := func(from, to uint64) []*raft.Log { return written[from-1 : to] }
+
+			reports := make(chan verifier.VerificationReport, 4)
+			checks := &logChecks{}
+			report := checks.report(zap.NewNop())
+			f, err := newCheckedLog(unclosedLog{raft.NewInmemStore()}, func(r verifier.VerificationReport) { report(r); reports <- r })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			must(t, f.StoreLogs(leader(1, 4)))
+			if r := <-reports; r.Err != nil || checks.ok.Load() != 1 {
+				t.Fatalf("the first checkpoint: %+v", r)
+			}
+			tc.follower(t, f, leader)
+			r := <-reports
+			got := map[bool]string{true: "ok"}[checks.ok.Load() == 2]
+			if checks.skipped.Load() == 1 {
+				got = "skipped"
+			}
+			if checks.failed.Load() != 0 {
+				got = "failed"
+			}
+			if got != tc.want {
+				t.Fatalf("the checkpoint at 22 was %s (%+v), want %s", got, r, tc.want)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

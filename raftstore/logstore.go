@@ -58,7 +58,7 @@ type logStores struct {
 	// watch is the log as raft writes it, watched for failing writes.
 	watch *watchedLog
 	// verify checksums the log between checkpoints (logcheck.go).
-	verify *verifier.LogStore
+	verify *checkedLog
 	// stable is raft.db's stable store as raft uses it.
 	stable *closableStable
 }
@@ -221,14 +221,130 @@ func (ls *logStores) logs(steps stepTimer, report verifier.ReportFn) (raft.LogSt
 	if ls.wal != nil {
 		log = unclosedLog{ls.wal}
 	}
-	ls.verify = verifier.NewLogStore(log, isCheckpoint, report, &walmetrics.NoOpCollector{})
+	verify, err := newCheckedLog(log, report)
+	if err != nil {
+		return nil, err
+	}
+	ls.verify = verify
 	ls.watch = &watchedLog{LogStore: ls.verify, steps: steps}
 	return raft.NewLogCache(512, ls.watch)
 }
 
+// checkedLog is the log behind raft-wal's verifier, which keeps one
+// running checksum of the entries written since the last checkpoint and
+// assumes they follow one another. Two writes break that, and the verifier
+// would then say the log differs from the leader's when it does not: a
+// follower whose uncommitted tail is replaced by a new leader's entries
+// (the checksum would hold both), and a follower sent a snapshot, whose
+// log starts again after it. checkedLog starts a fresh verifier then, and
+// the next checkpoint's range is checked by reading it back (the range
+// is compared as the leader wrote it) or, if the log no longer holds all
+// of it, skipped.
+type checkedLog struct {
+	store  raft.LogStore
+	report verifier.ReportFn
+	v      atomic.Pointer[verifier.LogStore]
+	// last is the log's last index as this node wrote it: raft writes
+	// from one goroutine, and deletes the tail from it; only compaction,
+	// which deletes the head, runs beside it.
+	last atomic.Uint64
+	// from is where the log last started again: the first entry written
+	// after a gap, or the first of a replaced tail.
+	from atomic.Uint64
+}
+
+func newCheckedLog(store raft.LogStore, report verifier.ReportFn) (*checkedLog, error) {
+	last, err := store.LastIndex()
+	if err != nil {
+		return nil, fmt.Errorf("reading the raft log's last index: %w", err)
+	}
+	c := &checkedLog{store: store}
+	c.report = func(r verifier.VerificationReport) {
+		if errors.Is(r.Err, raft.ErrLogNotFound) && (r.Range.Start < c.from.Load() || !c.holds(r.Range)) {
+			// Written only in part since the log started again after a
+			// snapshot, or compacted while it was read back.
+			r.Err = verifier.ErrRangeMismatch
+		}
+		report(r)
+	}
+	c.last.Store(last)
+	c.restart()
+	return c, nil
+}
+
+// restart replaces the verifier with a fresh one. The old one finishes
+// what it was checking (a range deleted meanwhile is reported as skipped,
+// see logChecks.report) and stops.
+func (c *checkedLog) restart() {
+	old := c.v.Swap(verifier.NewLogStore(c.store, isCheckpoint, c.report, &walmetrics.NoOpCollector{}))
+	if old != nil {
+		old.Close() // the store stays open (unclosedLog)
+	}
+}
+
+// holds says whether the log still holds all of r.
+func (c *checkedLog) holds(r verifier.LogRange) bool {
+	first, err1 := c.store.FirstIndex()
+	last, err2 := c.store.LastIndex()
+	return err1 == nil && err2 == nil && first <= r.Start && r.End <= last+1
+}
+
+func (c *checkedLog) FirstIndex() (uint64, error)              { return c.store.FirstIndex() }
+func (c *checkedLog) LastIndex() (uint64, error)               { return c.store.LastIndex() }
+func (c *checkedLog) GetLog(index uint64, log *raft.Log) error { return c.store.GetLog(index, log) }
+func (c *checkedLog) IsMonotonic() bool                        { return isMonotonic(c.store) }
+func (c *checkedLog) StoreLog(log *raft.Log) error             { return c.StoreLogs([]*raft.Log{log}) }
+
+func (c *checkedLog) StoreLogs(logs []*raft.Log) error {
+	if len(logs) == 0 {
+		return nil
+	}
+	if last := c.last.Load(); last > 0 && logs[0].Index != last+1 {
+		// A gap: what follows a snapshot in a log that was not emptied.
+		c.from.Store(logs[0].Index)
+		c.restart()
+	}
+	if err := c.v.Load().StoreLogs(logs); err != nil {
+		return err
+	}
+	c.last.Store(logs[len(logs)-1].Index)
+	return nil
+}
+
+func (c *checkedLog) DeleteRange(min, max uint64) error {
+	if err := c.store.DeleteRange(min, max); err != nil {
+		return err
+	}
+	if last := c.last.Load(); last > 0 && max >= last {
+		// The tail went (replaced by a new leader's entries, or the whole
+		// log, after a snapshot): what the verifier summed is void.
+		c.last.Store(min - 1)
+		c.from.Store(min)
+		c.restart()
+	}
+	return nil
+}
+
+// Close stops the verifier; the store stays open.
+func (c *checkedLog) Close() error { return c.v.Load().Close() }
+
 // unclosedLog is a log the verifier's Close leaves open: logStores.close
 // closes the stores themselves, the stable store last.
 type unclosedLog struct{ raft.LogStore }
+
+func (u unclosedLog) IsMonotonic() bool { return isMonotonic(u.LogStore) }
+
+// isMonotonic says whether log takes only entries that follow its last
+// one (raft.MonotonicLogStore: raft-wal does, raft-boltdb does not). Every
+// wrapper of a log store must pass it on: after installing a snapshot from
+// the leader, hashicorp/raft empties a monotonic log, and only compacts
+// any other, so a raft-wal log still holding entries from before the
+// snapshot would refuse every entry after it, and the follower would
+// never catch up.
+func isMonotonic(log raft.LogStore) bool {
+	m, ok := log.(raft.MonotonicLogStore)
+	return ok && m.IsMonotonic()
+}
 
 // closableStable is the stable store closed under Raft's feet safely:
 // NetworkTransport does not wait for the connection handlers it runs, and
@@ -277,6 +393,8 @@ type watchedLog struct {
 	failing atomic.Pointer[error]
 	steps   stepTimer
 }
+
+func (w *watchedLog) IsMonotonic() bool { return isMonotonic(w.LogStore) }
 
 func (w *watchedLog) StoreLog(l *raft.Log) error {
 	start := w.steps.start()

@@ -119,6 +119,10 @@ type Config struct {
 	// logCheckInterval is how often the leader checkpoints the log for the
 	// log check (0: defaultLogCheckInterval); tests shorten it.
 	logCheckInterval time.Duration
+	// trailingLogs is how many entries a snapshot leaves in the log (0:
+	// raft's default, 10240); tests make it small so that a follower falls
+	// behind the leader's log and is sent a snapshot.
+	trailingLogs uint64
 	// maxOp is the highest op this node says it applies (0: state.MaxOp);
 	// tests set an earlier one to act as a node of an earlier version.
 	maxOp state.Op
@@ -448,6 +452,9 @@ func (s *node) raftConfig(hl hclog.Logger) *raft.Config {
 	// commit_timeout (BENCHMARKS.md, the catch-up rows).
 	rc.MaxAppendEntries = 1024
 	rc.SnapshotInterval = cfg.SnapshotInterval
+	if cfg.trailingLogs > 0 {
+		rc.TrailingLogs = cfg.trailingLogs
+	}
 	rc.Logger = hl
 	// A gateway the leader removed (it was unreachable) asks to join again
 	// when it is back, instead of stopping.
