@@ -91,3 +91,53 @@ func TestHealthSaysWhenADiskIsFull(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestHealthSaysWhenAFollowerTakesNoEntriesAfterASnapshot: a follower that
+// restarted from its snapshot has applied no command since, so its FSM
+// cannot say how far it is; while it is in contact with the leader but
+// takes no entries (its log writes held here; a log that refused them did
+// the same), health says how far behind it is, by Raft's indexes, instead
+// of ok. Once it takes them, ok.
+func TestHealthSaysWhenAFollowerTakesNoEntriesAfterASnapshot(t *testing.T) {
+	hold := make(chan struct{})
+	held := false
+	c := newTestClusterWith(t, 3, nil, func(i int, cfg *Config) {
+		if held {
+			cfg.holdLogWrites = hold
+		}
+	})
+	ctx := clustertest.Within(t, 30*time.Second)
+	if _, err := c.nodes[0].CreateToken(ctx, state.TokenSpec{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.leaderIndex()
+	f := (leader + 1) % 3
+	waitApplied(t, c)
+	if _, err := c.nodes[f].Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	c.stop(f)
+	for range 20 {
+		if _, err := c.nodes[leader].Consume(ctx, state.ConsumeRequest{ID: state.NewRequestID(), Token: "a", Units: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held = true
+	c.reopen(f)
+	defer func() {
+		if hold != nil {
+			close(hold)
+		}
+	}()
+	clustertest.Eventually(t, 10*time.Second, "the held follower in contact with the leader", func() bool {
+		return c.nodes[f].Leader() != "" && time.Since(c.nodes[f].raft.LastContact()) < time.Second
+	})
+	err := c.nodes[f].Health(ctx)
+	if err == nil || !strings.Contains(err.Error(), "did not catch up") {
+		t.Fatalf("health of a follower taking no entries: %v", err)
+	}
+	t.Logf("held: %v", err)
+	close(hold)
+	hold = nil
+	clustertest.Eventually(t, 10*time.Second, "health ok once it takes entries", func() bool { return c.nodes[f].Health(ctx) == nil })
+}

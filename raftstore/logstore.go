@@ -216,7 +216,7 @@ func (ls *logStores) moveBoltLog(dir string, logger *zap.Logger) error {
 // (which checksums what is written between checkpoints and reads it back,
 // telling report), behind a cache of the newest entries, which the leader
 // reads back to replicate them.
-func (ls *logStores) logs(steps stepTimer, report verifier.ReportFn) (raft.LogStore, error) {
+func (ls *logStores) logs(steps stepTimer, report verifier.ReportFn, hold <-chan struct{}) (raft.LogStore, error) {
 	var log raft.LogStore = unclosedLog{ls.bolt}
 	if ls.wal != nil {
 		log = unclosedLog{ls.wal}
@@ -226,7 +226,7 @@ func (ls *logStores) logs(steps stepTimer, report verifier.ReportFn) (raft.LogSt
 		return nil, err
 	}
 	ls.verify = verify
-	ls.watch = &watchedLog{LogStore: ls.verify, steps: steps}
+	ls.watch = &watchedLog{LogStore: ls.verify, steps: steps, hold: hold}
 	return raft.NewLogCache(512, ls.watch)
 }
 
@@ -392,6 +392,7 @@ type watchedLog struct {
 	raft.LogStore
 	failing atomic.Pointer[error]
 	steps   stepTimer
+	hold    <-chan struct{} // tests: Config.holdLogWrites
 }
 
 func (w *watchedLog) IsMonotonic() bool { return isMonotonic(w.LogStore) }
@@ -403,6 +404,9 @@ func (w *watchedLog) StoreLog(l *raft.Log) error {
 }
 
 func (w *watchedLog) StoreLogs(ls []*raft.Log) error {
+	if w.hold != nil {
+		<-w.hold
+	}
 	start := w.steps.start()
 	defer w.steps.since(StepLogAppend, start)
 	return w.note(w.LogStore.StoreLogs(ls))

@@ -123,6 +123,10 @@ type Config struct {
 	// raft's default, 10240); tests make it small so that a follower falls
 	// behind the leader's log and is sent a snapshot.
 	trailingLogs uint64
+	// holdLogWrites, if set, makes every log write wait until it is
+	// closed: tests hold a follower that is in contact with its leader
+	// but takes no entries.
+	holdLogWrites chan struct{}
 	// maxOp is the highest op this node says it applies (0: state.MaxOp);
 	// tests set an earlier one to act as a node of an earlier version.
 	maxOp state.Op
@@ -385,7 +389,7 @@ func (s *node) openStores(hl hclog.Logger) (raft.LogStore, raft.StableStore, raf
 			return nil, nil, nil, err
 		}
 		s.stores = stores
-		if logs, err = stores.logs(s.steps, s.logChecks.report(s.logger)); err != nil {
+		if logs, err = stores.logs(s.steps, s.logChecks.report(s.logger), cfg.holdLogWrites); err != nil {
 			return nil, nil, nil, err
 		}
 		stores.stable = &closableStable{StableStore: stores.bolt}
@@ -973,11 +977,25 @@ func (s *node) caughtUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: cannot reach the leader: %v", state.ErrUnavailable, err)
 	}
-	want := points[0].Applied
+	p := points[0]
 	wctx, cancel := context.WithTimeout(ctx, HealthLag)
 	defer cancel()
-	if _, err := s.reads().waitApplied(wctx, want); err != nil {
-		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.fsm.Applied(), want, HealthLag)
+	ok, err := s.reads().waitApplied(wctx, p.Applied)
+	if err != nil {
+		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.fsm.Applied(), p.Applied, HealthLag)
+	}
+	if ok {
+		return nil
+	}
+	// This node restored a snapshot and has applied no command since (or
+	// the leader is of an earlier version): Raft's indexes say instead.
+	// A follower that cannot take entries after a snapshot stays here.
+	for s.raft.AppliedIndex() < p.Index {
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.raft.AppliedIndex(), p.Index, HealthLag)
+		case <-time.After(time.Millisecond):
+		}
 	}
 	return nil
 }
