@@ -273,8 +273,8 @@ func newCheckedLog(store raft.LogStore, report verifier.ReportFn) (*checkedLog, 
 }
 
 // restart replaces the verifier with a fresh one. The old one finishes
-// what it was checking (a range deleted meanwhile is reported as skipped,
-// see logChecks.report) and stops.
+// what it was checking (a range deleted meanwhile is reported as skipped:
+// newCheckedLog's report) and stops.
 func (c *checkedLog) restart() {
 	old := c.v.Swap(verifier.NewLogStore(c.store, isCheckpoint, c.report, &walmetrics.NoOpCollector{}))
 	if old != nil {

@@ -980,9 +980,12 @@ func (s *node) caughtUp(ctx context.Context) error {
 	p := points[0]
 	wctx, cancel := context.WithTimeout(ctx, HealthLag)
 	defer cancel()
+	behind := func(mine, leaders uint64) error {
+		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, mine, leaders, HealthLag)
+	}
 	ok, err := s.reads().waitApplied(wctx, p.Applied)
 	if err != nil {
-		return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.fsm.Applied(), p.Applied, HealthLag)
+		return behind(s.fsm.Applied(), p.Applied)
 	}
 	if ok {
 		return nil
@@ -993,7 +996,7 @@ func (s *node) caughtUp(ctx context.Context) error {
 	for s.raft.AppliedIndex() < p.Index {
 		select {
 		case <-wctx.Done():
-			return fmt.Errorf("%w: this node has applied the log to %d, the leader to %d, and did not catch up within %s", state.ErrUnavailable, s.raft.AppliedIndex(), p.Index, HealthLag)
+			return behind(s.raft.AppliedIndex(), p.Index)
 		case <-time.After(time.Millisecond):
 		}
 	}
