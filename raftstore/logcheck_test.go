@@ -147,25 +147,25 @@ func TestLogCheckAfterATailIsReplacedOrALogRestarts(t *testing.T) {
 		// follower changes the follower's log between two checkpoints the
 		// leader writes at 4 and at 22; the leader's own log holds 1-22
 		// of term 2 (1-4 of term 1).
-		follower func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log)
+		follower func(t *testing.T, f *watchedLog, leader func(from, to uint64) []*raft.Log)
 		want     string
 	}{
-		{"a tail replaced", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+		{"a tail replaced", func(t *testing.T, f *watchedLog, leader func(from, to uint64) []*raft.Log) {
 			// An old leader's entries 5-9, never committed, then the new
 			// leader's from 5 on.
 			must(t, f.StoreLogs([]*raft.Log{entry(5, 1, false), entry(6, 1, false), entry(7, 1, false), entry(8, 1, false), entry(9, 1, false)}))
 			must(t, f.DeleteRange(5, 9))
 			must(t, f.StoreLogs(leader(5, 22)))
 		}, "ok"},
-		{"emptied after a snapshot", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+		{"emptied after a snapshot", func(t *testing.T, f *watchedLog, leader func(from, to uint64) []*raft.Log) {
 			must(t, f.DeleteRange(1, 4))
 			must(t, f.StoreLogs(leader(15, 22)))
 		}, "skipped"},
-		{"a gap after a snapshot", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+		{"a gap after a snapshot", func(t *testing.T, f *watchedLog, leader func(from, to uint64) []*raft.Log) {
 			must(t, f.DeleteRange(1, 2))
 			must(t, f.StoreLogs(leader(15, 22)))
 		}, "skipped"},
-		{"nothing happened", func(t *testing.T, f *checkedLog, leader func(from, to uint64) []*raft.Log) {
+		{"nothing happened", func(t *testing.T, f *watchedLog, leader func(from, to uint64) []*raft.Log) {
 			must(t, f.StoreLogs(leader(5, 22)))
 		}, "ok"},
 	} {
@@ -187,11 +187,11 @@ func TestLogCheckAfterATailIsReplacedOrALogRestarts(t *testing.T) {
 			reports := make(chan verifier.VerificationReport, 4)
 			checks := &logChecks{}
 			report := checks.report(zap.NewNop())
-			f, err := newCheckedLog(unclosedLog{raft.NewInmemStore()}, func(r verifier.VerificationReport) { report(r); reports <- r })
+			f, err := newWatchedLog(unclosedLog{raft.NewInmemStore()}, func(r verifier.VerificationReport) { report(r); reports <- r }, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer f.Close()
+			defer f.close()
 			must(t, f.StoreLogs(leader(1, 4)))
 			if r := <-reports; r.Err != nil || checks.ok.Load() != 1 {
 				t.Fatalf("the first checkpoint: %+v", r)

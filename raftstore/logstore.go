@@ -55,10 +55,9 @@ type logStores struct {
 	// segmentSize is the WAL's segment file size (0: raft-wal's 64 MiB);
 	// the format fixtures are written with small ones.
 	segmentSize int
-	// watch is the log as raft writes it, watched for failing writes.
+	// watch is the log as raft writes it: watched for failing writes,
+	// timed, and checksummed between checkpoints (logcheck.go).
 	watch *watchedLog
-	// verify checksums the log between checkpoints (logcheck.go).
-	verify *checkedLog
 	// stable is raft.db's stable store as raft uses it.
 	stable *closableStable
 }
@@ -214,36 +213,42 @@ func (ls *logStores) moveBoltLog(dir string, logger *zap.Logger) error {
 
 // logs is the log store Raft is given: the log behind raft-wal's verifier
 // (which checksums what is written between checkpoints and reads it back,
-// telling report), behind a cache of the newest entries, which the leader
-// reads back to replicate them.
+// telling report), watched (watchedLog), behind a cache of the newest
+// entries, which the leader reads back to replicate them.
 func (ls *logStores) logs(steps stepTimer, report verifier.ReportFn, hold <-chan struct{}) (raft.LogStore, error) {
 	var log raft.LogStore = unclosedLog{ls.bolt}
 	if ls.wal != nil {
 		log = unclosedLog{ls.wal}
 	}
-	verify, err := newCheckedLog(log, report)
+	w, err := newWatchedLog(log, report, steps, hold)
 	if err != nil {
 		return nil, err
 	}
-	ls.verify = verify
-	ls.watch = &watchedLog{LogStore: ls.verify, steps: steps, hold: hold}
-	return raft.NewLogCache(512, ls.watch)
+	ls.watch = w
+	return raft.NewLogCache(512, w)
 }
 
-// checkedLog is the log behind raft-wal's verifier, which keeps one
-// running checksum of the entries written since the last checkpoint and
-// assumes they follow one another. Two writes break that, and the verifier
-// would then say the log differs from the leader's when it does not: a
-// follower whose uncommitted tail is replaced by a new leader's entries
-// (the checksum would hold both), and a follower sent a snapshot, whose
-// log starts again after it. checkedLog starts a fresh verifier then, and
-// the next checkpoint's range is checked by reading it back (the range
-// is compared as the leader wrote it) or, if the log no longer holds all
-// of it, skipped.
-type checkedLog struct {
-	store  raft.LogStore
-	report verifier.ReportFn
-	v      atomic.Pointer[verifier.LogStore]
+// watchedLog is the log as Raft writes it. It notes whether the last
+// write failed (a full or failing disk), for the health check, and times
+// each write (StepLogAppend).
+//
+// It also keeps the log check true. raft-wal's verifier, which it writes
+// through, keeps one running checksum of the entries written since the
+// last checkpoint and assumes they follow one another. Two writes break
+// that, and the verifier would then say the log differs from the leader's
+// when it does not: a follower whose uncommitted tail is replaced by a new
+// leader's entries (the checksum would hold both), and a follower sent a
+// snapshot, whose log starts again after it. watchedLog starts a fresh
+// verifier then, and the next checkpoint's range is checked by reading it
+// back (the range is compared as the leader wrote it) or, if the log no
+// longer holds all of it, skipped.
+type watchedLog struct {
+	store   raft.LogStore
+	report  verifier.ReportFn
+	v       atomic.Pointer[verifier.LogStore]
+	failing atomic.Pointer[error]
+	steps   stepTimer
+	hold    <-chan struct{} // tests: Config.holdLogWrites
 	// last is the log's last index as this node wrote it: raft writes
 	// from one goroutine, and deletes the tail from it; only compaction,
 	// which deletes the head, runs beside it.
@@ -253,80 +258,105 @@ type checkedLog struct {
 	from atomic.Uint64
 }
 
-func newCheckedLog(store raft.LogStore, report verifier.ReportFn) (*checkedLog, error) {
+func newWatchedLog(store raft.LogStore, report verifier.ReportFn, steps stepTimer, hold <-chan struct{}) (*watchedLog, error) {
 	last, err := store.LastIndex()
 	if err != nil {
 		return nil, fmt.Errorf("reading the raft log's last index: %w", err)
 	}
-	c := &checkedLog{store: store}
-	c.report = func(r verifier.VerificationReport) {
-		if errors.Is(r.Err, raft.ErrLogNotFound) && (r.Range.Start < c.from.Load() || !c.holds(r.Range)) {
+	w := &watchedLog{store: store, steps: steps, hold: hold}
+	w.report = func(r verifier.VerificationReport) {
+		if errors.Is(r.Err, raft.ErrLogNotFound) && (r.Range.Start < w.from.Load() || !w.holds(r.Range)) {
 			// Written only in part since the log started again after a
 			// snapshot, or compacted while it was read back.
 			r.Err = verifier.ErrRangeMismatch
 		}
 		report(r)
 	}
-	c.last.Store(last)
-	c.restart()
-	return c, nil
+	w.last.Store(last)
+	w.restart()
+	return w, nil
 }
 
 // restart replaces the verifier with a fresh one. The old one finishes
 // what it was checking (a range deleted meanwhile is reported as skipped:
-// newCheckedLog's report) and stops.
-func (c *checkedLog) restart() {
-	old := c.v.Swap(verifier.NewLogStore(c.store, isCheckpoint, c.report, &walmetrics.NoOpCollector{}))
+// newWatchedLog's report) and stops.
+func (w *watchedLog) restart() {
+	old := w.v.Swap(verifier.NewLogStore(w.store, isCheckpoint, w.report, &walmetrics.NoOpCollector{}))
 	if old != nil {
 		old.Close() // the store stays open (unclosedLog)
 	}
 }
 
 // holds says whether the log still holds all of r.
-func (c *checkedLog) holds(r verifier.LogRange) bool {
-	first, err1 := c.store.FirstIndex()
-	last, err2 := c.store.LastIndex()
+func (w *watchedLog) holds(r verifier.LogRange) bool {
+	first, err1 := w.store.FirstIndex()
+	last, err2 := w.store.LastIndex()
 	return err1 == nil && err2 == nil && first <= r.Start && r.End <= last+1
 }
 
-func (c *checkedLog) FirstIndex() (uint64, error)              { return c.store.FirstIndex() }
-func (c *checkedLog) LastIndex() (uint64, error)               { return c.store.LastIndex() }
-func (c *checkedLog) GetLog(index uint64, log *raft.Log) error { return c.store.GetLog(index, log) }
-func (c *checkedLog) IsMonotonic() bool                        { return isMonotonic(c.store) }
-func (c *checkedLog) StoreLog(log *raft.Log) error             { return c.StoreLogs([]*raft.Log{log}) }
+func (w *watchedLog) FirstIndex() (uint64, error)              { return w.store.FirstIndex() }
+func (w *watchedLog) LastIndex() (uint64, error)               { return w.store.LastIndex() }
+func (w *watchedLog) GetLog(index uint64, log *raft.Log) error { return w.store.GetLog(index, log) }
+func (w *watchedLog) IsMonotonic() bool                        { return isMonotonic(w.store) }
+func (w *watchedLog) StoreLog(log *raft.Log) error             { return w.StoreLogs([]*raft.Log{log}) }
 
-func (c *checkedLog) StoreLogs(logs []*raft.Log) error {
+func (w *watchedLog) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
-	if last := c.last.Load(); last > 0 && logs[0].Index != last+1 {
-		// A gap: what follows a snapshot in a log that was not emptied.
-		c.from.Store(logs[0].Index)
-		c.restart()
+	if w.hold != nil {
+		<-w.hold
 	}
-	if err := c.v.Load().StoreLogs(logs); err != nil {
+	start := w.steps.start()
+	defer w.steps.since(StepLogAppend, start)
+	if last := w.last.Load(); last > 0 && logs[0].Index != last+1 {
+		// A gap: what follows a snapshot in a log that was not emptied.
+		w.from.Store(logs[0].Index)
+		w.restart()
+	}
+	if err := w.note(w.v.Load().StoreLogs(logs)); err != nil {
 		return err
 	}
-	c.last.Store(logs[len(logs)-1].Index)
+	w.last.Store(logs[len(logs)-1].Index)
 	return nil
 }
 
-func (c *checkedLog) DeleteRange(min, max uint64) error {
-	if err := c.store.DeleteRange(min, max); err != nil {
+func (w *watchedLog) DeleteRange(min, max uint64) error {
+	if err := w.store.DeleteRange(min, max); err != nil {
 		return err
 	}
-	if last := c.last.Load(); last > 0 && max >= last {
+	if last := w.last.Load(); last > 0 && max >= last {
 		// The tail went (replaced by a new leader's entries, or the whole
 		// log, after a snapshot): what the verifier summed is void.
-		c.last.Store(min - 1)
-		c.from.Store(min)
-		c.restart()
+		w.last.Store(min - 1)
+		w.from.Store(min)
+		w.restart()
 	}
 	return nil
 }
 
-// Close stops the verifier; the store stays open.
-func (c *checkedLog) Close() error { return c.v.Load().Close() }
+func (w *watchedLog) note(err error) error {
+	if err != nil {
+		w.failing.Store(&err)
+	} else if w.failing.Load() != nil {
+		w.failing.Store(nil)
+	}
+	return err
+}
+
+// writeError is the error of the last log write, if it failed.
+func (w *watchedLog) writeError() error {
+	if w == nil {
+		return nil
+	}
+	if p := w.failing.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// close stops the verifier; the store stays open.
+func (w *watchedLog) close() { w.v.Load().Close() }
 
 // unclosedLog is a log the verifier's Close leaves open: logStores.close
 // closes the stores themselves, the stable store last.
@@ -386,58 +416,12 @@ func (c *closableStable) close() {
 	c.mu.Unlock()
 }
 
-// watchedLog notes whether the last log write failed (a full or failing
-// disk), for the health check, and times each write (StepLogAppend).
-type watchedLog struct {
-	raft.LogStore
-	failing atomic.Pointer[error]
-	steps   stepTimer
-	hold    <-chan struct{} // tests: Config.holdLogWrites
-}
-
-func (w *watchedLog) IsMonotonic() bool { return isMonotonic(w.LogStore) }
-
-func (w *watchedLog) StoreLog(l *raft.Log) error {
-	start := w.steps.start()
-	defer w.steps.since(StepLogAppend, start)
-	return w.note(w.LogStore.StoreLog(l))
-}
-
-func (w *watchedLog) StoreLogs(ls []*raft.Log) error {
-	if w.hold != nil {
-		<-w.hold
-	}
-	start := w.steps.start()
-	defer w.steps.since(StepLogAppend, start)
-	return w.note(w.LogStore.StoreLogs(ls))
-}
-
-func (w *watchedLog) note(err error) error {
-	if err != nil {
-		w.failing.Store(&err)
-	} else if w.failing.Load() != nil {
-		w.failing.Store(nil)
-	}
-	return err
-}
-
-// writeError is the error of the last log write, if it failed.
-func (w *watchedLog) writeError() error {
-	if w == nil {
-		return nil
-	}
-	if p := w.failing.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
 func (ls *logStores) close() error {
 	if ls.stable != nil {
 		ls.stable.close()
 	}
-	if ls.verify != nil {
-		ls.verify.Close() // ends its goroutine; the log stays open (unclosedLog)
+	if ls.watch != nil {
+		ls.watch.close() // ends the verifier's goroutine; the log stays open (unclosedLog)
 	}
 	var errs []error
 	if ls.wal != nil {
